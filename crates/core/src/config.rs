@@ -1,0 +1,193 @@
+//! Member configuration and its validation (DESIGN §8 rule 3: timings are checked at start-up).
+
+use std::time::Duration;
+
+use crate::ids::{GroupId, MemberId};
+
+/// Deliberately broken protocol variants, used only to prove that the simulator and the model
+/// checker catch what they claim to catch. Never use outside tests.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Variant {
+    #[default]
+    Correct,
+    /// Grants a lease as soon as the resource is assigned, before its claim exists.
+    GrantBeforeClaim,
+    /// Never revokes at the local lease deadline and reports leases valid forever.
+    IgnoreDeadline,
+    /// Admin removal of a resource also deletes its claim (the original design's TLA+ bug).
+    RemoveDeletesClaim,
+}
+
+/// Everything a member needs to run the protocol. Durations are on the member's local clock.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub group: GroupId,
+    pub name: MemberId,
+    /// Relative share of resources; 0 is rejected (leave instead).
+    pub weight: u32,
+    /// Requested session timeout. The store may grant less; the smallest value seen rules.
+    pub session_ttl: Duration,
+    /// Subtracted from the deadline: covers clock-rate error, scheduling jitter and the pause
+    /// tolerance.
+    pub safety_margin: Duration,
+    /// Time the application gets to stop after a revoke. Revocation for a session in doubt
+    /// starts at `deadline - stop_timeout`.
+    pub stop_timeout: Duration,
+    /// Time between keepalives.
+    pub keepalive_interval: Duration,
+    /// Longest a store operation may take before the driver reports it failed (max RTT).
+    pub op_timeout: Duration,
+    /// Rate limit of rebalances (with a trailing edge).
+    pub min_rebalance_interval: Duration,
+    /// Period of the full re-read that bounds the cost of a lost notification.
+    pub resync_interval: Duration,
+    /// How long a graceful leave waits for its resources to be handed over.
+    pub leave_timeout: Duration,
+    /// Delay before retrying an operation that failed.
+    pub retry_delay: Duration,
+    /// Largest encoded size of one assignment chunk.
+    pub assignment_chunk_bytes: usize,
+    /// Failed rebalances in a row after which a coordinator resigns.
+    pub max_failed_rebalances: u32,
+    #[doc(hidden)]
+    pub variant: Variant,
+}
+
+/// A configuration that cannot work, with the field named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{field} must be greater than zero")]
+    Zero { field: &'static str },
+    #[error("{field} is {value:?}; it must be at most {max:?}")]
+    TooLarge {
+        field: &'static str,
+        value: Duration,
+        max: Duration,
+    },
+    #[error(
+        "timings do not fit in the session timeout: 2 x keepalive_interval ({keepalive:?}) + \
+         op_timeout ({op:?}) + stop_timeout ({stop:?}) + safety_margin ({margin:?}) must be \
+         less than session_ttl ({ttl:?})"
+    )]
+    Budget {
+        keepalive: Duration,
+        op: Duration,
+        stop: Duration,
+        margin: Duration,
+        ttl: Duration,
+    },
+    #[error("assignment_chunk_bytes is {0}; it must be between 1024 and 262144")]
+    ChunkSize(usize),
+}
+
+impl Config {
+    /// A configuration with defaults derived from the session TTL (10 s).
+    pub fn new(group: GroupId, name: MemberId) -> Config {
+        Config {
+            group,
+            name,
+            weight: 1,
+            session_ttl: Duration::from_secs(10),
+            safety_margin: Duration::from_secs(1),
+            stop_timeout: Duration::from_secs(2),
+            keepalive_interval: Duration::from_secs(1),
+            op_timeout: Duration::from_millis(1500),
+            min_rebalance_interval: Duration::from_millis(100),
+            resync_interval: Duration::from_secs(10),
+            leave_timeout: Duration::from_secs(30),
+            retry_delay: Duration::from_millis(100),
+            assignment_chunk_bytes: 64 * 1024,
+            max_failed_rebalances: 5,
+            variant: Variant::Correct,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let nonzero = [
+            ("session_ttl", self.session_ttl),
+            ("safety_margin", self.safety_margin),
+            ("stop_timeout", self.stop_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("op_timeout", self.op_timeout),
+            ("resync_interval", self.resync_interval),
+            ("leave_timeout", self.leave_timeout),
+            ("retry_delay", self.retry_delay),
+        ];
+        for (field, d) in nonzero {
+            if d.is_zero() {
+                return Err(ConfigError::Zero { field });
+            }
+        }
+        if self.weight == 0 {
+            return Err(ConfigError::Zero { field: "weight" });
+        }
+        // Far beyond any sane value; also keeps Time arithmetic far from overflow.
+        let day = Duration::from_secs(86_400);
+        for (field, d) in [
+            ("session_ttl", self.session_ttl),
+            ("min_rebalance_interval", self.min_rebalance_interval),
+            ("resync_interval", self.resync_interval),
+            ("leave_timeout", self.leave_timeout),
+        ] {
+            if d > day {
+                return Err(ConfigError::TooLarge {
+                    field,
+                    value: d,
+                    max: day,
+                });
+            }
+        }
+        let budget = self.keepalive_interval * 2
+            + self.op_timeout
+            + self.stop_timeout
+            + self.safety_margin;
+        if budget >= self.session_ttl {
+            return Err(ConfigError::Budget {
+                keepalive: self.keepalive_interval,
+                op: self.op_timeout,
+                stop: self.stop_timeout,
+                margin: self.safety_margin,
+                ttl: self.session_ttl,
+            });
+        }
+        if !(1024..=crate::store::MAX_VALUE_BYTES).contains(&self.assignment_chunk_bytes) {
+            return Err(ConfigError::ChunkSize(self.assignment_chunk_bytes));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::new(GroupId::new("g").unwrap(), MemberId::new("m").unwrap())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        cfg().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_timings_name_the_problem() {
+        let mut c = cfg();
+        c.stop_timeout = Duration::from_secs(8);
+        let e = c.validate().unwrap_err();
+        assert!(matches!(e, ConfigError::Budget { .. }));
+        assert!(e.to_string().contains("stop_timeout"), "{e}");
+        let mut c = cfg();
+        c.session_ttl = Duration::ZERO;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::Zero {
+                field: "session_ttl"
+            })
+        );
+        let mut c = cfg();
+        c.weight = 0;
+        assert_eq!(c.validate(), Err(ConfigError::Zero { field: "weight" }));
+    }
+}

@@ -1,0 +1,231 @@
+//! Identifiers, counters and the logical clock. Newtypes so that a member name can never be
+//! passed where a resource id is expected, and a token never compared with an epoch.
+
+use std::fmt;
+use std::ops::{Add, Sub};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest id (in UTF-8 bytes) accepted for a group, member or resource. Keys stay far below
+/// every store's key limit even after percent-encoding (×3).
+pub const MAX_ID_BYTES: usize = 512;
+
+/// Why an id was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("{kind} id is empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} id is {len} bytes long; the limit is {MAX_ID_BYTES}")]
+    TooLong { kind: &'static str, len: usize },
+    #[error("{kind} id {id:?} contains the control character {ch:?} at byte {at}")]
+    ControlChar {
+        kind: &'static str,
+        id: String,
+        ch: char,
+        at: usize,
+    },
+}
+
+fn validate(kind: &'static str, s: &str) -> Result<(), IdError> {
+    if s.is_empty() {
+        return Err(IdError::Empty { kind });
+    }
+    if s.len() > MAX_ID_BYTES {
+        return Err(IdError::TooLong { kind, len: s.len() });
+    }
+    if let Some((at, ch)) = s.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(IdError::ControlChar {
+            kind,
+            id: s.to_string(),
+            ch,
+            at,
+        });
+    }
+    Ok(())
+}
+
+macro_rules! string_id {
+    ($(#[$m:meta])* $name:ident, $kind:literal) => {
+        $(#[$m])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates and wraps an id: non-empty, at most [`MAX_ID_BYTES`], no control
+            /// characters. Ids are compared bytewise; no Unicode normalisation is applied.
+            pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
+                let s = s.into();
+                validate($kind, &s)?;
+                Ok(Self(s))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                Self::new(s)
+            }
+        }
+        impl TryFrom<&str> for $name {
+            type Error = IdError;
+            fn try_from(s: &str) -> Result<Self, IdError> {
+                Self::new(s)
+            }
+        }
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", self.0)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A group: one set of members sharing one set of resources.
+    GroupId,
+    "group"
+);
+string_id!(
+    /// A member's name. Names are for humans; ownership is always by session (DESIGN §8 rule 1).
+    MemberId,
+    "member"
+);
+string_id!(
+    /// An opaque resource id (a queue name, a bucket prefix, a shard number...).
+    ResourceId,
+    "resource"
+);
+
+/// A store session: the unit of liveness and of ownership of session-owned keys.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{:x}", self.0)
+    }
+}
+
+/// The coordinator's epoch. Informational for leases; it fences only assignment writes.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
+)]
+pub struct Epoch(pub u64);
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A fencing token: (generation, creation revision of the claim). Compared in that order; it
+/// strictly grows per resource across owners. It names a claim instance, not a lease: a lease
+/// granted again under the same claim (after a resume) carries the same token.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
+)]
+pub struct Token {
+    pub generation: u64,
+    pub revision: u64,
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.generation, self.revision)
+    }
+}
+
+/// Identifies one lease handed to the application, unique within a member's lifetime.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct LeaseId(pub u64);
+
+/// Identifies one store operation emitted by the core; its reply carries the same id.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct OpId(pub u64);
+
+/// Logical time, in nanoseconds since an origin the driver chooses. The core never reads a
+/// clock: the driver passes `now` into every handler.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct Time(pub u64);
+
+impl Time {
+    pub const ZERO: Time = Time(0);
+    pub const MAX: Time = Time(u64::MAX);
+
+    pub fn from_duration(d: Duration) -> Time {
+        Time(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+    pub fn as_duration(self) -> Duration {
+        Duration::from_nanos(self.0)
+    }
+    /// `self - earlier`, or zero when `earlier` is later.
+    pub fn saturating_since(self, earlier: Time) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Add<Duration> for Time {
+    type Output = Time;
+    fn add(self, d: Duration) -> Time {
+        Time(self.0.saturating_add(nanos(d)))
+    }
+}
+
+impl Sub<Duration> for Time {
+    type Output = Time;
+    fn sub(self, d: Duration) -> Time {
+        Time(self.0.saturating_sub(nanos(d)))
+    }
+}
+
+impl fmt::Display for Time {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{:03}s", self.0 / 1_000_000_000, (self.0 / 1_000_000) % 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_reject_bad_input_with_a_reason() {
+        assert_eq!(
+            ResourceId::new(""),
+            Err(IdError::Empty { kind: "resource" })
+        );
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        assert!(matches!(
+            ResourceId::new(long),
+            Err(IdError::TooLong { len: 513, .. })
+        ));
+        let e = ResourceId::new("a\nb").unwrap_err();
+        assert!(e.to_string().contains("control character"), "{e}");
+        assert!(ResourceId::new("café/q 1.x").is_ok());
+        assert!(MemberId::new("x".repeat(MAX_ID_BYTES)).is_ok());
+    }
+
+    #[test]
+    fn deserializing_an_invalid_id_fails() {
+        assert!(serde_json::from_str::<ResourceId>("\"\"").is_err());
+        assert!(serde_json::from_str::<ResourceId>("\"ok\"").is_ok());
+    }
+}

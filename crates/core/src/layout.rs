@@ -1,0 +1,392 @@
+//! Where a group lives in a store: key layout, the one bijective encoding of ids into key
+//! components (DESIGN §8 rule 8), the value records, and parsing a listing into a [`View`].
+//!
+//! ```text
+//! <group>/meta                 persistent     marks the group as existing
+//! <group>/generation           persistent     token generation, bumped after restore/migration
+//! <group>/epoch                persistent     coordinator epoch counter
+//! <group>/leader               session-owned  the coordinator and its epoch
+//! <group>/members/<m>          session-owned  who is alive, with weight
+//! <group>/draining/<m>         session-owned  member m is leaving gracefully
+//! <group>/resources/<r>        persistent     the resource set (admin)
+//! <group>/assign/<m>/<i>       persistent     chunk i of m's assignment (coordinator only)
+//! <group>/claims/<r>           session-owned  who may access r now; creation rev = token
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Epoch, GroupId, MemberId, ResourceId, SessionId};
+use crate::store::{Entry, Key};
+
+/// Percent-encodes every byte outside `[A-Za-z0-9_-]`, with upper-case hex. Bijective: the
+/// decoder accepts only this exact form, so two spellings of one id cannot exist. `.` is
+/// encoded too, so `.` and `..` never become path components.
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+            out.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
+        }
+    }
+    out
+}
+
+/// Inverse of [`encode_component`]; `None` for anything it would not have produced.
+pub fn decode_component(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    let hex = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hi = hex(*bytes.get(i + 1)?)?;
+            let lo = hex(*bytes.get(i + 2)?)?;
+            let v = hi << 4 | lo;
+            if v.is_ascii_alphanumeric() || v == b'_' || v == b'-' {
+                return None; // non-canonical: this byte is never escaped
+            }
+            out.push(v);
+            i += 3;
+        } else if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The keys of one group.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: String,
+}
+
+impl Layout {
+    pub fn new(group: &GroupId) -> Layout {
+        Layout {
+            root: encode_component(group.as_str()),
+        }
+    }
+    /// Prefix of every key of the group, with a trailing `/`.
+    pub fn prefix(&self) -> Key {
+        format!("{}/", self.root)
+    }
+    pub fn meta(&self) -> Key {
+        format!("{}/meta", self.root)
+    }
+    pub fn generation(&self) -> Key {
+        format!("{}/generation", self.root)
+    }
+    pub fn epoch(&self) -> Key {
+        format!("{}/epoch", self.root)
+    }
+    pub fn leader(&self) -> Key {
+        format!("{}/leader", self.root)
+    }
+    pub fn member(&self, m: &MemberId) -> Key {
+        format!("{}/members/{}", self.root, encode_component(m.as_str()))
+    }
+    pub fn draining(&self, m: &MemberId) -> Key {
+        format!("{}/draining/{}", self.root, encode_component(m.as_str()))
+    }
+    pub fn resource(&self, r: &ResourceId) -> Key {
+        format!("{}/resources/{}", self.root, encode_component(r.as_str()))
+    }
+    pub fn claim(&self, r: &ResourceId) -> Key {
+        format!("{}/claims/{}", self.root, encode_component(r.as_str()))
+    }
+    pub fn assign_chunk(&self, m: &MemberId, i: u32) -> Key {
+        format!("{}/assign/{}/{}", self.root, encode_component(m.as_str()), i)
+    }
+}
+
+/// `members/<m>` value. The owning session comes from the entry, never from the value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRec {
+    pub weight: u32,
+}
+
+/// `leader` value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRec {
+    pub member: MemberId,
+    pub epoch: Epoch,
+}
+
+/// `epoch` and `generation` values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterRec {
+    pub value: u64,
+}
+
+/// `claims/<r>` value: informational (who, for humans); ownership is the entry's session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRec {
+    pub member: MemberId,
+}
+
+/// `meta` value: marks a key space as a Rebalanser group, so foreign data is recognised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaRec {
+    pub rebalanser: u32,
+}
+
+/// One chunk of a member's assignment. A member acts only on a complete set of chunks that
+/// share `(epoch, seq)` and name its current session (DESIGN §8 rule 11).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRec {
+    pub session: SessionId,
+    pub epoch: Epoch,
+    pub seq: u64,
+    pub i: u32,
+    pub n: u32,
+    pub resources: Vec<ResourceId>,
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing these plain structs to a Vec cannot fail: no maps with non-string keys, no
+    // custom Serialize impls that error.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Option<T> {
+    serde_json::from_slice(b).ok()
+}
+
+/// A key under the group that could not be understood: reported with the key named, skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadData {
+    pub key: Key,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    pub session: SessionId,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderView {
+    pub session: SessionId,
+    pub member: MemberId,
+    pub epoch: Epoch,
+    pub create_rev: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimView {
+    pub session: SessionId,
+    pub member: MemberId,
+    pub create_rev: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkView {
+    pub key: Key,
+    pub version: u64,
+    pub rec: ChunkRec,
+}
+
+/// A parsed snapshot of one group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    pub exists: bool,
+    pub generation: u64,
+    /// (value, version) of the epoch key.
+    pub epoch: Option<(Epoch, u64)>,
+    pub leader: Option<LeaderView>,
+    pub members: BTreeMap<MemberId, MemberView>,
+    pub draining: BTreeMap<MemberId, SessionId>,
+    pub resources: BTreeSet<ResourceId>,
+    pub assign: BTreeMap<MemberId, Vec<ChunkView>>,
+    pub claims: BTreeMap<ResourceId, ClaimView>,
+}
+
+impl View {
+    /// The complete assignment of `m` for `session`, if its chunks form one complete set.
+    pub fn assignment_of(
+        &self,
+        m: &MemberId,
+        session: SessionId,
+    ) -> Option<(Epoch, BTreeSet<ResourceId>)> {
+        let chunks = self.assign.get(m)?;
+        complete_set(chunks).filter(|(s, _, _)| *s == session).map(|(_, e, r)| (e, r))
+    }
+
+    /// Members the coordinator balances over: registered and not draining.
+    pub fn live_members(&self) -> BTreeMap<MemberId, MemberView> {
+        self.members
+            .iter()
+            .filter(|(m, v)| self.draining.get(*m) != Some(&v.session))
+            .map(|(m, v)| (m.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// `(session, epoch, resources)` of a complete chunk set, or `None` when torn or mixed.
+pub fn complete_set(chunks: &[ChunkView]) -> Option<(SessionId, Epoch, BTreeSet<ResourceId>)> {
+    let first = &chunks.first()?.rec;
+    let n = first.n;
+    if chunks.len() != n as usize {
+        return None;
+    }
+    let mut out = BTreeSet::new();
+    for (i, c) in chunks.iter().enumerate() {
+        let r = &c.rec;
+        if r.i as usize != i || r.n != n || r.seq != first.seq || r.epoch != first.epoch {
+            return None;
+        }
+        if r.session != first.session {
+            return None;
+        }
+        out.extend(r.resources.iter().cloned());
+    }
+    Some((first.session, first.epoch, out))
+}
+
+/// Parses a listing of the group prefix. Unknown or malformed keys are returned as
+/// [`BadData`] and otherwise ignored, so foreign data never stops the protocol.
+pub fn parse_view(layout: &Layout, entries: &[(Key, Entry)]) -> (View, Vec<BadData>) {
+    let mut v = View::default();
+    let mut bad = Vec::new();
+    let prefix = layout.prefix();
+    for (key, e) in entries {
+        let Some(rest) = key.strip_prefix(&prefix) else {
+            continue;
+        };
+        let mut parts = rest.split('/');
+        let kind = parts.next().unwrap_or("");
+        let a = parts.next();
+        let b = parts.next();
+        let extra = parts.next().is_some();
+        let mut fail = |reason| bad.push(BadData { key: key.clone(), reason });
+        if extra {
+            fail("unexpected key");
+            continue;
+        }
+        match (kind, a, b) {
+            ("meta", None, None) => match decode::<MetaRec>(&e.value) {
+                Some(_) => v.exists = true,
+                None => fail("malformed group marker"),
+            },
+            ("generation", None, None) => match decode::<CounterRec>(&e.value) {
+                Some(c) => v.generation = c.value,
+                None => fail("malformed generation"),
+            },
+            ("epoch", None, None) => match decode::<CounterRec>(&e.value) {
+                Some(c) => v.epoch = Some((Epoch(c.value), e.version)),
+                None => fail("malformed epoch"),
+            },
+            ("leader", None, None) => match (decode::<LeaderRec>(&e.value), e.owner) {
+                (Some(l), Some(s)) => {
+                    v.leader = Some(LeaderView {
+                        session: s,
+                        member: l.member,
+                        epoch: l.epoch,
+                        create_rev: e.create_rev,
+                    })
+                }
+                _ => fail("malformed leader record"),
+            },
+            ("members", Some(m), None) => {
+                let id = decode_component(m).and_then(|s| MemberId::new(s).ok());
+                match (id, decode::<MemberRec>(&e.value), e.owner) {
+                    (Some(id), Some(rec), Some(s)) => {
+                        v.members.insert(
+                            id,
+                            MemberView {
+                                session: s,
+                                weight: rec.weight,
+                            },
+                        );
+                    }
+                    _ => fail("malformed member record"),
+                }
+            }
+            ("draining", Some(m), None) => {
+                match (decode_component(m).and_then(|s| MemberId::new(s).ok()), e.owner) {
+                    (Some(id), Some(s)) => {
+                        v.draining.insert(id, s);
+                    }
+                    _ => fail("malformed draining record"),
+                }
+            }
+            ("resources", Some(r), None) => {
+                match decode_component(r).and_then(|s| ResourceId::new(s).ok()) {
+                    Some(id) => {
+                        v.resources.insert(id);
+                    }
+                    None => fail("resource key is not a valid encoded id"),
+                }
+            }
+            ("claims", Some(r), None) => {
+                let id = decode_component(r).and_then(|s| ResourceId::new(s).ok());
+                match (id, decode::<ClaimRec>(&e.value), e.owner) {
+                    (Some(id), Some(rec), Some(s)) => {
+                        v.claims.insert(
+                            id,
+                            ClaimView {
+                                session: s,
+                                member: rec.member,
+                                create_rev: e.create_rev,
+                            },
+                        );
+                    }
+                    _ => fail("malformed claim"),
+                }
+            }
+            ("assign", Some(m), Some(_)) => {
+                let id = decode_component(m).and_then(|s| MemberId::new(s).ok());
+                match (id, decode::<ChunkRec>(&e.value)) {
+                    (Some(id), Some(rec)) => v.assign.entry(id).or_default().push(ChunkView {
+                        key: key.clone(),
+                        version: e.version,
+                        rec,
+                    }),
+                    _ => fail("malformed assignment chunk"),
+                }
+            }
+            _ => fail("unexpected key"),
+        }
+    }
+    for chunks in v.assign.values_mut() {
+        chunks.sort_by_key(|c| c.rec.i);
+    }
+    (v, bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_round_trips_and_is_canonical() {
+        for s in ["a", "café", "a/b", "x y.z", "..", "%41", "日本", "-_-"] {
+            let e = encode_component(s);
+            assert!(!e.contains('/') && !e.contains('.'), "{e}");
+            assert_eq!(decode_component(&e).as_deref(), Some(s));
+        }
+        assert_eq!(decode_component("%41"), None, "escaped safe byte");
+        assert_eq!(decode_component("%2e"), None, "lower-case hex");
+        assert_eq!(decode_component("a.b"), None, "raw dot");
+        assert_ne!(
+            encode_component("caf\u{e9}"),
+            encode_component("cafe\u{301}"),
+            "NFC and NFD stay distinct ids"
+        );
+    }
+}

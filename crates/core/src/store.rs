@@ -1,0 +1,135 @@
+//! The vocabulary of the Store contract (DESIGN §3) as plain data: the operations the core
+//! emits, the replies it consumes, and the error taxonomy. Executing them is the job of a
+//! backend (crate `rebalanser-store`); this module only names them.
+
+use std::time::Duration;
+
+use crate::ids::SessionId;
+
+/// Largest value a store must accept, whatever the group size (ZooKeeper's znode limit is
+/// about 1 MiB; we stay well below it). Larger values are `Invalid`.
+pub const MAX_VALUE_BYTES: usize = 256 * 1024;
+/// Largest key a store must accept.
+pub const MAX_KEY_BYTES: usize = 4096;
+
+/// A key: a `/`-separated path relative to the store's root. Components are encoded by
+/// [`crate::layout`] so that any id maps to exactly one key and back.
+pub type Key = String;
+
+/// One stored key-value pair with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Vec<u8>,
+    /// Number of updates since the key was created; restarts at 0 when it is re-created
+    /// (ZooKeeper semantics, so the protocol must not rely on it across a delete).
+    pub version: u64,
+    /// The store revision of the transaction that created the key. Strictly grows in commit
+    /// order, so it serves as the fencing token of a claim (DESIGN §8 rule 9).
+    pub create_rev: u64,
+    /// The store revision of the last write.
+    pub mod_rev: u64,
+    /// The session that owns the key, if it is session-owned. Such keys vanish with the session
+    /// and are never rewritten.
+    pub owner: Option<SessionId>,
+}
+
+/// A condition of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cond {
+    /// The key does not exist.
+    Absent(Key),
+    /// The key exists at this version.
+    Version(Key, u64),
+    /// The key exists, is owned by `session` and was created at `create_rev` (one claim
+    /// instance: a re-created key never matches, which closes the ABA hole of PITFALLS 12).
+    Owned {
+        key: Key,
+        session: SessionId,
+        create_rev: u64,
+    },
+}
+
+/// A write of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Create the key; fails the whole transaction with `Conflict` when it exists. With an
+    /// owner, the key is session-owned: the owner session must be alive.
+    Create {
+        key: Key,
+        value: Vec<u8>,
+        owner: Option<SessionId>,
+    },
+    /// Create or overwrite a persistent key. Overwriting a session-owned key is `Invalid`.
+    Put { key: Key, value: Vec<u8> },
+    /// Delete the key if it exists (guard it with a condition to make it conditional).
+    Delete { key: Key },
+}
+
+impl Write {
+    pub fn key(&self) -> &str {
+        match self {
+            Write::Create { key, .. } | Write::Put { key, .. } | Write::Delete { key } => key,
+        }
+    }
+}
+
+/// An operation the core asks the driver to perform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Open a session; the store may grant a different TTL than requested.
+    OpenSession { ttl: Duration },
+    /// Prove the session alive through the path the store uses to decide expiry.
+    KeepAlive { session: SessionId },
+    /// Close the session: its keys vanish at once.
+    CloseSession { session: SessionId },
+    /// Read one key. `linearizable` reads reflect every write committed before the read
+    /// started; others may be stale and serve only as hints (DESIGN §8 rule 6).
+    Get { key: Key, linearizable: bool },
+    /// Read every key under a prefix.
+    List { prefix: Key, linearizable: bool },
+    /// All conditions hold → all writes applied atomically; otherwise nothing is applied.
+    Txn { conds: Vec<Cond>, writes: Vec<Write> },
+}
+
+impl StoreOp {
+    /// Whether an unknown outcome of this op must be reported as `Indeterminate` (a write that
+    /// may have been applied) rather than `Unavailable` (a read, which changes nothing).
+    pub fn is_write(&self) -> bool {
+        !matches!(self, StoreOp::Get { .. } | StoreOp::List { .. })
+    }
+}
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreReply {
+    Session { session: SessionId, ttl: Duration },
+    KeptAlive { ttl: Duration },
+    Closed,
+    Got(Option<Entry>),
+    Listed(Vec<(Key, Entry)>),
+    /// The transaction's revision: every key it created has `create_rev == rev`.
+    Committed { rev: u64 },
+}
+
+/// Errors are data; the protocol reacts to each category differently.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A condition failed (or a Create found the key present). Nothing was applied.
+    #[error("condition failed: {0}")]
+    Conflict(String),
+    /// The session is gone; its keys are gone too. Final for that session.
+    #[error("session expired")]
+    SessionExpired,
+    /// Nothing was applied; retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The operation may or may not have been applied. The protocol must be safe either way.
+    #[error("outcome unknown: {0}")]
+    Indeterminate(String),
+    /// The request can never succeed (bad key, oversized value, rewrite of a session-owned key).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+pub type StoreResult = Result<StoreReply, StoreError>;

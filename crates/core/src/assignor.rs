@@ -37,7 +37,10 @@ pub fn assign(
     }
     let quota = quotas(members, resources.len(), |m| kept[m].len());
 
-    let mut out: Assignment = members.keys().map(|m| (m.clone(), BTreeSet::new())).collect();
+    let mut out: Assignment = members
+        .keys()
+        .map(|m| (m.clone(), BTreeSet::new()))
+        .collect();
     let mut placed = BTreeSet::new();
     for (m, rs) in &kept {
         let q = quota[*m];
@@ -121,7 +124,9 @@ mod tests {
         MemberId::new(s).unwrap()
     }
     fn rs(n: usize) -> BTreeSet<ResourceId> {
-        (0..n).map(|i| ResourceId::new(format!("r{i:03}")).unwrap()).collect()
+        (0..n)
+            .map(|i| ResourceId::new(format!("r{i:03}")).unwrap())
+            .collect()
     }
 
     #[test]
@@ -154,7 +159,9 @@ mod tests {
         let mut prev = Assignment::new();
         prev.insert(m("a"), all.clone());
         prev.insert(m("b"), all.clone());
-        prev.get_mut(&m("b")).unwrap().insert(ResourceId::new("gone").unwrap());
+        prev.get_mut(&m("b"))
+            .unwrap()
+            .insert(ResourceId::new("gone").unwrap());
         let a = assign(&members, &all, &prev);
         let union: BTreeSet<_> = a.values().flatten().cloned().collect();
         assert_eq!(union, all);

@@ -138,10 +138,8 @@ impl Config {
                 });
             }
         }
-        let budget = self.keepalive_interval * 2
-            + self.op_timeout
-            + self.stop_timeout
-            + self.safety_margin;
+        let budget =
+            self.keepalive_interval * 2 + self.op_timeout + self.stop_timeout + self.safety_margin;
         if budget >= self.session_ttl {
             return Err(ConfigError::Budget {
                 keepalive: self.keepalive_interval,

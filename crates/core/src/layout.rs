@@ -109,7 +109,12 @@ impl Layout {
         format!("{}/claims/{}", self.root, encode_component(r.as_str()))
     }
     pub fn assign_chunk(&self, m: &MemberId, i: u32) -> Key {
-        format!("{}/assign/{}/{}", self.root, encode_component(m.as_str()), i)
+        format!(
+            "{}/assign/{}/{}",
+            self.root,
+            encode_component(m.as_str()),
+            i
+        )
     }
 }
 
@@ -224,7 +229,9 @@ impl View {
         session: SessionId,
     ) -> Option<(Epoch, BTreeSet<ResourceId>)> {
         let chunks = self.assign.get(m)?;
-        complete_set(chunks).filter(|(s, _, _)| *s == session).map(|(_, e, r)| (e, r))
+        complete_set(chunks)
+            .filter(|(s, _, _)| *s == session)
+            .map(|(_, e, r)| (e, r))
     }
 
     /// Members the coordinator balances over: registered and not draining.
@@ -273,7 +280,12 @@ pub fn parse_view(layout: &Layout, entries: &[(Key, Entry)]) -> (View, Vec<BadDa
         let a = parts.next();
         let b = parts.next();
         let extra = parts.next().is_some();
-        let mut fail = |reason| bad.push(BadData { key: key.clone(), reason });
+        let mut fail = |reason| {
+            bad.push(BadData {
+                key: key.clone(),
+                reason,
+            })
+        };
         if extra {
             fail("unexpected key");
             continue;
@@ -318,7 +330,10 @@ pub fn parse_view(layout: &Layout, entries: &[(Key, Entry)]) -> (View, Vec<BadDa
                 }
             }
             ("draining", Some(m), None) => {
-                match (decode_component(m).and_then(|s| MemberId::new(s).ok()), e.owner) {
+                match (
+                    decode_component(m).and_then(|s| MemberId::new(s).ok()),
+                    e.owner,
+                ) {
                     (Some(id), Some(s)) => {
                         v.draining.insert(id, s);
                     }

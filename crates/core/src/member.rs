@@ -20,7 +20,7 @@ use crate::assignor::{self, Assignment};
 use crate::config::{Config, Variant};
 use crate::ids::{Epoch, LeaseId, MemberId, OpId, ResourceId, SessionId, Time, Token};
 use crate::layout::{
-    self, BadData, ChunkRec, ClaimRec, CounterRec, LeaderRec, Layout, MemberRec, View,
+    self, BadData, ChunkRec, ClaimRec, CounterRec, Layout, LeaderRec, MemberRec, View,
 };
 use crate::store::{Cond, Key, StoreError, StoreOp, StoreReply, StoreResult, Write};
 
@@ -149,7 +149,9 @@ enum Registration {
     Pending,
     Registered,
     /// Another session holds the name; retry when a newer view shows it gone.
-    Blocked { after_view: u64 },
+    Blocked {
+        after_view: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -175,19 +177,52 @@ struct Gate {
 #[derive(Debug)]
 enum Pending {
     Open,
-    KeepAlive { session: SessionId, sent: Time },
+    KeepAlive {
+        session: SessionId,
+        sent: Time,
+    },
     Close,
-    Read { number: u64 },
-    Register { session: SessionId },
-    RegisterVerify { session: SessionId },
-    Drain { session: SessionId },
-    ClaimCreate { session: SessionId, r: ResourceId },
-    ClaimVerify { session: SessionId, r: ResourceId },
-    ClaimDelete { session: SessionId, r: ResourceId },
-    Elect { session: SessionId, epoch: Epoch },
-    ElectVerify { session: SessionId },
-    Rebalance { session: SessionId, sent: Time, moved: usize, members: usize, resources: usize },
-    Resign { session: SessionId },
+    Read {
+        number: u64,
+    },
+    Register {
+        session: SessionId,
+    },
+    RegisterVerify {
+        session: SessionId,
+    },
+    Drain {
+        session: SessionId,
+    },
+    ClaimCreate {
+        session: SessionId,
+        r: ResourceId,
+    },
+    ClaimVerify {
+        session: SessionId,
+        r: ResourceId,
+    },
+    ClaimDelete {
+        session: SessionId,
+        r: ResourceId,
+    },
+    Elect {
+        session: SessionId,
+        epoch: Epoch,
+    },
+    ElectVerify {
+        session: SessionId,
+    },
+    Rebalance {
+        session: SessionId,
+        sent: Time,
+        moved: usize,
+        members: usize,
+        resources: usize,
+    },
+    Resign {
+        session: SessionId,
+    },
 }
 
 impl Pending {
@@ -350,7 +385,8 @@ impl Member {
         if self.leases.get(resource).is_some_and(|l| l.id == lease) {
             self.leases.remove(resource);
             let leases = &self.leases;
-            self.ended.retain(|s, _| leases.values().any(|l| l.session == *s));
+            self.ended
+                .retain(|s, _| leases.values().any(|l| l.session == *s));
             if self.leases.is_empty() {
                 if let Some(s) = self.session.as_mut().and_then(|s| s.suspended.as_mut()) {
                     s.released_at.get_or_insert(now);
@@ -535,7 +571,9 @@ impl Member {
 
     /// The current session and its local lease deadline.
     pub fn deadline(&self) -> Option<(SessionId, Time)> {
-        self.session.as_ref().map(|s| (s.id, self.valid_until(s.id)))
+        self.session
+            .as_ref()
+            .map(|s| (s.id, self.valid_until(s.id)))
     }
 
     /// Until when a lease granted under `session` is valid (local clock). `Time::ZERO` once
@@ -908,7 +946,9 @@ impl Member {
             Phase::Running => {}
             Phase::Closing => {
                 self.check_stop_deadline(now);
-                if self.leases.is_empty() && !self.pending.values().any(|p| matches!(p, Pending::Close)) {
+                if self.leases.is_empty()
+                    && !self.pending.values().any(|p| matches!(p, Pending::Close))
+                {
                     self.phase = Phase::Closed;
                     self.events.push_back(Event::Left);
                 }
@@ -966,8 +1006,7 @@ impl Member {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        if variant != Variant::IgnoreDeadline && s.suspended.is_none() && now >= s.deadline - stop
-        {
+        if variant != Variant::IgnoreDeadline && s.suspended.is_none() && now >= s.deadline - stop {
             // DESIGN §8 rule 3: revoke at deadline - stop budget.
             s.suspended = Some(Suspension {
                 released_at: self.leases.is_empty().then_some(now),
@@ -1005,7 +1044,8 @@ impl Member {
                 l.late = true;
             }
         }
-        self.events.push_back(Event::StopDeadlineMissed { resources: late });
+        self.events
+            .push_back(Event::StopDeadlineMissed { resources: late });
     }
 
     fn reads(&mut self, now: Time) {
@@ -1175,7 +1215,8 @@ impl Member {
             self.claim_op.insert(r, op);
         }
         // 4. Acquire desired resources: claim, then grant.
-        let room = now < deadline - self.cfg.stop_timeout || self.cfg.variant == Variant::IgnoreDeadline;
+        let room =
+            now < deadline - self.cfg.stop_timeout || self.cfg.variant == Variant::IgnoreDeadline;
         if suspended || !room {
             return;
         }

@@ -88,7 +88,10 @@ pub enum StoreOp {
     /// Read every key under a prefix.
     List { prefix: Key, linearizable: bool },
     /// All conditions hold → all writes applied atomically; otherwise nothing is applied.
-    Txn { conds: Vec<Cond>, writes: Vec<Write> },
+    Txn {
+        conds: Vec<Cond>,
+        writes: Vec<Write>,
+    },
 }
 
 impl StoreOp {
@@ -102,13 +105,20 @@ impl StoreOp {
 /// A successful reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreReply {
-    Session { session: SessionId, ttl: Duration },
-    KeptAlive { ttl: Duration },
+    Session {
+        session: SessionId,
+        ttl: Duration,
+    },
+    KeptAlive {
+        ttl: Duration,
+    },
     Closed,
     Got(Option<Entry>),
     Listed(Vec<(Key, Entry)>),
     /// The transaction's revision: every key it created has `create_rev == rev`.
-    Committed { rev: u64 },
+    Committed {
+        rev: u64,
+    },
 }
 
 /// Errors are data; the protocol reacts to each category differently.

@@ -1,1 +1,52 @@
+//! The Store contract of Rebalanser (DESIGN §3): the [`Store`] trait every backend implements,
+//! the pure [`MemModel`] that defines the contract's semantics, and [`MemoryStore`], an
+//! in-process store on top of it for tests and examples.
+//!
+//! **Contract** (what every backend must provide; the conformance suite checks it):
+//! - `execute` performs one [`StoreOp`] and returns exactly one result. Transactions are atomic.
+//!   A write whose outcome is unknown is `Indeterminate`; operations of one session are applied
+//!   in the order they were issued.
+//! - `Create` is create-if-absent; session-owned keys vanish when their session expires or is
+//!   closed, and are never rewritten. `create_rev` strictly grows in commit order.
+//! - `Get`/`List` with `linearizable: true` reflect every write committed before they started.
+//! - `watch(prefix)` yields `Changed` after any change under the prefix and `Reset` after
+//!   anything that may have lost notifications; the caller re-reads on either.
+//!
+//! **API boundary:** backends hold no protocol logic, only encoding, error mapping and
+//! notification plumbing.
 
+pub mod memory;
+pub mod model;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use futures::stream::BoxStream;
+
+pub use memory::MemoryStore;
+pub use model::{MemModel, ModelConfig};
+pub use rebalanser_core::store::{
+    Cond, Entry, Key, StoreError, StoreOp, StoreReply, StoreResult, Write,
+};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A change notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Something under the prefix changed.
+    Changed,
+    /// Notifications may have been lost (reconnect, lag): re-read everything.
+    Reset,
+}
+
+/// A backend. Object safe, so a member can hold `Arc<dyn Store>`.
+pub trait Store: Send + Sync + 'static {
+    /// Performs one operation.
+    fn execute(&self, op: StoreOp) -> BoxFuture<'_, StoreResult>;
+    /// Notifications of changes under `prefix`. The stream ending means the watch broke:
+    /// re-arm it, then re-read.
+    fn watch(&self, prefix: Key) -> BoxStream<'static, WatchEvent>;
+    /// A short description for logs and errors (`memory://name`, `zk://h:p/chroot`).
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,173 @@
+//! An in-process store over [`MemModel`]: for tests, examples and `memory://name` URLs.
+//! Sessions expire on a real monotonic clock, checked on every operation and by a reaper
+//! task, so watchers learn of expiries without polling.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use futures::stream::{BoxStream, StreamExt};
+use rebalanser_core::ids::Time;
+use rebalanser_core::store::{Key, StoreOp, StoreResult};
+use tokio::sync::broadcast;
+
+use crate::model::{MemModel, ModelConfig};
+use crate::{BoxFuture, Store, WatchEvent};
+
+/// How often the reaper checks for expired sessions (the store's expiry granularity).
+const REAP_INTERVAL: Duration = Duration::from_millis(20);
+
+struct Inner {
+    name: String,
+    origin: Instant,
+    model: Mutex<MemModel>,
+    changes: broadcast::Sender<Vec<Key>>,
+}
+
+/// An in-memory store. Cloning shares the same data.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+fn registry() -> &'static Mutex<BTreeMap<String, Weak<Inner>>> {
+    static R: OnceLock<Mutex<BTreeMap<String, Weak<Inner>>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+impl MemoryStore {
+    /// A fresh, unnamed store.
+    pub fn new() -> MemoryStore {
+        Self::with_config("anonymous", ModelConfig::default())
+    }
+
+    pub fn with_config(name: &str, cfg: ModelConfig) -> MemoryStore {
+        let (changes, _) = broadcast::channel(1024);
+        let inner = Arc::new(Inner {
+            name: name.to_string(),
+            origin: Instant::now(),
+            model: Mutex::new(MemModel::new(cfg)),
+            changes,
+        });
+        let store = MemoryStore { inner };
+        store.spawn_reaper();
+        store
+    }
+
+    /// The store named `name` in this process (`memory://name`): created on first use, shared
+    /// while any handle to it lives.
+    pub fn named(name: &str) -> MemoryStore {
+        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(inner) = reg.get(name).and_then(Weak::upgrade) {
+            return MemoryStore { inner };
+        }
+        let s = Self::with_config(name, ModelConfig::default());
+        reg.insert(name.to_string(), Arc::downgrade(&s.inner));
+        s
+    }
+
+    fn now(&self) -> Time {
+        Time::from_duration(self.inner.origin.elapsed())
+    }
+
+    fn spawn_reaper(&self) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return; // no runtime: expiry is still applied lazily on every operation
+        };
+        let weak = Arc::downgrade(&self.inner);
+        handle.spawn(async move {
+            loop {
+                tokio::time::sleep(REAP_INTERVAL).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let store = MemoryStore { inner };
+                store.reap();
+            }
+        });
+    }
+
+    fn reap(&self) {
+        let now = self.now();
+        let mut m = self.lock();
+        let before: Vec<Key> = m.entries().keys().cloned().collect();
+        if !m.expire(now).is_empty() {
+            let gone: Vec<Key> = before
+                .into_iter()
+                .filter(|k| !m.entries().contains_key(k))
+                .collect();
+            drop(m);
+            let _ = self.inner.changes.send(gone);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemModel> {
+        // A panic while holding the lock cannot leave the model half-applied: `apply` only
+        // mutates after all checks passed. Keep serving.
+        self.inner.model.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies an operation synchronously.
+    pub fn apply(&self, op: &StoreOp) -> StoreResult {
+        let now = self.now();
+        let mut m = self.lock();
+        let rev = m.rev();
+        let keys_before: Vec<Key> = m.entries().keys().cloned().collect();
+        let res = m.apply(now, op);
+        if m.rev() != rev {
+            let mut changed: Vec<Key> = keys_before
+                .iter()
+                .filter(|k| !m.entries().contains_key(*k))
+                .cloned()
+                .collect();
+            changed.extend(
+                m.entries()
+                    .iter()
+                    .filter(|(_, e)| e.mod_rev > rev)
+                    .map(|(k, _)| k.clone()),
+            );
+            drop(m);
+            let _ = self.inner.changes.send(changed);
+        }
+        res
+    }
+
+    /// Direct access to the model, for tests that must inspect or corrupt it.
+    pub fn with_model<T>(&self, f: impl FnOnce(&mut MemModel) -> T) -> T {
+        f(&mut self.lock())
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store for MemoryStore {
+    fn execute(&self, op: StoreOp) -> BoxFuture<'_, StoreResult> {
+        let res = self.apply(&op);
+        Box::pin(async move { res })
+    }
+
+    fn watch(&self, prefix: Key) -> BoxStream<'static, WatchEvent> {
+        let rx = self.inner.changes.subscribe();
+        futures::stream::unfold((rx, prefix), |(mut rx, prefix)| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(keys) if keys.iter().any(|k| k.starts_with(&prefix)) => {
+                        return Some((WatchEvent::Changed, (rx, prefix)))
+                    }
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return Some((WatchEvent::Reset, (rx, prefix)))
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed()
+    }
+
+    fn describe(&self) -> String {
+        format!("memory://{}", self.inner.name)
+    }
+}

@@ -1,0 +1,399 @@
+//! The pure, deterministic model of the Store contract: the reference every backend must
+//! match (the conformance suite runs against it too). No clock: expiry happens at the `now`
+//! the caller passes. The async [`crate::MemoryStore`] and the simulator both drive this.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use rebalanser_core::ids::{SessionId, Time};
+use rebalanser_core::store::{
+    Cond, Entry, Key, StoreError, StoreOp, StoreReply, StoreResult, Write, MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+};
+
+#[derive(Debug, Clone)]
+struct Session {
+    ttl: Duration,
+    /// When the store last heard from the session: it expires at `last_seen + ttl`.
+    last_seen: Time,
+}
+
+/// Settings of the model.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// Granted TTLs are clamped into this range, like ZooKeeper's min/max session timeout.
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    /// How many past states are kept to serve stale reads (0 = none).
+    pub history: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            min_ttl: Duration::from_millis(1),
+            max_ttl: Duration::from_secs(3600),
+            history: 0,
+        }
+    }
+}
+
+/// The in-memory store state.
+#[derive(Debug, Clone)]
+pub struct MemModel {
+    cfg: ModelConfig,
+    rev: u64,
+    data: BTreeMap<Key, Entry>,
+    sessions: BTreeMap<SessionId, Session>,
+    next_session: u64,
+    history: VecDeque<BTreeMap<Key, Entry>>,
+}
+
+impl Default for MemModel {
+    fn default() -> Self {
+        MemModel::new(ModelConfig::default())
+    }
+}
+
+impl MemModel {
+    pub fn new(cfg: ModelConfig) -> MemModel {
+        MemModel {
+            cfg,
+            rev: 0,
+            data: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            next_session: 1,
+            history: VecDeque::new(),
+        }
+    }
+
+    /// The revision of the last committed write.
+    pub fn rev(&self) -> u64 {
+        self.rev
+    }
+
+    pub fn entries(&self) -> &BTreeMap<Key, Entry> {
+        &self.data
+    }
+
+    pub fn session_alive(&self, s: SessionId) -> bool {
+        self.sessions.contains_key(&s)
+    }
+
+    /// When `s` will expire if nothing more is heard from it.
+    pub fn expires_at(&self, s: SessionId) -> Option<Time> {
+        self.sessions.get(&s).map(|x| x.last_seen + x.ttl)
+    }
+
+    /// Expires every session whose TTL has run out at `now`, deleting its keys. Returns the
+    /// expired sessions.
+    pub fn expire(&mut self, now: Time) -> Vec<SessionId> {
+        let dead: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now >= s.last_seen + s.ttl)
+            .map(|(id, _)| *id)
+            .collect();
+        for s in &dead {
+            self.drop_session(*s);
+        }
+        dead
+    }
+
+    fn drop_session(&mut self, s: SessionId) {
+        if self.sessions.remove(&s).is_none() {
+            return;
+        }
+        let before = self.data.len();
+        let snapshot = self.data.clone();
+        self.data.retain(|_, e| e.owner != Some(s));
+        if self.data.len() != before {
+            self.rev += 1;
+            self.remember(snapshot);
+        }
+    }
+
+    fn remember(&mut self, old: BTreeMap<Key, Entry>) {
+        if self.cfg.history == 0 {
+            return;
+        }
+        self.history.push_back(old);
+        while self.history.len() > self.cfg.history {
+            self.history.pop_front();
+        }
+    }
+
+    /// Serves a read from `age` states ago (0 = current), for stale-read injection.
+    pub fn apply_stale_read(&self, op: &StoreOp, age: usize) -> Option<StoreResult> {
+        let data = if age == 0 {
+            &self.data
+        } else {
+            self.history.get(self.history.len().checked_sub(age)?)?
+        };
+        match op {
+            StoreOp::Get { key, .. } => Some(Ok(StoreReply::Got(data.get(key).cloned()))),
+            StoreOp::List { prefix, .. } => Some(Ok(StoreReply::Listed(list(data, prefix)))),
+            _ => None,
+        }
+    }
+
+    /// Applies one operation at `now` (expiring sessions first).
+    pub fn apply(&mut self, now: Time, op: &StoreOp) -> StoreResult {
+        self.expire(now);
+        match op {
+            StoreOp::OpenSession { ttl } => {
+                let id = SessionId(self.next_session);
+                self.next_session += 1;
+                let ttl = (*ttl).clamp(self.cfg.min_ttl, self.cfg.max_ttl);
+                self.sessions.insert(
+                    id,
+                    Session {
+                        ttl,
+                        last_seen: now,
+                    },
+                );
+                Ok(StoreReply::Session { session: id, ttl })
+            }
+            StoreOp::KeepAlive { session } => match self.sessions.get_mut(session) {
+                Some(s) => {
+                    s.last_seen = now;
+                    Ok(StoreReply::KeptAlive { ttl: s.ttl })
+                }
+                None => Err(StoreError::SessionExpired),
+            },
+            StoreOp::CloseSession { session } => {
+                self.drop_session(*session);
+                Ok(StoreReply::Closed)
+            }
+            StoreOp::Get { key, .. } => Ok(StoreReply::Got(self.data.get(key).cloned())),
+            StoreOp::List { prefix, .. } => Ok(StoreReply::Listed(list(&self.data, prefix))),
+            StoreOp::Txn { conds, writes } => self.txn(conds, writes),
+        }
+    }
+
+    fn txn(&mut self, conds: &[Cond], writes: &[Write]) -> StoreResult {
+        for w in writes {
+            let key = w.key();
+            if key.is_empty() || key.len() > MAX_KEY_BYTES {
+                return Err(StoreError::Invalid(format!(
+                    "key of {} bytes (limit {MAX_KEY_BYTES})",
+                    key.len()
+                )));
+            }
+            if let Write::Create { value, .. } | Write::Put { value, .. } = w {
+                if value.len() > MAX_VALUE_BYTES {
+                    return Err(StoreError::Invalid(format!(
+                        "value of {} bytes for {key} (limit {MAX_VALUE_BYTES})",
+                        value.len()
+                    )));
+                }
+            }
+        }
+        for c in conds {
+            let ok = match c {
+                Cond::Absent(k) => !self.data.contains_key(k),
+                Cond::Version(k, v) => self.data.get(k).is_some_and(|e| e.version == *v),
+                Cond::Owned {
+                    key,
+                    session,
+                    create_rev,
+                } => self
+                    .data
+                    .get(key)
+                    .is_some_and(|e| e.owner == Some(*session) && e.create_rev == *create_rev),
+            };
+            if !ok {
+                return Err(StoreError::Conflict(format!("{c:?}")));
+            }
+        }
+        // Validate every write against the state the writes before it produce.
+        let mut exists: BTreeMap<&str, Option<bool>> = BTreeMap::new();
+        for w in writes {
+            let key = w.key();
+            let state = *exists
+                .entry(key)
+                .or_insert_with(|| self.data.get(key).map(|e| e.owner.is_some()));
+            match w {
+                Write::Create { owner, .. } => {
+                    if state.is_some() {
+                        return Err(StoreError::Conflict(format!("{key} exists")));
+                    }
+                    if let Some(s) = owner {
+                        if !self.sessions.contains_key(s) {
+                            return Err(StoreError::SessionExpired);
+                        }
+                    }
+                    exists.insert(key, Some(owner.is_some()));
+                }
+                Write::Put { .. } => {
+                    if state == Some(true) {
+                        return Err(StoreError::Invalid(format!(
+                            "{key} is session-owned and cannot be rewritten"
+                        )));
+                    }
+                    exists.insert(key, Some(false));
+                }
+                Write::Delete { .. } => {
+                    exists.insert(key, None);
+                }
+            }
+        }
+        if writes.is_empty() {
+            return Ok(StoreReply::Committed { rev: self.rev });
+        }
+        let snapshot = if self.cfg.history > 0 {
+            Some(self.data.clone())
+        } else {
+            None
+        };
+        self.rev += 1;
+        let rev = self.rev;
+        for w in writes {
+            match w {
+                Write::Create { key, value, owner } => {
+                    self.data.insert(
+                        key.clone(),
+                        Entry {
+                            value: value.clone(),
+                            version: 0,
+                            create_rev: rev,
+                            mod_rev: rev,
+                            owner: *owner,
+                        },
+                    );
+                }
+                Write::Put { key, value } => match self.data.get_mut(key) {
+                    Some(e) => {
+                        e.value = value.clone();
+                        e.version += 1;
+                        e.mod_rev = rev;
+                    }
+                    None => {
+                        self.data.insert(
+                            key.clone(),
+                            Entry {
+                                value: value.clone(),
+                                version: 0,
+                                create_rev: rev,
+                                mod_rev: rev,
+                                owner: None,
+                            },
+                        );
+                    }
+                },
+                Write::Delete { key } => {
+                    self.data.remove(key);
+                }
+            }
+        }
+        if let Some(s) = snapshot {
+            self.remember(s);
+        }
+        Ok(StoreReply::Committed { rev })
+    }
+}
+
+fn list(data: &BTreeMap<Key, Entry>, prefix: &str) -> Vec<(Key, Entry)> {
+    data.range(prefix.to_string()..)
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, e)| (k.clone(), e.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(ms: u64) -> Time {
+        Time(ms * 1_000_000)
+    }
+
+    fn create(key: &str, owner: Option<SessionId>) -> StoreOp {
+        StoreOp::Txn {
+            conds: vec![],
+            writes: vec![Write::Create {
+                key: key.into(),
+                value: b"v".to_vec(),
+                owner,
+            }],
+        }
+    }
+
+    fn open(m: &mut MemModel, now: Time, ttl_ms: u64) -> SessionId {
+        match m.apply(
+            now,
+            &StoreOp::OpenSession {
+                ttl: Duration::from_millis(ttl_ms),
+            },
+        ) {
+            Ok(StoreReply::Session { session, .. }) => session,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn expiry_removes_only_the_sessions_keys_and_keepalive_extends() {
+        let mut m = MemModel::default();
+        let a = open(&mut m, t(0), 100);
+        let b = open(&mut m, t(0), 100);
+        m.apply(t(1), &create("g/claims/x", Some(a))).unwrap();
+        m.apply(t(1), &create("g/claims/y", Some(b))).unwrap();
+        m.apply(t(1), &create("g/resources/x", None)).unwrap();
+        m.apply(t(90), &StoreOp::KeepAlive { session: b }).unwrap();
+        assert_eq!(m.expire(t(100)), vec![a]);
+        assert!(!m.entries().contains_key("g/claims/x"));
+        assert!(m.entries().contains_key("g/claims/y"));
+        assert!(m.entries().contains_key("g/resources/x"));
+        assert_eq!(
+            m.apply(t(100), &StoreOp::KeepAlive { session: a }),
+            Err(StoreError::SessionExpired)
+        );
+    }
+
+    #[test]
+    fn owned_condition_rejects_a_recreated_key() {
+        let mut m = MemModel::default();
+        let a = open(&mut m, t(0), 1000);
+        let Ok(StoreReply::Committed { rev }) = m.apply(t(0), &create("k", Some(a))) else {
+            panic!()
+        };
+        let del = |rev| StoreOp::Txn {
+            conds: vec![Cond::Owned {
+                key: "k".into(),
+                session: a,
+                create_rev: rev,
+            }],
+            writes: vec![Write::Delete { key: "k".into() }],
+        };
+        m.apply(t(1), &del(rev)).unwrap();
+        m.apply(t(2), &create("k", Some(a))).unwrap();
+        // The ABA retry of the first delete must not remove the new instance.
+        assert!(matches!(
+            m.apply(t(3), &del(rev)),
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(m.entries().contains_key("k"));
+    }
+
+    #[test]
+    fn session_owned_keys_cannot_be_rewritten_and_txns_are_atomic() {
+        let mut m = MemModel::default();
+        let a = open(&mut m, t(0), 1000);
+        m.apply(t(0), &create("k", Some(a))).unwrap();
+        let put = StoreOp::Txn {
+            conds: vec![],
+            writes: vec![
+                Write::Put {
+                    key: "other".into(),
+                    value: vec![],
+                },
+                Write::Put {
+                    key: "k".into(),
+                    value: vec![],
+                },
+            ],
+        };
+        assert!(matches!(m.apply(t(1), &put), Err(StoreError::Invalid(_))));
+        assert!(!m.entries().contains_key("other"), "all or nothing");
+    }
+}

@@ -90,7 +90,8 @@ pub fn quotas<'a>(
         given += base;
         q.insert(m, base);
         if *w > 0 {
-            rema.push((m, share % total_weight, holding(m)));
+            // What the extra slot would keep in place: only holdings above the floor count.
+            rema.push((m, share % total_weight, holding(m).saturating_sub(base)));
         }
     }
     // Largest fractional remainder first; then whoever holds more; then by name.

@@ -77,7 +77,7 @@ pub enum ConfigError {
         margin: Duration,
         ttl: Duration,
     },
-    #[error("assignment_chunk_bytes is {0}; it must be between 1024 and 262144")]
+    #[error("assignment_chunk_bytes is {0}; it must be between 256 and 262144")]
     ChunkSize(usize),
 }
 
@@ -149,7 +149,7 @@ impl Config {
                 ttl: self.session_ttl,
             });
         }
-        if !(1024..=crate::store::MAX_VALUE_BYTES).contains(&self.assignment_chunk_bytes) {
+        if !(256..=crate::store::MAX_VALUE_BYTES).contains(&self.assignment_chunk_bytes) {
             return Err(ConfigError::ChunkSize(self.assignment_chunk_bytes));
         }
         Ok(())

@@ -298,6 +298,7 @@ pub struct Member {
     election: Option<OpId>,
     election_gate: u64,
     no_election_before: Time,
+    last_step: Time,
 }
 
 impl Member {
@@ -340,6 +341,7 @@ impl Member {
             election: None,
             election_gate: 0,
             no_election_before: Time::ZERO,
+            last_step: Time::ZERO,
         }
     }
 
@@ -523,7 +525,14 @@ impl Member {
     /// The next time [`Member::handle_timeout`] must be called, if any.
     pub fn poll_timeout(&self) -> Option<Time> {
         let mut t: Option<Time> = None;
-        let mut at = |x: Time| t = Some(t.map_or(x, |t| t.min(x)));
+        // Whatever was due at the last step was acted on, or waits for a reply: only later
+        // times are timers (a past one would make the driver spin).
+        let last = self.last_step;
+        let mut at = |x: Time| {
+            if x > last {
+                t = Some(t.map_or(x, |t| t.min(x)))
+            }
+        };
         match self.phase {
             Phase::Running => {}
             Phase::Closing => {
@@ -942,6 +951,7 @@ impl Member {
 
     /// The one level-triggered pass run after every input.
     fn step(&mut self, now: Time) {
+        self.last_step = self.last_step.max(now);
         match self.phase {
             Phase::Running => {}
             Phase::Closing => {

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rebalanser_sim::{run, run_many, SimConfig, Variant};
 
 #[derive(Parser)]
-#[command(name = "rebalanser", version, about = "Kafka-style consumer groups over any resources")]
+#[command(
+    name = "rebalanser",
+    version,
+    about = "Kafka-style consumer groups over any resources"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -31,7 +35,7 @@ struct SimArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Events per seed while faults are injected.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = 10000)]
     steps: u64,
     /// Worker threads (default: all cores).
     #[arg(long)]
@@ -98,10 +102,18 @@ fn sim(a: SimArgs, seeds_given: bool) -> ExitCode {
                 r.violations.len(),
                 r.violations[0]
             );
-            println!("replay: rebalanser sim --seed {} --steps {} --trace", r.seed, a.steps);
+            println!(
+                "replay: rebalanser sim --seed {} --steps {} --trace",
+                r.seed, a.steps
+            );
         }
     }
-    println!("sim: seeds={} steps={} violations={}", reports.len(), steps, violations);
+    println!(
+        "sim: seeds={} steps={} violations={}",
+        reports.len(),
+        steps,
+        violations
+    );
     if violations > 0 {
         ExitCode::FAILURE
     } else {

@@ -17,6 +17,8 @@
 mod rng;
 mod world;
 
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 pub use rebalanser_core::Variant;
@@ -52,9 +54,9 @@ pub struct SimReport {
     pub steps: u64,
     pub violations: Vec<String>,
     pub trace: Vec<String>,
-    /// Leases granted, handovers completed: evidence that the run was not vacuous.
-    pub grants: u64,
-    pub session_losses: u64,
+    /// How often interesting things happened (grants, suspensions, resumes, session losses,
+    /// aborts, coordinator changes): evidence that a run was not vacuous.
+    pub counters: BTreeMap<&'static str, u64>,
 }
 
 /// The session TTL every simulated member requests.
@@ -68,13 +70,35 @@ pub fn convergence_bound() -> Duration {
     SESSION_TTL * 4 + Duration::from_secs(2)
 }
 
-/// Runs one seed.
+/// Runs one seed. A panic inside the core or the simulator is reported as a violation.
 pub fn run(cfg: &SimConfig) -> SimReport {
-    World::new(cfg).run()
+    match catch_unwind(AssertUnwindSafe(|| World::new(cfg).run())) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            SimReport {
+                seed: cfg.seed,
+                steps: 0,
+                violations: vec![format!("panic: {msg}")],
+                trace: Vec::new(),
+                counters: BTreeMap::new(),
+            }
+        }
+    }
 }
 
 /// Runs seeds `[first, first + n)` on `threads` OS threads; reports in seed order.
-pub fn run_many(first: u64, n: u64, steps: u64, variant: Variant, threads: usize) -> Vec<SimReport> {
+pub fn run_many(
+    first: u64,
+    n: u64,
+    steps: u64,
+    variant: Variant,
+    threads: usize,
+) -> Vec<SimReport> {
     let threads = threads.max(1) as u64;
     let mut out: Vec<SimReport> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -93,6 +117,7 @@ pub fn run_many(first: u64, n: u64, steps: u64, variant: Variant, threads: usize
             .collect();
         handles
             .into_iter()
+            // `run` catches panics, so a worker cannot die with seeds unreported.
             .flat_map(|h| h.join().unwrap_or_default())
             .collect()
     });

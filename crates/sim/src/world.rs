@@ -175,8 +175,7 @@ pub struct World {
     trace: Vec<String>,
     steps: u64,
     same_instant: u64,
-    grants: u64,
-    session_losses: u64,
+    counters: BTreeMap<&'static str, u64>,
 }
 
 impl World {
@@ -195,7 +194,10 @@ impl World {
             max_ttl,
             history: 4,
         });
-        let mut member_cfg = Config::new(group.clone(), MemberId::new("m").unwrap_or_else(|_| unreachable!()));
+        let mut member_cfg = Config::new(
+            group.clone(),
+            MemberId::new("m").unwrap_or_else(|_| unreachable!()),
+        );
         member_cfg.session_ttl = SESSION_TTL;
         // Covers 1000 ppm of drift over T (2 ms) with a wide berth for scheduling.
         member_cfg.safety_margin = ms(150);
@@ -242,8 +244,7 @@ impl World {
             trace: Vec::new(),
             steps: 0,
             same_instant: 0,
-            grants: 0,
-            session_losses: 0,
+            counters: BTreeMap::new(),
         };
         w.admin(admin::create_group(&w.layout));
         let n_res = w.rng.range(1, 12);
@@ -380,8 +381,7 @@ impl World {
             steps: self.steps,
             violations: self.violations,
             trace: self.trace,
-            grants: self.grants,
-            session_losses: self.session_losses,
+            counters: self.counters,
         }
     }
 
@@ -469,7 +469,10 @@ impl World {
                 lease,
             } => {
                 if self.live(slot, inc)
-                    && self.slots[slot].app.get(&resource).is_some_and(|l| l.lease == lease)
+                    && self.slots[slot]
+                        .app
+                        .get(&resource)
+                        .is_some_and(|l| l.lease == lease)
                 {
                     self.slots[slot].app.remove(&resource);
                     self.log(|| format!("m{slot}#{inc} app released {resource}"));
@@ -554,13 +557,22 @@ impl World {
             self.slots[i].timer = None;
             return;
         }
-        let want = m.poll_timeout().map(|l| self.slots[i].true_time(l).max(self.now));
+        let want = m
+            .poll_timeout()
+            .map(|l| self.slots[i].true_time(l).max(self.now));
         if want != self.slots[i].timer {
             self.slots[i].timer = want;
             if let Some(t) = want {
                 if t != Time::MAX {
                     let inc = self.slots[i].inc;
-                    self.schedule(t, Ev::Timer { slot: i, inc, at: t });
+                    self.schedule(
+                        t,
+                        Ev::Timer {
+                            slot: i,
+                            inc,
+                            at: t,
+                        },
+                    );
                 }
             }
         }
@@ -568,6 +580,20 @@ impl World {
 
     fn member_event(&mut self, i: usize, e: Event) {
         let inc = self.slots[i].inc;
+        let kind = match &e {
+            Event::Grant { .. } => "grant",
+            Event::Revoke { .. } => "revoke",
+            Event::Suspended { .. } => "suspended",
+            Event::Resumed => "resumed",
+            Event::SessionLost { .. } => "session_lost",
+            Event::StopDeadlineMissed { .. } => "abort",
+            Event::BecameCoordinator { .. } => "coordinator",
+            Event::NameInUse { .. } => "name_in_use",
+            Event::Rebalanced { .. } => "rebalance",
+            Event::Left => "left",
+            _ => "other",
+        };
+        *self.counters.entry(kind).or_default() += 1;
         match &e {
             Event::Grant {
                 lease,
@@ -576,7 +602,6 @@ impl World {
                 session,
                 ..
             } => {
-                self.grants += 1;
                 if let Some((s, t)) = self.last_token.get(resource) {
                     let bad = if s == session { token < t } else { token <= t };
                     if bad {
@@ -629,7 +654,6 @@ impl World {
                 self.crash(i, "stop deadline missed: abort");
                 return;
             }
-            Event::SessionLost { .. } => self.session_losses += 1,
             _ => {}
         }
         self.log(|| format!("m{i}#{inc} {}", short_event(&e)));
@@ -642,18 +666,42 @@ impl World {
         let timeout_at = self.now + self.op_timeout;
         let failed = timeout_error(&req);
         if self.slots[i].partitioned || self.rng.chance(f.lost_request) {
-            self.schedule(timeout_at, Ev::Reply { slot: i, inc, op, res: failed });
+            self.schedule(
+                timeout_at,
+                Ev::Reply {
+                    slot: i,
+                    inc,
+                    op,
+                    res: failed,
+                },
+            );
             return;
         }
         if self.rng.chance(f.fast_fail) {
             let at = self.now + ms(self.rng.range(0, 5));
             let res = Err(StoreError::Unavailable("injected".into()));
-            self.schedule(at, Ev::Reply { slot: i, inc, op, res });
+            self.schedule(
+                at,
+                Ev::Reply {
+                    slot: i,
+                    inc,
+                    op,
+                    res,
+                },
+            );
             return;
         }
         let d1 = self.latency();
         if self.now + d1 >= timeout_at {
-            self.schedule(timeout_at, Ev::Reply { slot: i, inc, op, res: failed });
+            self.schedule(
+                timeout_at,
+                Ev::Reply {
+                    slot: i,
+                    inc,
+                    op,
+                    res: failed,
+                },
+            );
             return;
         }
         let sent = self.now;
@@ -681,7 +729,15 @@ impl World {
         let timeout_at = sent + self.op_timeout;
         if self.slots[i].partitioned {
             let res = timeout_error(&req);
-            self.schedule(timeout_at, Ev::Reply { slot: i, inc, op, res });
+            self.schedule(
+                timeout_at,
+                Ev::Reply {
+                    slot: i,
+                    inc,
+                    op,
+                    res,
+                },
+            );
             return;
         }
         let stale = match &req {
@@ -712,9 +768,25 @@ impl World {
         if lost || self.now + d2 >= timeout_at {
             // Applied, but the client never learns it: the Indeterminate case.
             let res = timeout_error(&req);
-            self.schedule(timeout_at, Ev::Reply { slot: i, inc, op, res });
+            self.schedule(
+                timeout_at,
+                Ev::Reply {
+                    slot: i,
+                    inc,
+                    op,
+                    res,
+                },
+            );
         } else {
-            self.schedule(self.now + d2, Ev::Reply { slot: i, inc, op, res });
+            self.schedule(
+                self.now + d2,
+                Ev::Reply {
+                    slot: i,
+                    inc,
+                    op,
+                    res,
+                },
+            );
         }
     }
 
@@ -871,7 +943,11 @@ impl World {
                 self.start_member(i);
             }
         }
-        if !self.slots.iter().any(|s| s.state == State::Running && !s.leaving) {
+        if !self
+            .slots
+            .iter()
+            .any(|s| s.state == State::Running && !s.leaving)
+        {
             let i = self.add_member();
             self.log(|| format!("m{i} started so the group has a member"));
         }
@@ -881,7 +957,11 @@ impl World {
             .collect();
         let queued: Vec<(Time, u64, usize)> = self.queue.drain().map(|Reverse(x)| x).collect();
         for (t, seq, id) in queued {
-            let wakes = self.evs.get(&id).and_then(ev_slot).is_some_and(|s| paused.contains(&s));
+            let wakes = self
+                .evs
+                .get(&id)
+                .and_then(ev_slot)
+                .is_some_and(|s| paused.contains(&s));
             let t = if wakes { t.min(self.now) } else { t };
             self.queue.push(Reverse((t, seq, id)));
         }
@@ -957,7 +1037,10 @@ impl World {
             problems.push(format!("unbalanced: {counts:?}"));
         }
         if !problems.is_empty() {
-            let mut s = format!("no convergence within {:?} after faults stopped:", convergence_bound());
+            let mut s = format!(
+                "no convergence within {:?} after faults stopped:",
+                convergence_bound()
+            );
             for p in problems.iter().take(8) {
                 let _ = write!(s, " {p};");
             }
@@ -997,7 +1080,10 @@ fn short_op(op: &StoreOp) -> String {
                 .iter()
                 .map(|w| match w {
                     rebalanser_core::store::Write::Create { key, owner, .. } => {
-                        format!("create {key}{}", owner.map(|o| format!(" by {o}")).unwrap_or_default())
+                        format!(
+                            "create {key}{}",
+                            owner.map(|o| format!(" by {o}")).unwrap_or_default()
+                        )
                     }
                     rebalanser_core::store::Write::Put { key, .. } => format!("put {key}"),
                     rebalanser_core::store::Write::Delete { key } => format!("delete {key}"),
@@ -1011,10 +1097,7 @@ fn short_op(op: &StoreOp) -> String {
 fn short_res(res: &StoreResult) -> String {
     match res {
         Ok(StoreReply::Listed(v)) => format!("ok listed {} keys", v.len()),
-        Ok(StoreReply::Got(Some(e))) => format!(
-            "ok got owner={:?} rev={}",
-            e.owner, e.create_rev
-        ),
+        Ok(StoreReply::Got(Some(e))) => format!("ok got owner={:?} rev={}", e.owner, e.create_rev),
         Ok(r) => format!("ok {r:?}"),
         Err(e) => format!("err {e}"),
     }

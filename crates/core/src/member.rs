@@ -176,7 +176,7 @@ struct Gate {
 
 #[derive(Debug)]
 enum Pending {
-    Open,
+    Open { sent: Time },
     KeepAlive {
         session: SessionId,
         sent: Time,
@@ -228,7 +228,7 @@ enum Pending {
 impl Pending {
     fn session(&self) -> Option<SessionId> {
         match self {
-            Pending::Open | Pending::Close | Pending::Read { .. } => None,
+            Pending::Open { .. } | Pending::Close | Pending::Read { .. } => None,
             Pending::KeepAlive { session, .. }
             | Pending::Register { session }
             | Pending::RegisterVerify { session }
@@ -420,7 +420,7 @@ impl Member {
             return;
         }
         match p {
-            Pending::Open => self.on_open(now, result),
+            Pending::Open { sent } => self.on_open(now, sent, result),
             Pending::KeepAlive { sent, .. } => self.on_keepalive(now, sent, result),
             Pending::Close => {
                 self.session = None;
@@ -634,7 +634,7 @@ impl Member {
         self.events.push_back(Event::StoreError { op, error });
     }
 
-    fn on_open(&mut self, now: Time, result: StoreResult) {
+    fn on_open(&mut self, now: Time, sent: Time, result: StoreResult) {
         self.opening = false;
         match result {
             Ok(StoreReply::Session { session, ttl }) => {
@@ -644,10 +644,7 @@ impl Member {
                     return;
                 }
                 let ttl = ttl.min(self.cfg.session_ttl);
-                // The session cannot expire before `now - rtt + ttl`; counting from the time
-                // the open was sent would be exact, but `now` minus the op timeout is a safe
-                // lower bound that needs no bookkeeping.
-                let sent = now - self.cfg.op_timeout;
+                // The store started the session's clock no earlier than `sent`.
                 self.session = Some(Session {
                     id: session,
                     ttl,
@@ -968,10 +965,16 @@ impl Member {
         }
         if self.session.is_none() {
             self.check_stop_deadline(now);
+            if self.leave_started.is_some() && !self.opening {
+                // Leaving without a session: nothing to hand over, nothing to close.
+                self.phase = Phase::Closing;
+                self.step(now);
+                return;
+            }
             if !self.opening && now >= self.reopen_at {
                 self.opening = true;
                 self.send(
-                    Pending::Open,
+                    Pending::Open { sent: now },
                     StoreOp::OpenSession {
                         ttl: self.cfg.session_ttl,
                     },
@@ -986,6 +989,14 @@ impl Member {
         }
         self.register(now);
         if self.registration != Registration::Registered {
+            // Leaving before registration (e.g. blocked on a name in use): nothing was
+            // assigned, so close at once.
+            if self.leave_started.is_some() && self.leases.is_empty() {
+                if let Some(session) = self.session.as_ref().map(|s| s.id) {
+                    self.send(Pending::Close, StoreOp::CloseSession { session });
+                    self.phase = Phase::Closing;
+                }
+            }
             return;
         }
         self.coordinate(now);

@@ -176,7 +176,9 @@ struct Gate {
 
 #[derive(Debug)]
 enum Pending {
-    Open { sent: Time },
+    Open {
+        sent: Time,
+    },
     KeepAlive {
         session: SessionId,
         sent: Time,
@@ -1263,31 +1265,28 @@ impl Member {
             if !self.gate_open(&r, now) {
                 continue;
             }
-            match self.view.claims.get(&r) {
-                None => {
-                    self.gates.remove(&r);
-                    let key = self.layout.claim(&r);
-                    let rec = ClaimRec {
-                        member: self.cfg.name.clone(),
-                    };
-                    let op = self.send(
-                        Pending::ClaimCreate {
-                            session,
-                            r: r.clone(),
-                        },
-                        StoreOp::Txn {
-                            conds: vec![],
-                            writes: vec![Write::Create {
-                                key,
-                                value: layout::encode(&rec),
-                                owner: Some(session),
-                            }],
-                        },
-                    );
-                    self.claim_op.insert(r, op);
-                }
-                // Held by another session: wait for its owner to release it or expire.
-                Some(_) => {}
+            // Held by another session: wait for its owner to release it or expire.
+            if !self.view.claims.contains_key(&r) {
+                self.gates.remove(&r);
+                let key = self.layout.claim(&r);
+                let rec = ClaimRec {
+                    member: self.cfg.name.clone(),
+                };
+                let op = self.send(
+                    Pending::ClaimCreate {
+                        session,
+                        r: r.clone(),
+                    },
+                    StoreOp::Txn {
+                        conds: vec![],
+                        writes: vec![Write::Create {
+                            key,
+                            value: layout::encode(&rec),
+                            owner: Some(session),
+                        }],
+                    },
+                );
+                self.claim_op.insert(r, op);
             }
         }
     }
@@ -1453,7 +1452,10 @@ impl Member {
             }
             Some(_) => {}
             None => {
-                if self.leave_started.is_some() || now < self.no_election_before {
+                // A leaving member stands for election too: when every other member is gone
+                // or leaving, nobody else would move its resources and its leave would wait
+                // out leave_timeout. As coordinator it drains itself like any other member.
+                if now < self.no_election_before {
                     return;
                 }
                 let (cond, epoch) = match self.view.epoch {

@@ -1,1 +1,124 @@
+//! Rebalanser: Kafka-style consumer groups over any resources, coordinated through a store.
+//!
+//! A **group** is a set of members (processes) and a set of resources (opaque string ids).
+//! Each resource is leased to exactly one live member at a time, balanced across members and
+//! moved only when it must. This crate is the runtime: it drives the sans-IO protocol core
+//! (`rebalanser-core`) against a [`Store`] on tokio, and turns the core's decisions into
+//! [`Lease`]s for the application.
+//!
+//! # Usage
+//!
+//! ```
+//! use std::time::Duration;
+//! use rebalanser::{Admin, Lease, Member};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), rebalanser::Error> {
+//! // The in-process store lives while a handle to it does: the Admin keeps it here.
+//! let admin = Admin::connect("memory://doc-example", "jobs")?;
+//! admin.create_group().await?;
+//! admin.add_resources(&["q1", "q2", "q3", "q4"]).await?;
+//!
+//! let mut a = Member::builder("jobs").name("a").store_url("memory://doc-example").join().await?;
+//! let mut b = Member::builder("jobs").name("b").store_url("memory://doc-example").join().await?;
+//!
+//! // Serve each lease until it is revoked; dropping it tells the library the work stopped.
+//! fn serve(lease: Lease) {
+//!     tokio::spawn(async move {
+//!         println!("working on {} with token {}", lease.resource(), lease.token());
+//!         // ... access the resource while `lease.is_valid()` ...
+//!         lease.revoked().await;
+//!     });
+//! }
+//!
+//! // Take leases until the group settles: every resource held by the member it is
+//! // assigned to, two each.
+//! loop {
+//!     tokio::select! {
+//!         Some(lease) = a.next_lease() => serve(lease),
+//!         Some(lease) = b.next_lease() => serve(lease),
+//!         _ = tokio::time::sleep(Duration::from_millis(50)) => {
+//!             let status = admin.status().await?;
+//!             let per_member = status.claims_per_member();
+//!             if status.is_settled() && per_member.values().all(|&n| n == 2) {
+//!                 break;
+//!             }
+//!         }
+//!     }
+//! }
+//!
+//! // Graceful leave: the leaving member's resources are handed over without waiting for a
+//! // timeout. The coordinator leaves last (see `MemberHandle::leave` for why).
+//! let (first, last) = if a.status().coordinator.is_some() { (b, a) } else { (a, b) };
+//! first.leave().await?;
+//! last.leave().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Map
+//!
+//! - [`Member::builder`] → [`MemberBuilder`] → [`MemberBuilder::join`] → [`MemberHandle`]:
+//!   leases ([`MemberHandle::next_lease`], or the handle as a `Stream`), status events
+//!   ([`MemberHandle::events`]) and [`MemberHandle::leave`].
+//! - [`Lease`]: one resource; [`Lease::is_valid`] is computed at call time from a deadline on
+//!   the boot-time [`clock`], so it turns false on time even if the member's task is stalled.
+//! - [`Admin`]: create a group, add/remove/list resources, [`Admin::status`].
+//! - [`Callbacks`]: `on_assigned` / `on_revoked` / `on_error` over a [`MemberHandle`].
+//!
+//! **Architecture invariant:** this crate is the only place that spawns tasks or reads the
+//! real clock; all protocol decisions are the core's. One tokio task per member owns the
+//! core and everything it does on the store.
+//!
+//! # Logs
+//!
+//! `tracing`, one span `member` per member with fields `group`, `member`, `epoch`. `info` is
+//! one line per membership or ownership change (joined, coordinator, rebalanced, lease
+//! granted/revoked, session lost, left) with the fields `resource`, `token`, `epoch`, `from`,
+//! `to`, `reason`; `debug` has every store operation.
 
+pub mod clock;
+
+mod admin;
+mod builder;
+mod callbacks;
+mod driver;
+mod error;
+mod handle;
+mod lease;
+mod url;
+
+pub use admin::{
+    Admin, BadKey, ClaimInfo, CoordinatorInfo, GroupStatus, Handover, MemberInfo, ResourceStatus,
+};
+pub use builder::{Member, MemberBuilder, StopPolicy};
+pub use callbacks::{CallbackHandle, Callbacks};
+pub use error::Error;
+pub use handle::{Events, MemberHandle, MemberStatus, Status};
+pub use lease::{Lease, LeaseChecker};
+pub use url::open_store;
+
+pub use rebalanser_core::store::StoreError;
+pub use rebalanser_core::{
+    ConfigError, Epoch, GroupId, IdError, MemberId, ResourceId, RevokeReason, SessionId, Time,
+    Token,
+};
+pub use rebalanser_store::{MemoryStore, Store};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn public_types_cross_threads() {
+        send_sync::<Lease>();
+        send_sync::<LeaseChecker>();
+        send_sync::<MemberHandle>();
+        send_sync::<Admin>();
+        send_sync::<Error>();
+        send_sync::<Status>();
+        send_sync::<CallbackHandle>();
+    }
+}

@@ -1,0 +1,509 @@
+//! [`Admin`]: manage a group's resource set and inspect its state.
+//!
+//! Admin writes only the group marker and `resources/`; it never deletes or rewrites a claim
+//! (DESIGN §8 rule 7): a removed resource's owner stops and deletes its own claim once the
+//! coordinator unassigns it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rebalanser_core::admin as ops;
+use rebalanser_core::layout::{self, Layout, MetaRec, View};
+use rebalanser_core::store::{Cond, StoreError, StoreOp, StoreReply};
+use rebalanser_core::{Epoch, GroupId, MemberId, ResourceId, SessionId, Token};
+use rebalanser_store::Store;
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::url::open_store;
+
+/// Resource writes per transaction: keeps each request far below every store's request limit
+/// (ZooKeeper's jute.maxbuffer is about 1 MiB; a resource key is at most ~1.6 KiB encoded).
+const WRITES_PER_TXN: usize = 256;
+/// Attempts of an idempotent write whose outcome was unknown or that found the store down.
+const ATTEMPTS: u32 = 3;
+const RETRY_DELAY: Duration = Duration::from_millis(100);
+
+/// Administration of one group.
+#[derive(Clone)]
+pub struct Admin {
+    store: Arc<dyn Store>,
+    group: GroupId,
+    layout: Layout,
+    op_timeout: Duration,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("store", &self.store.describe())
+            .field("group", &self.group)
+            .finish()
+    }
+}
+
+impl Admin {
+    /// Administers `group` in `store`. Fails only on an invalid group id.
+    pub fn new(store: Arc<dyn Store>, group: &str) -> Result<Admin, Error> {
+        let group = GroupId::new(group)?;
+        Ok(Admin {
+            layout: Layout::new(&group),
+            store,
+            group,
+            op_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// Administers `group` in the store a URL names (see [`crate::open_store`]).
+    pub fn connect(url: &str, group: &str) -> Result<Admin, Error> {
+        // Validate the group first: its error is the more useful one when both are wrong.
+        GroupId::new(group)?;
+        Admin::new(open_store(url)?, group)
+    }
+
+    /// Longest each store operation may take. Default 10 s.
+    pub fn with_op_timeout(mut self, d: Duration) -> Admin {
+        self.op_timeout = d;
+        self
+    }
+
+    pub fn group(&self) -> &GroupId {
+        &self.group
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Whether the group exists.
+    pub async fn exists(&self) -> Result<bool, Error> {
+        Ok(
+            read_meta(&*self.store, &self.group, &self.layout, self.op_timeout)
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// Creates the group. Idempotent: succeeds when it already exists.
+    pub async fn create_group(&self) -> Result<(), Error> {
+        create_group(&*self.store, &self.group, &self.layout, self.op_timeout).await
+    }
+
+    /// Adds resources (idempotent). Every id is validated before anything is written. Large
+    /// sets are written in batches of 256, each atomic, so a failure midway may leave a
+    /// prefix added; repeating the call is safe.
+    pub async fn add_resources<S: AsRef<str>>(&self, ids: &[S]) -> Result<(), Error> {
+        let ids = validate(ids)?;
+        self.write_resources(&ids, ops::add_resources).await
+    }
+
+    /// Removes resources (idempotent). Their owners stop and give them up through the
+    /// normal revoke; claims are never deleted here.
+    pub async fn remove_resources<S: AsRef<str>>(&self, ids: &[S]) -> Result<(), Error> {
+        let ids = validate(ids)?;
+        self.write_resources(&ids, ops::remove_resources).await
+    }
+
+    /// The resource set, sorted.
+    pub async fn list_resources(&self) -> Result<Vec<ResourceId>, Error> {
+        let (view, _) = self.view().await?;
+        Ok(view.resources.into_iter().collect())
+    }
+
+    /// A linearizable snapshot of the group: members, coordinator, assignments, claims and
+    /// the handovers in progress.
+    pub async fn status(&self) -> Result<GroupStatus, Error> {
+        let (view, bad) = self.view().await?;
+        Ok(GroupStatus::from_view(self.group.clone(), &view, bad))
+    }
+
+    async fn view(&self) -> Result<(View, Vec<layout::BadData>), Error> {
+        let reply = exec(
+            &*self.store,
+            StoreOp::List {
+                prefix: self.layout.prefix(),
+                linearizable: true,
+            },
+            self.op_timeout,
+        )
+        .await?;
+        let StoreReply::Listed(entries) = reply else {
+            return Err(self.unexpected("list", &reply));
+        };
+        let (view, bad) = layout::parse_view(&self.layout, &entries);
+        if !view.exists {
+            // A present but malformed marker shows up in `bad`.
+            let marker = self.layout.meta();
+            if bad.iter().any(|b| b.key == marker) {
+                return Err(Error::NotAGroup {
+                    group: self.group.clone(),
+                    store: self.store.describe(),
+                    key: marker,
+                });
+            }
+            return Err(Error::UnknownGroup {
+                group: self.group.clone(),
+            });
+        }
+        Ok((view, bad))
+    }
+
+    async fn write_resources(
+        &self,
+        ids: &[ResourceId],
+        build: fn(&Layout, &[ResourceId]) -> StoreOp,
+    ) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let Some(version) =
+            read_meta(&*self.store, &self.group, &self.layout, self.op_timeout).await?
+        else {
+            return Err(Error::UnknownGroup {
+                group: self.group.clone(),
+            });
+        };
+        for batch in ids.chunks(WRITES_PER_TXN) {
+            let mut op = build(&self.layout, batch);
+            // Guarded by the group marker, so a write cannot land in a group deleted meanwhile.
+            if let StoreOp::Txn { conds, .. } = &mut op {
+                conds.push(Cond::Version(self.layout.meta(), version));
+            }
+            match self.write_idempotent(op).await {
+                Err(Error::Store {
+                    source: StoreError::Conflict(_),
+                    ..
+                }) if !self.exists().await? => {
+                    return Err(Error::UnknownGroup {
+                        group: self.group.clone(),
+                    })
+                }
+                other => {
+                    other?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Retries a write that is idempotent (adding or removing resources) when its outcome is
+    /// unknown: applying it twice is the same as once.
+    async fn write_idempotent(&self, op: StoreOp) -> Result<(), Error> {
+        let mut attempt = 1;
+        loop {
+            match exec(&*self.store, op.clone(), self.op_timeout).await {
+                Ok(_) => return Ok(()),
+                Err(Error::Store {
+                    source: StoreError::Indeterminate(_) | StoreError::Unavailable(_),
+                    ..
+                }) if attempt < ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(RETRY_DELAY).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn unexpected(&self, op: &str, reply: &StoreReply) -> Error {
+        Error::Store {
+            store: self.store.describe(),
+            source: StoreError::Invalid(format!("unexpected reply to {op}: {reply:?}")),
+        }
+    }
+}
+
+fn validate<S: AsRef<str>>(ids: &[S]) -> Result<Vec<ResourceId>, Error> {
+    let mut set = BTreeSet::new();
+    for id in ids {
+        set.insert(ResourceId::new(id.as_ref())?);
+    }
+    Ok(set.into_iter().collect())
+}
+
+/// Runs one operation with a timeout, mapping failures to [`Error::Store`].
+pub(crate) async fn exec(
+    store: &dyn Store,
+    op: StoreOp,
+    timeout: Duration,
+) -> Result<StoreReply, Error> {
+    let write = op.is_write();
+    let err = |source| Error::Store {
+        store: store.describe(),
+        source,
+    };
+    match tokio::time::timeout(timeout, store.execute(op)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(err(e)),
+        Err(_) => {
+            let why = format!("no reply within {timeout:?}");
+            Err(err(if write {
+                StoreError::Indeterminate(why)
+            } else {
+                StoreError::Unavailable(why)
+            }))
+        }
+    }
+}
+
+/// The version of the group marker, `None` when the group does not exist.
+async fn read_meta(
+    store: &dyn Store,
+    group: &GroupId,
+    layout: &Layout,
+    timeout: Duration,
+) -> Result<Option<u64>, Error> {
+    let key = layout.meta();
+    let reply = exec(
+        store,
+        StoreOp::Get {
+            key: key.clone(),
+            linearizable: true,
+        },
+        timeout,
+    )
+    .await?;
+    match reply {
+        StoreReply::Got(None) => Ok(None),
+        StoreReply::Got(Some(e)) if layout::decode::<MetaRec>(&e.value).is_some() => {
+            Ok(Some(e.version))
+        }
+        StoreReply::Got(Some(_)) => Err(Error::NotAGroup {
+            group: group.clone(),
+            store: store.describe(),
+            key,
+        }),
+        other => Err(Error::Store {
+            store: store.describe(),
+            source: StoreError::Invalid(format!("unexpected reply to get: {other:?}")),
+        }),
+    }
+}
+
+async fn create_group(
+    store: &dyn Store,
+    group: &GroupId,
+    layout: &Layout,
+    timeout: Duration,
+) -> Result<(), Error> {
+    match exec(store, ops::create_group(layout), timeout).await {
+        Ok(_) => Ok(()),
+        // Conflict: it exists (created concurrently, perhaps). Unknown outcome: look.
+        Err(Error::Store {
+            source: StoreError::Conflict(_) | StoreError::Indeterminate(_),
+            ..
+        }) if read_meta(store, group, layout, timeout).await?.is_some() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks at join that the group exists, creating it when asked to.
+pub(crate) async fn ensure_group(
+    store: &dyn Store,
+    group: &GroupId,
+    timeout: Duration,
+    create: bool,
+) -> Result<(), Error> {
+    let layout = Layout::new(group);
+    if read_meta(store, group, &layout, timeout).await?.is_some() {
+        return Ok(());
+    }
+    if create {
+        return create_group(store, group, &layout, timeout).await;
+    }
+    Err(Error::UnknownGroup {
+        group: group.clone(),
+    })
+}
+
+/// A snapshot of one group (see [`Admin::status`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct GroupStatus {
+    pub group: GroupId,
+    /// The token generation (bumped after a restore or a store migration).
+    pub generation: u64,
+    /// The epoch counter: the epoch of the latest coordinator ever elected.
+    pub epoch: Option<Epoch>,
+    pub coordinator: Option<CoordinatorInfo>,
+    /// Registered members, by name.
+    pub members: Vec<MemberInfo>,
+    /// Every resource of the set, by id.
+    pub resources: Vec<ResourceStatus>,
+    /// Resources whose assigned member is not (yet) the claim holder, including removed
+    /// resources whose claim is still held and resources assigned but not yet claimed.
+    pub pending_handovers: Vec<Handover>,
+    /// Keys under the group that could not be understood.
+    pub bad_data: Vec<BadKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct CoordinatorInfo {
+    pub member: MemberId,
+    pub session: SessionId,
+    pub epoch: Epoch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct MemberInfo {
+    pub name: MemberId,
+    pub session: SessionId,
+    pub weight: u32,
+    /// Leaving gracefully: the coordinator moves its resources off.
+    pub draining: bool,
+    /// Resources in its current assignment.
+    pub assigned: usize,
+    /// Claims its session holds.
+    pub claimed: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ResourceStatus {
+    pub id: ResourceId,
+    /// The member whose complete, current assignment contains it.
+    pub assigned_to: Option<MemberId>,
+    pub claim: Option<ClaimInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ClaimInfo {
+    /// The member that created the claim (informational: ownership is the session).
+    pub member: MemberId,
+    pub session: SessionId,
+    pub token: Token,
+    /// Whether the owning session is still registered under `members/`. A claim whose
+    /// session is not is waiting for that session to expire (or the member is restarting).
+    pub session_registered: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Handover {
+    pub resource: ResourceId,
+    /// The current claim holder, if any.
+    pub from: Option<ClaimInfo>,
+    /// The member it is assigned to; `None` for a removed (or not yet assigned) resource.
+    pub to: Option<MemberId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct BadKey {
+    pub key: String,
+    pub reason: &'static str,
+}
+
+impl GroupStatus {
+    fn from_view(group: GroupId, v: &View, bad: Vec<layout::BadData>) -> GroupStatus {
+        let token = |rev| Token {
+            generation: v.generation,
+            revision: rev,
+        };
+        let sessions: BTreeSet<SessionId> = v.members.values().map(|m| m.session).collect();
+        let claim_info = |c: &layout::ClaimView| ClaimInfo {
+            member: c.member.clone(),
+            session: c.session,
+            token: token(c.create_rev),
+            session_registered: sessions.contains(&c.session),
+        };
+        // Only a member's complete assignment for its current session counts: chunks for an
+        // earlier incarnation of the name are not acted on by anyone.
+        let mut assigned: BTreeMap<&ResourceId, (&MemberId, SessionId)> = BTreeMap::new();
+        let mut assigned_count: BTreeMap<&MemberId, usize> = BTreeMap::new();
+        let mut sets = Vec::new();
+        for (m, mv) in &v.members {
+            if let Some((_, set)) = v.assignment_of(m, mv.session) {
+                sets.push((m, mv.session, set));
+            }
+        }
+        for (m, s, set) in &sets {
+            assigned_count.insert(m, set.len());
+            for r in set {
+                assigned.insert(r, (m, *s));
+            }
+        }
+        let members = v
+            .members
+            .iter()
+            .map(|(m, mv)| MemberInfo {
+                name: m.clone(),
+                session: mv.session,
+                weight: mv.weight,
+                draining: v.draining.get(m) == Some(&mv.session),
+                assigned: assigned_count.get(m).copied().unwrap_or(0),
+                claimed: v
+                    .claims
+                    .values()
+                    .filter(|c| c.session == mv.session)
+                    .count(),
+            })
+            .collect();
+        let resources = v
+            .resources
+            .iter()
+            .map(|r| ResourceStatus {
+                id: r.clone(),
+                assigned_to: assigned.get(r).map(|(m, _)| (*m).clone()),
+                claim: v.claims.get(r).map(claim_info),
+            })
+            .collect();
+        let all: BTreeSet<&ResourceId> = v.resources.iter().chain(v.claims.keys()).collect();
+        let pending_handovers = all
+            .into_iter()
+            .filter_map(|r| {
+                // Assigned resources that are not in the set do not count as assigned.
+                let to = assigned.get(r).filter(|_| v.resources.contains(r));
+                let claim = v.claims.get(r);
+                let settled = match (to, claim) {
+                    (Some((_, s)), Some(c)) => c.session == *s,
+                    (None, None) => true,
+                    _ => false,
+                };
+                (!settled).then(|| Handover {
+                    resource: r.clone(),
+                    from: claim.map(claim_info),
+                    to: to.map(|(m, _)| (*m).clone()),
+                })
+            })
+            .collect();
+        GroupStatus {
+            group,
+            generation: v.generation,
+            epoch: v.epoch.map(|(e, _)| e),
+            coordinator: v.leader.as_ref().map(|l| CoordinatorInfo {
+                member: l.member.clone(),
+                session: l.session,
+                epoch: l.epoch,
+            }),
+            members,
+            resources,
+            pending_handovers,
+            bad_data: bad
+                .into_iter()
+                .map(|b| BadKey {
+                    key: b.key,
+                    reason: b.reason,
+                })
+                .collect(),
+        }
+    }
+
+    /// True when every resource is claimed by the member it is assigned to and nothing is in
+    /// transit: the group is at rest.
+    pub fn is_settled(&self) -> bool {
+        self.pending_handovers.is_empty() && self.resources.iter().all(|r| r.claim.is_some())
+    }
+
+    /// Claims held per member name (for balance checks).
+    pub fn claims_per_member(&self) -> BTreeMap<MemberId, usize> {
+        self.members
+            .iter()
+            .map(|m| (m.name.clone(), m.claimed))
+            .collect()
+    }
+}

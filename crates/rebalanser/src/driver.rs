@@ -1,0 +1,597 @@
+//! The driver: one tokio task per member that runs the sans-IO protocol core.
+//!
+//! Calling convention of the core (see `rebalanser_core::member`): every input is a
+//! `handle_*(now, ..)` call with `now` from [`clock::now`]; after each input the driver drains
+//! `poll_op` and `poll_event`, publishes lease deadlines, and sleeps until `poll_timeout`.
+//!
+//! Store operations run concurrently inside this task (a `FuturesUnordered`), not in spawned
+//! tasks: `Store::execute` is called in the order the core emitted the operations, so a
+//! backend that sends on call keeps that order, and when the member ends its in-flight
+//! operations end with it (DESIGN §8 rule 5: operations die with their session). Each
+//! operation gets exactly one reply — its own, or after `op_timeout` (or a panic in the
+//! backend) `Indeterminate` for a write and `Unavailable` for a read.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use rebalanser_core::layout::Layout;
+use rebalanser_core::store::{StoreError, StoreOp, StoreResult};
+use rebalanser_core::{Epoch, Event, LeaseId, Member as Core, OpId, ResourceId, SessionId, Time};
+use rebalanser_store::{Store, WatchEvent};
+use tokio::sync::{broadcast, mpsc, watch};
+use tracing::{debug, error, info, warn, Instrument, Span};
+
+use crate::builder::StopPolicy;
+use crate::clock;
+use crate::handle::{MemberStatus, Status};
+use crate::lease::{Cmd, Lease, LeaseShared};
+
+/// Longest the driver sleeps without re-reading the clock. The tokio timer runs on the
+/// monotonic clock, which stops during system suspend; waking at least this often bounds how
+/// late the driver notices, after a resume, that the boot-time deadline has passed.
+const MAX_SLEEP: Duration = Duration::from_millis(250);
+
+/// Everything the driver task owns besides the store and its input channel.
+pub(crate) struct Driver {
+    pub(crate) core: Core,
+    pub(crate) policy: StopPolicy,
+    pub(crate) cmds_tx: mpsc::UnboundedSender<Cmd>,
+    pub(crate) leases_tx: mpsc::UnboundedSender<Lease>,
+    pub(crate) status_tx: broadcast::Sender<Status>,
+    pub(crate) snapshot_tx: watch::Sender<MemberStatus>,
+    pub(crate) span: Span,
+    deadlines: BTreeMap<SessionId, Arc<AtomicU64>>,
+    tracks: BTreeMap<LeaseId, Track>,
+    outbox: Vec<(OpId, StoreOp)>,
+    deliver: Vec<Lease>,
+    /// Granted after the handle stopped taking leases (it left or was dropped). Held here,
+    /// unused, until revoked: dropping them would release them, and the core grants a
+    /// released lease that is still desired again at once, in a loop.
+    parked: BTreeMap<LeaseId, Lease>,
+    joined: bool,
+    suspended: bool,
+    /// The epoch last recorded on the span (the fmt subscriber appends every record).
+    span_epoch: Option<Epoch>,
+}
+
+/// The driver's side of one outstanding lease.
+struct Track {
+    resource: ResourceId,
+    revoke_tx: watch::Sender<Option<rebalanser_core::RevokeReason>>,
+    shared: Arc<LeaseShared>,
+    revoked_at: Option<Time>,
+    /// The stop policy was already applied for it.
+    escalated: bool,
+}
+
+impl Driver {
+    pub(crate) fn new(
+        core: Core,
+        policy: StopPolicy,
+        cmds_tx: mpsc::UnboundedSender<Cmd>,
+        leases_tx: mpsc::UnboundedSender<Lease>,
+        status_tx: broadcast::Sender<Status>,
+        snapshot_tx: watch::Sender<MemberStatus>,
+    ) -> Driver {
+        let cfg = core.config();
+        let span = tracing::info_span!(
+            "member",
+            group = %cfg.group,
+            member = %cfg.name,
+            epoch = tracing::field::Empty,
+        );
+        Driver {
+            core,
+            policy,
+            cmds_tx,
+            leases_tx,
+            status_tx,
+            snapshot_tx,
+            span,
+            deadlines: BTreeMap::new(),
+            tracks: BTreeMap::new(),
+            outbox: Vec::new(),
+            deliver: Vec::new(),
+            parked: BTreeMap::new(),
+            joined: false,
+            suspended: false,
+            span_epoch: None,
+        }
+    }
+
+    /// Runs the member until it has left. Spawn it; aborting the task is a crash (no leave).
+    pub(crate) fn run(
+        self,
+        store: Arc<dyn Store>,
+        cmds_rx: mpsc::UnboundedReceiver<Cmd>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let span = self.span.clone();
+        drive(self, store, cmds_rx).instrument(span)
+    }
+
+    fn stop_timeout(&self) -> Duration {
+        self.core.config().stop_timeout
+    }
+
+    fn record_epoch(&mut self, epoch: Epoch) {
+        if self.span_epoch != Some(epoch) {
+            self.span_epoch = Some(epoch);
+            self.span.record("epoch", epoch.0);
+        }
+    }
+
+    fn emit(&self, s: Status) {
+        // No subscriber is fine: events are informational.
+        let _ = self.status_tx.send(s);
+    }
+
+    fn on_cmd(&mut self, now: Time, cmd: Cmd) {
+        match cmd {
+            Cmd::Released { resource, lease } => {
+                if self.tracks.remove(&lease).is_some() {
+                    debug!(resource = %resource, "lease released");
+                }
+                self.core.handle_released(now, &resource, lease);
+            }
+            Cmd::Leave => {
+                if !self.core.is_closed() {
+                    info!(reason = "leave", "leaving the group");
+                }
+                self.core.leave(now);
+            }
+        }
+    }
+
+    /// Drains the core after an input: operations to the outbox, events to the application.
+    fn after_input(&mut self) {
+        loop {
+            while let Some((id, op)) = self.core.poll_op() {
+                debug!(op = op_kind(&op), id = id.0, "store op");
+                self.outbox.push((id, op));
+            }
+            // Handling an event may feed the core again (a lease revoked before delivery is
+            // released at once), so alternate until both queues are empty.
+            let Some(ev) = self.core.poll_event() else {
+                break;
+            };
+            self.on_event(ev);
+        }
+        // Deadlines and the snapshot first, so that an application holding a new lease never
+        // reads a state older than it.
+        self.publish_deadlines();
+        self.publish_snapshot();
+        for lease in self.deliver.drain(..) {
+            if let Err(mpsc::error::SendError(lease)) = self.leases_tx.send(lease) {
+                self.parked.insert(lease.id, lease);
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        let now = clock::now();
+        match ev {
+            Event::Grant {
+                lease,
+                resource,
+                token,
+                epoch,
+                session,
+            } => {
+                let deadline = self
+                    .deadlines
+                    .entry(session)
+                    .or_insert_with(|| Arc::new(AtomicU64::new(0)))
+                    .clone();
+                deadline.store(self.core.valid_until(session).0, Ordering::Release);
+                let (revoke_tx, revoke_rx) = watch::channel(None);
+                let shared = LeaseShared::new(deadline, revoke_rx);
+                self.tracks.insert(
+                    lease,
+                    Track {
+                        resource: resource.clone(),
+                        revoke_tx,
+                        shared: shared.clone(),
+                        revoked_at: None,
+                        escalated: false,
+                    },
+                );
+                self.record_epoch(epoch);
+                info!(resource = %resource, token = %token, epoch = epoch.0, "lease granted");
+                self.emit(Status::Granted {
+                    resource: resource.clone(),
+                    token,
+                    epoch,
+                });
+                self.deliver.push(Lease {
+                    id: lease,
+                    resource,
+                    token,
+                    epoch,
+                    session,
+                    shared,
+                    cmds: self.cmds_tx.clone(),
+                });
+            }
+            Event::Revoke {
+                lease,
+                resource,
+                reason,
+            } => {
+                info!(resource = %resource, reason = reason.as_str(), "lease revoked");
+                self.emit(Status::Revoked {
+                    resource: resource.clone(),
+                    reason,
+                });
+                if let Some(t) = self.tracks.get_mut(&lease) {
+                    t.revoked_at = Some(now);
+                    t.revoke_tx.send_replace(Some(reason));
+                    if t.shared.try_reclaim() {
+                        // The application never saw this lease: nothing to wait for.
+                        debug!(resource = %resource, "revoked before delivery; released");
+                        self.tracks.remove(&lease);
+                        self.parked.remove(&lease);
+                        self.core.handle_released(now, &resource, lease);
+                    }
+                }
+            }
+            Event::SessionOpened { session, ttl } => {
+                info!(to = %session, ttl_ms = ttl.as_millis() as u64, "session opened");
+                self.emit(Status::SessionOpened { session, ttl });
+            }
+            Event::Joined { session } => {
+                self.joined = true;
+                info!(to = %session, "joined");
+                self.emit(Status::Joined { session });
+            }
+            Event::NameInUse { holder } => {
+                warn!(
+                    from = %holder,
+                    reason = "name_in_use",
+                    "member name held by another live session; waiting for it to expire"
+                );
+                self.emit(Status::NameInUse { holder });
+            }
+            Event::BecameCoordinator { epoch } => {
+                self.record_epoch(epoch);
+                info!(epoch = epoch.0, "became coordinator");
+                self.emit(Status::BecameCoordinator { epoch });
+            }
+            Event::SteppedDown { epoch } => {
+                info!(epoch = epoch.0, "stepped down as coordinator");
+                self.emit(Status::SteppedDown { epoch });
+            }
+            Event::Rebalanced {
+                epoch,
+                moved,
+                members,
+                resources,
+            } => {
+                info!(epoch = epoch.0, moved, members, resources, "rebalanced");
+                self.emit(Status::Rebalanced {
+                    epoch,
+                    moved,
+                    members,
+                    resources,
+                });
+            }
+            Event::Suspended { deadline } => {
+                self.suspended = true;
+                let remaining = deadline.saturating_since(now);
+                warn!(
+                    reason = "session_in_doubt",
+                    remaining_ms = remaining.as_millis() as u64,
+                    "session in doubt: every lease revoked"
+                );
+                self.emit(Status::Suspended { remaining });
+            }
+            Event::Resumed => {
+                self.suspended = false;
+                info!("session proved alive again; resuming");
+                self.emit(Status::Resumed);
+            }
+            Event::SessionLost { session } => {
+                self.joined = false;
+                self.suspended = false;
+                info!(from = %session, reason = "session_expired", "session lost; rejoining");
+                self.emit(Status::SessionLost { session });
+            }
+            Event::StopDeadlineMissed { resources } => {
+                for t in self.tracks.values_mut() {
+                    if resources.contains(&t.resource) {
+                        t.escalated = true;
+                    }
+                }
+                self.stop_missed(resources, "lease deadline passed");
+            }
+            Event::BadData(b) => {
+                warn!(key = %b.key, reason = b.reason, "skipping data that cannot be understood");
+                self.emit(Status::BadData {
+                    key: b.key,
+                    reason: b.reason,
+                });
+            }
+            Event::StoreError { op, error } => {
+                warn!(op, error = %error, "store operation failed");
+                self.emit(Status::Error { op, error });
+            }
+            Event::Left => {
+                self.joined = false;
+                info!("left the group");
+                self.emit(Status::Left);
+            }
+        }
+    }
+
+    /// DESIGN §8 rules 3 and 15: a stop that overruns its budget has no safe continuation
+    /// inside a running process; aborting it is the only stop a library can force.
+    fn stop_missed(&self, resources: Vec<ResourceId>, why: &'static str) {
+        error!(
+            resources = ?resources,
+            reason = why,
+            policy = ?self.policy,
+            "the application did not release leases in time"
+        );
+        self.emit(Status::StopDeadlineMissed { resources });
+        match self.policy {
+            StopPolicy::Abort => {
+                error!("aborting the process: a lease may outlive its deadline otherwise");
+                std::process::abort();
+            }
+            StopPolicy::Log => {}
+        }
+    }
+
+    /// Leases revoked longer than `stop_timeout` ago and still not released.
+    fn escalate_overdue(&mut self, now: Time) {
+        let stop = self.stop_timeout();
+        let mut late = Vec::new();
+        for t in self.tracks.values_mut() {
+            if !t.escalated && t.revoked_at.is_some_and(|at| now >= at + stop) {
+                t.escalated = true;
+                late.push(t.resource.clone());
+            }
+        }
+        if !late.is_empty() {
+            self.stop_missed(late, "stop_timeout passed after revoke");
+        }
+    }
+
+    fn next_escalation(&self) -> Option<Time> {
+        let stop = self.stop_timeout();
+        self.tracks
+            .values()
+            .filter(|t| !t.escalated)
+            .filter_map(|t| t.revoked_at.map(|at| at + stop))
+            .min()
+    }
+
+    /// Publishes every session's lease deadline where leases read it. Runs after every input,
+    /// which is the only time the core's answer can change.
+    fn publish_deadlines(&mut self) {
+        let current = self.core.session();
+        let core = &self.core;
+        self.deadlines.retain(|s, d| {
+            d.store(core.valid_until(*s).0, Ordering::Release);
+            Arc::strong_count(d) > 1 || Some(*s) == current
+        });
+    }
+
+    fn publish_snapshot(&self) {
+        let snap = MemberStatus {
+            session: self.core.session(),
+            joined: self.joined,
+            coordinator: self.core.is_coordinator(),
+            suspended: self.suspended,
+            leases: self.core.leased().count(),
+            left: self.core.is_closed(),
+        };
+        self.snapshot_tx.send_if_modified(|s| {
+            let changed = *s != snap;
+            if changed {
+                *s = snap;
+            }
+            changed
+        });
+    }
+
+    /// The member has left: nothing it granted is valid any more.
+    fn finish(&mut self) {
+        for d in self.deadlines.values() {
+            d.store(0, Ordering::Release);
+        }
+        // Dropping the senders completes every `revoked()` still waiting.
+        self.tracks.clear();
+        self.parked.clear();
+        self.publish_snapshot();
+    }
+}
+
+async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::UnboundedReceiver<Cmd>) {
+    let cfg = d.core.config().clone();
+    let store_ref: &dyn Store = &*store;
+    let store_name = store_ref.describe();
+    let prefix = Layout::new(&cfg.group).prefix();
+    let mut in_flight = FuturesUnordered::new();
+    // Armed before the first read, so no change after that read can be missed.
+    let mut watch = Some(store_ref.watch(prefix.clone()));
+    let mut rearm_at: Option<Time> = None;
+    info!(store = %store_name, "member starting");
+    d.core.start(clock::now());
+    loop {
+        d.after_input();
+        for (id, op) in d.outbox.drain(..) {
+            in_flight.push(execute(store_ref, id, op, cfg.op_timeout));
+        }
+        if d.core.is_closed() {
+            break;
+        }
+        let now = clock::now();
+        let mut wake = now + MAX_SLEEP;
+        for t in [d.core.poll_timeout(), d.next_escalation(), rearm_at]
+            .into_iter()
+            .flatten()
+        {
+            wake = wake.min(t);
+        }
+        let sleep_for = wake.saturating_since(now);
+        tokio::select! {
+            // Releases first: they are what lets resources move on.
+            biased;
+            Some(cmd) = cmds_rx.recv() => d.on_cmd(clock::now(), cmd),
+            Some((id, res)) = in_flight.next(), if !in_flight.is_empty() => {
+                let res: StoreResult = res;
+                match &res {
+                    Ok(_) => debug!(id = id.0, "store op done"),
+                    Err(e) => debug!(id = id.0, error = %e, "store op failed"),
+                }
+                d.core.handle_reply(clock::now(), id, res);
+            }
+            ev = next_watch(&mut watch) => {
+                let now = clock::now();
+                if ev.is_none() {
+                    // The watch broke: re-arm after a pause, then re-read (Store contract).
+                    debug!(store = %store_name, "watch ended; re-arming");
+                    watch = None;
+                    rearm_at = Some(now + cfg.retry_delay);
+                }
+                d.core.handle_notify(now);
+            }
+            () = tokio::time::sleep(sleep_for) => {
+                let now = clock::now();
+                if rearm_at.is_some_and(|t| now >= t) {
+                    watch = Some(store_ref.watch(prefix.clone()));
+                    rearm_at = None;
+                    d.core.handle_notify(now);
+                }
+                d.core.handle_timeout(now);
+                d.escalate_overdue(now);
+            }
+        }
+    }
+    d.finish();
+    info!("member stopped");
+}
+
+async fn next_watch(w: &mut Option<BoxStream<'static, WatchEvent>>) -> Option<WatchEvent> {
+    match w {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One store operation with its one reply.
+fn execute<'a>(
+    store: &'a dyn Store,
+    id: OpId,
+    op: StoreOp,
+    timeout: Duration,
+) -> impl Future<Output = (OpId, StoreResult)> + Send + 'a {
+    let write = op.is_write();
+    // Called here, in emission order; see the module docs.
+    let started = std::panic::catch_unwind(AssertUnwindSafe(|| store.execute(op)));
+    async move {
+        let res = match started {
+            Err(_) => Err(unknown(write, "the store panicked".to_string())),
+            Ok(fut) => {
+                match tokio::time::timeout(timeout, AssertUnwindSafe(fut).catch_unwind()).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err(unknown(write, "the store panicked".to_string())),
+                    Err(_) => Err(unknown(
+                        write,
+                        format!("no reply within op_timeout ({timeout:?})"),
+                    )),
+                }
+            }
+        };
+        (id, res)
+    }
+}
+
+/// The reply for an operation whose outcome is unknown: a write may have been applied.
+fn unknown(write: bool, why: String) -> StoreError {
+    if write {
+        StoreError::Indeterminate(why)
+    } else {
+        StoreError::Unavailable(why)
+    }
+}
+
+fn op_kind(op: &StoreOp) -> &'static str {
+    match op {
+        StoreOp::OpenSession { .. } => "open_session",
+        StoreOp::KeepAlive { .. } => "keepalive",
+        StoreOp::CloseSession { .. } => "close_session",
+        StoreOp::Get { .. } => "get",
+        StoreOp::List { .. } => "list",
+        StoreOp::Txn { .. } => "txn",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rebalanser_core::store::StoreReply;
+    use rebalanser_store::BoxFuture;
+
+    /// A store that never answers, or panics.
+    struct Broken {
+        panic: bool,
+    }
+
+    impl Store for Broken {
+        fn execute(&self, _op: StoreOp) -> BoxFuture<'_, StoreResult> {
+            let panic = self.panic;
+            Box::pin(async move {
+                if panic {
+                    panic!("broken store");
+                }
+                std::future::pending::<()>().await;
+                Ok(StoreReply::Closed)
+            })
+        }
+        fn watch(&self, _prefix: String) -> BoxStream<'static, WatchEvent> {
+            futures::stream::pending().boxed()
+        }
+        fn describe(&self) -> String {
+            "broken://".into()
+        }
+    }
+
+    fn get() -> StoreOp {
+        StoreOp::Get {
+            key: "k".into(),
+            linearizable: true,
+        }
+    }
+
+    fn put() -> StoreOp {
+        StoreOp::Txn {
+            conds: vec![],
+            writes: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn an_op_without_reply_times_out_as_indeterminate_or_unavailable() {
+        let s = Broken { panic: false };
+        let t = Duration::from_millis(20);
+        let (_, r) = execute(&s, OpId(1), put(), t).await;
+        assert!(matches!(r, Err(StoreError::Indeterminate(_))), "{r:?}");
+        let (_, r) = execute(&s, OpId(2), get(), t).await;
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_store_still_yields_one_reply() {
+        let s = Broken { panic: true };
+        let (id, r) = execute(&s, OpId(3), put(), Duration::from_secs(1)).await;
+        assert_eq!(id, OpId(3));
+        assert!(matches!(r, Err(StoreError::Indeterminate(_))), "{r:?}");
+    }
+}

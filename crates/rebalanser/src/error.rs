@@ -1,0 +1,62 @@
+//! The runtime's error type. Every variant names what was wrong, so a message read in a log is
+//! enough to fix the call.
+
+use std::time::Duration;
+
+use rebalanser_core::store::StoreError;
+use rebalanser_core::{ConfigError, GroupId, IdError, MemberId};
+
+/// Everything the public API can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A group, member or resource id was rejected (empty, too long, control characters).
+    #[error("invalid id: {0}")]
+    InvalidId(#[from] IdError),
+    /// A timing or weight cannot work; the field is named.
+    #[error("invalid member configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// `join` was called without `.store(..)` or `.store_url(..)`.
+    #[error(
+        "no store configured for group {group:?}: call .store(..) or .store_url(..) before join"
+    )]
+    NoStore { group: String },
+    /// The store URL could not be parsed.
+    #[error("malformed store URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    /// The URL is well formed but this build has no backend for its scheme.
+    #[error("unsupported store URL {url:?}: this build supports only memory://NAME")]
+    UnsupportedStore { url: String },
+    /// The group has no marker in the store.
+    #[error(
+        "group {group} does not exist: create it first (Admin::create_group, or \
+         .create_group_if_missing(true) on the member builder)"
+    )]
+    UnknownGroup { group: GroupId },
+    /// The group key holds something that is not a Rebalanser group marker.
+    #[error(
+        "group {group} in store {store}: {key} holds data that is not a Rebalanser group marker"
+    )]
+    NotAGroup {
+        group: GroupId,
+        store: String,
+        key: String,
+    },
+    /// The store failed an operation the caller was waiting for.
+    #[error("store {store} failed: {source}")]
+    Store {
+        store: String,
+        #[source]
+        source: StoreError,
+    },
+    /// A graceful leave did not see the member close its session in time. Usually the
+    /// application still holds a lease it was asked to give back.
+    #[error(
+        "member {member} did not finish leaving within {after:?}; leases still held by the \
+         application keep it from closing its session"
+    )]
+    LeaveTimedOut { member: MemberId, after: Duration },
+    /// The member's driver task is gone (the runtime shut down, or the task was aborted).
+    #[error("the driver of member {member} is no longer running")]
+    DriverGone { member: MemberId },
+}

@@ -1,0 +1,341 @@
+//! [`MemberHandle`]: what `join` returns — the stream of leases, status events and `leave`.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::stream::{BoxStream, Stream, StreamExt};
+use rebalanser_core::store::StoreError;
+use rebalanser_core::{Epoch, GroupId, MemberId, ResourceId, RevokeReason, SessionId, Token};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::AbortHandle;
+
+use crate::error::Error;
+use crate::lease::{Cmd, Lease};
+
+/// A change in a member's life, for logging, metrics and UIs. Leases themselves come from
+/// [`MemberHandle::next_lease`]; `Granted`/`Revoked` here only report them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    /// A store session was opened (at join, and again after a session was lost).
+    SessionOpened { session: SessionId, ttl: Duration },
+    /// Registered in the group under this session.
+    Joined { session: SessionId },
+    /// Another live session holds this member's name; the member waits for it to expire.
+    NameInUse { holder: SessionId },
+    /// This member now coordinates the group.
+    BecameCoordinator { epoch: Epoch },
+    /// This member stopped coordinating.
+    SteppedDown { epoch: Epoch },
+    /// This member, as coordinator, committed a new assignment.
+    Rebalanced {
+        epoch: Epoch,
+        moved: usize,
+        members: usize,
+        resources: usize,
+    },
+    /// A lease was granted.
+    Granted {
+        resource: ResourceId,
+        token: Token,
+        epoch: Epoch,
+    },
+    /// A lease was revoked.
+    Revoked {
+        resource: ResourceId,
+        reason: RevokeReason,
+    },
+    /// The session could not be proved alive in time: every lease was revoked, and leases
+    /// stay valid for at most `remaining`.
+    Suspended { remaining: Duration },
+    /// The same session was proved alive again; leases will be granted again.
+    Resumed,
+    /// The store expired the session; the member rejoins with a new one (`Joined` follows).
+    SessionLost { session: SessionId },
+    /// Leases were still held at their deadline, or longer than `stop_timeout` after their
+    /// revoke. The [`crate::StopPolicy`] was applied.
+    StopDeadlineMissed { resources: Vec<ResourceId> },
+    /// A key under the group could not be understood and was skipped.
+    BadData { key: String, reason: &'static str },
+    /// A store operation failed in a way worth reporting; the member retries by itself.
+    Error { op: &'static str, error: StoreError },
+    /// This event stream fell behind and `missed` events were dropped.
+    Lagged { missed: u64 },
+    /// The member left the group and closed its session. Final.
+    Left,
+}
+
+impl Status {
+    /// True for the events that report a problem (the ones the callback adapter passes to
+    /// `on_error`).
+    pub fn is_problem(&self) -> bool {
+        matches!(
+            self,
+            Status::NameInUse { .. }
+                | Status::Suspended { .. }
+                | Status::SessionLost { .. }
+                | Status::StopDeadlineMissed { .. }
+                | Status::BadData { .. }
+                | Status::Error { .. }
+                | Status::Lagged { .. }
+        )
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Status::SessionOpened { session, ttl } => {
+                write!(f, "session {session} opened (ttl {ttl:?})")
+            }
+            Status::Joined { session } => write!(f, "joined with session {session}"),
+            Status::NameInUse { holder } => {
+                write!(f, "member name in use by session {holder}; waiting for it to expire")
+            }
+            Status::BecameCoordinator { epoch } => write!(f, "became coordinator (epoch {epoch})"),
+            Status::SteppedDown { epoch } => write!(f, "stepped down as coordinator (epoch {epoch})"),
+            Status::Rebalanced {
+                epoch,
+                moved,
+                members,
+                resources,
+            } => write!(
+                f,
+                "rebalanced {resources} resources over {members} members, {moved} moved (epoch {epoch})"
+            ),
+            Status::Granted {
+                resource,
+                token,
+                epoch,
+            } => write!(f, "granted {resource} (token {token}, epoch {epoch})"),
+            Status::Revoked { resource, reason } => {
+                write!(f, "revoked {resource} ({})", reason.as_str())
+            }
+            Status::Suspended { remaining } => write!(
+                f,
+                "session in doubt: every lease revoked, valid for at most {remaining:?}"
+            ),
+            Status::Resumed => write!(f, "session proved alive again"),
+            Status::SessionLost { session } => write!(f, "session {session} expired; rejoining"),
+            Status::StopDeadlineMissed { resources } => write!(
+                f,
+                "the application did not stop in time on {} resource(s): {resources:?}",
+                resources.len()
+            ),
+            Status::BadData { key, reason } => write!(f, "skipped {key}: {reason}"),
+            Status::Error { op, error } => write!(f, "store operation {op} failed: {error}"),
+            Status::Lagged { missed } => write!(f, "event stream lagged; {missed} events lost"),
+            Status::Left => write!(f, "left the group"),
+        }
+    }
+}
+
+/// A cheap snapshot of a member's state (see [`MemberHandle::status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemberStatus {
+    /// The current store session, if one is open.
+    pub session: Option<SessionId>,
+    /// Registered in the group under the current session.
+    pub joined: bool,
+    /// `Some(epoch)` while this member coordinates the group.
+    pub coordinator: Option<Epoch>,
+    /// The session is in doubt (see [`Status::Suspended`]).
+    pub suspended: bool,
+    /// Leases granted and not yet released.
+    pub leases: usize,
+    /// The member left; final.
+    pub left: bool,
+}
+
+/// A stream of [`Status`] events. Ends when the member's driver stops.
+pub struct Events {
+    inner: BoxStream<'static, Status>,
+}
+
+impl Events {
+    pub(crate) fn new(rx: broadcast::Receiver<Status>) -> Events {
+        let inner = futures::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Ok(s) => Some((s, rx)),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    Some((Status::Lagged { missed }, rx))
+                }
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        })
+        .boxed();
+        Events { inner }
+    }
+
+    /// The next event; `None` once the member's driver has stopped.
+    pub async fn recv(&mut self) -> Option<Status> {
+        self.inner.next().await
+    }
+}
+
+impl Stream for Events {
+    type Item = Status;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Status>> {
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Events")
+    }
+}
+
+/// A member of a group, running. Returned by [`crate::MemberBuilder::join`].
+///
+/// Take leases with [`MemberHandle::next_lease`] (or use the handle as a `Stream` of
+/// [`Lease`]s) and keep doing so: leases wait in a queue until taken. A lease revoked while
+/// still queued is released by the library itself, since the application never saw it.
+///
+/// Dropping the handle starts a graceful leave in the background; [`MemberHandle::leave`]
+/// does the same and waits for it. Either way, leases the application still holds must be
+/// released (dropped) when revoked, or the member cannot close its session.
+pub struct MemberHandle {
+    pub(crate) group: GroupId,
+    pub(crate) name: MemberId,
+    pub(crate) leases: mpsc::UnboundedReceiver<Lease>,
+    pub(crate) cmds: mpsc::UnboundedSender<Cmd>,
+    pub(crate) status_tx: broadcast::Sender<Status>,
+    /// The receiver subscribed at join, so the first `events()` call misses nothing.
+    pub(crate) first_events: Mutex<Option<broadcast::Receiver<Status>>>,
+    pub(crate) snapshot: watch::Receiver<MemberStatus>,
+    pub(crate) driver: AbortHandle,
+    pub(crate) leave_bound: Duration,
+    /// Set by `simulate_crash`, so that dropping the handle does not ask for a leave.
+    pub(crate) crashed: bool,
+}
+
+impl MemberHandle {
+    /// The member's name.
+    pub fn name(&self) -> &MemberId {
+        &self.name
+    }
+
+    /// The member's group.
+    pub fn group(&self) -> &GroupId {
+        &self.group
+    }
+
+    /// The next granted lease, or `None` once the member has left (or its driver stopped).
+    /// Cancel-safe. A lease already revoked when its turn comes is skipped (and released).
+    pub async fn next_lease(&mut self) -> Option<Lease> {
+        futures::future::poll_fn(|cx| self.poll_lease(cx)).await
+    }
+
+    fn poll_lease(&mut self, cx: &mut Context<'_>) -> Poll<Option<Lease>> {
+        loop {
+            match self.leases.poll_recv(cx) {
+                Poll::Ready(Some(lease)) => {
+                    if lease.shared.try_deliver() {
+                        return Poll::Ready(Some(lease));
+                    }
+                    // Reclaimed by the driver after a revoke: dropping it reports nothing.
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Status events from now on; the first call also returns everything since `join`.
+    /// Each call returns an independent stream.
+    pub fn events(&self) -> Events {
+        let first = self
+            .first_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        Events::new(first.unwrap_or_else(|| self.status_tx.subscribe()))
+    }
+
+    /// A snapshot of the member's state, as of the driver's last step.
+    pub fn status(&self) -> MemberStatus {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Leaves the group gracefully: the coordinator moves this member's resources to others
+    /// through normal handovers (each lease is revoked and must be dropped by the
+    /// application), then the session is closed. Waits for that, bounded by the member's
+    /// `leave_timeout` plus its `stop_timeout` and two `op_timeout`s. Leases not yet taken
+    /// from the queue are handed back by the library when revoked.
+    ///
+    /// Known limitation: a member that is leaving does not stand for election. If the
+    /// coordinator leaves and every remaining member starts leaving before one of them was
+    /// elected, nobody moves their resources and each leave waits out `leave_timeout`. When
+    /// shutting a whole group down, leave the coordinator ([`MemberStatus::coordinator`])
+    /// last.
+    pub async fn leave(mut self) -> Result<(), Error> {
+        self.stop_taking_leases();
+        let _ = self.cmds.send(Cmd::Leave);
+        let mut snapshot = self.snapshot.clone();
+        let bound = self.leave_bound;
+        let waited =
+            tokio::time::timeout(bound, async { snapshot.wait_for(|s| s.left).await.is_ok() })
+                .await;
+        match waited {
+            Ok(true) => Ok(()),
+            // The driver stopped: it publishes `left` before it ends after a leave.
+            Ok(false) if snapshot.borrow().left => Ok(()),
+            Ok(false) => Err(Error::DriverGone {
+                member: self.name.clone(),
+            }),
+            Err(_) => Err(Error::LeaveTimedOut {
+                member: self.name.clone(),
+                after: bound,
+            }),
+        }
+    }
+
+    /// Later grants stay with the driver until revoked. Leases already queued stay queued:
+    /// the driver takes each back when it is revoked (releasing them now would only make
+    /// the core grant them again).
+    fn stop_taking_leases(&mut self) {
+        self.leases.close();
+    }
+
+    /// Testing only: stops the driver at once, as if the process had crashed — no leave, no
+    /// session close. Leases already handed out keep their last deadline, so they turn invalid
+    /// on time; the store expires the session after its TTL.
+    #[doc(hidden)]
+    pub fn simulate_crash(mut self) {
+        self.crashed = true;
+        self.driver.abort();
+    }
+}
+
+impl Stream for MemberHandle {
+    type Item = Lease;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Lease>> {
+        self.get_mut().poll_lease(cx)
+    }
+}
+
+impl Drop for MemberHandle {
+    fn drop(&mut self) {
+        if self.crashed {
+            return;
+        }
+        self.stop_taking_leases();
+        // Leave is idempotent in the core, so this is harmless after `leave()`.
+        let _ = self.cmds.send(Cmd::Leave);
+    }
+}
+
+impl fmt::Debug for MemberHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemberHandle")
+            .field("group", &self.group)
+            .field("name", &self.name)
+            .field("status", &*self.snapshot.borrow())
+            .finish()
+    }
+}

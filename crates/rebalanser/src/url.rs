@@ -1,0 +1,113 @@
+//! Store selection by URL (DESIGN §2). This build has `memory://name` only; any other well
+//! formed URL (`sqlite://`, `zk://`, `etcd://`, `postgres://`, ...) is
+//! [`Error::UnsupportedStore`], kept apart from [`Error::BadUrl`] so that a typo and a missing
+//! backend read differently.
+
+use std::sync::Arc;
+
+use rebalanser_store::{MemoryStore, Store};
+
+use crate::error::Error;
+
+/// Opens the store a URL names.
+///
+/// `memory://NAME` is the in-process store shared by every handle with the same name in this
+/// process; its data lives while any handle to it does (so keep an [`crate::Admin`] or a member
+/// alive, or the group vanishes with the last handle).
+pub fn open_store(url: &str) -> Result<Arc<dyn Store>, Error> {
+    let bad = |reason: &str| Error::BadUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(bad("expected SCHEME://..., e.g. memory://demo"));
+    };
+    if scheme.is_empty() {
+        return Err(bad("the scheme before :// is empty"));
+    }
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return Err(bad(
+            "the scheme must start with a letter and contain only letters, digits, '+', '-', '.'",
+        ));
+    }
+    if let Some((at, ch)) = url.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(bad(&format!(
+            "control character {ch:?} at byte {at}; URLs must be printable"
+        )));
+    }
+    match scheme.to_ascii_lowercase().as_str() {
+        "memory" => {
+            if rest.is_empty() {
+                return Err(bad("memory:// needs a store name, e.g. memory://demo"));
+            }
+            if rest.contains(['/', '?', '#']) {
+                return Err(bad(
+                    "a memory store name cannot contain '/', '?' or '#': use memory://NAME",
+                ));
+            }
+            Ok(Arc::new(MemoryStore::named(rest)))
+        }
+        _ => Err(Error::UnsupportedStore {
+            url: url.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_urls_share_one_store_per_name() {
+        let a = open_store("memory://url-test-shared").expect("valid");
+        let b = open_store("memory://url-test-shared").expect("valid");
+        assert_eq!(a.describe(), "memory://url-test-shared");
+        a.execute(rebalanser_store::StoreOp::Txn {
+            conds: vec![],
+            writes: vec![rebalanser_store::Write::Put {
+                key: "k".into(),
+                value: vec![1],
+            }],
+        })
+        .await
+        .expect("put");
+        let got = b
+            .execute(rebalanser_store::StoreOp::Get {
+                key: "k".into(),
+                linearizable: true,
+            })
+            .await
+            .expect("get");
+        assert!(matches!(got, rebalanser_store::StoreReply::Got(Some(_))));
+    }
+
+    #[test]
+    fn bad_urls_are_typed_and_named() {
+        for url in [
+            "nonsense",
+            "://x",
+            "memory://",
+            "1x://y",
+            "memory://a/b",
+            "memory://a\nb",
+        ] {
+            match open_store(url) {
+                Err(e @ Error::BadUrl { .. }) => {
+                    assert!(e.to_string().contains(&format!("{url:?}")), "{e}")
+                }
+                Err(other) => panic!("{url}: {other}"),
+                Ok(_) => panic!("{url}: accepted"),
+            }
+        }
+        for url in ["zk://h:2181/x", "etcd://h:2379", "ftp://x"] {
+            assert!(
+                matches!(open_store(url), Err(Error::UnsupportedStore { .. })),
+                "{url}"
+            );
+        }
+    }
+}

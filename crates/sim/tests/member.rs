@@ -1,0 +1,318 @@
+//! Targeted scenarios driving one real `Member` by hand against the store model, with the
+//! outcome of chosen operations forced. Each pins one rule of DESIGN §8.
+
+use std::time::Duration;
+
+use rebalanser_core::admin;
+use rebalanser_core::layout::Layout;
+use rebalanser_core::store::{StoreError, StoreOp, StoreReply, StoreResult, Write};
+use rebalanser_core::{Config, Event, GroupId, Member, MemberId, ResourceId, RevokeReason, Time};
+use rebalanser_store::MemModel;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fate {
+    Normal,
+    /// Applied, but the reply is lost.
+    AppliedUnknown,
+    /// Not applied, and the reply says the outcome is unknown.
+    LostUnknown,
+    Unavailable,
+}
+
+struct Harness {
+    model: MemModel,
+    layout: Layout,
+    member: Member,
+    now: Time,
+    events: Vec<Event>,
+    ops: Vec<StoreOp>,
+    /// Ops and events in the order they happened.
+    log: Vec<String>,
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+impl Harness {
+    fn new(resources: &[&str]) -> Harness {
+        let group = GroupId::new("g").unwrap();
+        let layout = Layout::new(&group);
+        let mut model = MemModel::default();
+        model
+            .apply(Time::ZERO, &admin::create_group(&layout))
+            .unwrap();
+        let ids: Vec<ResourceId> = resources
+            .iter()
+            .map(|r| ResourceId::new(*r).unwrap())
+            .collect();
+        model
+            .apply(Time::ZERO, &admin::add_resources(&layout, &ids))
+            .unwrap();
+        let mut cfg = Config::new(group, MemberId::new("a").unwrap());
+        cfg.session_ttl = ms(2000);
+        cfg.safety_margin = ms(150);
+        cfg.stop_timeout = ms(300);
+        cfg.keepalive_interval = ms(200);
+        cfg.op_timeout = ms(250);
+        cfg.min_rebalance_interval = ms(0);
+        cfg.validate().unwrap();
+        let mut member = Member::new(cfg);
+        member.start(Time::ZERO);
+        Harness {
+            model,
+            layout,
+            member,
+            now: Time::ZERO,
+            events: Vec::new(),
+            ops: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+
+    /// Executes every pending op; `fate` decides each outcome.
+    fn pump(&mut self, fate: &mut dyn FnMut(&StoreOp) -> Fate) {
+        while let Some((id, op)) = self.member.poll_op() {
+            let res: StoreResult = match fate(&op) {
+                Fate::Normal => self.model.apply(self.now, &op),
+                Fate::AppliedUnknown => {
+                    let _ = self.model.apply(self.now, &op);
+                    Err(StoreError::Indeterminate("reply lost".into()))
+                }
+                Fate::LostUnknown => Err(StoreError::Indeterminate("request lost".into())),
+                Fate::Unavailable => Err(StoreError::Unavailable("down".into())),
+            };
+            self.log.push(format!("op {op:?}"));
+            self.ops.push(op);
+            self.member.handle_reply(self.now, id, res);
+            self.drain_events();
+        }
+        self.drain_events();
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(e) = self.member.poll_event() {
+            self.log.push(format!("event {e:?}"));
+            self.events.push(e);
+        }
+    }
+
+    /// Tells the member the group changed, and lets it act.
+    fn notify(&mut self) {
+        self.member.handle_notify(self.now);
+        self.pump(&mut |_| Fate::Normal);
+    }
+
+    /// Runs timers up to `now + d`, re-reading after every round (as if notified).
+    fn run_for(&mut self, d: Duration, fate: &mut dyn FnMut(&StoreOp) -> Fate) {
+        let end = self.now + d;
+        self.pump(fate);
+        while let Some(t) = self.member.poll_timeout().filter(|t| *t <= end) {
+            self.now = t;
+            self.member.handle_timeout(t);
+            self.pump(fate);
+            self.member.handle_notify(t);
+            self.pump(fate);
+        }
+        self.now = end;
+    }
+
+    fn grants(&self) -> Vec<(String, u64)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Grant {
+                    resource, token, ..
+                } => Some((resource.to_string(), token.revision)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn release_all_revoked(&mut self) {
+        let revoked: Vec<_> = self
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Revoke {
+                    lease, resource, ..
+                } => Some((resource.clone(), *lease)),
+                _ => None,
+            })
+            .collect();
+        for (r, l) in revoked {
+            self.member.handle_released(self.now, &r, l);
+        }
+    }
+}
+
+fn is_claim_create(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::Txn { writes, .. }
+        if writes.iter().any(|w| matches!(w, Write::Create { key, .. } if key.contains("/claims/"))))
+}
+
+#[test]
+fn applied_but_indeterminate_claim_is_proved_by_a_read_before_the_grant() {
+    let mut h = Harness::new(&["q1"]);
+    let mut fate = |op: &StoreOp| {
+        if is_claim_create(op) {
+            Fate::AppliedUnknown
+        } else {
+            Fate::Normal
+        }
+    };
+    h.run_for(ms(100), &mut fate);
+    let grants = h.grants();
+    assert_eq!(grants.len(), 1, "{:?}", h.events);
+    // The token is the claim's creation revision, learned from the linearizable read.
+    let claim = h.model.entries()[&h.layout.claim(&ResourceId::new("q1").unwrap())].clone();
+    assert_eq!(grants[0].1, claim.create_rev);
+    let create = h
+        .log
+        .iter()
+        .position(|l| l.contains("Create") && l.contains("/claims/"))
+        .unwrap();
+    let read = h
+        .log
+        .iter()
+        .position(|l| {
+            l.starts_with("op Get") && l.contains("/claims/") && l.contains("linearizable: true")
+        })
+        .expect("a linearizable read of the claim");
+    let grant = h
+        .log
+        .iter()
+        .position(|l| l.starts_with("event Grant"))
+        .unwrap();
+    assert!(
+        create < read && read < grant,
+        "create {create}, read {read}, grant {grant}:\n{}",
+        h.log.join("\n")
+    );
+}
+
+#[test]
+fn lost_indeterminate_claim_held_by_another_session_is_never_granted() {
+    let mut h = Harness::new(&["q1"]);
+    // Another session holds the claim (say, a paused previous owner).
+    let other = match h
+        .model
+        .apply(Time::ZERO, &StoreOp::OpenSession { ttl: ms(60_000) })
+    {
+        Ok(StoreReply::Session { session, .. }) => session,
+        r => panic!("{r:?}"),
+    };
+    let key = h.layout.claim(&ResourceId::new("q1").unwrap());
+    h.model
+        .apply(
+            Time::ZERO,
+            &StoreOp::Txn {
+                conds: vec![],
+                writes: vec![Write::Create {
+                    key,
+                    value: br#"{"member":"old"}"#.to_vec(),
+                    owner: Some(other),
+                }],
+            },
+        )
+        .unwrap();
+    let mut fate = |op: &StoreOp| {
+        if is_claim_create(op) {
+            Fate::LostUnknown
+        } else {
+            Fate::Normal
+        }
+    };
+    // Keep the other session alive while the member runs for a while.
+    for _ in 0..20 {
+        h.run_for(ms(100), &mut fate);
+        h.model
+            .apply(h.now, &StoreOp::KeepAlive { session: other })
+            .unwrap();
+    }
+    assert!(
+        h.grants().is_empty(),
+        "granted while another session holds the claim: {:?}",
+        h.grants()
+    );
+}
+
+#[test]
+fn session_in_doubt_revokes_before_the_deadline_and_resumes_only_after_a_fresh_keepalive() {
+    let mut h = Harness::new(&["q1", "q2"]);
+    h.run_for(ms(100), &mut |_| Fate::Normal);
+    assert_eq!(h.grants().len(), 2);
+    let session = h.member.session().unwrap();
+    let deadline = h.member.valid_until(session);
+    // The store becomes unreachable: every op fails.
+    h.run_for(ms(1500), &mut |_| Fate::Unavailable);
+    let revokes: Vec<_> = h
+        .events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Revoke {
+                    reason: RevokeReason::SessionInDoubt,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(revokes.len(), 2, "{:?}", h.events);
+    assert!(h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Suspended { .. })));
+    // Revocation came at least the stop budget before the deadline, which did not move.
+    assert!(h.now <= deadline + ms(1500));
+    assert_eq!(h.member.valid_until(session), deadline);
+    h.release_all_revoked();
+    let grants_before = h.grants().len();
+    // The store is back: a keepalive sent after the release resumes; claims are re-proved.
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    assert!(
+        h.events.iter().any(|e| matches!(e, Event::Resumed)),
+        "{:?}",
+        h.events
+    );
+    let grants = h.grants();
+    assert_eq!(grants.len(), grants_before + 2, "{grants:?}");
+    assert_eq!(
+        grants[0].1,
+        grants[grants_before]
+            .1
+            .min(grants[grants_before + 1].1)
+            .min(grants[0].1)
+    );
+    assert!(h.member.valid_until(session) > deadline);
+}
+
+#[test]
+fn remove_and_readd_never_deletes_the_claim_of_a_running_owner() {
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(100), &mut |_| Fate::Normal);
+    assert_eq!(h.grants().len(), 1);
+    let r = ResourceId::new("q1").unwrap();
+    h.model
+        .apply(h.now, &admin::remove_resources(&h.layout, std::slice::from_ref(&r)))
+        .unwrap();
+    h.notify();
+    h.notify();
+    assert!(h.events.iter().any(|e| matches!(e, Event::Revoke { .. })));
+    // Not released yet: the claim must still be there, whatever the admin does.
+    h.model
+        .apply(h.now, &admin::add_resources(&h.layout, std::slice::from_ref(&r)))
+        .unwrap();
+    h.notify();
+    h.run_for(ms(50), &mut |_| Fate::Normal);
+    assert!(h.model.entries().contains_key(&h.layout.claim(&r)));
+    // Once the application stops, r is desired again and the claim never went away: the
+    // owner grants it again under the same claim instance, so with the same token.
+    h.release_all_revoked();
+    h.notify();
+    h.run_for(ms(100), &mut |_| Fate::Normal);
+    let grants = h.grants();
+    assert_eq!(grants.len(), 2, "{grants:?}");
+    assert_eq!(grants[1].1, grants[0].1);
+}

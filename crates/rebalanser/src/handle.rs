@@ -267,12 +267,8 @@ impl MemberHandle {
     /// application), then the session is closed. Waits for that, bounded by the member's
     /// `leave_timeout` plus its `stop_timeout` and two `op_timeout`s. Leases not yet taken
     /// from the queue are handed back by the library when revoked.
-    ///
-    /// Known limitation: a member that is leaving does not stand for election. If the
-    /// coordinator leaves and every remaining member starts leaving before one of them was
-    /// elected, nobody moves their resources and each leave waits out `leave_timeout`. When
-    /// shutting a whole group down, leave the coordinator ([`MemberStatus::coordinator`])
-    /// last.
+    /// Members may leave in any order, all at once included: a leaving member still
+    /// stands for election, so someone always moves the resources of those leaving.
     pub async fn leave(mut self) -> Result<(), Error> {
         self.stop_taking_leases();
         let _ = self.cmds.send(Cmd::Leave);

@@ -48,10 +48,9 @@
 //! }
 //!
 //! // Graceful leave: the leaving member's resources are handed over without waiting for a
-//! // timeout. The coordinator leaves last (see `MemberHandle::leave` for why).
-//! let (first, last) = if a.status().coordinator.is_some() { (b, a) } else { (a, b) };
-//! first.leave().await?;
-//! last.leave().await?;
+//! // timeout, in any order.
+//! a.leave().await?;
+//! b.leave().await?;
 //! # Ok(())
 //! # }
 //! ```

@@ -295,14 +295,20 @@ fn remove_and_readd_never_deletes_the_claim_of_a_running_owner() {
     assert_eq!(h.grants().len(), 1);
     let r = ResourceId::new("q1").unwrap();
     h.model
-        .apply(h.now, &admin::remove_resources(&h.layout, std::slice::from_ref(&r)))
+        .apply(
+            h.now,
+            &admin::remove_resources(&h.layout, std::slice::from_ref(&r)),
+        )
         .unwrap();
     h.notify();
     h.notify();
     assert!(h.events.iter().any(|e| matches!(e, Event::Revoke { .. })));
     // Not released yet: the claim must still be there, whatever the admin does.
     h.model
-        .apply(h.now, &admin::add_resources(&h.layout, std::slice::from_ref(&r)))
+        .apply(
+            h.now,
+            &admin::add_resources(&h.layout, std::slice::from_ref(&r)),
+        )
         .unwrap();
     h.notify();
     h.run_for(ms(50), &mut |_| Fate::Normal);

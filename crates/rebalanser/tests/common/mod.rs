@@ -221,8 +221,8 @@ async fn hold(lease: Lease, who: String, mon: Monitor, obey: Arc<Mutex<Obey>>) {
     drop(lease);
 }
 
-/// Leaves one at a time, the coordinator last: a leaving member does not stand for election,
-/// so the others would otherwise wait out their leave_timeout (see `MemberHandle::leave`).
+/// Leaves one at a time, the coordinator first: the hardest order, since the others must elect
+/// a new coordinator (leaving members stand too) to move the resources of those leaving.
 pub async fn leave_all(workers: Vec<Worker>) {
     let mut rest = Vec::new();
     let mut coordinators = Vec::new();
@@ -233,7 +233,7 @@ pub async fn leave_all(workers: Vec<Worker>) {
             rest.push(w);
         }
     }
-    for w in rest.into_iter().chain(coordinators) {
+    for w in coordinators.into_iter().chain(rest) {
         let name = w.name.clone();
         let start = Instant::now();
         w.leave().await.unwrap_or_else(|e| panic!("{name}: {e}"));

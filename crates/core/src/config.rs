@@ -103,6 +103,13 @@ impl Config {
         }
     }
 
+    /// What a session timeout must exceed: 2 keepalive intervals + max RTT + stop budget +
+    /// margin (DESIGN §8 rule 3). Checked against the requested TTL here, and against every
+    /// TTL the store grants by the member.
+    pub fn timing_budget(&self) -> Duration {
+        self.keepalive_interval * 2 + self.op_timeout + self.stop_timeout + self.safety_margin
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let nonzero = [
             ("session_ttl", self.session_ttl),
@@ -138,9 +145,7 @@ impl Config {
                 });
             }
         }
-        let budget =
-            self.keepalive_interval * 2 + self.op_timeout + self.stop_timeout + self.safety_margin;
-        if budget >= self.session_ttl {
+        if self.timing_budget() >= self.session_ttl {
             return Err(ConfigError::Budget {
                 keepalive: self.keepalive_interval,
                 op: self.op_timeout,

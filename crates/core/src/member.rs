@@ -112,6 +112,13 @@ pub enum Event {
         op: &'static str,
         error: StoreError,
     },
+    /// The store granted a session timeout too short for the configured timings: the member
+    /// cannot keep its leases safely and leaves. Final; fix the store's or the member's
+    /// configuration.
+    TtlTooShort {
+        granted: Duration,
+        needed: Duration,
+    },
     /// The member left the group and closed its session. Final.
     Left,
 }
@@ -207,6 +214,7 @@ enum Pending {
     ClaimDelete {
         session: SessionId,
         r: ResourceId,
+        token: Token,
     },
     Elect {
         session: SessionId,
@@ -280,6 +288,7 @@ pub struct Member {
     reported_bad: BTreeSet<Key>,
 
     registration: Registration,
+    register_retry_at: Time,
     draining: Option<OpId>,
     leave_started: Option<Time>,
 
@@ -291,6 +300,10 @@ pub struct Member {
     unresolved: BTreeSet<ResourceId>,
     /// One operation in flight per claim key (DESIGN §8 rule 5).
     claim_op: BTreeMap<ResourceId, OpId>,
+    /// Claim instances whose delete had an unknown outcome. The delete may still be applied
+    /// later (after any read of ours), so the instance is never granted again, only deleted
+    /// again with the same guard until Ok or Conflict settles it (PITFALLS 12).
+    deleting: BTreeMap<ResourceId, Token>,
     gates: BTreeMap<ResourceId, Gate>,
     leases: BTreeMap<ResourceId, Lease>,
     /// Validity limits of ended sessions that still have unreleased leases.
@@ -329,6 +342,7 @@ impl Member {
             next_resync: Time::ZERO,
             reported_bad: BTreeSet::new(),
             registration: Registration::None,
+            register_retry_at: Time::ZERO,
             draining: None,
             leave_started: None,
             desired: BTreeSet::new(),
@@ -336,6 +350,7 @@ impl Member {
             claims: BTreeMap::new(),
             unresolved: BTreeSet::new(),
             claim_op: BTreeMap::new(),
+            deleting: BTreeMap::new(),
             gates: BTreeMap::new(),
             leases: BTreeMap::new(),
             ended: BTreeMap::new(),
@@ -445,8 +460,10 @@ impl Member {
                 }
                 Ok(_) => self.name_in_use(),
                 Err(_) => {
-                    let key = self.layout.member(&self.cfg.name);
-                    self.send(Pending::RegisterVerify { session }, get_lin(key));
+                    // Start over after a pause: a Create that finds our own key gets a
+                    // Conflict, and the next view then proves it ours.
+                    self.registration = Registration::None;
+                    self.register_retry_at = now + self.cfg.retry_delay;
                 }
             },
             Pending::Drain { .. } => {
@@ -457,15 +474,17 @@ impl Member {
             }
             Pending::ClaimCreate { session, r } => self.on_claim_create(now, session, r, result),
             Pending::ClaimVerify { session, r } => self.on_claim_verify(now, session, r, result),
-            Pending::ClaimDelete { r, .. } => {
+            Pending::ClaimDelete { r, token, .. } => {
                 self.claim_op.remove(&r);
                 match result {
                     Ok(_) | Err(StoreError::Conflict(_)) => {
                         self.claims.remove(&r);
+                        self.deleting.remove(&r);
                     }
-                    // Unknown outcome: settle it with a linearizable read, never a blind retry.
                     Err(_) => {
-                        self.unresolved.insert(r);
+                        self.claims.remove(&r);
+                        self.deleting.insert(r.clone(), token);
+                        self.gate(r, now + self.cfg.retry_delay, false);
                     }
                 }
             }
@@ -509,7 +528,13 @@ impl Member {
                 resources,
                 ..
             } => self.on_rebalance(now, sent, (moved, members, resources), result),
-            Pending::Resign { .. } => {}
+            Pending::Resign { .. } => {
+                if self.election == Some(op) {
+                    self.election = None;
+                    self.election_gate = self.view_seq;
+                    self.read_dirty = true;
+                }
+            }
         }
         self.step(now);
     }
@@ -568,6 +593,9 @@ impl Member {
         if let Some(l) = self.leave_started {
             at(l + self.cfg.leave_timeout);
         }
+        if self.registration != Registration::Registered {
+            at(self.register_retry_at);
+        }
         if self.view.leader.is_none() {
             at(self.no_election_before);
         }
@@ -601,6 +629,11 @@ impl Member {
 
     pub fn is_coordinator(&self) -> Option<Epoch> {
         self.coord.as_ref().map(|c| c.epoch)
+    }
+
+    /// Registered in the group under the current session.
+    pub fn is_joined(&self) -> bool {
+        self.session.is_some() && self.registration == Registration::Registered
     }
 
     pub fn is_closed(&self) -> bool {
@@ -646,6 +679,17 @@ impl Member {
                     return;
                 }
                 let ttl = ttl.min(self.cfg.session_ttl);
+                let needed = self.cfg.timing_budget();
+                if ttl <= needed {
+                    // PITFALLS 2: refuse to run on a timeout the timings do not fit in.
+                    self.events.push_back(Event::TtlTooShort {
+                        granted: ttl,
+                        needed,
+                    });
+                    self.send(Pending::Close, StoreOp::CloseSession { session });
+                    self.phase = Phase::Closing;
+                    return;
+                }
                 // The store started the session's clock no earlier than `sent`.
                 self.session = Some(Session {
                     id: session,
@@ -681,12 +725,24 @@ impl Member {
         s.keepalive = None;
         match result {
             Ok(StoreReply::KeptAlive { ttl }) => {
-                s.ttl = s.ttl.min(ttl);
                 // L3: the store saw this keepalive no earlier than `sent`, so it cannot
                 // expire the session before `sent + ttl`.
+                let lowered = ttl < s.ttl;
+                s.ttl = s.ttl.min(ttl);
                 let d = sent + s.ttl - margin;
-                if d > s.deadline {
+                // A lower timeout in force also shortens what earlier keepalives proved
+                // (PITFALLS 2): the deadline may move back.
+                if d > s.deadline || lowered {
                     s.deadline = d;
+                }
+                let needed = self.cfg.timing_budget();
+                if lowered && s.ttl <= needed && self.leave_started.is_none() {
+                    let granted = s.ttl;
+                    self.events
+                        .push_back(Event::TtlTooShort { granted, needed });
+                    // Leave at once: revoke everything, close after the application stopped.
+                    self.leave_started = Some(now - self.cfg.leave_timeout);
+                    return;
                 }
                 s.next_keepalive = sent + interval;
                 let resume = match &s.suspended {
@@ -785,6 +841,12 @@ impl Member {
             Ok(StoreReply::Got(entry)) => {
                 self.unresolved.remove(&r);
                 match entry {
+                    // An instance we are deleting is never adopted again.
+                    Some(e)
+                        if self
+                            .deleting
+                            .get(&r)
+                            .is_some_and(|t| t.revision == e.create_rev) => {}
                     Some(e) if e.owner == Some(session) => {
                         let t = self.token(e.create_rev);
                         self.claims.insert(r, t);
@@ -867,6 +929,9 @@ impl Member {
         match result {
             Ok(_) => {
                 c.failures = 0;
+                // Plan the next rebalance from a view that includes this write, not from the
+                // one it was planned on (that would resend the same writes into a Conflict).
+                c.fresh_from_read = self.reads_sent + 1;
                 let epoch = c.epoch;
                 self.events.push_back(Event::Rebalanced {
                     epoch,
@@ -934,6 +999,7 @@ impl Member {
         self.claims.clear();
         self.unresolved.clear();
         self.claim_op.clear();
+        self.deleting.clear();
         self.gates.clear();
         self.step_down();
         self.election = None;
@@ -1095,14 +1161,25 @@ impl Member {
         }
     }
 
-    fn register(&mut self, _now: Time) {
+    fn register(&mut self, now: Time) {
         let Some(session) = self.session.as_ref().map(|s| s.id) else {
             return;
         };
+        if now < self.register_retry_at {
+            return;
+        }
         let attempt = match self.registration {
             Registration::None => self.view_seq > 0,
             Registration::Blocked { after_view } => {
-                self.view_seq > after_view && !self.view.members.contains_key(&self.cfg.name)
+                let holder = self.view.members.get(&self.cfg.name).map(|m| m.session);
+                if self.view_seq > after_view && holder == Some(session) {
+                    // Our own Register was applied after the read that found it absent.
+                    self.registration = Registration::Pending;
+                    let key = self.layout.member(&self.cfg.name);
+                    self.send(Pending::RegisterVerify { session }, get_lin(key));
+                    return;
+                }
+                self.view_seq > after_view && holder.is_none()
             }
             Registration::Pending | Registration::Registered => false,
         };
@@ -1195,7 +1272,11 @@ impl Member {
             .view
             .claims
             .iter()
-            .filter(|(r, c)| c.session == session && !self.claims.contains_key(*r))
+            .filter(|(r, c)| {
+                c.session == session
+                    && !self.claims.contains_key(*r)
+                    && !self.deleting.contains_key(*r)
+            })
             .map(|(r, _)| r.clone())
             .collect();
         self.unresolved.extend(mine);
@@ -1206,7 +1287,7 @@ impl Member {
             }
         }
         // 3. Delete claims that are not desired, once their lease is released.
-        let to_delete: Vec<(ResourceId, Token)> = self
+        let mut to_delete: Vec<(ResourceId, Token)> = self
             .claims
             .iter()
             .filter(|(r, _)| {
@@ -1217,6 +1298,12 @@ impl Member {
             })
             .map(|(r, t)| (r.clone(), *t))
             .collect();
+        to_delete.extend(
+            self.deleting
+                .iter()
+                .filter(|(r, _)| !self.claim_op.contains_key(*r) && self.gate_open(r, now))
+                .map(|(r, t)| (r.clone(), *t)),
+        );
         for (r, t) in to_delete {
             // Paired assertion: a claim is deleted only after its lease was released.
             debug_assert!(!self.leases.contains_key(&r));
@@ -1225,6 +1312,7 @@ impl Member {
                 Pending::ClaimDelete {
                     session,
                     r: r.clone(),
+                    token: t,
                 },
                 StoreOp::Txn {
                     conds: vec![Cond::Owned {
@@ -1259,7 +1347,10 @@ impl Member {
                 let t = self.view.claims.get(&r).map(|c| self.token(c.create_rev));
                 self.grant(now, session, r.clone(), t.unwrap_or_default());
             }
-            if self.claim_op.contains_key(&r) || self.unresolved.contains(&r) {
+            if self.claim_op.contains_key(&r)
+                || self.unresolved.contains(&r)
+                || self.deleting.contains_key(&r)
+            {
                 continue;
             }
             if !self.gate_open(&r, now) {
@@ -1351,6 +1442,7 @@ impl Member {
         let drained = self.desired.is_empty()
             && self.claims.is_empty()
             && self.unresolved.is_empty()
+            && self.deleting.is_empty()
             && self.claim_op.is_empty();
         if self.leases.is_empty() && (drained || timed_out) {
             // Closing deletes whatever claims remain, after every lease was released.
@@ -1380,6 +1472,7 @@ impl Member {
         if !leader_ok {
             self.step_down();
             self.election_gate = self.view_seq;
+            self.read_dirty = true;
             return;
         }
         let epoch_version = match self.view.epoch {
@@ -1388,6 +1481,7 @@ impl Member {
             _ => {
                 self.step_down();
                 self.election_gate = self.view_seq;
+                self.read_dirty = true;
                 return;
             }
         };
@@ -1441,6 +1535,23 @@ impl Member {
             return;
         }
         match &self.view.leader {
+            Some(l) if l.session == session && now < self.no_election_before => {
+                // We resigned, but the view still shows our leader key (the Resign may not
+                // have landed yet): delete it again rather than take it back.
+                let key = self.layout.leader();
+                let op = self.send(
+                    Pending::Resign { session },
+                    StoreOp::Txn {
+                        conds: vec![Cond::Owned {
+                            key: key.clone(),
+                            session,
+                            create_rev: l.create_rev,
+                        }],
+                        writes: vec![Write::Delete { key }],
+                    },
+                );
+                self.election = Some(op);
+            }
             Some(l) if l.session == session => {
                 // The view says we lead (an Indeterminate election that was applied, or a
                 // false step-down): prove it before acting.

@@ -290,6 +290,15 @@ impl Driver {
                 );
                 self.emit(Status::Suspended { remaining });
             }
+            Event::TtlTooShort { granted, needed } => {
+                error!(
+                    reason = "ttl_too_short",
+                    granted_ms = granted.as_millis() as u64,
+                    needed_ms = needed.as_millis() as u64,
+                    "the store granted a session timeout the timings do not fit in; leaving"
+                );
+                self.emit(Status::TtlTooShort { granted, needed });
+            }
             Event::Resumed => {
                 self.suspended = false;
                 info!("session proved alive again; resuming");

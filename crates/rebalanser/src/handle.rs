@@ -62,6 +62,10 @@ pub enum Status {
     BadData { key: String, reason: &'static str },
     /// A store operation failed in a way worth reporting; the member retries by itself.
     Error { op: &'static str, error: StoreError },
+    /// The store granted a session timeout the configured timings do not fit in
+    /// (`needed` = 2 keepalive intervals + op timeout + stop timeout + safety margin). The
+    /// member refuses to hold leases on it and leaves; `Left` follows.
+    TtlTooShort { granted: Duration, needed: Duration },
     /// This event stream fell behind and `missed` events were dropped.
     Lagged { missed: u64 },
     /// The member left the group and closed its session. Final.
@@ -78,6 +82,7 @@ impl Status {
                 | Status::Suspended { .. }
                 | Status::SessionLost { .. }
                 | Status::StopDeadlineMissed { .. }
+                | Status::TtlTooShort { .. }
                 | Status::BadData { .. }
                 | Status::Error { .. }
                 | Status::Lagged { .. }
@@ -127,6 +132,11 @@ impl fmt::Display for Status {
             ),
             Status::BadData { key, reason } => write!(f, "skipped {key}: {reason}"),
             Status::Error { op, error } => write!(f, "store operation {op} failed: {error}"),
+            Status::TtlTooShort { granted, needed } => write!(
+                f,
+                "the store granted a session timeout of {granted:?}, but the timings need more \
+                 than {needed:?}; leaving"
+            ),
             Status::Lagged { missed } => write!(f, "event stream lagged; {missed} events lost"),
             Status::Left => write!(f, "left the group"),
         }

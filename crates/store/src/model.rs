@@ -85,6 +85,15 @@ impl MemModel {
         self.sessions.get(&s).map(|x| x.last_seen + x.ttl)
     }
 
+    /// Changes a live session's timeout, touching it at `now`: what ZooKeeper does when a
+    /// client reconnects to a server with a smaller `maxSessionTimeout`.
+    pub fn renegotiate(&mut self, s: SessionId, ttl: Duration, now: Time) {
+        if let Some(x) = self.sessions.get_mut(&s) {
+            x.ttl = ttl.clamp(self.cfg.min_ttl, self.cfg.max_ttl);
+            x.last_seen = now;
+        }
+    }
+
     /// Expires every session whose TTL has run out at `now`, deleting its keys. Returns the
     /// expired sessions.
     pub fn expire(&mut self, now: Time) -> Vec<SessionId> {

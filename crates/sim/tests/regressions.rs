@@ -1,0 +1,632 @@
+//! Regression scenarios found by a red-team review: real `Member`s driven by hand against
+//! `MemModel`, with chosen operations held, applied late or failed. Each test asserts the fixed
+//! behaviour; the comment above it says what used to go wrong.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rebalanser_core::admin;
+use rebalanser_core::layout::Layout;
+use rebalanser_core::store::{StoreError, StoreOp, StoreResult, Write};
+use rebalanser_core::{
+    Config, Event, GroupId, LeaseId, Member, MemberId, OpId, ResourceId, SessionId, Time,
+};
+use rebalanser_store::{MemModel, ModelConfig};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+fn t(msv: u64) -> Time {
+    Time(msv * 1_000_000)
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Act {
+    ApplyNowReplyLater,
+    DeliverThenApplyHeld,
+    Deliver,
+    Drop,
+    IndeterminateHold,
+    IndeterminateNoApply,
+}
+
+/// Decides what the network does with one member's op.
+pub type Filter = Box<dyn FnMut(usize, &StoreOp) -> Act>;
+/// Rewrites a reply before the member sees it.
+pub type ReplyHook = Box<dyn FnMut(usize, &StoreOp, StoreResult) -> StoreResult>;
+
+pub struct H {
+    pub store: MemModel,
+    pub layout: Layout,
+    pub m: Vec<Member>,
+    pub now: Time,
+    pub app: Vec<BTreeMap<ResourceId, (LeaseId, SessionId, bool)>>,
+    pub slow_release: Vec<bool>,
+    pub partitioned: Vec<bool>,
+    pub held: Vec<(usize, StoreOp)>,
+    pub late_replies: Vec<(usize, OpId, StoreResult)>,
+    pub filter: Filter,
+    pub log: Vec<String>,
+    pub violations: Vec<String>,
+    pub reply_hook: ReplyHook,
+}
+
+pub fn cfg(name: &str) -> Config {
+    let mut c = Config::new(GroupId::new("g").unwrap(), MemberId::new(name).unwrap());
+    c.session_ttl = ms(2000);
+    c.safety_margin = ms(150);
+    c.stop_timeout = ms(300);
+    c.keepalive_interval = ms(200);
+    c.op_timeout = ms(250);
+    c.min_rebalance_interval = ms(0);
+    c.resync_interval = ms(1000);
+    c.leave_timeout = ms(3000);
+    c.retry_delay = ms(40);
+    c.validate().unwrap();
+    c
+}
+
+impl H {
+    pub fn new(resources: &[&str]) -> H {
+        let layout = Layout::new(&GroupId::new("g").unwrap());
+        let mut store = MemModel::new(ModelConfig {
+            min_ttl: ms(100),
+            max_ttl: ms(60000),
+            history: 0,
+        });
+        store
+            .apply(Time::ZERO, &admin::create_group(&layout))
+            .unwrap();
+        let ids: Vec<ResourceId> = resources
+            .iter()
+            .map(|r| ResourceId::new(*r).unwrap())
+            .collect();
+        store
+            .apply(Time::ZERO, &admin::add_resources(&layout, &ids))
+            .unwrap();
+        H {
+            store,
+            layout,
+            m: vec![],
+            now: Time::ZERO,
+            app: vec![],
+            slow_release: vec![],
+            partitioned: vec![],
+            held: vec![],
+            late_replies: vec![],
+            filter: Box::new(|_, _| Act::Deliver),
+            log: vec![],
+            violations: vec![],
+            reply_hook: Box::new(|_, _, r| r),
+        }
+    }
+    pub fn add(&mut self, c: Config) -> usize {
+        let mut m = Member::new(c);
+        m.start(self.now);
+        self.m.push(m);
+        self.app.push(BTreeMap::new());
+        self.slow_release.push(false);
+        self.partitioned.push(false);
+        let i = self.m.len() - 1;
+        self.pump();
+        i
+    }
+    fn notify_all(&mut self) {
+        for i in 0..self.m.len() {
+            if !self.partitioned[i] {
+                self.m[i].handle_notify(self.now);
+            }
+        }
+    }
+    /// Executes every queued op of every member (at `now`), feeds replies, handles events.
+    pub fn pump(&mut self) {
+        for _round in 0..300 {
+            let mut progress = false;
+            for i in 0..self.m.len() {
+                while let Some(e) = self.m[i].poll_event() {
+                    progress = true;
+                    self.event(i, e);
+                }
+                let mut k = 0;
+                while let Some((id, op)) = self.m[i].poll_op() {
+                    progress = true;
+                    self.exec(i, id, op);
+                    k += 1;
+                    if k > 2000 {
+                        let n = self.log.len();
+                        for l in &self.log[n.saturating_sub(40)..] {
+                            println!("{l}");
+                        }
+                        panic!("member {i} spins at one instant");
+                    }
+                }
+            }
+            self.check();
+            if !progress {
+                return;
+            }
+        }
+        {
+            let n = self.log.len();
+            for l in &self.log[n.saturating_sub(60)..] {
+                println!("{l}");
+            }
+            panic!("pump did not settle");
+        }
+    }
+    fn exec(&mut self, i: usize, id: OpId, op: StoreOp) {
+        let act = if self.partitioned[i] {
+            Act::IndeterminateNoApply
+        } else {
+            (self.filter)(i, &op)
+        };
+        self.log.push(format!(
+            "{} m{} op{} {:?} -> {:?}",
+            self.now,
+            i,
+            id.0,
+            short(&op),
+            act
+        ));
+        let unknown = |op: &StoreOp| {
+            if op.is_write() {
+                Err(StoreError::Indeterminate("x".into()))
+            } else {
+                Err(StoreError::Unavailable("x".into()))
+            }
+        };
+        match act {
+            Act::Drop => {}
+            Act::Deliver => {
+                let before = self.store.rev();
+                let res = self.store.apply(self.now, &op);
+                let res = (self.reply_hook)(i, &op, res);
+                self.log.push(format!("   <- {:?}", shortres(&res)));
+                self.m[i].handle_reply(self.now, id, res);
+                if self.store.rev() != before {
+                    self.notify_all();
+                }
+            }
+            Act::ApplyNowReplyLater => {
+                let res = self.store.apply(self.now, &op);
+                self.late_replies.push((i, id, res));
+                self.notify_all();
+            }
+            Act::DeliverThenApplyHeld => {
+                let res = self.store.apply(self.now, &op);
+                self.log.push(format!("   <- {:?}", shortres(&res)));
+                for (j, h) in std::mem::take(&mut self.held) {
+                    let r = self.store.apply(self.now, &h);
+                    self.log.push(format!(
+                        "{} LATE apply m{} {:?} -> {:?}",
+                        self.now,
+                        j,
+                        short(&h),
+                        shortres(&r)
+                    ));
+                }
+                self.m[i].handle_reply(self.now, id, res);
+                self.notify_all();
+            }
+            Act::IndeterminateHold => {
+                self.held.push((i, op.clone()));
+                self.m[i].handle_reply(self.now, id, unknown(&op));
+            }
+            Act::IndeterminateNoApply => {
+                self.m[i].handle_reply(self.now, id, unknown(&op));
+            }
+        }
+    }
+    /// Applies the held (late) writes now.
+    pub fn apply_held(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        for (i, op) in held {
+            let r = self.store.apply(self.now, &op);
+            self.log.push(format!(
+                "{} LATE apply m{} {:?} -> {:?}",
+                self.now,
+                i,
+                short(&op),
+                shortres(&r)
+            ));
+        }
+        self.notify_all();
+        self.pump();
+    }
+    fn event(&mut self, i: usize, e: Event) {
+        self.log.push(format!("{} m{} event {:?}", self.now, i, e));
+        match e {
+            Event::Grant {
+                lease,
+                resource,
+                session,
+                ..
+            } => {
+                self.app[i].insert(resource, (lease, session, false));
+            }
+            Event::Revoke {
+                lease, resource, ..
+            } => {
+                if let Some(l) = self.app[i].get_mut(&resource) {
+                    if l.0 == lease {
+                        l.2 = true;
+                    }
+                }
+                if !self.slow_release[i] {
+                    self.app[i].remove(&resource);
+                    self.m[i].handle_released(self.now, &resource, lease);
+                }
+            }
+            _ => {}
+        }
+    }
+    pub fn release_all(&mut self, i: usize) {
+        let ls: Vec<(ResourceId, LeaseId, bool)> = self.app[i]
+            .iter()
+            .map(|(r, l)| (r.clone(), l.0, l.2))
+            .collect();
+        for (r, l, revoked) in ls {
+            if revoked {
+                self.app[i].remove(&r);
+                self.m[i].handle_released(self.now, &r, l);
+            }
+        }
+        self.pump();
+    }
+    pub fn check(&mut self) {
+        let mut holders: BTreeMap<ResourceId, Vec<usize>> = BTreeMap::new();
+        for i in 0..self.m.len() {
+            if self.m[i].is_closed() {
+                continue;
+            }
+            for (r, l) in &self.app[i] {
+                if self.now < self.m[i].valid_until(l.1) {
+                    holders.entry(r.clone()).or_default().push(i);
+                }
+            }
+        }
+        for (r, v) in holders {
+            if v.len() > 1 {
+                let s = format!("{} DOUBLE LEASE on {} by {:?}", self.now, r, v);
+                if !self.violations.contains(&s) {
+                    self.log.push(s.clone());
+                    self.violations.push(s);
+                }
+            }
+        }
+    }
+    /// Advances virtual time to `to`, firing member timers and store expiry.
+    pub fn advance(&mut self, to: Time) {
+        loop {
+            let next = self
+                .m
+                .iter()
+                .filter_map(|m| m.poll_timeout())
+                .filter(|x| *x > self.now)
+                .min();
+            let step = match next {
+                Some(n) if n <= to => n,
+                _ => to,
+            };
+            let step = step.min(self.now + ms(20)); // store tick
+            self.now = step;
+            if std::env::var("RT_DBG").is_ok() {
+                eprintln!("advance {}", self.now);
+            }
+            let before = self.store.rev();
+            let dead = self.store.expire(self.now);
+            if !dead.is_empty() {
+                self.log
+                    .push(format!("{} store expired {:?}", self.now, dead));
+            }
+            if self.store.rev() != before {
+                self.notify_all();
+            }
+            for i in 0..self.m.len() {
+                self.m[i].handle_timeout(self.now);
+            }
+            self.pump();
+            if self.now >= to {
+                return;
+            }
+        }
+    }
+    pub fn holders(&self, r: &str) -> Vec<usize> {
+        let r = ResourceId::new(r).unwrap();
+        (0..self.m.len())
+            .filter(|i| self.app[*i].contains_key(&r))
+            .collect()
+    }
+    pub fn dump(&self) {
+        for l in &self.log {
+            println!("{l}");
+        }
+    }
+}
+
+fn short(op: &StoreOp) -> String {
+    match op {
+        StoreOp::Txn { writes, .. } => writes
+            .iter()
+            .map(|w| match w {
+                Write::Create { key, .. } => format!("create {key}"),
+                Write::Put { key, .. } => format!("put {key}"),
+                Write::Delete { key } => format!("delete {key}"),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        StoreOp::Get { key, linearizable } => format!("get {key} lin={linearizable}"),
+        StoreOp::List { linearizable, .. } => format!("list lin={linearizable}"),
+        o => format!("{o:?}"),
+    }
+}
+fn shortres(r: &StoreResult) -> String {
+    match r {
+        Ok(rebalanser_core::store::StoreReply::Listed(v)) => format!("listed {}", v.len()),
+        o => format!("{o:?}"),
+    }
+}
+fn is_claim_delete(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::Txn { writes, .. } if writes.iter().any(|w| matches!(w, Write::Delete { key } if key.contains("/claims/"))))
+}
+fn is_register(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::Txn { writes, .. } if writes.iter().any(|w| matches!(w, Write::Create { key, .. } if key.contains("/members/"))))
+}
+
+// ---------------------------------------------------------------------------------------
+// F1: an Indeterminate claim delete, "settled" by a linearizable read, lands later.
+#[test]
+fn late_applied_claim_delete_never_gives_a_double_lease() {
+    let mut h = H::new(&["r"]);
+    let a = h.add(cfg("a"));
+    h.advance(t(500));
+    assert_eq!(h.holders("r"), vec![a], "a holds r");
+    let b = h.add(cfg("b"));
+    h.advance(t(1000));
+    assert_eq!(h.holders("r"), vec![a]);
+    // r leaves a's desired set (admin removes it); a's delete of its claim times out, is held
+    // by the network/store and applied later (after a's verify read).
+    let block_get = std::rc::Rc::new(std::cell::Cell::new(true));
+    let bg = block_get.clone();
+    let mut first = true;
+    h.filter = Box::new(move |i, op| {
+        if i == 0 && is_claim_delete(op) && first {
+            first = false;
+            return Act::IndeterminateHold;
+        }
+        // a's verify read of the claim fails for a while (store busy): r stays unresolved.
+        if i == 0 && bg.get() && matches!(op, StoreOp::Get { key, .. } if key.contains("/claims/"))
+        {
+            return Act::IndeterminateNoApply;
+        }
+        Act::Deliver
+    });
+    let lay = h.layout.clone();
+    h.store
+        .apply(
+            h.now,
+            &admin::remove_resources(&lay, &[ResourceId::new("r").unwrap()]),
+        )
+        .unwrap();
+    h.notify_all();
+    h.pump();
+    // Re-added before the handover completes: r goes back to a.
+    h.store
+        .apply(
+            h.now,
+            &admin::add_resources(&lay, &[ResourceId::new("r").unwrap()]),
+        )
+        .unwrap();
+    h.notify_all();
+    h.pump();
+    block_get.set(false);
+    h.advance(h.now + ms(100));
+    println!(
+        "holders after re-add: {:?}; held ops: {}",
+        h.holders("r"),
+        h.held.len()
+    );
+    // The late delete lands: claims/r is gone while a holds a lease on it.
+    h.apply_held();
+    println!(
+        "claims/r in store: {:?}",
+        h.store.entries().get("g/claims/r").map(|e| e.owner)
+    );
+    // a leaves gracefully; its app is slow to stop; r moves to b, which finds no claim.
+    h.slow_release[a] = true;
+    h.m[a].leave(h.now);
+    h.pump();
+    h.advance(h.now + ms(200));
+    h.dump();
+    assert!(h.violations.is_empty(), "{:?}", h.violations);
+    let _ = b;
+}
+
+// F2: an Indeterminate Register "settled" as absent by a read, applied later: blocked by itself.
+#[test]
+fn late_applied_register_does_not_block_the_member() {
+    let mut h = H::new(&["r1", "r2", "r3", "r4"]);
+    let _b = h.add(cfg("b"));
+    h.advance(t(300));
+    let mut first = true;
+    h.filter = Box::new(move |i, op| {
+        if i == 1 && is_register(op) && first {
+            first = false;
+            return Act::IndeterminateHold;
+        }
+        // The verify read is served before the slow Register commits; it commits right after.
+        if i == 1 && matches!(op, StoreOp::Get { key, .. } if key.contains("/members/")) {
+            return Act::DeliverThenApplyHeld;
+        }
+        Act::Deliver
+    });
+    let a = h.add(cfg("a"));
+    h.advance(h.now + ms(20_000));
+    let leased: usize = (0..h.m.len()).map(|i| h.app[i].len()).sum();
+    println!(
+        "a leases: {:?}; b leases: {:?}; total {leased}",
+        h.app[a].keys().collect::<Vec<_>>(),
+        h.app[0].keys().collect::<Vec<_>>()
+    );
+    for l in h
+        .log
+        .iter()
+        .filter(|l| l.contains("m1 event") || l.contains("LATE"))
+    {
+        println!("{l}");
+    }
+    assert_eq!(
+        leased, 4,
+        "resources never leased 20 s after faults stopped"
+    );
+}
+
+impl H {
+    pub fn deliver_late_replies(&mut self) {
+        for (i, id, res) in std::mem::take(&mut self.late_replies) {
+            self.log.push(format!(
+                "{} m{} LATE reply op{} {:?}",
+                self.now,
+                i,
+                id.0,
+                shortres(&res)
+            ));
+            self.m[i].handle_reply(self.now, id, res);
+        }
+        self.pump();
+    }
+}
+
+// F3: the store lowers the session timeout mid-session; the deadline is never lowered.
+#[test]
+fn ttl_lowered_mid_session_lowers_the_deadline() {
+    let mut h = H::new(&["r"]);
+    let a = h.add(cfg("a"));
+    h.advance(t(500));
+    let b = h.add(cfg("b"));
+    h.advance(t(1000));
+    assert_eq!(h.holders("r"), vec![a]);
+    let sa = h.m[a].session().unwrap();
+    // ZooKeeper reconnect: negotiated timeout now 1.2 s (still passes Config::validate's budget).
+    h.store.renegotiate(sa, ms(1200), h.now);
+    h.advance(h.now + ms(210)); // one keepalive reply carries ttl = 1.2 s
+    let (_, dl) = h.m[a].deadline().unwrap();
+    println!(
+        "now {} a's local deadline {} store expiry {:?}",
+        h.now,
+        dl,
+        h.store.expires_at(sa)
+    );
+    h.partitioned[a] = true;
+    h.advance(h.now + ms(1500));
+    for l in h
+        .log
+        .iter()
+        .filter(|l| l.contains("event") || l.contains("DOUBLE") || l.contains("expired"))
+        .skip_while(|l| !l.starts_with("1."))
+    {
+        println!("{l}");
+    }
+    println!("deadline beyond store expiry: {}", dl > Time(2_400_000_000));
+    assert!(h.violations.is_empty(), "{:?}", h.violations);
+    let _ = b;
+}
+
+// F4: on_open uses `now - op_timeout` as the send time: a reply handled late (process paused,
+// executor stalled, system suspend which tokio's timeout does not count) inflates the deadline.
+#[test]
+fn open_reply_handled_late_does_not_inflate_the_deadline() {
+    let mut h = H::new(&["r1", "r2"]);
+    let b = h.add(cfg("b"));
+    h.advance(t(500));
+    h.filter = Box::new(|i, op| {
+        if i == 1 && matches!(op, StoreOp::OpenSession { .. }) {
+            Act::ApplyNowReplyLater
+        } else {
+            Act::Deliver
+        }
+    });
+    let a = h.add(cfg("a")); // open applied at 0.5 s
+    h.advance(t(1500));
+    h.deliver_late_replies(); // handled at 1.5 s (1 s stall)
+    let sa = h.m[a].session().unwrap();
+    h.advance(t(1550));
+    let (_, dl) = h.m[a].deadline().unwrap();
+    println!(
+        "a's local deadline {} ; store expiry {:?}; a leases {:?}",
+        dl,
+        h.store.expires_at(sa),
+        h.app[a].keys().collect::<Vec<_>>()
+    );
+    h.partitioned[a] = true;
+    h.advance(t(3500));
+    for l in h
+        .log
+        .iter()
+        .filter(|l| l.contains("event") || l.contains("DOUBLE") || l.contains("expired"))
+        .skip_while(|l| !l.starts_with("1.5"))
+    {
+        println!("{l}");
+    }
+    assert!(h.violations.is_empty(), "{:?}", h.violations);
+    let _ = b;
+}
+
+// F5: leave() of a member blocked on its name (another live session holds it) never completes.
+#[test]
+fn leave_while_name_in_use_completes() {
+    let mut h = H::new(&["r1"]);
+    let _a = h.add(cfg("a"));
+    h.advance(t(300));
+    let a2 = h.add(cfg("a")); // same name, both live (misconfiguration, or a paused predecessor)
+    h.advance(t(600));
+    h.m[a2].leave(h.now);
+    h.pump();
+    h.advance(t(20_000)); // leave_timeout is 3 s
+    println!(
+        "a2 closed: {}; a2 next timer {:?}",
+        h.m[a2].is_closed(),
+        h.m[a2].poll_timeout()
+    );
+    assert!(
+        h.m[a2].is_closed(),
+        "leave() still pending 19 s later (leave_timeout 3 s)"
+    );
+}
+
+// F6: the store grants a TTL below the timing budget Config::validate checked.
+#[test]
+fn granted_ttl_below_budget_is_refused() {
+    let mut h = H::new(&["r1", "r2"]);
+    h.store = {
+        let mut s = MemModel::new(ModelConfig {
+            min_ttl: ms(100),
+            max_ttl: ms(600),
+            history: 0,
+        });
+        let lay = h.layout.clone();
+        s.apply(Time::ZERO, &admin::create_group(&lay)).unwrap();
+        s.apply(
+            Time::ZERO,
+            &admin::add_resources(
+                &lay,
+                &[
+                    ResourceId::new("r1").unwrap(),
+                    ResourceId::new("r2").unwrap(),
+                ],
+            ),
+        )
+        .unwrap();
+        s
+    };
+    let _a = h.add(cfg("a"));
+    h.advance(t(10_000));
+    let n = |k: &str| h.log.iter().filter(|l| l.contains(k)).count();
+    println!(
+        "grants {} suspended {} resumed {} store errors {}",
+        n("event Grant"),
+        n("Suspended"),
+        n("Resumed"),
+        n("StoreError")
+    );
+    assert!(n("event Grant") <= 2, "leases flap");
+}

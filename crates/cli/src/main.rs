@@ -1,5 +1,6 @@
 //! `rebalanser`: the command-line tool. For now: the deterministic simulator.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -78,6 +79,15 @@ fn sim(a: SimArgs, seeds_given: bool) -> ExitCode {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let reports = run_many(first, n, a.steps, variant, threads);
+    // A closed pipe (`| head`) ends the output quietly instead of panicking.
+    let mut out = std::io::stdout().lock();
+    macro_rules! say {
+        ($($t:tt)*) => {
+            if writeln!(out, $($t)*).is_err() {
+                return ExitCode::FAILURE;
+            }
+        };
+    }
     let mut steps = 0;
     let mut violations = 0;
     let mut shown = 0;
@@ -91,24 +101,25 @@ fn sim(a: SimArgs, seeds_given: bool) -> ExitCode {
             c.trace = true;
             let replay = run(&c);
             for line in &replay.trace {
-                println!("{line}");
+                say!("{line}");
             }
         }
         if !r.violations.is_empty() {
             shown += 1;
-            println!(
+            say!(
                 "seed {} failed with {} violation(s); first: {}",
                 r.seed,
                 r.violations.len(),
                 r.violations[0]
             );
-            println!(
+            say!(
                 "replay: rebalanser sim --seed {} --steps {} --trace",
-                r.seed, a.steps
+                r.seed,
+                a.steps
             );
         }
     }
-    println!(
+    say!(
         "sim: seeds={} steps={} violations={}",
         reports.len(),
         steps,

@@ -48,6 +48,9 @@ pub struct Config {
     pub retry_delay: Duration,
     /// Largest encoded size of one assignment chunk.
     pub assignment_chunk_bytes: usize,
+    /// Largest number of writes in one transaction (etcd's default `--max-txn-ops` is 128).
+    /// A larger rebalance is written in several transactions, removals first.
+    pub max_txn_writes: usize,
     /// Failed rebalances in a row after which a coordinator resigns.
     pub max_failed_rebalances: u32,
     #[doc(hidden)]
@@ -98,6 +101,7 @@ impl Config {
             leave_timeout: Duration::from_secs(30),
             retry_delay: Duration::from_millis(100),
             assignment_chunk_bytes: 64 * 1024,
+            max_txn_writes: 64,
             max_failed_rebalances: 5,
             variant: Variant::Correct,
         }
@@ -152,6 +156,11 @@ impl Config {
                 stop: self.stop_timeout,
                 margin: self.safety_margin,
                 ttl: self.session_ttl,
+            });
+        }
+        if self.max_txn_writes == 0 {
+            return Err(ConfigError::Zero {
+                field: "max_txn_writes",
             });
         }
         if !(256..=crate::store::MAX_VALUE_BYTES).contains(&self.assignment_chunk_bytes) {

@@ -1601,7 +1601,9 @@ impl Member {
     }
 
     /// The writes that bring the stored assignment to the assignor's target, or `None` when it
-    /// is already there.
+    /// is already there. When they exceed `max_txn_writes`, only a first batch is returned and
+    /// the next plan (from a fresh read) continues: every removal is written before any
+    /// addition, so intermediate states have gaps, never a resource in two sets (PITFALLS 21).
     fn plan(&self, epoch: Epoch, seq: u64) -> Option<Plan> {
         let v = &self.view;
         let live = v.live_members();
@@ -1614,9 +1616,11 @@ impl Member {
             }
         }
         let next = assignor::assign(&weights, &v.resources, &prev);
-        let mut conds = Vec::new();
-        let mut writes = Vec::new();
         let existing = |m: &MemberId| v.assign.get(m).map(Vec::as_slice).unwrap_or(&[]);
+        // Per changed member: the write of its final set, and, when it loses something, the
+        // write of what it keeps (the removal step).
+        let mut finals: Vec<WriteGroup> = Vec::new();
+        let mut removals: Vec<WriteGroup> = Vec::new();
         for (m, set) in &next {
             let unchanged = match prev.get(m) {
                 Some(p) => p == set,
@@ -1626,54 +1630,104 @@ impl Member {
                 continue;
             }
             let session = live[m].session;
-            let chunks = if set.is_empty() {
-                Vec::new()
-            } else {
-                split(set, self.cfg.assignment_chunk_bytes)
+            let write = |set: &BTreeSet<ResourceId>| {
+                self.member_writes(m, session, set, existing(m), (epoch, seq))
             };
-            let n = chunks.len() as u32;
-            for (i, part) in chunks.into_iter().enumerate() {
-                let i = i as u32;
-                let key = self.layout.assign_chunk(m, i);
-                conds.push(version_cond(existing(m), &key));
-                let rec = ChunkRec {
-                    session,
-                    epoch,
-                    seq,
-                    i,
-                    n,
-                    resources: part,
-                };
-                writes.push(Write::Put {
-                    key,
-                    value: layout::encode(&rec),
-                });
+            if let Some(p) = prev.get(m).filter(|p| !p.is_subset(set)) {
+                let keep: BTreeSet<ResourceId> = p.intersection(set).cloned().collect();
+                removals.push(write(&keep));
             }
-            for c in existing(m).iter().filter(|c| c.rec.i >= n) {
-                conds.push(Cond::Version(c.key.clone(), c.version));
-                writes.push(Write::Delete { key: c.key.clone() });
-            }
+            finals.push(write(set));
         }
         for (m, chunks) in &v.assign {
             if live.contains_key(m) {
                 continue;
             }
+            let mut g = WriteGroup::default();
             for c in chunks {
-                conds.push(Cond::Version(c.key.clone(), c.version));
-                writes.push(Write::Delete { key: c.key.clone() });
+                g.conds.push(Cond::Version(c.key.clone(), c.version));
+                g.writes.push(Write::Delete { key: c.key.clone() });
             }
+            removals.push(g.clone());
+            finals.push(g);
         }
-        if writes.is_empty() {
+        let total: usize = finals.iter().map(|g| g.writes.len()).sum();
+        if total == 0 {
             return None;
         }
-        Some(Plan {
-            conds,
-            writes,
+        let groups = if total <= self.cfg.max_txn_writes {
+            finals
+        } else if !removals.is_empty() {
+            removals
+        } else {
+            finals
+        };
+        let mut plan = Plan {
+            conds: Vec::new(),
+            writes: Vec::new(),
             moved: assignor::moved(&prev, &next),
             members: next.len(),
             resources: v.resources.len(),
-        })
+        };
+        for g in groups {
+            // One member's chunks are never split across transactions (that would tear it);
+            // a single oversized group still goes alone.
+            if !plan.writes.is_empty()
+                && plan.writes.len() + g.writes.len() > self.cfg.max_txn_writes
+            {
+                break;
+            }
+            plan.conds.extend(g.conds);
+            plan.writes.extend(g.writes);
+        }
+        Some(plan)
     }
+
+    /// The chunk writes that make `m`'s stored assignment `set` (no chunks for an empty set).
+    fn member_writes(
+        &self,
+        m: &MemberId,
+        session: SessionId,
+        set: &BTreeSet<ResourceId>,
+        existing: &[layout::ChunkView],
+        (epoch, seq): (Epoch, u64),
+    ) -> WriteGroup {
+        let mut g = WriteGroup::default();
+        let chunks = if set.is_empty() {
+            Vec::new()
+        } else {
+            split(set, self.cfg.assignment_chunk_bytes)
+        };
+        let n = chunks.len() as u32;
+        for (i, part) in chunks.into_iter().enumerate() {
+            let i = i as u32;
+            let key = self.layout.assign_chunk(m, i);
+            g.conds.push(version_cond(existing, &key));
+            let rec = ChunkRec {
+                session,
+                epoch,
+                seq,
+                i,
+                n,
+                resources: part,
+            };
+            g.writes.push(Write::Put {
+                key,
+                value: layout::encode(&rec),
+            });
+        }
+        for c in existing.iter().filter(|c| c.rec.i >= n) {
+            g.conds.push(Cond::Version(c.key.clone(), c.version));
+            g.writes.push(Write::Delete { key: c.key.clone() });
+        }
+        g
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct WriteGroup {
+    conds: Vec<Cond>,
+    writes: Vec<Write>,
 }
 
 struct Plan {

@@ -226,6 +226,12 @@ impl World {
         member_cfg.leave_timeout = ms(3000);
         member_cfg.retry_delay = ms(40);
         member_cfg.assignment_chunk_bytes = 300; // tiny: exercise split assignments
+                                                 // Sometimes tiny: exercise rebalances written in several transactions.
+        member_cfg.max_txn_writes = if rng.chance(0.5) {
+            rng.range(1, 4) as usize
+        } else {
+            64
+        };
         member_cfg.variant = cfg.variant;
         debug_assert!(member_cfg.validate().is_ok());
         let op_timeout = member_cfg.op_timeout;

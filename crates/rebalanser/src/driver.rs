@@ -190,7 +190,10 @@ impl Driver {
                     .clone();
                 deadline.store(self.core.valid_until(session).0, Ordering::Release);
                 let (revoke_tx, revoke_rx) = watch::channel(None);
-                let shared = LeaseShared::new(deadline, revoke_rx);
+                let shared = LeaseShared::new(deadline, revoke_rx, resource.clone());
+                if self.policy == StopPolicy::Abort {
+                    crate::watchdog::watch(&shared);
+                }
                 self.tracks.insert(
                     lease,
                     Track {

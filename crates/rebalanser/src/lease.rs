@@ -36,23 +36,39 @@ pub(crate) struct LeaseShared {
     released: AtomicBool,
     delivery: AtomicU8,
     revoke: watch::Receiver<Option<RevokeReason>>,
+    /// For the watchdog's message.
+    resource: ResourceId,
 }
 
 impl LeaseShared {
     pub(crate) fn new(
         deadline: Arc<AtomicU64>,
         revoke: watch::Receiver<Option<RevokeReason>>,
+        resource: ResourceId,
     ) -> Arc<LeaseShared> {
         Arc::new(LeaseShared {
             deadline,
             released: AtomicBool::new(false),
             delivery: AtomicU8::new(QUEUED),
             revoke,
+            resource,
         })
     }
 
-    fn deadline(&self) -> Time {
+    pub(crate) fn deadline(&self) -> Time {
         Time(self.deadline.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_delivered(&self) -> bool {
+        self.delivery.load(Ordering::Acquire) == DELIVERED
+    }
+
+    pub(crate) fn resource(&self) -> &ResourceId {
+        &self.resource
     }
 
     fn is_valid(&self) -> bool {

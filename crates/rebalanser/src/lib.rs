@@ -86,6 +86,7 @@ mod error;
 mod handle;
 mod lease;
 mod url;
+mod watchdog;
 
 pub use admin::{
     Admin, BadKey, ClaimInfo, CoordinatorInfo, GroupStatus, Handover, MemberInfo, ResourceStatus,

@@ -290,7 +290,11 @@ mod tests {
             token: Token::default(),
             epoch: Epoch(1),
             session: SessionId(1),
-            shared: LeaseShared::new(Arc::new(AtomicU64::new(deadline.0)), rrx),
+            shared: LeaseShared::new(
+                Arc::new(AtomicU64::new(deadline.0)),
+                rrx,
+                ResourceId::new("r").expect("valid id"),
+            ),
             cmds: tx,
         };
         (l, rx, rtx)

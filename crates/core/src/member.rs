@@ -978,6 +978,17 @@ impl Member {
         self.no_election_before = now + self.cfg.session_ttl;
     }
 
+    fn revoke_all(&mut self, reason: RevokeReason) {
+        for (r, l) in self.leases.iter_mut().filter(|(_, l)| !l.revoked) {
+            l.revoked = true;
+            self.events.push_back(Event::Revoke {
+                lease: l.id,
+                resource: r.clone(),
+                reason,
+            });
+        }
+    }
+
     fn lose_session(&mut self, now: Time) {
         let Some(s) = self.session.take() else {
             return;
@@ -986,16 +997,7 @@ impl Member {
         if self.leases.values().any(|l| l.session == s.id) {
             self.ended.insert(s.id, s.deadline.min(now));
         }
-        for (r, l) in self.leases.iter_mut() {
-            if !l.revoked {
-                l.revoked = true;
-                self.events.push_back(Event::Revoke {
-                    lease: l.id,
-                    resource: r.clone(),
-                    reason: RevokeReason::SessionLost,
-                });
-            }
-        }
+        self.revoke_all(RevokeReason::SessionLost);
         self.claims.clear();
         self.unresolved.clear();
         self.claim_op.clear();
@@ -1101,16 +1103,7 @@ impl Member {
                 released_at: self.leases.is_empty().then_some(now),
             });
             let deadline = s.deadline;
-            for (r, l) in self.leases.iter_mut() {
-                if !l.revoked {
-                    l.revoked = true;
-                    self.events.push_back(Event::Revoke {
-                        lease: l.id,
-                        resource: r.clone(),
-                        reason: RevokeReason::SessionInDoubt,
-                    });
-                }
-            }
+            self.revoke_all(RevokeReason::SessionInDoubt);
             self.events.push_back(Event::Suspended { deadline });
         }
         self.check_stop_deadline(now);

@@ -721,58 +721,26 @@ impl World {
         let timeout_at = self.now + self.op_timeout;
         let failed = timeout_error(&req);
         if self.slots[i].partitioned || self.rng.chance(f.lost_request) {
-            self.schedule(
-                timeout_at,
-                Ev::Reply {
-                    slot: i,
-                    inc,
-                    op,
-                    res: failed,
-                },
-            );
+            self.reply(timeout_at, i, inc, op, failed);
             return;
         }
         if self.rng.chance(f.fast_fail) {
             let at = self.now + ms(self.rng.range(0, 5));
             let res = Err(StoreError::Unavailable("injected".into()));
-            self.schedule(
-                at,
-                Ev::Reply {
-                    slot: i,
-                    inc,
-                    op,
-                    res,
-                },
-            );
+            self.reply(at, i, inc, op, res);
             return;
         }
         if req.is_write() && self.rng.chance(f.late_write) {
             // The request is stuck in a queue: the client times out, the store applies it
             // later (etcd, PostgreSQL; PITFALLS 12).
-            self.schedule(
-                timeout_at,
-                Ev::Reply {
-                    slot: i,
-                    inc,
-                    op,
-                    res: failed,
-                },
-            );
+            self.reply(timeout_at, i, inc, op, failed);
             let late = self.rng.range(1, 400);
             self.schedule(timeout_at + ms(late), Ev::LateApply { req });
             return;
         }
         let d1 = self.latency();
         if self.now + d1 >= timeout_at {
-            self.schedule(
-                timeout_at,
-                Ev::Reply {
-                    slot: i,
-                    inc,
-                    op,
-                    res: failed,
-                },
-            );
+            self.reply(timeout_at, i, inc, op, failed);
             return;
         }
         let sent = self.now;
@@ -788,6 +756,10 @@ impl World {
         );
     }
 
+    fn reply(&mut self, at: Time, slot: usize, inc: u32, op: OpId, res: StoreResult) {
+        self.schedule(at, Ev::Reply { slot, inc, op, res });
+    }
+
     fn latency(&mut self) -> Duration {
         if self.rng.chance(self.faults.slow) {
             ms(self.rng.range(50, 400))
@@ -800,15 +772,7 @@ impl World {
         let timeout_at = sent + self.op_timeout;
         if self.slots[i].partitioned {
             let res = timeout_error(&req);
-            self.schedule(
-                timeout_at,
-                Ev::Reply {
-                    slot: i,
-                    inc,
-                    op,
-                    res,
-                },
-            );
+            self.reply(timeout_at, i, inc, op, res);
             return;
         }
         if let StoreOp::KeepAlive { session } = &req {
@@ -862,25 +826,9 @@ impl World {
         if lost || self.now + d2 >= timeout_at {
             // Applied, but the client never learns it: the Indeterminate case.
             let res = timeout_error(&req);
-            self.schedule(
-                timeout_at,
-                Ev::Reply {
-                    slot: i,
-                    inc,
-                    op,
-                    res,
-                },
-            );
+            self.reply(timeout_at, i, inc, op, res);
         } else {
-            self.schedule(
-                self.now + d2,
-                Ev::Reply {
-                    slot: i,
-                    inc,
-                    op,
-                    res,
-                },
-            );
+            self.reply(self.now + d2, i, inc, op, res);
         }
     }
 

@@ -55,6 +55,7 @@ enum VariantArg {
     GrantBeforeClaim,
     IgnoreDeadline,
     RemoveDeletesClaim,
+    AcceptOlderViews,
 }
 
 impl From<VariantArg> for Variant {
@@ -64,6 +65,7 @@ impl From<VariantArg> for Variant {
             VariantArg::GrantBeforeClaim => Variant::GrantBeforeClaim,
             VariantArg::IgnoreDeadline => Variant::IgnoreDeadline,
             VariantArg::RemoveDeletesClaim => Variant::RemoveDeletesClaim,
+            VariantArg::AcceptOlderViews => Variant::AcceptOlderViews,
         }
     }
 }

@@ -17,6 +17,9 @@ pub enum Variant {
     IgnoreDeadline,
     /// Admin removal of a resource also deletes its claim (the original design's TLA+ bug).
     RemoveDeletesClaim,
+    /// Acts on listings older than one already acted on (a lagging replica's), so members
+    /// go back in time and revoke what never moved.
+    AcceptOlderViews,
 }
 
 /// Everything a member needs to run the protocol. Durations are on the member's local clock.
@@ -51,6 +54,9 @@ pub struct Config {
     /// Largest number of writes in one transaction (etcd's default `--max-txn-ops` is 128).
     /// A larger rebalance is written in several transactions, removals first.
     pub max_txn_writes: usize,
+    /// Largest encoded size (keys and values) of one transaction's writes: ZooKeeper's
+    /// jute.maxbuffer is about 1 MiB, etcd's request limit 1.5 MiB.
+    pub max_txn_bytes: usize,
     /// Failed rebalances in a row after which a coordinator resigns.
     pub max_failed_rebalances: u32,
     #[doc(hidden)]
@@ -82,6 +88,11 @@ pub enum ConfigError {
     },
     #[error("assignment_chunk_bytes is {0}; it must be between 256 and 262144")]
     ChunkSize(usize),
+    #[error(
+        "max_txn_bytes ({max_txn_bytes}) must hold one assignment chunk ({chunk} bytes) plus \
+         its key (4096 bytes)"
+    )]
+    TxnBytes { max_txn_bytes: usize, chunk: usize },
 }
 
 impl Config {
@@ -102,6 +113,7 @@ impl Config {
             retry_delay: Duration::from_millis(100),
             assignment_chunk_bytes: 64 * 1024,
             max_txn_writes: 64,
+            max_txn_bytes: 512 * 1024,
             max_failed_rebalances: 5,
             variant: Variant::Correct,
         }
@@ -165,6 +177,13 @@ impl Config {
         }
         if !(256..=crate::store::MAX_VALUE_BYTES).contains(&self.assignment_chunk_bytes) {
             return Err(ConfigError::ChunkSize(self.assignment_chunk_bytes));
+        }
+        // One member's chunk plus its key must fit in a transaction on its own.
+        if self.assignment_chunk_bytes + crate::store::MAX_KEY_BYTES > self.max_txn_bytes {
+            return Err(ConfigError::TxnBytes {
+                max_txn_bytes: self.max_txn_bytes,
+                chunk: self.assignment_chunk_bytes,
+            });
         }
         Ok(())
     }

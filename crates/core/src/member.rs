@@ -279,6 +279,8 @@ pub struct Member {
     reopen_at: Time,
 
     view: View,
+    /// Store revision of `view`: a listing older than this is never applied.
+    view_rev: u64,
     view_seq: u64,
     reads_sent: u64,
     read: Option<OpId>,
@@ -334,6 +336,7 @@ impl Member {
             opening: false,
             reopen_at: Time::ZERO,
             view: View::default(),
+            view_rev: 0,
             view_seq: 0,
             reads_sent: 0,
             read: None,
@@ -767,7 +770,16 @@ impl Member {
     fn on_read(&mut self, now: Time, number: u64, result: StoreResult) {
         self.read = None;
         match result {
-            Ok(StoreReply::Listed(entries)) => {
+            Ok(StoreReply::Listed { rev, .. })
+                if rev < self.view_rev && self.cfg.variant != Variant::AcceptOlderViews =>
+            {
+                // Older than what we already acted on (a lagging replica): never go back in
+                // time; try again shortly.
+                self.read_dirty = true;
+                self.read_retry_at = Some(now + self.cfg.retry_delay);
+            }
+            Ok(StoreReply::Listed { entries, rev }) => {
+                self.view_rev = rev;
                 let (view, bad) = layout::parse_view(&self.layout, &entries);
                 for b in bad {
                     if self.reported_bad.insert(b.key.clone()) {
@@ -1140,9 +1152,9 @@ impl Member {
             self.read_dirty = false;
             self.reads_sent += 1;
             let number = self.reads_sent;
-            // The coordinator's first read after its election (and after a failed write) is
-            // linearizable: it diffs against it (PITFALLS 20).
-            let linearizable = self.coord.as_ref().is_some_and(|c| c.fresh_from_read != 0);
+            // The coordinator plans its writes from what it reads: only linearizable reads
+            // (PITFALLS 20; DESIGN §8 rule 6: a stale read decides when, never what).
+            let linearizable = self.coord.is_some();
             let op = self.send(
                 Pending::Read { number },
                 StoreOp::List {
@@ -1481,6 +1493,9 @@ impl Member {
         let Some(plan) = self.plan(c.epoch, c.seq + 1) else {
             if let Some(c) = self.coord.as_mut() {
                 c.rebalance_at = None;
+                // A fresh view with nothing to write: earlier failures were races, not a
+                // wedge (PITFALLS 23 counts only failures in a row).
+                c.failures = 0;
             }
             return;
         };
@@ -1648,7 +1663,8 @@ impl Member {
         if total == 0 {
             return None;
         }
-        let groups = if total <= self.cfg.max_txn_writes {
+        let total_bytes: usize = finals.iter().flat_map(|g| &g.writes).map(write_bytes).sum();
+        let groups = if total <= self.cfg.max_txn_writes && total_bytes <= self.cfg.max_txn_bytes {
             finals
         } else if !removals.is_empty() {
             removals
@@ -1662,14 +1678,17 @@ impl Member {
             members: next.len(),
             resources: v.resources.len(),
         };
+        let mut bytes = 0;
         for g in groups {
             // One member's chunks are never split across transactions (that would tear it);
             // a single oversized group still goes alone.
-            if !plan.writes.is_empty()
-                && plan.writes.len() + g.writes.len() > self.cfg.max_txn_writes
-            {
+            let size: usize = g.writes.iter().map(write_bytes).sum();
+            let full = plan.writes.len() + g.writes.len() > self.cfg.max_txn_writes
+                || bytes + size > self.cfg.max_txn_bytes;
+            if !plan.writes.is_empty() && full {
                 break;
             }
+            bytes += size;
             plan.conds.extend(g.conds);
             plan.writes.extend(g.writes);
         }
@@ -1729,6 +1748,14 @@ struct Plan {
     moved: usize,
     members: usize,
     resources: usize,
+}
+
+/// Encoded size of a write, for the transaction size limit.
+fn write_bytes(w: &Write) -> usize {
+    match w {
+        Write::Create { key, value, .. } | Write::Put { key, value } => key.len() + value.len(),
+        Write::Delete { key } => key.len(),
+    }
 }
 
 fn version_cond(existing: &[layout::ChunkView], key: &str) -> Cond {

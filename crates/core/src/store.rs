@@ -114,7 +114,13 @@ pub enum StoreReply {
     },
     Closed,
     Got(Option<Entry>),
-    Listed(Vec<(Key, Entry)>),
+    /// The keys under the prefix, and the store revision the listing reflects (etcd: the
+    /// header revision; ZooKeeper: the zxid the server had applied). A reader never acts on
+    /// a listing older than one it already acted on.
+    Listed {
+        entries: Vec<(Key, Entry)>,
+        rev: u64,
+    },
     /// The transaction's revision: every key it created has `create_rev == rev`.
     Committed {
         rev: u64,

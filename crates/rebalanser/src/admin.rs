@@ -128,7 +128,7 @@ impl Admin {
             self.op_timeout,
         )
         .await?;
-        let StoreReply::Listed(entries) = reply else {
+        let StoreReply::Listed { entries, .. } = reply else {
             return Err(self.unexpected("list", &reply));
         };
         let (view, bad) = layout::parse_view(&self.layout, &entries);

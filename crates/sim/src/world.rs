@@ -396,11 +396,36 @@ impl World {
         }
         self.quiesce();
         let end = self.now + convergence_bound();
-        while self.peek_time().is_some_and(|t| t <= end) {
-            self.step();
-        }
-        self.now = end;
+        self.run_until(end);
         self.check_converged();
+        if self.violations.is_empty() {
+            // Converged is not enough: it must stay put. Another bound with nothing changing
+            // (stale reads and notification loss go on) must not move, grant or revoke
+            // anything, nor change the coordinator.
+            let before = self.counters.clone();
+            let end = self.now + convergence_bound();
+            self.run_until(end);
+            let changed: Vec<String> = [
+                "grant",
+                "revoke",
+                "coordinator",
+                "stepped_down",
+                "rebalance",
+            ]
+            .iter()
+            .filter_map(|k| {
+                let n = self.counters.get(k).unwrap_or(&0) - before.get(k).unwrap_or(&0);
+                (n > 0).then(|| format!("{n} {k}"))
+            })
+            .collect();
+            if !changed.is_empty() {
+                self.violation(format!(
+                    "not stable after convergence: {}",
+                    changed.join(", ")
+                ));
+            }
+            self.check_converged();
+        }
         SimReport {
             seed: self.cfg.seed,
             steps: self.steps,
@@ -408,6 +433,13 @@ impl World {
             trace: self.trace,
             counters: self.counters,
         }
+    }
+
+    fn run_until(&mut self, end: Time) {
+        while self.peek_time().is_some_and(|t| t <= end) {
+            self.step();
+        }
+        self.now = end;
     }
 
     fn peek_time(&self) -> Option<Time> {
@@ -643,6 +675,7 @@ impl World {
             Event::SessionLost { .. } => "session_lost",
             Event::StopDeadlineMissed { .. } => "abort",
             Event::BecameCoordinator { .. } => "coordinator",
+            Event::SteppedDown { .. } => "stepped_down",
             Event::NameInUse { .. } => "name_in_use",
             Event::Rebalanced { .. } => "rebalance",
             Event::Left => "left",
@@ -975,7 +1008,14 @@ impl World {
     /// Stops every fault: heal, wake, restart, no more churn or message loss.
     fn quiesce(&mut self) {
         self.chaos = false;
-        self.faults = QUIET;
+        // Stale reads and lost or duplicated notifications are how real stores behave when
+        // nothing is wrong (follower reads, reconnects): they stay on.
+        self.faults = Faults {
+            stale_read: self.faults.stale_read,
+            lost_notify: self.faults.lost_notify,
+            dup_notify: self.faults.dup_notify,
+            ..QUIET
+        };
         self.log(|| "faults stop".to_string());
         for i in 0..self.slots.len() {
             self.slots[i].partitioned = false;
@@ -1159,7 +1199,9 @@ fn short_op(op: &StoreOp) -> String {
 
 fn short_res(res: &StoreResult) -> String {
     match res {
-        Ok(StoreReply::Listed(v)) => format!("ok listed {} keys", v.len()),
+        Ok(StoreReply::Listed { entries, rev }) => {
+            format!("ok listed {} keys at rev {rev}", entries.len())
+        }
         Ok(StoreReply::Got(Some(e))) => format!("ok got owner={:?} rev={}", e.owner, e.create_rev),
         Ok(r) => format!("ok {r:?}"),
         Err(e) => format!("err {e}"),

@@ -361,7 +361,9 @@ fn short(op: &StoreOp) -> String {
 }
 fn shortres(r: &StoreResult) -> String {
     match r {
-        Ok(rebalanser_core::store::StoreReply::Listed(v)) => format!("listed {}", v.len()),
+        Ok(rebalanser_core::store::StoreReply::Listed { entries, .. }) => {
+            format!("listed {}", entries.len())
+        }
         o => format!("{o:?}"),
     }
 }

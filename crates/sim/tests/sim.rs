@@ -91,6 +91,18 @@ fn ignoring_the_local_lease_deadline_is_caught() {
 }
 
 #[test]
+fn going_back_in_time_on_stale_reads_is_caught_by_the_stability_check() {
+    let reports = run_many(0, 300, STEPS, Variant::AcceptOlderViews, threads());
+    assert!(
+        reports
+            .iter()
+            .flat_map(|r| r.violations.iter())
+            .any(|v| v.contains("not stable after convergence")),
+        "AcceptOlderViews was not caught in 300 seeds"
+    );
+}
+
+#[test]
 fn a_failing_seed_prints_a_readable_trace() {
     let mut c = SimConfig::new(3, STEPS);
     c.variant = Variant::IgnoreDeadline;

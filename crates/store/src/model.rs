@@ -46,7 +46,8 @@ pub struct MemModel {
     data: BTreeMap<Key, Entry>,
     sessions: BTreeMap<SessionId, Session>,
     next_session: u64,
-    history: VecDeque<BTreeMap<Key, Entry>>,
+    /// Past states with the revision each reflected, oldest first.
+    history: VecDeque<(u64, BTreeMap<Key, Entry>)>,
 }
 
 impl Default for MemModel {
@@ -117,16 +118,16 @@ impl MemModel {
         let snapshot = self.data.clone();
         self.data.retain(|_, e| e.owner != Some(s));
         if self.data.len() != before {
+            self.remember(self.rev, snapshot);
             self.rev += 1;
-            self.remember(snapshot);
         }
     }
 
-    fn remember(&mut self, old: BTreeMap<Key, Entry>) {
+    fn remember(&mut self, rev: u64, old: BTreeMap<Key, Entry>) {
         if self.cfg.history == 0 {
             return;
         }
-        self.history.push_back(old);
+        self.history.push_back((rev, old));
         while self.history.len() > self.cfg.history {
             self.history.pop_front();
         }
@@ -134,14 +135,18 @@ impl MemModel {
 
     /// Serves a read from `age` states ago (0 = current), for stale-read injection.
     pub fn apply_stale_read(&self, op: &StoreOp, age: usize) -> Option<StoreResult> {
-        let data = if age == 0 {
-            &self.data
+        let (rev, data) = if age == 0 {
+            (self.rev, &self.data)
         } else {
-            self.history.get(self.history.len().checked_sub(age)?)?
+            let (rev, data) = self.history.get(self.history.len().checked_sub(age)?)?;
+            (*rev, data)
         };
         match op {
             StoreOp::Get { key, .. } => Some(Ok(StoreReply::Got(data.get(key).cloned()))),
-            StoreOp::List { prefix, .. } => Some(Ok(StoreReply::Listed(list(data, prefix)))),
+            StoreOp::List { prefix, .. } => Some(Ok(StoreReply::Listed {
+                entries: list(data, prefix),
+                rev,
+            })),
             _ => None,
         }
     }
@@ -175,7 +180,10 @@ impl MemModel {
                 Ok(StoreReply::Closed)
             }
             StoreOp::Get { key, .. } => Ok(StoreReply::Got(self.data.get(key).cloned())),
-            StoreOp::List { prefix, .. } => Ok(StoreReply::Listed(list(&self.data, prefix))),
+            StoreOp::List { prefix, .. } => Ok(StoreReply::Listed {
+                entries: list(&self.data, prefix),
+                rev: self.rev,
+            }),
             StoreOp::Txn { conds, writes } => self.txn(conds, writes),
         }
     }
@@ -251,7 +259,7 @@ impl MemModel {
             return Ok(StoreReply::Committed { rev: self.rev });
         }
         let snapshot = if self.cfg.history > 0 {
-            Some(self.data.clone())
+            Some((self.rev, self.data.clone()))
         } else {
             None
         };
@@ -295,8 +303,8 @@ impl MemModel {
                 }
             }
         }
-        if let Some(s) = snapshot {
-            self.remember(s);
+        if let Some((rev, s)) = snapshot {
+            self.remember(rev, s);
         }
         Ok(StoreReply::Committed { rev })
     }

@@ -474,17 +474,20 @@ async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::Unbounde
                 }
                 d.core.handle_notify(now);
             }
-            () = tokio::time::sleep(sleep_for) => {
-                let now = clock::now();
-                if rearm_at.is_some_and(|t| now >= t) {
-                    watch = Some(store_ref.watch(prefix.clone()));
-                    rearm_at = None;
-                    d.core.handle_notify(now);
-                }
-                d.core.handle_timeout(now);
-                d.escalate_overdue(now);
-            }
+            () = tokio::time::sleep(sleep_for) => {}
         }
+        // Timers run after every branch, not only when the sleep wins: a busy watch or a
+        // stream of replies must not starve them (the select is biased).
+        let now = clock::now();
+        if rearm_at.is_some_and(|t| now >= t) {
+            watch = Some(store_ref.watch(prefix.clone()));
+            rearm_at = None;
+            d.core.handle_notify(now);
+        }
+        if d.core.poll_timeout().is_some_and(|t| now >= t) {
+            d.core.handle_timeout(now);
+        }
+        d.escalate_overdue(now);
     }
     d.finish();
     info!("member stopped");

@@ -204,7 +204,9 @@ impl fmt::Debug for Events {
 ///
 /// Take leases with [`MemberHandle::next_lease`] (or use the handle as a `Stream` of
 /// [`Lease`]s) and keep doing so: leases wait in a queue until taken. A lease revoked while
-/// still queued is released by the library itself, since the application never saw it.
+/// still queued is released by the library itself, since the application never saw it, but
+/// its entry stays queued until taken (and then skipped): an application that never takes
+/// leases makes the queue grow with every grant.
 ///
 /// Dropping the handle starts a graceful leave in the background; [`MemberHandle::leave`]
 /// does the same and waits for it. Either way, leases the application still holds must be

@@ -1020,6 +1020,9 @@ impl Member {
         self.draining = None;
         self.registration = Registration::None;
         self.desired.clear();
+        // Views are monotonic per session: a new session may follow a store restore, whose
+        // revisions can restart lower (PITFALLS 18).
+        self.view_rev = 0;
         self.events.push_back(Event::SessionLost { session: s.id });
         if self.leave_started.is_some() {
             self.phase = Phase::Closing;

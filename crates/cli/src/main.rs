@@ -77,6 +77,13 @@ fn sim(a: SimArgs, seeds_given: bool) -> ExitCode {
         Some(s) => (s, a.seeds),
         None => (0, a.seeds),
     };
+    if first.checked_add(n).is_none() {
+        eprintln!(
+            "error: --seed {first} with --seeds {n} runs past the last seed ({})",
+            u64::MAX
+        );
+        return ExitCode::from(2);
+    }
     let threads = a
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -114,8 +121,17 @@ fn sim(a: SimArgs, seeds_given: bool) -> ExitCode {
                 r.violations.len(),
                 r.violations[0]
             );
+            let variant = match a.variant {
+                VariantArg::Correct => String::new(),
+                v => format!(
+                    " --variant {}",
+                    v.to_possible_value()
+                        .map(|p| p.get_name().to_string())
+                        .unwrap_or_default()
+                ),
+            };
             say!(
-                "replay: rebalanser sim --seed {} --steps {} --trace",
+                "replay: rebalanser sim --seed {} --steps {}{variant} --trace",
                 r.seed,
                 a.steps
             );

@@ -49,6 +49,10 @@ fn a_broken_variant_exits_non_zero_and_names_the_seed_to_replay() {
         .lines()
         .find_map(|l| l.strip_prefix("replay: rebalanser sim --seed "))
         .expect("a replay line");
+    assert!(
+        replay.contains("--variant ignore-deadline"),
+        "the replay hint must name the variant: {replay}"
+    );
     let seed = replay.split_whitespace().next().unwrap();
     // The failing seed replays with the same violation.
     let (ok1, a) = sim(&[
@@ -82,4 +86,15 @@ fn bad_arguments_are_a_clear_error_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--seeds"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_seed_range_past_the_last_seed_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rebalanser"))
+        .args(["sim", "--seed", "18446744073709551614", "--seeds", "3"])
+        .output()
+        .expect("run rebalanser");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("past the last seed"), "{err}");
 }

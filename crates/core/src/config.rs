@@ -123,7 +123,13 @@ impl Config {
     /// margin (DESIGN §8 rule 3). Checked against the requested TTL here, and against every
     /// TTL the store grants by the member.
     pub fn timing_budget(&self) -> Duration {
-        self.keepalive_interval * 2 + self.op_timeout + self.stop_timeout + self.safety_margin
+        // Saturating: the fields are user input, and an absurd one must become a typed
+        // error in `validate`, not an overflow panic.
+        self.keepalive_interval
+            .saturating_mul(2)
+            .saturating_add(self.op_timeout)
+            .saturating_add(self.stop_timeout)
+            .saturating_add(self.safety_margin)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -149,9 +155,14 @@ impl Config {
         let day = Duration::from_secs(86_400);
         for (field, d) in [
             ("session_ttl", self.session_ttl),
+            ("safety_margin", self.safety_margin),
+            ("stop_timeout", self.stop_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("op_timeout", self.op_timeout),
             ("min_rebalance_interval", self.min_rebalance_interval),
             ("resync_interval", self.resync_interval),
             ("leave_timeout", self.leave_timeout),
+            ("retry_delay", self.retry_delay),
         ] {
             if d > day {
                 return Err(ConfigError::TooLarge {
@@ -217,6 +228,16 @@ mod tests {
                 field: "session_ttl"
             })
         );
+        let mut c = cfg();
+        c.keepalive_interval = Duration::MAX;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::TooLarge {
+                field: "keepalive_interval",
+                ..
+            })
+        ));
+        assert_eq!(c.timing_budget(), Duration::MAX, "saturates, never panics");
         let mut c = cfg();
         c.weight = 0;
         assert_eq!(c.validate(), Err(ConfigError::Zero { field: "weight" }));

@@ -99,11 +99,12 @@ pub use lease::{Lease, LeaseChecker};
 pub use url::open_store;
 
 pub use rebalanser_core::store::StoreError;
+pub use rebalanser_core::store::{Cond, Entry, Key, StoreOp, StoreReply, StoreResult, Write};
 pub use rebalanser_core::{
     ConfigError, Epoch, GroupId, IdError, MemberId, ResourceId, RevokeReason, SessionId, Time,
     Token,
 };
-pub use rebalanser_store::{MemoryStore, Store};
+pub use rebalanser_store::{BoxFuture, MemoryStore, Store, WatchEvent};
 
 #[cfg(test)]
 mod tests {

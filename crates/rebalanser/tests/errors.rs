@@ -256,3 +256,29 @@ async fn store_errors_at_join_name_the_store() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn absurd_durations_are_typed_errors_not_panics() {
+    use std::time::Duration;
+    let url = "memory://absurd-durations";
+    let admin = rebalanser::Admin::connect(url, "g").expect("admin");
+    admin.create_group().await.expect("group");
+    type Set = fn(rebalanser::MemberBuilder) -> rebalanser::MemberBuilder;
+    let cases: [(&str, Set); 5] = [
+        ("keepalive_interval", |b| {
+            b.keepalive_interval(Duration::MAX)
+        }),
+        ("stop_timeout", |b| b.stop_timeout(Duration::MAX)),
+        ("op_timeout", |b| b.op_timeout(Duration::MAX)),
+        ("safety_margin", |b| b.safety_margin(Duration::MAX)),
+        ("leave_timeout", |b| b.leave_timeout(Duration::MAX)),
+    ];
+    for (field, set) in cases {
+        let b = rebalanser::Member::builder("g").name("m").store_url(url);
+        let err = match set(b).join().await {
+            Ok(_) => panic!("{field} = Duration::MAX was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}

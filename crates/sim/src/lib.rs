@@ -100,11 +100,13 @@ pub fn run_many(
     threads: usize,
 ) -> Vec<SimReport> {
     let threads = threads.max(1) as u64;
+    // Seeds past u64::MAX do not exist: the range ends there.
+    let end = first.saturating_add(n);
     let mut out: Vec<SimReport> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 s.spawn(move || {
-                    (first..first + n)
+                    (first..end)
                         .filter(|seed| seed % threads == t)
                         .map(|seed| {
                             let mut c = SimConfig::new(seed, steps);

@@ -763,7 +763,14 @@ impl Member {
                     self.events.push_back(Event::Resumed);
                 }
             }
-            _ => s.next_keepalive = now + retry,
+            Err(error) => {
+                s.next_keepalive = now + retry;
+                self.events.push_back(Event::StoreError {
+                    op: "keepalive",
+                    error,
+                });
+            }
+            Ok(_) => s.next_keepalive = now + retry,
         }
     }
 
@@ -795,7 +802,11 @@ impl Member {
                 }
                 self.read_retry_at = None;
             }
-            _ => {
+            other => {
+                if let Err(error) = other {
+                    self.events
+                        .push_back(Event::StoreError { op: "read", error });
+                }
                 self.read_dirty = true;
                 self.read_retry_at = Some(now + self.cfg.retry_delay);
             }

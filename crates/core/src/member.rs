@@ -987,14 +987,7 @@ impl Member {
             return;
         };
         let key = self.layout.leader();
-        let op = StoreOp::Txn {
-            conds: vec![Cond::Owned {
-                key: key.clone(),
-                session: s.id,
-                create_rev: c.leader_rev,
-            }],
-            writes: vec![Write::Delete { key }],
-        };
+        let op = owned_delete(key, s.id, c.leader_rev);
         let session = s.id;
         self.send(Pending::Resign { session }, op);
         self.step_down();
@@ -1333,14 +1326,7 @@ impl Member {
                     r: r.clone(),
                     token: t,
                 },
-                StoreOp::Txn {
-                    conds: vec![Cond::Owned {
-                        key: key.clone(),
-                        session,
-                        create_rev: t.revision,
-                    }],
-                    writes: vec![Write::Delete { key }],
-                },
+                owned_delete(key, session, t.revision),
             );
             self.claim_op.insert(r, op);
         }
@@ -1563,14 +1549,7 @@ impl Member {
                 let key = self.layout.leader();
                 let op = self.send(
                     Pending::Resign { session },
-                    StoreOp::Txn {
-                        conds: vec![Cond::Owned {
-                            key: key.clone(),
-                            session,
-                            create_rev: l.create_rev,
-                        }],
-                        writes: vec![Write::Delete { key }],
-                    },
+                    owned_delete(key, session, l.create_rev),
                 );
                 self.election = Some(op);
             }
@@ -1798,6 +1777,19 @@ fn split(set: &BTreeSet<ResourceId>, max_bytes: usize) -> Vec<Vec<ResourceId>> {
         }
     }
     out
+}
+
+/// Deletes `key` only if it is still the instance `session` created at `create_rev`: safe
+/// to repeat, and never removes a later owner's key (PITFALLS 12).
+fn owned_delete(key: Key, session: SessionId, create_rev: u64) -> StoreOp {
+    StoreOp::Txn {
+        conds: vec![Cond::Owned {
+            key: key.clone(),
+            session,
+            create_rev,
+        }],
+        writes: vec![Write::Delete { key }],
+    }
 }
 
 fn get_lin(key: Key) -> StoreOp {

@@ -268,16 +268,7 @@ impl MemModel {
         for w in writes {
             match w {
                 Write::Create { key, value, owner } => {
-                    self.data.insert(
-                        key.clone(),
-                        Entry {
-                            value: value.clone(),
-                            version: 0,
-                            create_rev: rev,
-                            mod_rev: rev,
-                            owner: *owner,
-                        },
-                    );
+                    self.data.insert(key.clone(), fresh(value, rev, *owner));
                 }
                 Write::Put { key, value } => match self.data.get_mut(key) {
                     Some(e) => {
@@ -286,16 +277,7 @@ impl MemModel {
                         e.mod_rev = rev;
                     }
                     None => {
-                        self.data.insert(
-                            key.clone(),
-                            Entry {
-                                value: value.clone(),
-                                version: 0,
-                                create_rev: rev,
-                                mod_rev: rev,
-                                owner: None,
-                            },
-                        );
+                        self.data.insert(key.clone(), fresh(value, rev, None));
                     }
                 },
                 Write::Delete { key } => {
@@ -307,6 +289,17 @@ impl MemModel {
             self.remember(rev, s);
         }
         Ok(StoreReply::Committed { rev })
+    }
+}
+
+/// A key created by the transaction at `rev`.
+fn fresh(value: &[u8], rev: u64, owner: Option<SessionId>) -> Entry {
+    Entry {
+        value: value.to_vec(),
+        version: 0,
+        create_rev: rev,
+        mod_rev: rev,
+        owner,
     }
 }
 

@@ -56,6 +56,7 @@ enum VariantArg {
     IgnoreDeadline,
     RemoveDeletesClaim,
     AcceptOlderViews,
+    TrustLastKeepalive,
 }
 
 impl From<VariantArg> for Variant {
@@ -66,6 +67,7 @@ impl From<VariantArg> for Variant {
             VariantArg::IgnoreDeadline => Variant::IgnoreDeadline,
             VariantArg::RemoveDeletesClaim => Variant::RemoveDeletesClaim,
             VariantArg::AcceptOlderViews => Variant::AcceptOlderViews,
+            VariantArg::TrustLastKeepalive => Variant::TrustLastKeepalive,
         }
     }
 }

@@ -20,6 +20,9 @@ pub enum Variant {
     /// Acts on listings older than one already acted on (a lagging replica's), so members
     /// go back in time and revoke what never moved.
     AcceptOlderViews,
+    /// Counts the deadline from the last keepalive even on a store where a success proves
+    /// only the previous one (ZooKeeper via a cut-off follower).
+    TrustLastKeepalive,
 }
 
 /// Everything a member needs to run the protocol. Durations are on the member's local clock.
@@ -57,6 +60,10 @@ pub struct Config {
     /// Largest encoded size (keys and values) of one transaction's writes: ZooKeeper's
     /// jute.maxbuffer is about 1 MiB, etcd's request limit 1.5 MiB.
     pub max_txn_bytes: usize,
+    /// Count the deadline from the second-to-last successful keepalive: for stores where a
+    /// keepalive can succeed before the server that decides expiry has seen it (ZooKeeper
+    /// followers). Costs one keepalive interval of the budget. Set from the store.
+    pub count_from_previous_keepalive: bool,
     /// Failed rebalances in a row after which a coordinator resigns.
     pub max_failed_rebalances: u32,
     #[doc(hidden)]
@@ -114,6 +121,7 @@ impl Config {
             assignment_chunk_bytes: 64 * 1024,
             max_txn_writes: 64,
             max_txn_bytes: 512 * 1024,
+            count_from_previous_keepalive: false,
             max_failed_rebalances: 5,
             variant: Variant::Correct,
         }
@@ -123,10 +131,15 @@ impl Config {
     /// margin (DESIGN §8 rule 3). Checked against the requested TTL here, and against every
     /// TTL the store grants by the member.
     pub fn timing_budget(&self) -> Duration {
+        let intervals = if self.count_from_previous_keepalive {
+            3
+        } else {
+            2
+        };
         // Saturating: the fields are user input, and an absurd one must become a typed
         // error in `validate`, not an overflow panic.
         self.keepalive_interval
-            .saturating_mul(2)
+            .saturating_mul(intervals)
             .saturating_add(self.op_timeout)
             .saturating_add(self.stop_timeout)
             .saturating_add(self.safety_margin)

@@ -142,6 +142,9 @@ struct Session {
     keepalive: Option<OpId>,
     next_keepalive: Time,
     suspended: Option<Suspension>,
+    /// Send time of the last successful keepalive (of the open, before any): with
+    /// `count_from_previous_keepalive`, a success proves only the one before it.
+    last_ok_sent: Time,
 }
 
 #[derive(Debug)]
@@ -701,6 +704,7 @@ impl Member {
                     keepalive: None,
                     next_keepalive: now + self.cfg.keepalive_interval,
                     suspended: None,
+                    last_ok_sent: sent,
                 });
                 self.events.push_back(Event::SessionOpened { session, ttl });
                 self.registration = Registration::None;
@@ -732,7 +736,17 @@ impl Member {
                 // expire the session before `sent + ttl`.
                 let lowered = ttl < s.ttl;
                 s.ttl = s.ttl.min(ttl);
-                let d = sent + s.ttl - margin;
+                // On ZooKeeper a follower may answer before the leader, which decides expiry,
+                // has heard of the touch; only the previous success is then proven (PITFALLS 1).
+                let proven = if self.cfg.count_from_previous_keepalive
+                    && self.cfg.variant != Variant::TrustLastKeepalive
+                {
+                    s.last_ok_sent
+                } else {
+                    sent
+                };
+                s.last_ok_sent = sent;
+                let d = proven + s.ttl - margin;
                 // A lower timeout in force also shortens what earlier keepalives proved
                 // (PITFALLS 2): the deadline may move back.
                 if d > s.deadline || lowered {
@@ -751,7 +765,7 @@ impl Member {
                 let resume = match &s.suspended {
                     Some(Suspension {
                         released_at: Some(t),
-                    }) => sent >= *t && now < s.deadline - stop,
+                    }) => proven >= *t && now < s.deadline - stop,
                     _ => false,
                 };
                 if resume {

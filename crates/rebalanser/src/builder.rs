@@ -209,6 +209,10 @@ impl MemberBuilder {
             StoreSpec::Store(s) => s,
             StoreSpec::Url(url) => open_store(&url)?,
         };
+        // The store decides what a keepalive proves; on some stores that costs one more
+        // keepalive interval of the budget, so check again.
+        cfg.count_from_previous_keepalive = store.keepalive_proves_previous();
+        cfg.validate()?;
         ensure_group(&*store, &group, cfg.op_timeout, self.create_group).await?;
 
         let leave_bound = cfg.leave_timeout + cfg.stop_timeout + cfg.op_timeout * 2;

@@ -154,6 +154,9 @@ struct Faults {
     slow_stop: f64,
     late_write: f64,
     renegotiate: f64,
+    /// A keepalive answered OK that never reached the expiry authority (never two in a row
+    /// for one session: the server that lied is then cut off and stops answering).
+    keepalive_lie: f64,
 }
 
 const QUIET: Faults = Faults {
@@ -167,6 +170,7 @@ const QUIET: Faults = Faults {
     slow_stop: 0.0,
     late_write: 0.0,
     renegotiate: 0.0,
+    keepalive_lie: 0.0,
 };
 
 pub struct World {
@@ -188,6 +192,8 @@ pub struct World {
     removed: Vec<ResourceId>,
     /// Last (session, token) granted per resource, for check (b).
     last_token: BTreeMap<ResourceId, (SessionId, Token)>,
+    /// Sessions whose last keepalive was answered without being seen.
+    lied: BTreeSet<SessionId>,
     violations: Vec<String>,
     trace: Vec<String>,
     steps: u64,
@@ -200,9 +206,10 @@ impl World {
         let mut rng = Rng::new(cfg.seed);
         let group = GroupId::new("sim").unwrap_or_else(|_| unreachable!("valid literal"));
         let layout = Layout::new(&group);
-        // Sometimes the store grants less than requested (PITFALLS 2).
+        // Sometimes the store grants less than requested (PITFALLS 2), still above every
+        // member's timing budget (1.1 s, or 1.3 s when counting from the previous keepalive).
         let max_ttl = if rng.chance(0.3) {
-            ms(rng.range(1200, 1900))
+            ms(rng.range(1400, 1900))
         } else {
             ms(60_000)
         };
@@ -233,6 +240,10 @@ impl World {
             64
         };
         member_cfg.variant = cfg.variant;
+        // Half the seeds run as on ZooKeeper via a follower: a keepalive success proves only
+        // the one before it, and the store sometimes answers one without touching the session.
+        let zk_like = rng.chance(0.5);
+        member_cfg.count_from_previous_keepalive = zk_like;
         debug_assert!(member_cfg.validate().is_ok());
         let op_timeout = member_cfg.op_timeout;
         let faults = Faults {
@@ -246,6 +257,11 @@ impl World {
             slow_stop: rng.range(0, 50) as f64 / 1000.0,
             late_write: rng.range(0, 60) as f64 / 1000.0,
             renegotiate: rng.range(0, 30) as f64 / 1000.0,
+            keepalive_lie: if zk_like {
+                rng.range(0, 200) as f64 / 1000.0
+            } else {
+                0.0
+            },
         };
         let mut w = World {
             cfg: cfg.clone(),
@@ -265,6 +281,7 @@ impl World {
             next_resource: 0,
             removed: Vec::new(),
             last_token: BTreeMap::new(),
+            lied: BTreeSet::new(),
             violations: Vec::new(),
             trace: Vec::new(),
             steps: 0,
@@ -809,13 +826,31 @@ impl World {
             return;
         }
         if let StoreOp::KeepAlive { session } = &req {
+            let session = *session;
+            let lied_last = !self.lied.insert(session);
+            if lied_last
+                || !self.model_alive(session)
+                || !self.rng.chance(self.faults.keepalive_lie)
+            {
+                self.lied.remove(&session);
+            } else if let Some(ttl) = self.store.session_ttl(session) {
+                // Answered by a server cut off from the one that decides expiry.
+                self.log(|| format!("store op{} m{i}#{inc} keepalive answered, not seen", op.0));
+                let d2 = self.latency();
+                let res = Ok(StoreReply::KeptAlive { ttl });
+                self.reply(self.now + d2.min(ms(1)), i, inc, op, res);
+                return;
+            }
+        }
+        if let StoreOp::KeepAlive { session } = &req {
             if self.model_alive(*session) && self.rng.chance(self.faults.renegotiate) {
-                // Mostly still above the timing budget (1.1 s); sometimes below it, which
-                // the member must refuse.
+                // Mostly still above the timing budget; sometimes below it, which the member
+                // must refuse.
+                let budget = self.member_cfg.timing_budget().as_millis() as u64;
                 let ttl = if self.rng.chance(0.1) {
-                    ms(self.rng.range(500, 1000))
+                    ms(self.rng.range(500, budget))
                 } else {
-                    ms(self.rng.range(1150, 1900))
+                    ms(self.rng.range(budget + 50, 1900))
                 };
                 let session = *session;
                 self.schedule(

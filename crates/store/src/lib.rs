@@ -49,4 +49,10 @@ pub trait Store: Send + Sync + 'static {
     fn watch(&self, prefix: Key) -> BoxStream<'static, WatchEvent>;
     /// A short description for logs and errors (`memory://name`, `zk://h:p/chroot`).
     fn describe(&self) -> String;
+    /// True when a successful `KeepAlive` may not yet have reached the server that decides
+    /// expiry, so it proves only the keepalive before it (ZooKeeper via a follower). The
+    /// member then counts its deadline from the previous success.
+    fn keepalive_proves_previous(&self) -> bool {
+        false
+    }
 }

@@ -86,6 +86,11 @@ impl MemModel {
         self.sessions.get(&s).map(|x| x.last_seen + x.ttl)
     }
 
+    /// The TTL in force for a live session.
+    pub fn session_ttl(&self, s: SessionId) -> Option<Duration> {
+        self.sessions.get(&s).map(|x| x.ttl)
+    }
+
     /// Changes a live session's timeout, touching it at `now`: what ZooKeeper does when a
     /// client reconnects to a server with a smaller `maxSessionTimeout`.
     pub fn renegotiate(&mut self, s: SessionId, ttl: Duration, now: Time) {

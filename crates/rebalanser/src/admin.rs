@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rebalanser_core::admin as ops;
 use rebalanser_core::layout::{self, Layout, MetaRec, View};
-use rebalanser_core::store::{Cond, StoreError, StoreOp, StoreReply};
+use rebalanser_core::store::{Cond, StoreError, StoreOp, StoreReply, Write};
 use rebalanser_core::{Epoch, GroupId, MemberId, ResourceId, SessionId, Token};
 use rebalanser_store::Store;
 use serde::Serialize;
@@ -103,6 +103,65 @@ impl Admin {
     pub async fn remove_resources<S: AsRef<str>>(&self, ids: &[S]) -> Result<(), Error> {
         let ids = validate(ids)?;
         self.write_resources(&ids, ops::remove_resources).await
+    }
+
+    /// Deletes the group: its resources, assignments, counters and marker. Refused with
+    /// [`Error::GroupInUse`] while any member session is alive, since that would delete live
+    /// claims (DESIGN §8 rule 7): stop or leave every member first. Idempotent on a missing
+    /// group only in the sense that it then reports [`Error::UnknownGroup`].
+    pub async fn delete_group(&self) -> Result<(), Error> {
+        let reply = exec(
+            &*self.store,
+            StoreOp::List {
+                prefix: self.layout.prefix(),
+                linearizable: true,
+            },
+            self.op_timeout,
+        )
+        .await?;
+        let StoreReply::Listed { entries, .. } = reply else {
+            return Err(self.unexpected("list", &reply));
+        };
+        let meta = self.layout.meta();
+        let Some(version) = entries
+            .iter()
+            .find(|(k, _)| *k == meta)
+            .map(|(_, e)| e.version)
+        else {
+            return Err(Error::UnknownGroup {
+                group: self.group.clone(),
+            });
+        };
+        let live: BTreeSet<_> = entries.iter().filter_map(|(_, e)| e.owner).collect();
+        if !live.is_empty() {
+            return Err(Error::GroupInUse {
+                group: self.group.clone(),
+                sessions: live.len(),
+                keys: entries.iter().filter(|(_, e)| e.owner.is_some()).count(),
+            });
+        }
+        // Everything but the marker first, then the marker: a failure midway leaves a group
+        // that still exists, and calling again finishes the job.
+        let rest: Vec<_> = entries
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|k| *k != meta)
+            .collect();
+        for batch in rest.chunks(WRITES_PER_TXN) {
+            let op = StoreOp::Txn {
+                conds: vec![Cond::Version(meta.clone(), version)],
+                writes: batch
+                    .iter()
+                    .map(|k| Write::Delete { key: k.clone() })
+                    .collect(),
+            };
+            self.write_idempotent(op).await?;
+        }
+        let op = StoreOp::Txn {
+            conds: vec![Cond::Version(meta.clone(), version)],
+            writes: vec![Write::Delete { key: meta }],
+        };
+        self.write_idempotent(op).await
     }
 
     /// The resource set, sorted.

@@ -42,6 +42,16 @@ pub enum Error {
         store: String,
         key: String,
     },
+    /// The group still has live member sessions, whose claims a deletion would remove.
+    #[error(
+        "group {group} is in use: {sessions} live session(s) own {keys} key(s) (members, \
+         claims); stop or leave every member before deleting it"
+    )]
+    GroupInUse {
+        group: GroupId,
+        sessions: usize,
+        keys: usize,
+    },
     /// The store failed an operation the caller was waiting for.
     #[error("store {store} failed: {source}")]
     Store {

@@ -62,7 +62,8 @@
 //!   ([`MemberHandle::events`]) and [`MemberHandle::leave`].
 //! - [`Lease`]: one resource; [`Lease::is_valid`] is computed at call time from a deadline on
 //!   the boot-time [`clock`], so it turns false on time even if the member's task is stalled.
-//! - [`Admin`]: create a group, add/remove/list resources, [`Admin::status`].
+//! - [`Admin`]: create or delete a group (refused while members live), add/remove/list
+//!   resources, [`Admin::status`].
 //! - [`Callbacks`]: `on_assigned` / `on_revoked` / `on_error` over a [`MemberHandle`].
 //!
 //! **Architecture invariant:** this crate is the only place that spawns tasks or reads the

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rebalanser_core::admin as ops;
 use rebalanser_core::layout::{self, Layout, MetaRec, View};
-use rebalanser_core::store::{Cond, StoreError, StoreOp, StoreReply, Write};
+use rebalanser_core::store::{Cond, Entry, Key, StoreError, StoreOp, StoreReply, Write};
 use rebalanser_core::{Epoch, GroupId, MemberId, ResourceId, SessionId, Token};
 use rebalanser_store::Store;
 use serde::Serialize;
@@ -110,18 +110,7 @@ impl Admin {
     /// claims (DESIGN §8 rule 7): stop or leave every member first. Idempotent on a missing
     /// group only in the sense that it then reports [`Error::UnknownGroup`].
     pub async fn delete_group(&self) -> Result<(), Error> {
-        let reply = exec(
-            &*self.store,
-            StoreOp::List {
-                prefix: self.layout.prefix(),
-                linearizable: true,
-            },
-            self.op_timeout,
-        )
-        .await?;
-        let StoreReply::Listed { entries, .. } = reply else {
-            return Err(self.unexpected("list", &reply));
-        };
+        let entries = self.list().await?;
         let meta = self.layout.meta();
         let Some(version) = entries
             .iter()
@@ -177,7 +166,8 @@ impl Admin {
         Ok(GroupStatus::from_view(self.group.clone(), &view, bad))
     }
 
-    async fn view(&self) -> Result<(View, Vec<layout::BadData>), Error> {
+    /// Every key of the group, read linearizably.
+    async fn list(&self) -> Result<Vec<(Key, Entry)>, Error> {
         let reply = exec(
             &*self.store,
             StoreOp::List {
@@ -187,9 +177,14 @@ impl Admin {
             self.op_timeout,
         )
         .await?;
-        let StoreReply::Listed { entries, .. } = reply else {
-            return Err(self.unexpected("list", &reply));
-        };
+        match reply {
+            StoreReply::Listed { entries, .. } => Ok(entries),
+            other => Err(self.unexpected("list", &other)),
+        }
+    }
+
+    async fn view(&self) -> Result<(View, Vec<layout::BadData>), Error> {
+        let entries = self.list().await?;
         let (view, bad) = layout::parse_view(&self.layout, &entries);
         if !view.exists {
             // A present but malformed marker shows up in `bad`.

@@ -1,0 +1,471 @@
+//! The Store contract (DESIGN §3, `rebalanser_store` crate docs) as one suite of checks that
+//! every backend runs, the in-memory store included: a backend passes when it behaves like
+//! `MemModel` wherever the protocol can tell.
+//!
+//! Each check is a free `async fn` taking a [`Subject`] and panicking with a message that
+//! names the broken rule. A backend's test file instantiates all of them with
+//! [`conformance_tests!`]:
+//!
+//! ```text
+//! rebalanser_conformance::conformance_tests!(async { my_backend_subject().await });
+//! ```
+//!
+//! `tests/broken.rs` shows the suite failing on deliberately broken stores.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rebalanser_core::layout::{decode_component, encode_component};
+use rebalanser_core::store::{
+    Cond, Entry, Key, StoreError, StoreOp, StoreReply, StoreResult, Write, MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+};
+use rebalanser_core::SessionId;
+use rebalanser_store::{Store, WatchEvent};
+
+/// A backend under test.
+pub struct Subject {
+    pub store: Arc<dyn Store>,
+    /// A key prefix no other run uses (a fresh store, or a unique chroot/namespace).
+    pub prefix: String,
+    /// A session TTL the store grants as asked and expires promptly (expiry checks wait
+    /// about twice this long).
+    pub short_ttl: Duration,
+    /// Longest a change notification may take to arrive.
+    pub notify_within: Duration,
+}
+
+impl Subject {
+    fn key(&self, check: &str, k: &str) -> Key {
+        format!("{}{check}/{k}", self.prefix)
+    }
+
+    async fn exec(&self, op: StoreOp) -> StoreResult {
+        self.store.execute(op).await
+    }
+
+    async fn open(&self, ttl: Duration) -> SessionId {
+        match self.exec(StoreOp::OpenSession { ttl }).await {
+            Ok(StoreReply::Session {
+                session,
+                ttl: granted,
+            }) => {
+                assert!(!granted.is_zero(), "OpenSession granted a zero TTL");
+                session
+            }
+            other => panic!("OpenSession: {other:?}"),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Option<Entry> {
+        match self
+            .exec(StoreOp::Get {
+                key: key.to_string(),
+                linearizable: true,
+            })
+            .await
+        {
+            Ok(StoreReply::Got(e)) => e,
+            other => panic!("Get {key}: {other:?}"),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> (Vec<(Key, Entry)>, u64) {
+        match self
+            .exec(StoreOp::List {
+                prefix: prefix.to_string(),
+                linearizable: true,
+            })
+            .await
+        {
+            Ok(StoreReply::Listed { entries, rev }) => (entries, rev),
+            other => panic!("List {prefix}: {other:?}"),
+        }
+    }
+
+    async fn txn(&self, conds: Vec<Cond>, writes: Vec<Write>) -> StoreResult {
+        self.exec(StoreOp::Txn { conds, writes }).await
+    }
+
+    async fn create(&self, key: &str, owner: Option<SessionId>) -> StoreResult {
+        self.txn(
+            vec![],
+            vec![Write::Create {
+                key: key.to_string(),
+                value: b"v".to_vec(),
+                owner,
+            }],
+        )
+        .await
+    }
+
+    async fn put(&self, key: &str, value: &[u8], conds: Vec<Cond>) -> StoreResult {
+        self.txn(
+            conds,
+            vec![Write::Put {
+                key: key.to_string(),
+                value: value.to_vec(),
+            }],
+        )
+        .await
+    }
+}
+
+fn committed(r: &StoreResult, what: &str) -> u64 {
+    match r {
+        Ok(StoreReply::Committed { rev }) => *rev,
+        other => panic!("{what}: expected a commit, got {other:?}"),
+    }
+}
+
+fn conflict(r: &StoreResult, what: &str) {
+    assert!(
+        matches!(r, Err(StoreError::Conflict(_))),
+        "{what}: expected Conflict, got {r:?}"
+    );
+}
+
+/// Racing create-if-absent: exactly one wins, the others see `Conflict`.
+pub async fn racing_creates_have_one_winner(s: &Subject) {
+    let key = s.key("race", "k");
+    let mut sessions = Vec::new();
+    for _ in 0..8 {
+        sessions.push(s.open(Duration::from_secs(30)).await);
+    }
+    let results =
+        futures::future::join_all(sessions.iter().map(|x| s.create(&key, Some(*x)))).await;
+    let wins = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(wins, 1, "racing creates: {results:?}");
+    for r in results.iter().filter(|r| r.is_err()) {
+        conflict(r, "losing create");
+    }
+    let owner = s.get(&key).await.and_then(|e| e.owner);
+    let winner = sessions
+        .iter()
+        .zip(&results)
+        .find(|(_, r)| r.is_ok())
+        .map(|(x, _)| *x);
+    assert_eq!(owner, winner, "the key is owned by the winner");
+}
+
+/// Versions start at 0, grow by one per update, and guard updates and deletes.
+pub async fn versions_guard_updates_and_deletes(s: &Subject) {
+    let key = s.key("version", "k");
+    committed(
+        &s.put(&key, b"a", vec![Cond::Absent(key.clone())]).await,
+        "first put",
+    );
+    assert_eq!(s.get(&key).await.map(|e| e.version), Some(0));
+    committed(
+        &s.put(&key, b"b", vec![Cond::Version(key.clone(), 0)]).await,
+        "guarded put",
+    );
+    let e = s.get(&key).await.expect("present");
+    assert_eq!((e.version, e.value.as_slice()), (1, &b"b"[..]));
+    conflict(
+        &s.put(&key, b"c", vec![Cond::Version(key.clone(), 0)]).await,
+        "stale put",
+    );
+    conflict(
+        &s.put(&key, b"c", vec![Cond::Absent(key.clone())]).await,
+        "absent on present",
+    );
+    let del = |v| {
+        s.txn(
+            vec![Cond::Version(key.clone(), v)],
+            vec![Write::Delete { key: key.clone() }],
+        )
+    };
+    conflict(&del(0).await, "stale delete");
+    committed(&del(1).await, "guarded delete");
+    assert!(s.get(&key).await.is_none());
+    conflict(
+        &del(1).await,
+        "delete of a missing key under a version condition",
+    );
+}
+
+/// A delete guarded by owner session and creation revision removes exactly that instance:
+/// not another session's key, and not a later re-creation of the key (the ABA case).
+pub async fn owner_checked_delete_cannot_remove_a_later_instance(s: &Subject) {
+    let key = s.key("owned", "k");
+    let a = s.open(Duration::from_secs(30)).await;
+    let b = s.open(Duration::from_secs(30)).await;
+    let rev1 = committed(&s.create(&key, Some(a)).await, "create by a");
+    let del = |session, create_rev| {
+        s.txn(
+            vec![Cond::Owned {
+                key: key.clone(),
+                session,
+                create_rev,
+            }],
+            vec![Write::Delete { key: key.clone() }],
+        )
+    };
+    conflict(&del(b, rev1).await, "delete by another session");
+    conflict(
+        &del(a, rev1 + 1_000_000).await,
+        "delete with a wrong creation revision",
+    );
+    committed(&del(a, rev1).await, "owner's delete");
+    let rev2 = committed(&s.create(&key, Some(b)).await, "re-create by b");
+    assert!(rev2 > rev1, "creation revisions grow: {rev1} then {rev2}");
+    conflict(&del(a, rev1).await, "replayed delete (ABA)");
+    assert_eq!(s.get(&key).await.and_then(|e| e.owner), Some(b));
+    let rev3 = committed(&s.create(&s.key("owned", "k2"), Some(b)).await, "create");
+    assert!(rev3 > rev2);
+    // Session-owned keys are never rewritten.
+    let r = s.put(&key, b"x", vec![]).await;
+    assert!(
+        matches!(r, Err(StoreError::Invalid(_))),
+        "a Put over a session-owned key must be Invalid, got {r:?}"
+    );
+}
+
+/// Expiry removes the keys the expired session owns, and nothing else; the session is then
+/// gone for good.
+pub async fn expiry_removes_only_the_sessions_keys(s: &Subject) {
+    let dying = s.open(s.short_ttl).await;
+    let living = s.open(s.short_ttl).await;
+    let (a, b, p) = (
+        s.key("expiry", "a"),
+        s.key("expiry", "b"),
+        s.key("expiry", "p"),
+    );
+    committed(&s.create(&a, Some(dying)).await, "create a");
+    committed(&s.create(&b, Some(living)).await, "create b");
+    committed(&s.create(&p, None).await, "create p");
+    let end = tokio::time::Instant::now() + s.short_ttl * 3;
+    while tokio::time::Instant::now() < end {
+        let r = s.exec(StoreOp::KeepAlive { session: living }).await;
+        assert!(matches!(r, Ok(StoreReply::KeptAlive { .. })), "{r:?}");
+        tokio::time::sleep(s.short_ttl / 5).await;
+    }
+    assert!(
+        s.get(&a).await.is_none(),
+        "the expired session's key is gone"
+    );
+    assert!(s.get(&b).await.is_some(), "a live session's key stays");
+    assert!(s.get(&p).await.is_some(), "a persistent key stays");
+    let r = s.exec(StoreOp::KeepAlive { session: dying }).await;
+    assert_eq!(
+        r,
+        Err(StoreError::SessionExpired),
+        "keepalive of an expired session"
+    );
+    let r = s.create(&s.key("expiry", "late"), Some(dying)).await;
+    assert_eq!(
+        r,
+        Err(StoreError::SessionExpired),
+        "create by an expired session"
+    );
+}
+
+/// Closing a session removes its keys at once.
+pub async fn close_removes_the_sessions_keys_at_once(s: &Subject) {
+    let x = s.open(Duration::from_secs(30)).await;
+    let (a, p) = (s.key("close", "a"), s.key("close", "p"));
+    committed(&s.create(&a, Some(x)).await, "create a");
+    committed(&s.create(&p, None).await, "create p");
+    let r = s.exec(StoreOp::CloseSession { session: x }).await;
+    assert!(r.is_ok(), "close: {r:?}");
+    assert!(
+        s.get(&a).await.is_none(),
+        "closed session's key is gone at once"
+    );
+    assert!(s.get(&p).await.is_some());
+}
+
+/// Transactions are all or nothing.
+pub async fn transactions_are_all_or_nothing(s: &Subject) {
+    let (x, y, z) = (s.key("txn", "x"), s.key("txn", "y"), s.key("txn", "z"));
+    committed(&s.create(&y, None).await, "create y");
+    // A failing condition applies nothing.
+    let r = s
+        .txn(
+            vec![Cond::Absent(y.clone())],
+            vec![Write::Put {
+                key: x.clone(),
+                value: vec![],
+            }],
+        )
+        .await;
+    conflict(&r, "failing condition");
+    assert!(s.get(&x).await.is_none());
+    // A failing write (create of an existing key) applies nothing either.
+    let r = s
+        .txn(
+            vec![],
+            vec![
+                Write::Put {
+                    key: x.clone(),
+                    value: vec![],
+                },
+                Write::Create {
+                    key: y.clone(),
+                    value: vec![],
+                    owner: None,
+                },
+            ],
+        )
+        .await;
+    conflict(&r, "create of an existing key");
+    assert!(
+        s.get(&x).await.is_none(),
+        "first write of a failed txn not applied"
+    );
+    // All writes of a successful one land with the same revision.
+    let rev = committed(
+        &s.txn(
+            vec![Cond::Absent(x.clone()), Cond::Version(y.clone(), 0)],
+            vec![
+                Write::Create {
+                    key: x.clone(),
+                    value: vec![],
+                    owner: None,
+                },
+                Write::Create {
+                    key: z.clone(),
+                    value: vec![],
+                    owner: None,
+                },
+                Write::Delete { key: y.clone() },
+            ],
+        )
+        .await,
+        "multi-write txn",
+    );
+    let (ex, ez) = (s.get(&x).await.expect("x"), s.get(&z).await.expect("z"));
+    assert_eq!((ex.create_rev, ez.create_rev), (rev, rev));
+    assert!(s.get(&y).await.is_none());
+}
+
+/// A watch on a prefix notifies every change under it; a linearizable listing reflects every
+/// committed write and its revision never goes back.
+pub async fn watch_notifies_changes_and_listings_are_current(s: &Subject) {
+    let prefix = format!("{}watch/", s.prefix);
+    let mut watch = s.store.watch(prefix.clone());
+    let mut last_rev = 0;
+    for i in 0..5 {
+        let key = format!("{prefix}k{i}");
+        let rev = committed(&s.create(&key, None).await, "create");
+        let ev = tokio::time::timeout(s.notify_within, watch.next()).await;
+        assert!(
+            matches!(ev, Ok(Some(WatchEvent::Changed | WatchEvent::Reset))),
+            "no notification within {:?} of write {i}: {ev:?}",
+            s.notify_within
+        );
+        let (entries, listed_rev) = s.list(&prefix).await;
+        assert!(
+            listed_rev >= rev,
+            "listing at rev {listed_rev} after commit {rev}"
+        );
+        assert!(listed_rev >= last_rev, "listing revisions went back");
+        last_rev = listed_rev;
+        assert_eq!(entries.len(), i + 1, "listing misses a committed key");
+        // Drain duplicates so the next write is the next event.
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(20), watch.next()).await
+        {
+        }
+    }
+}
+
+/// Creation revisions (fencing tokens) strictly grow in commit order.
+pub async fn creation_revisions_grow_in_commit_order(s: &Subject) {
+    let mut last = 0;
+    for i in 0..20 {
+        let rev = committed(
+            &s.create(&s.key("revs", &format!("k{i}")), None).await,
+            "create",
+        );
+        assert!(rev > last, "revision {rev} after {last}");
+        last = rev;
+    }
+}
+
+/// Oversized values and keys are `Invalid`, and nothing is written.
+pub async fn oversized_values_and_keys_are_invalid(s: &Subject) {
+    let key = s.key("size", "big");
+    let r = s.put(&key, &vec![b'x'; MAX_VALUE_BYTES + 1], vec![]).await;
+    assert!(
+        matches!(r, Err(StoreError::Invalid(_))),
+        "oversized value: {r:?}"
+    );
+    assert!(s.get(&key).await.is_none());
+    let long = s.key("size", &"k".repeat(MAX_KEY_BYTES + 1));
+    let r = s.put(&long, b"v", vec![]).await;
+    assert!(
+        matches!(r, Err(StoreError::Invalid(_))),
+        "oversized key: {r:?}"
+    );
+    // The limit itself is accepted.
+    committed(
+        &s.put(&key, &vec![b'x'; MAX_VALUE_BYTES], vec![]).await,
+        "value at the limit",
+    );
+}
+
+/// Ids with Unicode, `/`, spaces and dots round-trip through the key encoding.
+pub async fn awkward_ids_round_trip(s: &Subject) {
+    let ids = [
+        "café",
+        "cafe\u{301}",
+        "a/b",
+        "x y",
+        ".",
+        "..",
+        "a.b",
+        "日本語",
+        "%41",
+        "-_",
+    ];
+    let prefix = format!("{}ids/", s.prefix);
+    for id in ids {
+        committed(
+            &s.create(&format!("{prefix}{}", encode_component(id)), None)
+                .await,
+            id,
+        );
+    }
+    let (entries, _) = s.list(&prefix).await;
+    let back: BTreeSet<String> = entries
+        .iter()
+        .map(|(k, _)| {
+            let comp = k.strip_prefix(&prefix).expect("under the prefix");
+            decode_component(comp).unwrap_or_else(|| panic!("undecodable key {k}"))
+        })
+        .collect();
+    let want: BTreeSet<String> = ids.iter().map(|s| s.to_string()).collect();
+    assert_eq!(back, want);
+}
+
+/// Instantiates every check as a `#[tokio::test]` against the subject `$make` builds (an
+/// async block evaluating to a [`Subject`]).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            racing_creates_have_one_winner,
+            versions_guard_updates_and_deletes,
+            owner_checked_delete_cannot_remove_a_later_instance,
+            expiry_removes_only_the_sessions_keys,
+            close_removes_the_sessions_keys_at_once,
+            transactions_are_all_or_nothing,
+            watch_notifies_changes_and_listings_are_current,
+            creation_revisions_grow_in_commit_order,
+            oversized_values_and_keys_are_invalid,
+            awkward_ids_round_trip,
+        );
+    };
+    (@each $make:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let subject = $make.await;
+                $crate::$check(&subject).await;
+            }
+        )*
+    };
+}

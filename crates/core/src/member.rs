@@ -196,6 +196,7 @@ enum Pending {
     Close,
     Read {
         number: u64,
+        linearizable: bool,
     },
     Register {
         session: SessionId,
@@ -282,8 +283,10 @@ pub struct Member {
     reopen_at: Time,
 
     view: View,
-    /// Store revision of `view`: a listing older than this is never applied.
+    /// Store revision of `view`: a non-linearizable listing older than this is never applied.
     view_rev: u64,
+    /// The next read must be linearizable (the last one was older than `view`).
+    want_linearizable: bool,
     view_seq: u64,
     reads_sent: u64,
     read: Option<OpId>,
@@ -340,6 +343,7 @@ impl Member {
             reopen_at: Time::ZERO,
             view: View::default(),
             view_rev: 0,
+            want_linearizable: false,
             view_seq: 0,
             reads_sent: 0,
             read: None,
@@ -450,7 +454,10 @@ impl Member {
                 self.phase = Phase::Closed;
                 self.events.push_back(Event::Left);
             }
-            Pending::Read { number } => self.on_read(now, number, result),
+            Pending::Read {
+                number,
+                linearizable,
+            } => self.on_read(now, number, linearizable, result),
             Pending::Register { session } => match result {
                 Ok(_) => self.registered(session),
                 Err(StoreError::Conflict(_)) => self.name_in_use(),
@@ -788,14 +795,18 @@ impl Member {
         }
     }
 
-    fn on_read(&mut self, now: Time, number: u64, result: StoreResult) {
+    fn on_read(&mut self, now: Time, number: u64, linearizable: bool, result: StoreResult) {
         self.read = None;
         match result {
             Ok(StoreReply::Listed { rev, .. })
-                if rev < self.view_rev && self.cfg.variant != Variant::AcceptOlderViews =>
+                if rev < self.view_rev
+                    && !linearizable
+                    && self.cfg.variant != Variant::AcceptOlderViews =>
             {
                 // Older than what we already acted on (a lagging replica): never go back in
-                // time; try again shortly.
+                // time; ask the authority next. A linearizable listing is always current,
+                // even below `view_rev` (a store whose revisions went back after a restore).
+                self.want_linearizable = true;
                 self.read_dirty = true;
                 self.read_retry_at = Some(now + self.cfg.retry_delay);
             }
@@ -1175,9 +1186,13 @@ impl Member {
             let number = self.reads_sent;
             // The coordinator plans its writes from what it reads: only linearizable reads
             // (PITFALLS 20; DESIGN §8 rule 6: a stale read decides when, never what).
-            let linearizable = self.coord.is_some();
+            let linearizable = self.coord.is_some() || self.want_linearizable;
+            self.want_linearizable = false;
             let op = self.send(
-                Pending::Read { number },
+                Pending::Read {
+                    number,
+                    linearizable,
+                },
                 StoreOp::List {
                     prefix: self.layout.prefix(),
                     linearizable,

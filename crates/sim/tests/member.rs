@@ -322,3 +322,45 @@ fn remove_and_readd_never_deletes_the_claim_of_a_running_owner() {
     assert_eq!(grants.len(), 2, "{grants:?}");
     assert_eq!(grants[1].1, grants[0].1);
 }
+
+#[test]
+fn a_store_whose_revision_went_back_is_still_followed() {
+    // A restore that keeps sessions (etcd without --bump-revision): revisions restart lower.
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(100), &mut |_| Fate::Normal);
+    assert_eq!(h.grants().len(), 1);
+    let snapshot = h.model.clone();
+    let ids: Vec<ResourceId> = (2..6)
+        .map(|i| ResourceId::new(format!("q{i}")).unwrap())
+        .collect();
+    h.model
+        .apply(h.now, &admin::add_resources(&h.layout, &ids))
+        .unwrap();
+    h.notify();
+    h.run_for(ms(100), &mut |_| Fate::Normal);
+    assert_eq!(h.grants().len(), 5);
+    // Restore: back to the snapshot's revision, with the session still alive.
+    h.model = snapshot;
+    h.model
+        .apply(
+            h.now,
+            &StoreOp::KeepAlive {
+                session: h.member.session().unwrap(),
+            },
+        )
+        .unwrap();
+    let q9 = ResourceId::new("q9").unwrap();
+    h.model
+        .apply(
+            h.now,
+            &admin::add_resources(&h.layout, std::slice::from_ref(&q9)),
+        )
+        .unwrap();
+    h.notify();
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    assert!(
+        h.grants().iter().any(|(r, _)| r == "q9"),
+        "a resource added after the restore was never granted: {:?}",
+        h.grants()
+    );
+}

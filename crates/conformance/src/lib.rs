@@ -263,6 +263,55 @@ pub async fn expiry_removes_only_the_sessions_keys(s: &Subject) {
     );
 }
 
+/// A session lives at least its granted TTL after it was opened and after each keepalive:
+/// the member's local lease deadline is computed from exactly that (DESIGN §8 rule 2). A store
+/// that expires early, or reports a longer TTL than it enforces, breaks guarantee 1.
+pub async fn sessions_live_their_granted_ttl(s: &Subject) {
+    let ttl = s.short_ttl;
+    let (session, granted) = match s.exec(StoreOp::OpenSession { ttl }).await {
+        Ok(StoreReply::Session { session, ttl }) => (session, ttl),
+        other => panic!("OpenSession: {other:?}"),
+    };
+    let key = s.key("ttl", "k");
+    committed(&s.create(&key, Some(session)).await, "create");
+    tokio::time::sleep(granted * 7 / 10).await;
+    assert!(
+        s.get(&key).await.is_some(),
+        "session expired before 70% of the {granted:?} it was granted"
+    );
+    let renewed = match s.exec(StoreOp::KeepAlive { session }).await {
+        Ok(StoreReply::KeptAlive { ttl }) => ttl,
+        other => panic!("keepalive within the TTL: {other:?}"),
+    };
+    tokio::time::sleep(renewed * 7 / 10).await;
+    assert!(
+        s.get(&key).await.is_some(),
+        "session expired before 70% of the {renewed:?} a keepalive granted"
+    );
+}
+
+/// The expiry of a session is a change like any other: watchers are notified.
+pub async fn expiry_is_notified(s: &Subject) {
+    let prefix = format!("{}expiry-watch/", s.prefix);
+    let session = s.open(s.short_ttl).await;
+    committed(
+        &s.create(&format!("{prefix}k"), Some(session)).await,
+        "create",
+    );
+    let mut watch = s.store.watch(prefix.clone());
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), watch.next()).await {}
+    let ev = tokio::time::timeout(s.short_ttl * 3 + s.notify_within, watch.next()).await;
+    assert!(
+        matches!(ev, Ok(Some(WatchEvent::Changed | WatchEvent::Reset))),
+        "no notification of the expiry: {ev:?}"
+    );
+    let (entries, _) = s.list(&prefix).await;
+    assert!(
+        entries.is_empty(),
+        "the expired session's key is still listed"
+    );
+}
+
 /// Closing a session removes its keys at once.
 pub async fn close_removes_the_sessions_keys_at_once(s: &Subject) {
     let x = s.open(Duration::from_secs(30)).await;
@@ -370,6 +419,19 @@ pub async fn watch_notifies_changes_and_listings_are_current(s: &Subject) {
         {
         }
     }
+    // A delete is a change too: the listing's revision must grow past it, not fall back to
+    // the newest surviving key's (a store-wide revision, not a per-key one).
+    let victim = format!("{prefix}k4");
+    let rev = committed(
+        &s.txn(vec![], vec![Write::Delete { key: victim }]).await,
+        "delete",
+    );
+    let (entries, listed_rev) = s.list(&prefix).await;
+    assert_eq!(entries.len(), 4);
+    assert!(
+        listed_rev >= rev && listed_rev > last_rev,
+        "listing rev {listed_rev} after a delete committed at {rev} (before: {last_rev})"
+    );
 }
 
 /// Creation revisions (fencing tokens) strictly grow in commit order.
@@ -451,6 +513,8 @@ macro_rules! conformance_tests {
             versions_guard_updates_and_deletes,
             owner_checked_delete_cannot_remove_a_later_instance,
             expiry_removes_only_the_sessions_keys,
+            sessions_live_their_granted_ttl,
+            expiry_is_notified,
             close_removes_the_sessions_keys_at_once,
             transactions_are_all_or_nothing,
             watch_notifies_changes_and_listings_are_current,

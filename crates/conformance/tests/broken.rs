@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::stream::{self, BoxStream, StreamExt};
 use futures::FutureExt;
 use rebalanser_conformance::{self as suite, Subject};
-use rebalanser_core::store::{Cond, StoreOp, StoreResult};
+use rebalanser_core::store::{Cond, StoreOp, StoreReply, StoreResult};
 use rebalanser_store::{BoxFuture, MemoryStore, Store, WatchEvent};
 
 #[derive(Clone, Copy)]
@@ -18,6 +18,8 @@ enum Bug {
     NotAtomic,
     /// Never notifies.
     SilentWatch,
+    /// Enforces a third of the TTL it reports.
+    EarlyExpiry,
 }
 
 struct Broken {
@@ -56,9 +58,21 @@ impl Store for Broken {
                 }
                 return Box::pin(async move { last });
             }
+            (Bug::EarlyExpiry, StoreOp::OpenSession { ttl }) => {
+                let res = self.inner.apply(&StoreOp::OpenSession { ttl: ttl / 3 });
+                let res = res.map(|r| match r {
+                    StoreReply::Session { session, .. } => StoreReply::Session { session, ttl },
+                    r => r,
+                });
+                return Box::pin(async move { res });
+            }
             (_, op) => op,
         };
         self.inner.execute(op)
+    }
+
+    fn keepalive_proves_previous(&self) -> bool {
+        false
     }
 
     fn watch(&self, prefix: String) -> BoxStream<'static, WatchEvent> {
@@ -115,6 +129,13 @@ async fn a_non_atomic_transaction_is_caught() {
     let s = subject(Bug::NotAtomic);
     let msg = failure(suite::transactions_are_all_or_nothing(&s)).await;
     assert!(msg.is_some_and(|m| m.contains("not applied")));
+}
+
+#[tokio::test]
+async fn a_store_that_expires_sessions_early_is_caught() {
+    let s = subject(Bug::EarlyExpiry);
+    let msg = failure(suite::sessions_live_their_granted_ttl(&s)).await;
+    assert!(msg.is_some_and(|m| m.contains("expired before")));
 }
 
 #[tokio::test]

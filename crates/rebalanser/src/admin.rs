@@ -107,8 +107,10 @@ impl Admin {
 
     /// Deletes the group: its resources, assignments, counters and marker. Refused with
     /// [`Error::GroupInUse`] while any member session is alive, since that would delete live
-    /// claims (DESIGN §8 rule 7): stop or leave every member first. Idempotent on a missing
-    /// group only in the sense that it then reports [`Error::UnknownGroup`].
+    /// claims (DESIGN §8 rule 7): stop or leave every member first. It never deletes a
+    /// session-owned key, but a member that joins *while* the deletion runs is not stopped:
+    /// it is left in a group that no longer exists (stop members before deleting). The token
+    /// generation is kept for a later re-creation. A missing group is [`Error::UnknownGroup`].
     pub async fn delete_group(&self) -> Result<(), Error> {
         let entries = self.list().await?;
         let meta = self.layout.meta();
@@ -131,10 +133,13 @@ impl Admin {
         }
         // Everything but the marker first, then the marker: a failure midway leaves a group
         // that still exists, and calling again finishes the job.
+        // The token generation survives: a re-created group must not hand out tokens that a
+        // resource, remembering a bumped generation, would reject (PITFALLS 18).
+        let generation = self.layout.generation();
         let rest: Vec<_> = entries
             .iter()
             .map(|(k, _)| k.clone())
-            .filter(|k| *k != meta)
+            .filter(|k| *k != meta && *k != generation)
             .collect();
         for batch in rest.chunks(WRITES_PER_TXN) {
             let op = StoreOp::Txn {

@@ -576,6 +576,10 @@ mod tests {
         fn describe(&self) -> String {
             "broken://".into()
         }
+
+        fn keepalive_proves_previous(&self) -> bool {
+            false
+        }
     }
 
     fn get() -> StoreOp {

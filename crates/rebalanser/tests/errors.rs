@@ -232,6 +232,10 @@ impl Store for Down {
     fn describe(&self) -> String {
         "down://test".into()
     }
+
+    fn keepalive_proves_previous(&self) -> bool {
+        false
+    }
 }
 
 #[tokio::test]

@@ -31,6 +31,10 @@ impl Store for Partition {
     fn describe(&self) -> String {
         format!("partition({})", self.inner.describe())
     }
+
+    fn keepalive_proves_previous(&self) -> bool {
+        false
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

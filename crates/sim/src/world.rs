@@ -428,6 +428,8 @@ impl World {
                 "coordinator",
                 "stepped_down",
                 "rebalance",
+                "suspended",
+                "session_lost",
             ]
             .iter()
             .filter_map(|k| {

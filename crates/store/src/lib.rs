@@ -51,8 +51,7 @@ pub trait Store: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// True when a successful `KeepAlive` may not yet have reached the server that decides
     /// expiry, so it proves only the keepalive before it (ZooKeeper via a follower). The
-    /// member then counts its deadline from the previous success.
-    fn keepalive_proves_previous(&self) -> bool {
-        false
-    }
+    /// member then counts its deadline from the previous success. Required, not defaulted:
+    /// each backend must decide (false is unsafe on ZooKeeper, PITFALLS 1).
+    fn keepalive_proves_previous(&self) -> bool;
 }

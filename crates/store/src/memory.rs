@@ -170,4 +170,9 @@ impl Store for MemoryStore {
     fn describe(&self) -> String {
         format!("memory://{}", self.inner.name)
     }
+
+    /// A keepalive is applied by the one authority that expires sessions.
+    fn keepalive_proves_previous(&self) -> bool {
+        false
+    }
 }

@@ -9,16 +9,14 @@ use rebalanser::{Member, Status};
 
 const TTL: Duration = Duration::from_secs(1);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_members_balance_twelve_resources_four_each_without_double_holds() {
-    common::logs();
-    let url = url("balance");
+/// A group of 12 resources with members a, b and c joined and balanced at 4 each.
+async fn three_balanced(name: &str, ttl: Duration) -> (rebalanser::Admin, Monitor, [Worker; 3]) {
+    let url = url(name);
     let admin = group(&url, 12).await;
     let mon = Monitor::default();
-    let a = Worker::join(&url, "a", TTL, &mon).await;
-    let b = Worker::join(&url, "b", TTL, &mon).await;
-    let c = Worker::join(&url, "c", TTL, &mon).await;
-
+    let a = Worker::join(&url, "a", ttl, &mon).await;
+    let b = Worker::join(&url, "b", ttl, &mon).await;
+    let c = Worker::join(&url, "c", ttl, &mon).await;
     wait_balanced(
         &mon,
         &[("a", 4), ("b", 4), ("c", 4)],
@@ -26,6 +24,13 @@ async fn three_members_balance_twelve_resources_four_each_without_double_holds()
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
+    (admin, mon, [a, b, c])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_balance_twelve_resources_four_each_without_double_holds() {
+    common::logs();
+    let (admin, mon, [a, b, c]) = three_balanced("balance", TTL).await;
     // Every resource exactly once: 12 distinct resources, 4 per member.
     assert_eq!(mon.holders().len(), 12);
     let status = admin.status().await.expect("status");
@@ -50,19 +55,7 @@ async fn graceful_leave_hands_over_without_waiting_for_the_ttl() {
     common::logs();
     // A long TTL makes any wait for expiry obvious.
     let ttl = Duration::from_secs(3);
-    let url = url("leave");
-    let admin = group(&url, 12).await;
-    let mon = Monitor::default();
-    let a = Worker::join(&url, "a", ttl, &mon).await;
-    let b = Worker::join(&url, "b", ttl, &mon).await;
-    let c = Worker::join(&url, "c", ttl, &mon).await;
-    wait_balanced(
-        &mon,
-        &[("a", 4), ("b", 4), ("c", 4)],
-        Duration::from_secs(3),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (admin, mon, [a, b, c]) = three_balanced("leave", ttl).await;
 
     let start = Instant::now();
     c.leave().await.expect("c leaves");
@@ -84,19 +77,7 @@ async fn graceful_leave_hands_over_without_waiting_for_the_ttl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crashed_members_resources_move_after_the_ttl_and_are_never_doubly_held() {
     common::logs();
-    let url = url("crash");
-    let admin = group(&url, 12).await;
-    let mon = Monitor::default();
-    let a = Worker::join(&url, "a", TTL, &mon).await;
-    let b = Worker::join(&url, "b", TTL, &mon).await;
-    let c = Worker::join(&url, "c", TTL, &mon).await;
-    wait_balanced(
-        &mon,
-        &[("a", 4), ("b", 4), ("c", 4)],
-        Duration::from_secs(3),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (admin, mon, [a, b, c]) = three_balanced("crash", TTL).await;
     let before = mon.grants();
 
     // `a` was first, so it is most likely the coordinator: the survivors must also elect.

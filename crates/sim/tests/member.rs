@@ -6,8 +6,11 @@ use std::time::Duration;
 use rebalanser_core::admin;
 use rebalanser_core::layout::Layout;
 use rebalanser_core::store::{StoreError, StoreOp, StoreReply, StoreResult, Write};
-use rebalanser_core::{Config, Event, GroupId, Member, MemberId, ResourceId, RevokeReason, Time};
-use rebalanser_store::MemModel;
+use rebalanser_core::{Event, Member, ResourceId, RevokeReason, Time};
+use rebalanser_store::{MemModel, ModelConfig};
+
+mod common;
+use common::{group_store, member_config, ms};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Fate {
@@ -30,33 +33,10 @@ struct Harness {
     log: Vec<String>,
 }
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
 impl Harness {
     fn new(resources: &[&str]) -> Harness {
-        let group = GroupId::new("g").unwrap();
-        let layout = Layout::new(&group);
-        let mut model = MemModel::default();
-        model
-            .apply(Time::ZERO, &admin::create_group(&layout))
-            .unwrap();
-        let ids: Vec<ResourceId> = resources
-            .iter()
-            .map(|r| ResourceId::new(*r).unwrap())
-            .collect();
-        model
-            .apply(Time::ZERO, &admin::add_resources(&layout, &ids))
-            .unwrap();
-        let mut cfg = Config::new(group, MemberId::new("a").unwrap());
-        cfg.session_ttl = ms(2000);
-        cfg.safety_margin = ms(150);
-        cfg.stop_timeout = ms(300);
-        cfg.keepalive_interval = ms(200);
-        cfg.op_timeout = ms(250);
-        cfg.min_rebalance_interval = ms(0);
-        cfg.validate().unwrap();
+        let (model, layout) = group_store(ModelConfig::default(), resources);
+        let cfg = member_config("a");
         let mut member = Member::new(cfg);
         member.start(Time::ZERO);
         Harness {

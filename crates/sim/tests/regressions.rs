@@ -2,19 +2,16 @@
 //! `MemModel`, with chosen operations held, applied late or failed. Each test asserts the fixed
 //! behaviour; the comment above it says what used to go wrong.
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use rebalanser_core::admin;
 use rebalanser_core::layout::Layout;
 use rebalanser_core::store::{StoreError, StoreOp, StoreResult, Write};
-use rebalanser_core::{
-    Config, Event, GroupId, LeaseId, Member, MemberId, OpId, ResourceId, SessionId, Time,
-};
+use rebalanser_core::{Config, Event, LeaseId, Member, OpId, ResourceId, SessionId, Time};
 use rebalanser_store::{MemModel, ModelConfig};
 
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
+mod common;
+use common::{group_store, member_config, ms};
+
 fn t(msv: u64) -> Time {
     Time(msv * 1_000_000)
 }
@@ -51,38 +48,19 @@ pub struct H {
 }
 
 pub fn cfg(name: &str) -> Config {
-    let mut c = Config::new(GroupId::new("g").unwrap(), MemberId::new(name).unwrap());
-    c.session_ttl = ms(2000);
-    c.safety_margin = ms(150);
-    c.stop_timeout = ms(300);
-    c.keepalive_interval = ms(200);
-    c.op_timeout = ms(250);
-    c.min_rebalance_interval = ms(0);
-    c.resync_interval = ms(1000);
-    c.leave_timeout = ms(3000);
-    c.retry_delay = ms(40);
-    c.validate().unwrap();
-    c
+    member_config(name)
 }
 
 impl H {
     pub fn new(resources: &[&str]) -> H {
-        let layout = Layout::new(&GroupId::new("g").unwrap());
-        let mut store = MemModel::new(ModelConfig {
-            min_ttl: ms(100),
-            max_ttl: ms(60000),
-            history: 0,
-        });
-        store
-            .apply(Time::ZERO, &admin::create_group(&layout))
-            .unwrap();
-        let ids: Vec<ResourceId> = resources
-            .iter()
-            .map(|r| ResourceId::new(*r).unwrap())
-            .collect();
-        store
-            .apply(Time::ZERO, &admin::add_resources(&layout, &ids))
-            .unwrap();
+        let (store, layout) = group_store(
+            ModelConfig {
+                min_ttl: ms(100),
+                max_ttl: ms(60000),
+                history: 0,
+            },
+            resources,
+        );
         H {
             store,
             layout,

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use rebalanser::{Admin, Error, Member, StopPolicy};
+mod common;
+
+use rebalanser::{Admin, Error, Member};
 
 #[tokio::test]
 async fn delete_group_is_refused_while_a_member_lives_and_complete_after() {
@@ -11,18 +13,13 @@ async fn delete_group_is_refused_while_a_member_lives_and_complete_after() {
     let admin = Admin::connect(url, "g").expect("admin");
     admin.create_group().await.expect("create");
     admin.add_resources(&["a", "b", "c"]).await.expect("add");
-    let mut m = Member::builder("g")
-        .name("m")
-        .store_url(url)
-        .session_ttl(Duration::from_millis(1000))
-        .safety_margin(Duration::from_millis(100))
-        .stop_timeout(Duration::from_millis(200))
-        .keepalive_interval(Duration::from_millis(100))
-        .op_timeout(Duration::from_millis(100))
-        .on_stop_deadline_missed(StopPolicy::Log)
-        .join()
-        .await
-        .expect("join");
+    let mut m = common::fast(
+        Member::builder("g").name("m").store_url(url),
+        Duration::from_millis(1000),
+    )
+    .join()
+    .await
+    .expect("join");
     let lease = tokio::time::timeout(Duration::from_secs(5), m.next_lease())
         .await
         .expect("a lease in time")

@@ -23,7 +23,7 @@ use rebalanser_core::store::{
     MAX_VALUE_BYTES,
 };
 use rebalanser_core::SessionId;
-use rebalanser_store::{Store, WatchEvent};
+use rebalanser_store::{MemoryStore, Store, WatchEvent};
 
 /// A backend under test.
 pub struct Subject {
@@ -35,6 +35,54 @@ pub struct Subject {
     pub short_ttl: Duration,
     /// Longest a change notification may take to arrive.
     pub notify_within: Duration,
+    /// How to cut the subject's connection to the store and restore it: every backend must
+    /// show that a change made meanwhile still wakes its watches.
+    pub disruption: Disruption,
+    /// Makes the store stop hearing from a session, as when its process freezes or dies
+    /// (the checks of expiry call it where they stop keeping the session alive). A no-op for
+    /// stores whose sessions expire without keepalives; ZooKeeper's client library pings on
+    /// its own, so its subject abandons the session's connection.
+    pub silence: SessionHook,
+}
+
+pub type SessionHook =
+    Box<dyn Fn(SessionId) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// A [`SessionHook`] that does nothing: for stores whose sessions expire without keepalives.
+pub fn no_silence() -> SessionHook {
+    Box::new(|_| Box::pin(async {}))
+}
+
+pub type Hook = Box<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// The disruption of a memory store (and of wrappers around one): its watches lose
+/// notifications while cut and report `Reset` when restored, as a reconnecting client does.
+pub fn memory_disruption(store: &MemoryStore) -> Disruption {
+    let (cut, heal) = (store.clone(), store.clone());
+    Disruption {
+        cut: Box::new(move || {
+            cut.cut_watches();
+            Box::pin(async {})
+        }),
+        heal: Box::new(move || {
+            heal.restore_watches();
+            Box::pin(async {})
+        }),
+        other: Arc::new(store.clone()),
+        recover_within: Duration::from_secs(1),
+    }
+}
+
+/// A connection fault the subject's store must recover from without losing a wake-up.
+pub struct Disruption {
+    /// Cuts the subject store's connection (notifications sent meanwhile are lost).
+    pub cut: Hook,
+    /// Restores it.
+    pub heal: Hook,
+    /// Another client of the same data, unaffected by the cut, that writes meanwhile.
+    pub other: Arc<dyn Store>,
+    /// Longest the subject may take to reconnect and notify after `heal`.
+    pub recover_within: Duration,
 }
 
 impl Subject {
@@ -237,6 +285,7 @@ pub async fn expiry_removes_only_the_sessions_keys(s: &Subject) {
     committed(&s.create(&a, Some(dying)).await, "create a");
     committed(&s.create(&b, Some(living)).await, "create b");
     committed(&s.create(&p, None).await, "create p");
+    (s.silence)(dying).await;
     let end = tokio::time::Instant::now() + s.short_ttl * 3;
     while tokio::time::Instant::now() < end {
         let r = s.exec(StoreOp::KeepAlive { session: living }).await;
@@ -283,6 +332,7 @@ pub async fn sessions_live_their_granted_ttl(s: &Subject) {
         Ok(StoreReply::KeptAlive { ttl }) => ttl,
         other => panic!("keepalive within the TTL: {other:?}"),
     };
+    (s.silence)(session).await;
     tokio::time::sleep(renewed * 7 / 10).await;
     assert!(
         s.get(&key).await.is_some(),
@@ -299,6 +349,7 @@ pub async fn expiry_is_notified(s: &Subject) {
         "create",
     );
     let mut watch = s.store.watch(prefix.clone());
+    (s.silence)(session).await;
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), watch.next()).await {}
     let ev = tokio::time::timeout(s.short_ttl * 3 + s.notify_within, watch.next()).await;
     assert!(
@@ -337,7 +388,7 @@ pub async fn transactions_are_all_or_nothing(s: &Subject) {
             vec![Cond::Absent(y.clone())],
             vec![Write::Put {
                 key: x.clone(),
-                value: vec![],
+                value: b"v".to_vec(),
             }],
         )
         .await;
@@ -350,11 +401,11 @@ pub async fn transactions_are_all_or_nothing(s: &Subject) {
             vec![
                 Write::Put {
                     key: x.clone(),
-                    value: vec![],
+                    value: b"v".to_vec(),
                 },
                 Write::Create {
                     key: y.clone(),
-                    value: vec![],
+                    value: b"v".to_vec(),
                     owner: None,
                 },
             ],
@@ -372,12 +423,12 @@ pub async fn transactions_are_all_or_nothing(s: &Subject) {
             vec![
                 Write::Create {
                     key: x.clone(),
-                    value: vec![],
+                    value: b"v".to_vec(),
                     owner: None,
                 },
                 Write::Create {
                     key: z.clone(),
-                    value: vec![],
+                    value: b"v".to_vec(),
                     owner: None,
                 },
                 Write::Delete { key: y.clone() },
@@ -431,6 +482,86 @@ pub async fn watch_notifies_changes_and_listings_are_current(s: &Subject) {
     assert!(
         listed_rev >= rev && listed_rev > last_rev,
         "listing rev {listed_rev} after a delete committed at {rev} (before: {last_rev})"
+    );
+}
+
+/// A change made while the watcher's connection is cut still wakes it once the connection is
+/// back (ZooKeeper does not replay missed events: the backend must report `Reset`).
+pub async fn watch_wakes_up_after_a_reconnect(s: &Subject) {
+    let d = &s.disruption;
+    let prefix = format!("{}reconnect/", s.prefix);
+    let mut watch = s.store.watch(prefix.clone());
+    // Arm the watch and see it work before the fault.
+    committed(&s.create(&format!("{prefix}before"), None).await, "create");
+    let ev = tokio::time::timeout(s.notify_within, watch.next()).await;
+    assert!(
+        matches!(ev, Ok(Some(_))),
+        "no notification before the cut: {ev:?}"
+    );
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), watch.next()).await {}
+    (d.cut)().await;
+    let during = format!("{prefix}during");
+    let r = d
+        .other
+        .execute(StoreOp::Txn {
+            conds: vec![],
+            writes: vec![Write::Create {
+                key: during.clone(),
+                value: b"v".to_vec(),
+                owner: None,
+            }],
+        })
+        .await;
+    committed(&r, "create while cut");
+    // Whatever the cut watcher would have been told is lost by now.
+    tokio::time::sleep(s.notify_within / 2).await;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(10), watch.next()).await {}
+    (d.heal)().await;
+    let ev = tokio::time::timeout(d.recover_within, watch.next()).await;
+    assert!(
+        matches!(ev, Ok(Some(WatchEvent::Changed | WatchEvent::Reset))),
+        "no wake-up within {:?} of reconnecting after a change made while cut off: {ev:?}",
+        d.recover_within
+    );
+    let (entries, _) = s.list(&prefix).await;
+    assert!(
+        entries.iter().any(|(k, _)| *k == during),
+        "the listing after the wake-up misses {during}"
+    );
+}
+
+/// Empty values are `Invalid` (hierarchical stores use empty nodes as directories), and so are
+/// keys a hierarchical store cannot hold as-is.
+pub async fn empty_values_and_malformed_keys_are_invalid(s: &Subject) {
+    let key = s.key("shape", "empty");
+    let r = s.put(&key, b"", vec![]).await;
+    assert!(
+        matches!(r, Err(StoreError::Invalid(_))),
+        "empty value: {r:?}"
+    );
+    assert!(s.get(&key).await.is_none());
+    for bad in [
+        "",
+        "/lead",
+        "trail/",
+        "a//b",
+        "a/./b",
+        "a/../b",
+        "nul\u{0}x",
+    ] {
+        let r = s.put(bad, b"v", vec![]).await;
+        assert!(
+            matches!(r, Err(StoreError::Invalid(_))),
+            "key {bad:?}: {r:?}"
+        );
+    }
+    // A key under which other keys live, and a key above an existing one, both work.
+    committed(&s.put(&s.key("shape", "a/b"), b"v", vec![]).await, "a/b");
+    let (entries, _) = s.list(&s.key("shape", "")).await;
+    assert_eq!(
+        entries.len(),
+        1,
+        "a directory must not list as a key: {entries:?}"
     );
 }
 
@@ -521,6 +652,8 @@ macro_rules! conformance_tests {
             creation_revisions_grow_in_commit_order,
             oversized_values_and_keys_are_invalid,
             awkward_ids_round_trip,
+            watch_wakes_up_after_a_reconnect,
+            empty_values_and_malformed_keys_are_invalid,
         );
     };
     (@each $make:expr; $($check:ident),* $(,)?) => {

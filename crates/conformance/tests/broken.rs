@@ -20,6 +20,8 @@ enum Bug {
     SilentWatch,
     /// Enforces a third of the TTL it reports.
     EarlyExpiry,
+    /// Re-arms its watch after a reconnect but does not say that events were missed.
+    NoResetOnReconnect,
 }
 
 struct Broken {
@@ -78,6 +80,11 @@ impl Store for Broken {
     fn watch(&self, prefix: String) -> BoxStream<'static, WatchEvent> {
         match self.bug {
             Bug::SilentWatch => stream::pending().boxed(),
+            Bug::NoResetOnReconnect => self
+                .inner
+                .watch(prefix)
+                .filter(|e| std::future::ready(*e != WatchEvent::Reset))
+                .boxed(),
             _ => self.inner.watch(prefix),
         }
     }
@@ -88,11 +95,11 @@ impl Store for Broken {
 }
 
 fn subject(bug: Bug) -> Subject {
+    let inner = MemoryStore::new();
     Subject {
-        store: Arc::new(Broken {
-            inner: MemoryStore::new(),
-            bug,
-        }),
+        disruption: suite::memory_disruption(&inner),
+        silence: suite::no_silence(),
+        store: Arc::new(Broken { inner, bug }),
         prefix: "broken/".into(),
         short_ttl: Duration::from_millis(300),
         notify_within: Duration::from_millis(300),
@@ -143,4 +150,13 @@ async fn a_silent_watch_is_caught() {
     let s = subject(Bug::SilentWatch);
     let msg = failure(suite::watch_notifies_changes_and_listings_are_current(&s)).await;
     assert!(msg.is_some_and(|m| m.contains("no notification")));
+}
+
+#[tokio::test]
+async fn a_watch_that_loses_wake_ups_across_a_reconnect_is_caught() {
+    let s = subject(Bug::NoResetOnReconnect);
+    let msg = failure(suite::watch_wakes_up_after_a_reconnect(&s)).await;
+    assert!(msg.is_some_and(|m| m.contains("no wake-up")));
+    // It still notifies ordinary changes.
+    suite::watch_notifies_changes_and_listings_are_current(&s).await;
 }

@@ -4,12 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rebalanser_conformance::{conformance_tests, Subject};
+use rebalanser_conformance::{conformance_tests, memory_disruption, no_silence, Subject};
 use rebalanser_store::MemoryStore;
 
 async fn subject() -> Subject {
+    let store = MemoryStore::new();
     Subject {
-        store: Arc::new(MemoryStore::new()),
+        disruption: memory_disruption(&store),
+        silence: no_silence(),
+        store: Arc::new(store),
         prefix: "conformance/".to_string(),
         short_ttl: Duration::from_millis(300),
         notify_within: Duration::from_secs(1),

@@ -12,6 +12,43 @@ pub const MAX_VALUE_BYTES: usize = 256 * 1024;
 /// Largest key a store must accept.
 pub const MAX_KEY_BYTES: usize = 4096;
 
+/// Why `key` is not a valid key, if it is not. Keys are `/`-separated paths of non-empty
+/// components other than `.` and `..`, without control or private-use characters, at most
+/// [`MAX_KEY_BYTES`] long: the intersection of what every backend can store as-is (ZooKeeper
+/// paths are the strictest). Keys built by [`crate::layout`] always pass.
+pub fn key_error(key: &str) -> Option<String> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Some(format!(
+            "key of {} bytes (must be 1..={MAX_KEY_BYTES})",
+            key.len()
+        ));
+    }
+    if key
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Some(format!("key {key:?} has an empty, `.` or `..` component"));
+    }
+    let bad = |c: char| matches!(c, '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{e000}'..='\u{f8ff}' | '\u{fff0}'..='\u{ffff}');
+    if key.chars().any(bad) {
+        return Some(format!("key {key:?} has a control or reserved character"));
+    }
+    None
+}
+
+/// Why `value` cannot be stored under `key`, if it cannot. Values are 1..=[`MAX_VALUE_BYTES`]
+/// bytes: an empty value is refused because hierarchical stores need empty nodes as the
+/// directories between keys, and the protocol never writes one.
+pub fn value_error(key: &str, value: &[u8]) -> Option<String> {
+    if value.is_empty() || value.len() > MAX_VALUE_BYTES {
+        return Some(format!(
+            "value of {} bytes for {key} (must be 1..={MAX_VALUE_BYTES})",
+            value.len()
+        ));
+    }
+    None
+}
+
 /// A key: a `/`-separated path relative to the store's root. Components are encoded by
 /// [`crate::layout`] so that any id maps to exactly one key and back.
 pub type Key = String;

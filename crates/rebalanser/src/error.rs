@@ -25,7 +25,7 @@ pub enum Error {
     #[error("malformed store URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
     /// The URL is well formed but this build has no backend for its scheme.
-    #[error("unsupported store URL {url:?}: this build supports only memory://NAME")]
+    #[error("unsupported store URL {url:?}: this build supports memory://NAME and zk://HOST:PORT[,...][/CHROOT]")]
     UnsupportedStore { url: String },
     /// The group has no marker in the store.
     #[error(

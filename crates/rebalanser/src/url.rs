@@ -1,7 +1,7 @@
-//! Store selection by URL (DESIGN §2). This build has `memory://name` only; any other well
-//! formed URL (`sqlite://`, `zk://`, `etcd://`, `postgres://`, ...) is
-//! [`Error::UnsupportedStore`], kept apart from [`Error::BadUrl`] so that a typo and a missing
-//! backend read differently.
+//! Store selection by URL (DESIGN §2). This build has `memory://name` and
+//! `zk://[user:password@]h1:p1,h2:p2[/chroot]`; any other well formed URL (`sqlite://`,
+//! `etcd://`, `postgres://`, ...) is [`Error::UnsupportedStore`], kept apart from
+//! [`Error::BadUrl`] so that a typo and a missing backend read differently.
 
 use std::sync::Arc;
 
@@ -51,6 +51,14 @@ pub fn open_store(url: &str) -> Result<Arc<dyn Store>, Error> {
             }
             Ok(Arc::new(MemoryStore::named(rest)))
         }
+        "zk" => match rebalanser_zk::ZkStore::from_url(url) {
+            Ok(s) => Ok(Arc::new(s)),
+            // The ZooKeeper parser's message already quotes the (redacted) URL.
+            Err(e) => Err(Error::BadUrl {
+                url: e.url,
+                reason: e.reason,
+            }),
+        },
         _ => Err(Error::UnsupportedStore {
             url: url.to_string(),
         }),
@@ -103,7 +111,15 @@ mod tests {
                 Ok(_) => panic!("{url}: accepted"),
             }
         }
-        for url in ["zk://h:2181/x", "etcd://h:2379", "ftp://x"] {
+        for url in ["zk://h", "zk://h:0/x", "zk://u@h:1"] {
+            assert!(
+                matches!(open_store(url), Err(Error::BadUrl { .. })),
+                "{url}"
+            );
+        }
+        let zk = open_store("zk://app:pw@h1:2181,h2:2181/svc").expect("a zk URL");
+        assert_eq!(zk.describe(), "zk://app:***@h1:2181,h2:2181/svc");
+        for url in ["etcd://h:2379", "ftp://x"] {
             assert!(
                 matches!(open_store(url), Err(Error::UnsupportedStore { .. })),
                 "{url}"

@@ -3,6 +3,7 @@
 //! task, so watchers learn of expiries without polling.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,10 @@ struct Inner {
     origin: Instant,
     model: Mutex<MemModel>,
     changes: broadcast::Sender<Vec<Key>>,
+    /// While set, change notifications are lost, as on a real store whose client connection
+    /// is down; clearing it tells every watch to re-read, as a real client does on reconnect.
+    watches_cut: AtomicBool,
+    reconnects: broadcast::Sender<()>,
 }
 
 /// An in-memory store. Cloning shares the same data.
@@ -43,11 +48,14 @@ impl MemoryStore {
 
     pub fn with_config(name: &str, cfg: ModelConfig) -> MemoryStore {
         let (changes, _) = broadcast::channel(1024);
+        let (reconnects, _) = broadcast::channel(16);
         let inner = Arc::new(Inner {
             name: name.to_string(),
             origin: Instant::now(),
             model: Mutex::new(MemModel::new(cfg)),
             changes,
+            watches_cut: AtomicBool::new(false),
+            reconnects,
         });
         let store = MemoryStore { inner };
         store.spawn_reaper();
@@ -130,6 +138,17 @@ impl MemoryStore {
         res
     }
 
+    /// Cuts every watch off: notifications are lost until [`MemoryStore::restore_watches`].
+    pub fn cut_watches(&self) {
+        self.inner.watches_cut.store(true, Ordering::SeqCst);
+    }
+
+    /// Reconnects the watches: each reports `Reset`, since what happened meanwhile is lost.
+    pub fn restore_watches(&self) {
+        self.inner.watches_cut.store(false, Ordering::SeqCst);
+        let _ = self.inner.reconnects.send(());
+    }
+
     /// Direct access to the model, for tests that must inspect or corrupt it.
     pub fn with_model<T>(&self, f: impl FnOnce(&mut MemModel) -> T) -> T {
         f(&mut self.lock())
@@ -150,20 +169,42 @@ impl Store for MemoryStore {
 
     fn watch(&self, prefix: Key) -> BoxStream<'static, WatchEvent> {
         let rx = self.inner.changes.subscribe();
-        futures::stream::unfold((rx, prefix), |(mut rx, prefix)| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(keys) if keys.iter().any(|k| k.starts_with(&prefix)) => {
-                        return Some((WatchEvent::Changed, (rx, prefix)))
+        let reconnects = self.inner.reconnects.subscribe();
+        let inner = Arc::downgrade(&self.inner);
+        futures::stream::unfold(
+            (rx, reconnects, prefix),
+            move |(mut rx, mut reconnects, prefix)| {
+                let inner = inner.clone();
+                async move {
+                    loop {
+                        let cut = || {
+                            inner
+                                .upgrade()
+                                .is_some_and(|i| i.watches_cut.load(Ordering::SeqCst))
+                        };
+                        tokio::select! {
+                            r = rx.recv() => match r {
+                                Ok(_) if cut() => continue,
+                                Ok(keys) if keys.iter().any(|k| k.starts_with(&prefix)) => {
+                                    return Some((WatchEvent::Changed, (rx, reconnects, prefix)))
+                                }
+                                Ok(_) => continue,
+                                Err(broadcast::error::RecvError::Lagged(_)) => {
+                                    return Some((WatchEvent::Reset, (rx, reconnects, prefix)))
+                                }
+                                Err(broadcast::error::RecvError::Closed) => return None,
+                            },
+                            r = reconnects.recv() => match r {
+                                Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                                    return Some((WatchEvent::Reset, (rx, reconnects, prefix)))
+                                }
+                                Err(broadcast::error::RecvError::Closed) => return None,
+                            },
+                        }
                     }
-                    Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        return Some((WatchEvent::Reset, (rx, prefix)))
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
                 }
-            }
-        })
+            },
+        )
         .boxed()
     }
 

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use rebalanser_core::ids::{SessionId, Time};
 use rebalanser_core::store::{
-    Cond, Entry, Key, StoreError, StoreOp, StoreReply, StoreResult, Write, MAX_KEY_BYTES,
-    MAX_VALUE_BYTES,
+    key_error, value_error, Cond, Entry, Key, StoreError, StoreOp, StoreReply, StoreResult, Write,
 };
 
 #[derive(Debug, Clone)]
@@ -184,7 +183,10 @@ impl MemModel {
                 self.drop_session(*session);
                 Ok(StoreReply::Closed)
             }
-            StoreOp::Get { key, .. } => Ok(StoreReply::Got(self.data.get(key).cloned())),
+            StoreOp::Get { key, .. } => match key_error(key) {
+                Some(e) => Err(StoreError::Invalid(e)),
+                None => Ok(StoreReply::Got(self.data.get(key).cloned())),
+            },
             StoreOp::List { prefix, .. } => Ok(StoreReply::Listed {
                 entries: list(&self.data, prefix),
                 rev: self.rev,
@@ -195,20 +197,21 @@ impl MemModel {
 
     fn txn(&mut self, conds: &[Cond], writes: &[Write]) -> StoreResult {
         for w in writes {
-            let key = w.key();
-            if key.is_empty() || key.len() > MAX_KEY_BYTES {
-                return Err(StoreError::Invalid(format!(
-                    "key of {} bytes (limit {MAX_KEY_BYTES})",
-                    key.len()
-                )));
+            if let Some(e) = key_error(w.key()) {
+                return Err(StoreError::Invalid(e));
             }
-            if let Write::Create { value, .. } | Write::Put { value, .. } = w {
-                if value.len() > MAX_VALUE_BYTES {
-                    return Err(StoreError::Invalid(format!(
-                        "value of {} bytes for {key} (limit {MAX_VALUE_BYTES})",
-                        value.len()
-                    )));
+            if let Write::Create { key, value, .. } | Write::Put { key, value } = w {
+                if let Some(e) = value_error(key, value) {
+                    return Err(StoreError::Invalid(e));
                 }
+            }
+        }
+        for c in conds {
+            let key = match c {
+                Cond::Absent(k) | Cond::Version(k, _) | Cond::Owned { key: k, .. } => k,
+            };
+            if let Some(e) = key_error(key) {
+                return Err(StoreError::Invalid(e));
             }
         }
         for c in conds {
@@ -400,11 +403,11 @@ mod tests {
             writes: vec![
                 Write::Put {
                     key: "other".into(),
-                    value: vec![],
+                    value: b"v".to_vec(),
                 },
                 Write::Put {
                     key: "k".into(),
-                    value: vec![],
+                    value: b"v".to_vec(),
                 },
             ],
         };

@@ -1,0 +1,101 @@
+//! Child processes that cannot outlive the test process.
+//!
+//! A server left running by a crashed or killed test keeps its ports and its CPU, and makes the
+//! next run flaky in ways that are hard to trace back. `PR_SET_PDEATHSIG(SIGKILL)` has the kernel
+//! kill the child when its parent dies, whatever the way the parent dies (panic, abort, SIGKILL).
+//!
+//! The catch: the "parent" the kernel watches is the *thread* that forked the child, not the
+//! process. Cargo runs every test on its own thread, which exits when the test ends, so a server
+//! spawned directly from a test would be killed as soon as that test returned, even when it is
+//! meant to serve the whole process (`ZkEnsemble::shared`). So every child is forked by one helper
+//! thread that lives as long as the process: its death is the process's death.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::thread;
+
+struct SpawnRequest {
+    cmd: Command,
+    reply: mpsc::Sender<io::Result<Child>>,
+}
+
+/// The helper thread's inbox. The sender is never dropped (it lives in a static), so the thread's
+/// `recv` loop never ends and the thread never exits before the process does.
+static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
+
+fn spawner() -> &'static mpsc::Sender<SpawnRequest> {
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        thread::Builder::new()
+            .name("rbtest-spawner".into())
+            .spawn(move || {
+                for mut req in rx {
+                    // The requester blocks on the reply, so the send fails only if its thread
+                    // is gone; the child is still tied to this thread and dies with the process.
+                    let _ = req.reply.send(req.cmd.spawn());
+                }
+            })
+            .expect("cannot start the rbtest-spawner thread");
+        tx
+    })
+}
+
+/// Spawns `cmd` so that it is SIGKILLed when the test process dies.
+pub(crate) fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
+    // SAFETY: getpid is always safe.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions
+    // (prctl, getppid), allocating nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl: then nobody would ever send
+            // the signal, so refuse to exec.
+            if libc::getppid() != parent {
+                return Err(io::Error::other("parent died before exec"));
+            }
+            Ok(())
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    spawner()
+        .send(SpawnRequest { cmd, reply: tx })
+        .map_err(|_| io::Error::other("rbtest-spawner thread is gone"))?;
+    rx.recv()
+        .map_err(|_| io::Error::other("rbtest-spawner thread dropped the request"))?
+}
+
+/// Whether a process exists and is not a zombie (a killed child of a dead parent may linger as a
+/// zombie when PID 1 does not reap, and a zombie holds no ports).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command name.
+        Ok(stat) => match stat.rfind(')') {
+            Some(end) => !matches!(stat[end + 1..].trim_start().chars().next(), Some('Z' | 'X')),
+            None => true,
+        },
+        Err(_) => false,
+    }
+}
+
+/// Sends `sig` to `pid`.
+pub(crate) fn signal(pid: u32, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(pid as libc::pid_t, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,179 @@
+//! `zk://[user:password@]host:port[,host:port...][/chroot]` URLs.
+
+use std::fmt;
+
+/// Why a `zk://` URL was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad ZooKeeper URL {url:?}: {reason}")]
+pub struct ZkUrlError {
+    pub url: String,
+    pub reason: String,
+}
+
+/// A parsed `zk://` URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ZkUrl {
+    /// `host:port` pairs, in the order given.
+    pub hosts: Vec<(String, u16)>,
+    /// The chroot every key lives under, `/` for none. Never ends with `/` unless it is `/`.
+    pub chroot: String,
+    /// Digest credentials (`user`, `password`): every node the store creates gets an ACL that
+    /// gives all rights to this identity only.
+    pub digest: Option<(String, String)>,
+}
+
+impl fmt::Debug for ZkUrl {
+    // Never print the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_string())
+    }
+}
+
+impl fmt::Display for ZkUrl {
+    /// The URL without the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("zk://")?;
+        if let Some((user, _)) = &self.digest {
+            write!(f, "{user}:***@")?;
+        }
+        f.write_str(&self.connect_string())?;
+        if self.chroot != "/" {
+            f.write_str(&self.chroot)?;
+        }
+        Ok(())
+    }
+}
+
+impl ZkUrl {
+    pub fn parse(url: &str) -> Result<ZkUrl, ZkUrlError> {
+        let err = |reason: &str| ZkUrlError {
+            url: redact(url),
+            reason: reason.to_string(),
+        };
+        let rest = url
+            .strip_prefix("zk://")
+            .ok_or_else(|| err("must start with zk://"))?;
+        let (authority, chroot) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (digest, hosts) = match authority.rsplit_once('@') {
+            Some((cred, hosts)) => {
+                let (user, password) = cred
+                    .split_once(':')
+                    .ok_or_else(|| err("credentials must be user:password@"))?;
+                if user.is_empty() || password.is_empty() {
+                    return Err(err("empty user or password"));
+                }
+                (Some((user.to_string(), password.to_string())), hosts)
+            }
+            None => (None, authority),
+        };
+        if hosts.is_empty() {
+            return Err(err("no hosts"));
+        }
+        let mut parsed = Vec::new();
+        for h in hosts.split(',') {
+            let (host, port) = h
+                .rsplit_once(':')
+                .ok_or_else(|| err(&format!("host {h:?} has no :port")))?;
+            if host.is_empty() || host.contains(|c: char| c.is_whitespace()) {
+                return Err(err(&format!("bad host {host:?}")));
+            }
+            let port: u16 = port
+                .parse()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| err(&format!("bad port {port:?} (1-65535)")))?;
+            parsed.push((host.to_string(), port));
+        }
+        let chroot = if chroot == "/" {
+            "/".to_string()
+        } else {
+            let trimmed = chroot.strip_suffix('/').unwrap_or(chroot);
+            let comps: Vec<&str> = trimmed[1..].split('/').collect();
+            if comps
+                .iter()
+                .any(|c| c.is_empty() || *c == "." || *c == ".." || c.contains(char::is_control))
+            {
+                return Err(err(&format!("bad chroot {chroot:?}")));
+            }
+            if comps[0] == "zookeeper" {
+                return Err(err("the chroot /zookeeper is reserved by ZooKeeper"));
+            }
+            trimmed.to_string()
+        };
+        Ok(ZkUrl {
+            hosts: parsed,
+            chroot,
+            digest,
+        })
+    }
+
+    /// `h1:p1,h2:p2`, as the client library takes it.
+    pub fn connect_string(&self) -> String {
+        self.hosts
+            .iter()
+            .map(|(h, p)| format!("{h}:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(a)) if a > s => match url[s + 3..a].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[a..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hosts_chroot_and_credentials() {
+        let u = ZkUrl::parse("zk://app:s3cret@h1:2181,10.0.0.2:2182/svc/groups").unwrap();
+        assert_eq!(
+            u.hosts,
+            vec![("h1".into(), 2181), ("10.0.0.2".into(), 2182)]
+        );
+        assert_eq!(u.chroot, "/svc/groups");
+        assert_eq!(u.digest, Some(("app".into(), "s3cret".into())));
+        assert_eq!(
+            u.to_string(),
+            "zk://app:***@h1:2181,10.0.0.2:2182/svc/groups"
+        );
+        assert!(!format!("{u:?}").contains("s3cret"));
+        let u = ZkUrl::parse("zk://h:1/").unwrap();
+        assert_eq!(u.chroot, "/");
+        assert_eq!(ZkUrl::parse("zk://h:1/a/").unwrap().chroot, "/a");
+    }
+
+    #[test]
+    fn refuses_bad_urls_naming_the_problem() {
+        for (url, why) in [
+            ("etcd://h:1", "zk://"),
+            ("zk://", "no hosts"),
+            ("zk:///chroot", "no hosts"),
+            ("zk://h", "no :port"),
+            ("zk://h:0", "bad port"),
+            ("zk://h:99999", "bad port"),
+            ("zk://h:x", "bad port"),
+            ("zk://h:1,", "no :port"),
+            ("zk://h:1//a", "bad chroot"),
+            ("zk://h:1/a/../b", "bad chroot"),
+            ("zk://h:1/zookeeper", "reserved"),
+            ("zk://user@h:1", "user:password"),
+            ("zk://:pw@h:1", "empty user"),
+        ] {
+            let e = ZkUrl::parse(url).expect_err(url);
+            assert!(e.to_string().contains(why), "{url}: {e}");
+        }
+        let e = ZkUrl::parse("zk://u:topsecret@h").unwrap_err();
+        assert!(!e.to_string().contains("topsecret"), "{e}");
+    }
+}

@@ -97,7 +97,7 @@ pub enum ConfigError {
     ChunkSize(usize),
     #[error(
         "max_txn_bytes ({max_txn_bytes}) must hold one assignment chunk ({chunk} bytes) plus \
-         its key (4096 bytes)"
+         its key (4096 bytes), and be at most the stores' limit (917504 bytes)"
     )]
     TxnBytes { max_txn_bytes: usize, chunk: usize },
 }
@@ -202,8 +202,11 @@ impl Config {
         if !(256..=crate::store::MAX_VALUE_BYTES).contains(&self.assignment_chunk_bytes) {
             return Err(ConfigError::ChunkSize(self.assignment_chunk_bytes));
         }
-        // One member's chunk plus its key must fit in a transaction on its own.
-        if self.assignment_chunk_bytes + crate::store::MAX_KEY_BYTES > self.max_txn_bytes {
+        // One member's chunk plus its key must fit in a transaction on its own, and every
+        // transaction in a store's limit.
+        if self.assignment_chunk_bytes + crate::store::MAX_KEY_BYTES > self.max_txn_bytes
+            || self.max_txn_bytes > crate::store::MAX_TXN_BYTES
+        {
             return Err(ConfigError::TxnBytes {
                 max_txn_bytes: self.max_txn_bytes,
                 chunk: self.assignment_chunk_bytes,

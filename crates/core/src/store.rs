@@ -36,6 +36,31 @@ pub fn key_error(key: &str) -> Option<String> {
     None
 }
 
+/// Largest transaction a store must accept, in key and value bytes (ZooKeeper refuses requests
+/// over 1 MiB; the rest is headroom for its encoding). The protocol's own bound,
+/// `Config::max_txn_bytes`, stays below it.
+pub const MAX_TXN_BYTES: usize = 896 * 1024;
+
+/// Why a transaction is too large, if it is.
+pub fn txn_size_error(conds: &[Cond], writes: &[Write]) -> Option<String> {
+    let cond_bytes: usize = conds
+        .iter()
+        .map(|c| match c {
+            Cond::Absent(k) | Cond::Version(k, _) | Cond::Owned { key: k, .. } => k.len(),
+        })
+        .sum();
+    let write_bytes: usize = writes
+        .iter()
+        .map(|w| match w {
+            Write::Create { key, value, .. } | Write::Put { key, value } => key.len() + value.len(),
+            Write::Delete { key } => key.len(),
+        })
+        .sum();
+    let total = cond_bytes + write_bytes;
+    (total > MAX_TXN_BYTES)
+        .then(|| format!("transaction of {total} bytes of keys and values (limit {MAX_TXN_BYTES})"))
+}
+
 /// Why `value` cannot be stored under `key`, if it cannot. Values are 1..=[`MAX_VALUE_BYTES`]
 /// bytes: an empty value is refused because hierarchical stores need empty nodes as the
 /// directories between keys, and the protocol never writes one.

@@ -77,7 +77,7 @@ mod tests {
         a.execute(rebalanser_store::StoreOp::Txn {
             conds: vec![],
             writes: vec![rebalanser_store::Write::Put {
-                key: "k".into(),
+                key: "ns/k".into(),
                 value: vec![1],
             }],
         })
@@ -85,7 +85,7 @@ mod tests {
         .expect("put");
         let got = b
             .execute(rebalanser_store::StoreOp::Get {
-                key: "k".into(),
+                key: "ns/k".into(),
                 linearizable: true,
             })
             .await

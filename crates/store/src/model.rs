@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use rebalanser_core::ids::{SessionId, Time};
 use rebalanser_core::store::{
-    key_error, value_error, Cond, Entry, Key, StoreError, StoreOp, StoreReply, StoreResult, Write,
+    key_error, txn_size_error, value_error, Cond, Entry, Key, StoreError, StoreOp, StoreReply,
+    StoreResult, Write,
 };
 
 #[derive(Debug, Clone)]
@@ -206,6 +207,9 @@ impl MemModel {
                 }
             }
         }
+        if let Some(e) = txn_size_error(conds, writes) {
+            return Err(StoreError::Invalid(e));
+        }
         for c in conds {
             let key = match c {
                 Cond::Absent(k) | Cond::Version(k, _) | Cond::Owned { key: k, .. } => k,
@@ -372,32 +376,32 @@ mod tests {
     fn owned_condition_rejects_a_recreated_key() {
         let mut m = MemModel::default();
         let a = open(&mut m, t(0), 1000);
-        let Ok(StoreReply::Committed { rev }) = m.apply(t(0), &create("k", Some(a))) else {
+        let Ok(StoreReply::Committed { rev }) = m.apply(t(0), &create("ns/k", Some(a))) else {
             panic!()
         };
         let del = |rev| StoreOp::Txn {
             conds: vec![Cond::Owned {
-                key: "k".into(),
+                key: "ns/k".into(),
                 session: a,
                 create_rev: rev,
             }],
-            writes: vec![Write::Delete { key: "k".into() }],
+            writes: vec![Write::Delete { key: "ns/k".into() }],
         };
         m.apply(t(1), &del(rev)).unwrap();
-        m.apply(t(2), &create("k", Some(a))).unwrap();
+        m.apply(t(2), &create("ns/k", Some(a))).unwrap();
         // The ABA retry of the first delete must not remove the new instance.
         assert!(matches!(
             m.apply(t(3), &del(rev)),
             Err(StoreError::Conflict(_))
         ));
-        assert!(m.entries().contains_key("k"));
+        assert!(m.entries().contains_key("ns/k"));
     }
 
     #[test]
     fn session_owned_keys_cannot_be_rewritten_and_txns_are_atomic() {
         let mut m = MemModel::default();
         let a = open(&mut m, t(0), 1000);
-        m.apply(t(0), &create("k", Some(a))).unwrap();
+        m.apply(t(0), &create("ns/k", Some(a))).unwrap();
         let put = StoreOp::Txn {
             conds: vec![],
             writes: vec![
@@ -406,7 +410,7 @@ mod tests {
                     value: b"v".to_vec(),
                 },
                 Write::Put {
-                    key: "k".into(),
+                    key: "ns/k".into(),
                     value: b"v".to_vec(),
                 },
             ],

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use rebalanser_core::store::{key_error, value_error};
+use rebalanser_core::store::{key_error, txn_size_error, value_error};
 use rebalanser_core::SessionId;
 use rebalanser_store::{
     BoxFuture, Cond, Entry, Key, Store, StoreError, StoreOp, StoreReply, StoreResult, WatchEvent,
@@ -96,6 +96,8 @@ struct Inner {
     opts: ZkOptions,
     shared: tokio::sync::Mutex<Shared>,
     sessions: Mutex<HashMap<SessionId, zk::Client>>,
+    /// Sessions being closed whose close is not confirmed yet: (credentials, timeout).
+    closing: Mutex<HashMap<SessionId, (zk::SessionInfo, Duration)>>,
     /// Directories known to exist (so creates skip `mkdir`); cleared for a path on `NoNode`.
     dirs: Mutex<HashSet<String>>,
     /// The last tree shape seen per listed directory, to list it again in one round trip.
@@ -128,6 +130,7 @@ impl ZkStore {
                 opts,
                 shared: tokio::sync::Mutex::new(Shared::default()),
                 sessions: Mutex::new(HashMap::new()),
+                closing: Mutex::new(HashMap::new()),
                 dirs: Mutex::new(HashSet::new()),
                 shapes: Mutex::new(HashMap::new()),
             }),
@@ -185,33 +188,76 @@ fn read_err(e: zk::Error) -> StoreError {
     }
 }
 
-/// A ZooKeeper error on a write: a lost connection or moved session may have let it through.
+/// A ZooKeeper error on a write. Only an answer from the server proves that nothing was
+/// applied; anything the client library reports on its own (a lost or silent connection, a
+/// timeout, a closed client, an undecodable reply) may have followed an applied write.
 fn write_err(e: zk::Error) -> StoreError {
     match e {
-        zk::Error::ConnectionLoss
-        | zk::Error::Timeout
+        zk::Error::NoNode
+        | zk::Error::NoAuth
+        | zk::Error::AuthFailed
+        | zk::Error::BadVersion
+        | zk::Error::NoChildrenForEphemerals
+        | zk::Error::NodeExists
+        | zk::Error::NotEmpty
+        | zk::Error::InvalidAcl
+        | zk::Error::SessionExpired
         | zk::Error::SessionMoved
-        | zk::Error::ClientClosed
-        | zk::Error::UnexpectedError(_)
-        | zk::Error::UnmarshalError { .. } => StoreError::Indeterminate(e.to_string()),
-        e => read_err(e),
+        | zk::Error::NotReadOnly
+        | zk::Error::QuotaExceeded
+        | zk::Error::Throttled
+        | zk::Error::MarshallingError
+        | zk::Error::BadArguments(_)
+        | zk::Error::Unimplemented => read_err(e),
+        e => StoreError::Indeterminate(e.to_string()),
     }
 }
 
-/// The znode path of a key (relative to the chroot).
+/// The znode path of a key (relative to the chroot): `ns/a/b` is the znode `/ns/a%2Fb`. Keys
+/// are flat under one directory znode per namespace (their first component), so a key is never
+/// a directory and a directory is never a key: no directory ever needs removing, and no key can
+/// be created where a directory was (which would defeat version checks: a re-created znode
+/// restarts at version 0).
 fn path(key: &str) -> String {
-    format!("/{key}")
+    let (ns, rest) = key.split_once('/').unwrap_or((key, ""));
+    format!("/{ns}/{}", escape(rest))
 }
 
-/// Parent znode paths of `p`, nearest last, the chroot root excluded.
-fn parents(p: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while let Some(j) = p[i + 1..].find('/') {
-        i += 1 + j;
-        out.push(p[..i].to_string());
+/// The key of the znode `name` in namespace `ns`; `None` for a name this store never writes.
+fn key_of(ns: &str, name: &str) -> Option<String> {
+    Some(format!("{ns}/{}", unescape(name)?))
+}
+
+/// `%` → `%25`, `/` → `%2F`: bijective, and the only characters a znode name cannot hold as-is
+/// (besides the ones keys may not contain at all).
+fn escape(rest: &str) -> String {
+    rest.replace('%', "%25").replace('/', "%2F")
+}
+
+fn unescape(name: &str) -> Option<String> {
+    let mut out = String::with_capacity(name.len());
+    let mut it = name.split('%');
+    out.push_str(it.next()?);
+    for part in it {
+        if let Some(r) = part.strip_prefix("25") {
+            out.push('%');
+            out.push_str(r);
+        } else if let Some(r) = part.strip_prefix("2F") {
+            out.push('/');
+            out.push_str(r);
+        } else {
+            return None;
+        }
     }
-    out
+    Some(out)
+}
+
+/// The namespace directory of a znode path.
+fn dir_of(p: &str) -> String {
+    match p[1..].find('/') {
+        Some(i) => p[..i + 1].to_string(),
+        None => "/".to_string(),
+    }
 }
 
 fn zxid(z: i64) -> u64 {
@@ -246,8 +292,6 @@ fn is_terminal(s: zk::SessionState) -> bool {
 #[derive(Debug, Clone, Copy)]
 enum Seen {
     Absent,
-    /// An empty znode: a directory between keys, not a key.
-    Dir(zk::Stat),
     Key(zk::Stat),
 }
 
@@ -468,27 +512,40 @@ impl Inner {
     }
 
     async fn close_session(&self, s: SessionId) -> StoreResult {
-        let Some(c) = lock(&self.sessions).remove(&s) else {
-            return Ok(StoreReply::Closed);
+        // The session's own handle is detached, so dropping it closes nothing: drop it, attach
+        // a handle to the same session and drop that. The server deletes the session's
+        // ephemerals before it answers the close, and the client then reports `Closed`. The
+        // session's credentials are kept until the close is confirmed, so a retry after an
+        // unknown outcome closes again.
+        let held = lock(&self.sessions).remove(&s);
+        let (info, ttl) = match held {
+            Some(c) => {
+                let info = (c.session().clone(), c.session_timeout());
+                drop(c);
+                info
+            }
+            None => match lock(&self.closing).get(&s).cloned() {
+                Some(info) => info,
+                None => return Ok(StoreReply::Closed),
+            },
         };
-        // The session's own handle is detached, so dropping it closes nothing: attach a
-        // handle to the same session and drop that. The server deletes the session's
-        // ephemerals before it answers the close, and the client then reports `Closed`.
-        let info = c.session().clone();
-        let ttl = c.session_timeout();
-        drop(c);
+        lock(&self.closing).insert(s, (info.clone(), ttl));
         let closer = match self
             .connect_with(self.connector(ttl).with_session(info), true)
             .await
         {
             Ok(c) => c,
             // Already expired: its keys are gone too.
-            Err(StoreError::SessionExpired) => return Ok(StoreReply::Closed),
+            Err(StoreError::SessionExpired) => {
+                lock(&self.closing).remove(&s);
+                return Ok(StoreReply::Closed);
+            }
             Err(e) => return Err(StoreError::Indeterminate(format!("close: {e}"))),
         };
         let mut state = closer.state_watcher();
         drop(closer);
         if is_terminal(state.peek_state()) {
+            lock(&self.closing).remove(&s);
             return Ok(StoreReply::Closed);
         }
         let done = async {
@@ -499,7 +556,10 @@ impl Inner {
             }
         };
         match tokio::time::timeout(self.opts.connect_timeout, done).await {
-            Ok(()) => Ok(StoreReply::Closed),
+            Ok(()) => {
+                lock(&self.closing).remove(&s);
+                Ok(StoreReply::Closed)
+            }
             Err(_) => Err(StoreError::Indeterminate(format!(
                 "{}: close of session {:#x} not confirmed",
                 self.url, s.0
@@ -520,37 +580,55 @@ impl Inner {
         c: &zk::Client,
         prefix: &str,
     ) -> Result<(Vec<(Key, Entry)>, u64), StoreError> {
-        let dir_key = match prefix.rfind('/') {
-            Some(i) => &prefix[..i],
-            None => "",
-        };
-        let dir = if dir_key.is_empty() {
-            "/".to_string()
-        } else {
-            if let Some(e) = key_error(dir_key) {
-                return Err(StoreError::Invalid(format!("prefix {prefix:?}: {e}")));
-            }
-            path(dir_key)
-        };
-        let mut ancestors = parents(&dir);
-        if dir != "/" {
-            ancestors.insert(0, "/".to_string());
+        if let Some((ns, _)) = prefix.split_once('/') {
+            return self.list_ns(c, ns, prefix).await;
         }
-        let cached = lock(&self.shapes).get(&dir).cloned();
-        let mut shape = cached.unwrap_or_else(|| BTreeSet::from([dir.clone()]));
+        // The prefix ends inside a namespace name: every namespace it may start. (The
+        // protocol always lists within one group; this keeps the contract whole.)
+        let mut names = c.list_children("/").await.map_err(read_err)?;
+        names.retain(|n| n.starts_with(prefix));
+        let (mut all, mut rev) = (Vec::new(), 0);
+        for ns in names {
+            let (entries, r) = self.list_ns(c, &ns, prefix).await?;
+            all.extend(entries);
+            rev = rev.max(r);
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((all, rev))
+    }
+
+    /// Lists the keys of namespace `ns` under `prefix` with one `multiRead` (a snapshot on one
+    /// server): the namespace's children and the data of those the previous round found,
+    /// repeated until both agree. The last shape is cached, so a listing usually takes one
+    /// round trip. The revision is the largest zxid in the snapshot, including the pzxid of
+    /// the namespace directory and of the chroot, which deletes move forward too.
+    async fn list_ns(
+        &self,
+        c: &zk::Client,
+        ns: &str,
+        prefix: &str,
+    ) -> Result<(Vec<(Key, Entry)>, u64), StoreError> {
+        if let Some(e) = key_error(&format!("{ns}/x")) {
+            return Err(StoreError::Invalid(format!("prefix {prefix:?}: {e}")));
+        }
+        let dir = format!("/{ns}");
+        let name_prefix = escape(prefix.split_once('/').map_or("", |(_, r)| r));
+        let cache_key = format!("{dir}/{name_prefix}");
+        let mut shape = lock(&self.shapes)
+            .get(&cache_key)
+            .cloned()
+            .unwrap_or_default();
         for _ in 0..LIST_ATTEMPTS {
             let mut r = c.new_multi_reader();
-            for a in &ancestors {
-                r.add_get_data(a).map_err(read_err)?;
+            r.add_get_data("/").map_err(read_err)?;
+            r.add_get_data(&dir).map_err(read_err)?;
+            r.add_get_children(&dir).map_err(read_err)?;
+            for name in &shape {
+                r.add_get_data(&format!("{dir}/{name}")).map_err(read_err)?;
             }
-            for p in &shape {
-                r.add_get_data(p).map_err(read_err)?;
-                r.add_get_children(p).map_err(read_err)?;
-            }
-            let results = r.commit().await.map_err(read_err)?;
-            let mut results = results.into_iter();
+            let mut results = r.commit().await.map_err(read_err)?.into_iter();
             let mut rev = 0;
-            for _ in &ancestors {
+            for _ in 0..2 {
                 match results.next() {
                     Some(zk::MultiReadResult::Data { stat, .. }) => rev = rev.max(stat_rev(&stat)),
                     Some(zk::MultiReadResult::Error {
@@ -559,28 +637,25 @@ impl Inner {
                     other => return Err(unexpected(other)),
                 }
             }
-            let mut found = BTreeSet::from([dir.clone()]);
+            let found: BTreeSet<String> = match results.next() {
+                Some(zk::MultiReadResult::Children { children }) => children
+                    .into_iter()
+                    .filter(|n| n.starts_with(&name_prefix))
+                    .collect(),
+                Some(zk::MultiReadResult::Error {
+                    err: zk::Error::NoNode,
+                }) => BTreeSet::new(),
+                other => return Err(unexpected(other)),
+            };
             let mut entries = Vec::new();
-            for p in &shape {
-                let data = results.next();
-                let children = results.next();
-                match data {
+            for name in &shape {
+                match results.next() {
                     Some(zk::MultiReadResult::Data { data, stat }) => {
                         rev = rev.max(stat_rev(&stat));
-                        let key = &p[1..];
-                        if !data.is_empty() && key.starts_with(prefix) {
-                            entries.push((key.to_string(), entry(data, &stat)));
+                        // A name this store never writes (foreign, e.g. by hand) is skipped.
+                        if let Some(key) = key_of(ns, name) {
+                            entries.push((key, entry(data, &stat)));
                         }
-                    }
-                    Some(zk::MultiReadResult::Error {
-                        err: zk::Error::NoNode,
-                    }) => {}
-                    other => return Err(unexpected(other)),
-                }
-                match children {
-                    Some(zk::MultiReadResult::Children { children }) => {
-                        let base = if p == "/" { "" } else { p.as_str() };
-                        found.extend(children.iter().map(|ch| format!("{base}/{ch}")));
                     }
                     Some(zk::MultiReadResult::Error {
                         err: zk::Error::NoNode,
@@ -590,15 +665,14 @@ impl Inner {
             }
             if found == shape {
                 entries.sort_by(|a, b| a.0.cmp(&b.0));
-                lock(&self.shapes).insert(dir, shape);
+                lock(&self.shapes).insert(cache_key, shape);
                 return Ok((entries, rev));
             }
-            // The snapshot shows znodes the request did not read (or misses ones it did):
-            // read again with the shape it revealed. Each round reaches one level deeper.
+            // Children appeared or vanished since the shape was learnt: read the new one.
             shape = found;
         }
         Err(StoreError::Unavailable(format!(
-            "{}: the tree under {dir} kept changing during {LIST_ATTEMPTS} listing rounds",
+            "{}: the keys under {prefix} kept changing during {LIST_ATTEMPTS} listing rounds",
             self.url
         )))
     }
@@ -630,10 +704,40 @@ impl Inner {
         }
         match named.first() {
             Some(s) if must_own => Ok((self.session_client(*s)?, true)),
-            // An `Owned` condition on a session of another process: the shared connection.
             Some(s) => match self.session_client(*s) {
                 Ok(c) => Ok((c, true)),
-                Err(_) => Ok((self.shared().await?, false)),
+                // `Owned` is exact only on the owner's own connection (see `ZkStore`). For a
+                // session this store does not hold (closed, expired, abandoned, another
+                // process's) it can only be refuted: a synced read showing another instance
+                // or none is a `Conflict`; otherwise nothing can be decided here.
+                Err(_) => {
+                    let c = self.shared().await?;
+                    c.sync("/").await.map_err(read_err)?;
+                    for cond in conds {
+                        if let Cond::Owned {
+                            key,
+                            session,
+                            create_rev,
+                        } = cond
+                        {
+                            let held = match c.check_stat(&path(key)).await {
+                                Ok(Some(st)) => {
+                                    st.ephemeral_owner as u64 == session.0
+                                        && zxid(st.czxid) == *create_rev
+                                }
+                                Ok(None) => false,
+                                Err(e) => return Err(shared_err(read_err(e))),
+                            };
+                            if !held {
+                                return Err(StoreError::Conflict(format!("{cond:?}")));
+                            }
+                        }
+                    }
+                    Err(StoreError::Unavailable(format!(
+                        "an ownership condition names session {:#x}, which this store does not hold",
+                        s.0
+                    )))
+                }
             },
             None => Ok((self.shared().await?, false)),
         }
@@ -655,6 +759,9 @@ impl Inner {
                 return Err(StoreError::Invalid(e));
             }
         }
+        if let Some(e) = txn_size_error(&conds, &writes) {
+            return Err(StoreError::Invalid(e));
+        }
         let keys: BTreeSet<&str> = conds
             .iter()
             .map(cond_key)
@@ -671,7 +778,6 @@ impl Inner {
             let mut seen: BTreeMap<&str, Seen> = BTreeMap::new();
             for (k, res) in keys.iter().zip(r.commit().await.map_err(read_err)?) {
                 let s = match res {
-                    zk::MultiReadResult::Data { data, stat } if data.is_empty() => Seen::Dir(stat),
                     zk::MultiReadResult::Data { stat, .. } => Seen::Key(stat),
                     zk::MultiReadResult::Error {
                         err: zk::Error::NoNode,
@@ -718,11 +824,6 @@ impl Inner {
                     origins.push(Origin::Guess);
                     created.push(p);
                 }
-                (Cond::Absent(_), Seen::Dir(stat)) => {
-                    // A directory's version moves when someone writes a value into it.
-                    m.add_check_version(&p, stat.version).map_err(read_err)?;
-                    origins.push(Origin::Guess);
-                }
                 (Cond::Version(_, v), Seen::Key(stat)) => {
                     if i32::try_from(*v).ok() != Some(stat.version) {
                         return conflict(cond);
@@ -744,9 +845,7 @@ impl Inner {
                     m.add_check_version(&p, stat.version).map_err(read_err)?;
                     origins.push(Origin::Cond(what));
                 }
-                (Cond::Version(..) | Cond::Owned { .. }, Seen::Absent | Seen::Dir(_)) => {
-                    return conflict(cond)
-                }
+                (Cond::Version(..) | Cond::Owned { .. }, Seen::Absent) => return conflict(cond),
             }
         }
         // Each key's state as the writes before it leave it, starting from the read phase.
@@ -781,18 +880,7 @@ impl Inner {
                     after.version += 1;
                     state.insert(key, Seen::Key(after));
                 }
-                (Some(_), Seen::Dir(s)) if s.num_children > 0 => {
-                    return Err(StoreError::Invalid(format!(
-                        "{key}: other keys live under it"
-                    )))
-                }
-                (Some(v), Seen::Absent | Seen::Dir(_)) => {
-                    if let Seen::Dir(s) = now {
-                        // An empty leftover directory: replace it, so the key gets a fresh
-                        // czxid and version 0 like any created key.
-                        m.add_delete(&p, Some(s.version)).map_err(read_err)?;
-                        origins.push(Origin::Guess);
-                    }
+                (Some(v), Seen::Absent) => {
                     let mode = if owner.is_some() {
                         zk::CreateMode::Ephemeral
                     } else {
@@ -815,17 +903,12 @@ impl Inner {
                 }
                 // Delete
                 (None, Seen::Key(s)) => {
-                    if s.num_children > 0 {
-                        return Err(StoreError::Invalid(format!(
-                            "cannot delete {key}: other keys live under it"
-                        )));
-                    }
                     // Unversioned when the key was created by this transaction.
                     let version = (!from_read || s.ephemeral_owner == 0).then_some(s.version);
                     m.add_delete(&p, version.filter(|_| from_read))
                         .map_err(read_err)?;
                     origins.push(Origin::Guess);
-                    deleted_parents.extend(parents(&p).pop());
+                    deleted_parents.push(dir_of(&p));
                     state.insert(key, Seen::Absent);
                 }
                 (None, Seen::Absent) if from_read => {
@@ -837,10 +920,6 @@ impl Inner {
                     created.push(p);
                 }
                 (None, Seen::Absent) => {}
-                (None, Seen::Dir(s)) => {
-                    m.add_check_version(&p, s.version).map_err(read_err)?;
-                    origins.push(Origin::Guess);
-                }
             }
         }
         if origins.is_empty() {
@@ -848,7 +927,7 @@ impl Inner {
             let rev = seen
                 .values()
                 .filter_map(|s| match s {
-                    Seen::Key(st) | Seen::Dir(st) => Some(stat_rev(st)),
+                    Seen::Key(st) => Some(stat_rev(st)),
                     Seen::Absent => None,
                 })
                 .max()
@@ -861,7 +940,6 @@ impl Inner {
                 let rev = self
                     .commit_rev(c, &results, &made, &deleted_parents)
                     .await?;
-                self.remove_empty_dirs(c, &deleted_parents).await;
                 Ok(Some(StoreReply::Committed { rev }))
             }
             Err(zk::MultiWriteError::OperationFailed { index, source }) => {
@@ -875,7 +953,7 @@ impl Inner {
                         Err(StoreError::Conflict(format!("{k} exists")))
                     }
                     (_, zk::Error::NoNode) => {
-                        // A parent directory vanished (removed as empty) or a guess was wrong.
+                        // A namespace directory was removed by hand, or a guess was wrong.
                         self.forget_dirs(&created);
                         Ok(None)
                     }
@@ -895,30 +973,21 @@ impl Inner {
     fn forget_dirs(&self, created: &[String]) {
         let mut dirs = lock(&self.dirs);
         for p in created {
-            for d in parents(p) {
-                dirs.remove(&d);
-            }
+            dirs.remove(&dir_of(p));
         }
     }
 
+    /// Creates the namespace directories the znodes in `created` live in.
     async fn ensure_dirs(&self, c: &zk::Client, created: &[String]) -> Result<(), StoreError> {
         let opts = self.create_options(zk::CreateMode::Persistent);
         for p in created {
-            let Some(dir) = parents(p).pop() else {
-                continue;
-            };
+            let dir = dir_of(p);
             if lock(&self.dirs).contains(&dir) {
                 continue;
             }
-            match c.mkdir(&dir, &opts).await {
-                Ok(()) => {
-                    let mut dirs = lock(&self.dirs);
-                    dirs.extend(parents(p));
-                }
-                Err(zk::Error::NoChildrenForEphemerals) => {
-                    return Err(StoreError::Invalid(format!(
-                        "{p}: a key cannot live under a session-owned key"
-                    )))
+            match c.create(&dir, b"", &opts).await {
+                Ok(_) | Err(zk::Error::NodeExists) => {
+                    lock(&self.dirs).insert(dir);
                 }
                 Err(e) => return Err(write_err(e)),
             }
@@ -979,32 +1048,14 @@ impl Inner {
         Ok(rev)
     }
 
-    /// Removes directories a delete left empty, up to (not including) the chroot. Best effort:
-    /// a versioned delete of an empty, data-less znode, so a concurrent create or write wins.
-    async fn remove_empty_dirs(&self, c: &zk::Client, dirs: &[String]) {
-        for dir in dirs {
-            let mut chain = parents(dir);
-            chain.push(dir.clone());
-            while let Some(d) = chain.pop() {
-                let Ok((data, stat)) = c.get_data(&d).await else {
-                    break;
-                };
-                if !data.is_empty() || stat.num_children != 0 {
-                    break;
-                }
-                lock(&self.dirs).remove(&d);
-                if c.delete(&d, Some(stat.version)).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-
     fn watch(self: Arc<Self>, prefix: Key) -> BoxStream<'static, WatchEvent> {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-        let dir = match prefix.rfind('/') {
-            Some(i) if i > 0 => path(&prefix[..i]),
-            _ => "/".to_string(),
+        // One recursive watch on the namespace directory (or on everything for a prefix that
+        // ends inside a namespace name); changes elsewhere in the namespace wake it too, which
+        // costs a re-read, never a missed change.
+        let dir = match prefix.split_once('/') {
+            Some((ns, _)) => format!("/{ns}"),
+            None => "/".to_string(),
         };
         tokio::spawn(async move {
             let mut failures = 0;
@@ -1086,11 +1137,15 @@ fn blank_stat() -> zk::Stat {
 /// The shared connection's session expiring says nothing about the caller's session: the
 /// request was refused (nothing applied), and the next one reconnects.
 fn shared_expiry(r: StoreResult) -> StoreResult {
-    match r {
-        Err(StoreError::SessionExpired) => Err(StoreError::Unavailable(
+    r.map_err(shared_err)
+}
+
+fn shared_err(e: StoreError) -> StoreError {
+    match e {
+        StoreError::SessionExpired => StoreError::Unavailable(
             "the shared connection's session expired; reconnecting".to_string(),
-        )),
-        r => r,
+        ),
+        e => e,
     }
 }
 

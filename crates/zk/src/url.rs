@@ -53,21 +53,27 @@ impl ZkUrl {
         let rest = url
             .strip_prefix("zk://")
             .ok_or_else(|| err("must start with zk://"))?;
-        let (authority, chroot) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
-        let (digest, hosts) = match authority.rsplit_once('@') {
-            Some((cred, hosts)) => {
+        // Credentials end at the last '@' (a password may hold '/' or '@'); they are
+        // percent-decoded, and no error ever quotes them.
+        let (digest, rest) = match rest.rsplit_once('@') {
+            Some((cred, rest)) => {
                 let (user, password) = cred
                     .split_once(':')
                     .ok_or_else(|| err("credentials must be user:password@"))?;
+                let (Some(user), Some(password)) = (percent_decode(user), percent_decode(password))
+                else {
+                    return Err(err("credentials have a malformed %-escape"));
+                };
                 if user.is_empty() || password.is_empty() {
                     return Err(err("empty user or password"));
                 }
-                (Some((user.to_string(), password.to_string())), hosts)
+                (Some((user, password)), rest)
             }
-            None => (None, authority),
+            None => (None, rest),
+        };
+        let (hosts, chroot) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
         };
         if hosts.is_empty() {
             return Err(err("no hosts"));
@@ -120,14 +126,29 @@ impl ZkUrl {
     }
 }
 
+/// The URL with everything before the last '@' of its authority replaced, for errors.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(a)) if a > s => match url[s + 3..a].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[a..]),
-            None => url.to_string(),
-        },
+        (Some(s), Some(a)) if a > s => format!("{}***{}", &url[..s + 3], &url[a..]),
         _ => url.to_string(),
     }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -173,7 +194,18 @@ mod tests {
             let e = ZkUrl::parse(url).expect_err(url);
             assert!(e.to_string().contains(why), "{url}: {e}");
         }
-        let e = ZkUrl::parse("zk://u:topsecret@h").unwrap_err();
-        assert!(!e.to_string().contains("topsecret"), "{e}");
+        for url in [
+            "zk://u:topsecret@h",
+            "zk://u:top/secret@h:x/c",
+            "zk://u:topsecret%zz@h:1",
+        ] {
+            let e = ZkUrl::parse(url).unwrap_err();
+            assert!(!e.to_string().contains("top"), "{e}");
+        }
+        let u = ZkUrl::parse("zk://app:a%2Fb%40c@h:1/x").unwrap();
+        assert_eq!(u.digest, Some(("app".into(), "a/b@c".into())));
+        let u = ZkUrl::parse("zk://app:s3cr/et@h:1/x").unwrap();
+        assert_eq!(u.digest, Some(("app".into(), "s3cr/et".into())));
+        assert_eq!(u.chroot, "/x");
     }
 }

@@ -79,10 +79,12 @@ async fn other_clients_cannot_touch_a_protected_group() {
     }
 
     // A raw client, as any other tool would be, cannot delete or rewrite the znodes either.
-    let raw = zk::Client::connect(&zk.connect_string()).await.expect("connect");
-    let claim = format!("{chroot}/g/claims/r1");
+    let raw = zk::Client::connect(&zk.connect_string())
+        .await
+        .expect("connect");
+    let claim = format!("{chroot}/g/claims%2Fr1");
     assert_eq!(raw.delete(&claim, None).await, Err(zk::Error::NoAuth));
-    let res = format!("{chroot}/g/resources/r1");
+    let res = format!("{chroot}/g/resources%2Fr1");
     assert_eq!(
         raw.set_data(&res, b"x", None).await.map(|_| ()),
         Err(zk::Error::NoAuth)

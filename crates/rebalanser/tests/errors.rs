@@ -183,12 +183,20 @@ async fn bad_urls_and_missing_stores_are_typed() {
         assert!(matches!(e, Error::BadUrl { .. }), "{url}: {e:?}");
     }
     let e = Member::builder("g")
-        .store_url("zk://h1:2181/x")
+        .store_url("etcd://h1:2379")
         .join()
         .await
         .expect_err("unsupported");
     assert!(matches!(e, Error::UnsupportedStore { .. }), "{e:?}");
-    assert!(msg(&e).contains("zk://h1:2181/x"), "{e}");
+    assert!(msg(&e).contains("etcd://h1:2379"), "{e}");
+    // A supported store that cannot be reached: a typed error naming it, not a hang.
+    let e = Member::builder("g")
+        .store_url("zk://127.0.0.1:1/x")
+        .join()
+        .await
+        .expect_err("unreachable");
+    assert!(matches!(e, Error::Store { .. }), "{e:?}");
+    assert!(msg(&e).contains("zk://127.0.0.1:1/x"), "{e}");
 
     let e = Member::builder("g").join().await.expect_err("no store");
     assert!(matches!(e, Error::NoStore { .. }), "{e:?}");

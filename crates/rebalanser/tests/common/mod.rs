@@ -1,12 +1,14 @@
 //! Shared test harness: fast timings, an access monitor, and members served by worker tasks.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rebalanser::{
-    Admin, Error, Lease, LeaseChecker, Member, MemberBuilder, MemberHandle, StopPolicy,
+    Admin, BoxFuture, Error, Lease, LeaseChecker, Member, MemberBuilder, MemberHandle,
+    RevokeReason, Status, StopPolicy, Store, StoreOp, StoreResult, Token, WatchEvent,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -52,6 +54,29 @@ struct MonitorState {
     holders: BTreeMap<String, (String, LeaseChecker)>,
     violations: Vec<String>,
     grants: usize,
+    /// Every grant, in order (for token and timing checks).
+    grant_log: Vec<GrantRec>,
+    /// Every end of a hold, in order.
+    exit_log: Vec<ExitRec>,
+}
+
+/// One lease handed to a worker, as the monitor saw it.
+#[derive(Clone, Debug)]
+pub struct GrantRec {
+    pub who: String,
+    pub resource: String,
+    pub token: Token,
+    pub at: Instant,
+}
+
+/// One worker's hold ending: why, and whether the lease was still valid then.
+#[derive(Clone, Debug)]
+pub struct ExitRec {
+    pub who: String,
+    pub resource: String,
+    pub at: Instant,
+    pub reason: Option<RevokeReason>,
+    pub valid: bool,
 }
 
 impl Monitor {
@@ -76,7 +101,43 @@ impl Monitor {
                 s.violations.push(v);
             }
         }
+        s.grant_log.push(GrantRec {
+            who: who.to_string(),
+            resource: r.clone(),
+            token: lease.token(),
+            at: Instant::now(),
+        });
         s.holders.insert(r, (who.to_string(), lease.checker()));
+    }
+
+    /// Records why a hold ended (called by the workers just before `exit`).
+    pub fn record_exit(&self, who: &str, lease: &Lease) {
+        let rec = ExitRec {
+            who: who.to_string(),
+            resource: lease.resource().to_string(),
+            at: Instant::now(),
+            reason: lease.revoke_reason(),
+            valid: lease.is_valid(),
+        };
+        self.lock().exit_log.push(rec);
+    }
+
+    pub fn grant_log(&self) -> Vec<GrantRec> {
+        self.lock().grant_log.clone()
+    }
+
+    pub fn exit_log(&self) -> Vec<ExitRec> {
+        self.lock().exit_log.clone()
+    }
+
+    /// The leases `who` holds now (valid or not, until its worker lets go), by resource.
+    pub fn checkers_of(&self, who: &str) -> BTreeMap<String, LeaseChecker> {
+        self.lock()
+            .holders
+            .iter()
+            .filter(|(_, (h, _))| h == who)
+            .map(|(r, (_, c))| (r.clone(), c.clone()))
+            .collect()
     }
 
     pub fn exit(&self, who: &str, resource: &str) {
@@ -109,6 +170,28 @@ impl Monitor {
 
     pub fn grants(&self) -> usize {
         self.lock().grants
+    }
+
+    /// Fencing: per resource, a grant to another member than the previous grant's carries a
+    /// strictly larger token, and no grant carries a smaller one.
+    pub fn assert_tokens_grow(&self) {
+        let s = self.lock();
+        let mut last: BTreeMap<&str, &GrantRec> = BTreeMap::new();
+        for g in &s.grant_log {
+            if let Some(prev) = last.get(g.resource.as_str()) {
+                let ok = if prev.who == g.who {
+                    g.token >= prev.token
+                } else {
+                    g.token > prev.token
+                };
+                assert!(
+                    ok,
+                    "token did not grow on {}: {prev:?} then {g:?}",
+                    g.resource
+                );
+            }
+            last.insert(&g.resource, g);
+        }
     }
 
     pub fn assert_clean(&self) {
@@ -147,6 +230,16 @@ impl Worker {
         Worker::start(b.join().await.expect("join"), name, monitor)
     }
 
+    /// Joins with a fully configured builder (group, store and timings); names the member.
+    pub async fn join_with(b: MemberBuilder, name: &str, monitor: &Monitor) -> Worker {
+        let member = b
+            .name(name)
+            .join()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: join: {e}"));
+        Worker::start(member, name, monitor)
+    }
+
     pub fn start(mut member: MemberHandle, name: &str, monitor: &Monitor) -> Worker {
         let (ctl, mut ctl_rx) = mpsc::unbounded_channel();
         let obey = Arc::new(Mutex::new(Obey::Revoke));
@@ -179,6 +272,11 @@ impl Worker {
             task,
             obey,
         }
+    }
+
+    /// How this worker's lease holders treat revokes from now on (leases already held too).
+    pub fn set_obey(&self, how: Obey) {
+        *self.obey.lock().unwrap_or_else(|p| p.into_inner()) = how;
     }
 
     pub async fn leave(self) -> Result<(), Error> {
@@ -217,6 +315,7 @@ async fn hold(lease: Lease, who: String, mon: Monitor, obey: Arc<Mutex<Obey>>) {
             _ = tokio::time::sleep(Duration::from_millis(5)) => {}
         }
     }
+    mon.record_exit(&who, &lease);
     mon.exit(&who, &r);
     drop(lease);
 }
@@ -242,6 +341,24 @@ pub async fn leave_all(workers: Vec<Worker>) {
             "{name} took {:?} to leave",
             start.elapsed()
         );
+    }
+}
+
+/// Everyone leaves at once (the last ones have no one to hand over to); each leave must
+/// succeed within `bound`.
+pub async fn leave_together(workers: Vec<Worker>, bound: Duration) {
+    let leaves = workers.into_iter().map(|w| async move {
+        let name = w.name.clone();
+        let t = Instant::now();
+        let r = tokio::time::timeout(bound, w.leave()).await;
+        (name, r, t.elapsed())
+    });
+    for (name, r, took) in futures::future::join_all(leaves).await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("{name}: leave failed after {took:?}: {e}"),
+            Err(_) => panic!("{name}: leave did not return within {bound:?}"),
+        }
     }
 }
 
@@ -282,4 +399,190 @@ pub fn logs() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for members on a real store (ZooKeeper): timings, balance, events, op counting.
+
+/// Timings for a real ZooKeeper server, scaled to `ttl` (2 s in the ZooKeeper suites; the test
+/// servers' tickTime is 200 ms, so 0.4–4 s is granted as asked). ZooKeeper counts the deadline
+/// from the second-to-last keepalive, so `Config::validate` wants 3 keepalive intervals + op
+/// timeout + stop timeout + margin < TTL: for 2 s, 3×200 + 500 + 200 + 200 = 1.5 s.
+pub fn zk_fast(b: MemberBuilder, ttl: Duration) -> MemberBuilder {
+    b.session_ttl(ttl)
+        .safety_margin(ttl / 10)
+        .stop_timeout(ttl / 10)
+        .keepalive_interval(ttl / 10)
+        .op_timeout(ttl / 4)
+        .min_rebalance_interval(Duration::from_millis(20))
+        .leave_timeout(Duration::from_secs(2))
+        .on_stop_deadline_missed(StopPolicy::Log)
+}
+
+/// Like [`group`], for a group called `name`, with resources `r00`, `r01`, ...
+pub async fn group_named(url: &str, name: &str, resources: usize) -> Admin {
+    let admin = Admin::connect(url, name).expect("valid url and group");
+    admin.create_group().await.expect("create group");
+    let ids: Vec<String> = (0..resources).map(|i| format!("r{i:02}")).collect();
+    admin.add_resources(&ids).await.expect("add resources");
+    admin
+}
+
+/// Balanced: exactly the `members` hold valid leases, `resources` of them in all (each resource
+/// appears once in the monitor), and the counts differ by at most one.
+pub fn is_even(per: &BTreeMap<String, usize>, members: &[&str], resources: usize) -> bool {
+    let names: BTreeSet<&str> = per.keys().map(String::as_str).collect();
+    let want: BTreeSet<&str> = members.iter().copied().collect();
+    let (min, max) = (
+        per.values().copied().min().unwrap_or(0),
+        per.values().copied().max().unwrap_or(0),
+    );
+    names == want && per.values().sum::<usize>() == resources && max - min <= 1
+}
+
+/// Waits until the monitor shows the `members` balanced over `resources` (see [`is_even`]);
+/// returns how long that took.
+pub async fn wait_even(
+    monitor: &Monitor,
+    members: &[&str],
+    resources: usize,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    if wait_until(limit, || is_even(&monitor.per_holder(), members, resources)).await {
+        Ok(start.elapsed())
+    } else {
+        Err(format!(
+            "not balanced over {members:?} × {resources} after {limit:?}: {:?}",
+            monitor.per_holder()
+        ))
+    }
+}
+
+/// Waits until the group is at rest as the store sees it (every resource claimed by the member
+/// it is assigned to) and the monitor still shows the same balance.
+pub async fn wait_settled(
+    admin: &Admin,
+    monitor: &Monitor,
+    members: &[&str],
+    resources: usize,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < limit {
+        match admin.status().await {
+            Ok(s) if s.is_settled() && is_even(&monitor.per_holder(), members, resources) => {
+                return Ok(start.elapsed())
+            }
+            Ok(s) => last = format!("{:?}", s.pending_handovers),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!(
+        "not settled after {limit:?}: {last}; monitor {:?}",
+        monitor.per_holder()
+    ))
+}
+
+/// Resources whose (valid) holder differs between two `Monitor::holders` snapshots, counting
+/// resources held in only one of them.
+pub fn moved(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> usize {
+    let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    keys.into_iter()
+        .filter(|r| before.get(*r) != after.get(*r))
+        .count()
+}
+
+/// A member's status events, collected in the background with the time each arrived.
+#[derive(Clone, Default)]
+pub struct EventLog {
+    inner: Arc<Mutex<Vec<(Instant, Status)>>>,
+}
+
+impl EventLog {
+    /// Starts collecting; call before handing the member to [`Worker::start`] to miss nothing.
+    pub fn collect(member: &MemberHandle) -> EventLog {
+        let log = EventLog::default();
+        let mut events = member.events();
+        let inner = log.inner.clone();
+        tokio::spawn(async move {
+            while let Some(s) = events.recv().await {
+                inner
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((Instant::now(), s));
+            }
+        });
+        log
+    }
+
+    pub fn all(&self) -> Vec<(Instant, Status)> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn count(&self, f: impl Fn(&Status) -> bool) -> usize {
+        self.all().iter().filter(|(_, s)| f(s)).count()
+    }
+
+    /// Events since `t`, without times, for messages.
+    pub fn since(&self, t: Instant) -> Vec<Status> {
+        self.all()
+            .into_iter()
+            .filter(|(at, _)| *at >= t)
+            .map(|(_, s)| s)
+            .collect()
+    }
+}
+
+/// A store that counts the operations a member executes on it.
+pub struct CountingStore {
+    inner: Arc<dyn Store>,
+    ops: AtomicU64,
+    keepalives: AtomicU64,
+}
+
+impl CountingStore {
+    pub fn new(inner: Arc<dyn Store>) -> Arc<CountingStore> {
+        Arc::new(CountingStore {
+            inner,
+            ops: AtomicU64::new(0),
+            keepalives: AtomicU64::new(0),
+        })
+    }
+
+    /// Operations executed so far (keepalives included).
+    pub fn ops(&self) -> u64 {
+        self.ops.load(Ordering::SeqCst)
+    }
+
+    pub fn keepalives(&self) -> u64 {
+        self.keepalives.load(Ordering::SeqCst)
+    }
+}
+
+impl Store for CountingStore {
+    fn execute(&self, op: StoreOp) -> BoxFuture<'_, StoreResult> {
+        self.ops.fetch_add(1, Ordering::SeqCst);
+        if matches!(op, StoreOp::KeepAlive { .. }) {
+            self.keepalives.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.execute(op)
+    }
+    fn watch(&self, prefix: String) -> futures::stream::BoxStream<'static, WatchEvent> {
+        self.inner.watch(prefix)
+    }
+    fn describe(&self) -> String {
+        format!("counting({})", self.inner.describe())
+    }
+    fn keepalive_proves_previous(&self) -> bool {
+        self.inner.keepalive_proves_previous()
+    }
+}
+
+/// Runs a blocking fixture call (the ZooKeeper fixtures sleep and wait on sockets) without
+/// stalling the runtime's other tasks. Needs the multi-thread runtime.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
 }

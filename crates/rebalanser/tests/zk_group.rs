@@ -503,7 +503,10 @@ async fn zk_bad_data_is_reported_by_key_and_does_not_make_members_spin() {
     for key in [&intruder, &foreign] {
         // The ZooKeeper backend keeps a namespace's keys flat: `ns/a/b` is `/ns/a%2Fb`.
         let (ns, rest) = key.split_once('/').expect("a namespaced key");
-        let path = format!("{root}/{ns}/{}", rest.replace('%', "%25").replace('/', "%2F"));
+        let path = format!(
+            "{root}/{ns}/{}",
+            rest.replace('%', "%25").replace('/', "%2F")
+        );
         let zk = ZkEnsemble::shared();
         let value = if *key == intruder {
             "not json"

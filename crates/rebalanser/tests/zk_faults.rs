@@ -28,14 +28,6 @@ fn url(hosts: &str, test: &str) -> String {
     format!("zk://{hosts}/it-{test}-{}", std::process::id())
 }
 
-fn names(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("m{i}")).collect()
-}
-
-fn refs(names: &[String]) -> Vec<&str> {
-    names.iter().map(String::as_str).collect()
-}
-
 struct Group {
     admin: Admin,
     mon: Monitor,
@@ -272,10 +264,7 @@ async fn zk_blackhole_shorter_than_the_ttl_keeps_the_session_and_the_resources()
         }
         assert_eq!(regranted.len(), if susp > 0 { leases.len() } else { 0 });
     }
-    g.mon.assert_tokens_grow();
-    g.mon.assert_clean();
-    leave_together(g.workers, Duration::from_secs(10)).await;
-    g.mon.assert_clean();
+    finish(&g.mon, g.workers).await;
 }
 
 /// 8. The same blackhole for 2.5 × TTL: m0 revokes its leases and they turn invalid before
@@ -382,10 +371,7 @@ async fn zk_blackhole_longer_than_the_ttl_stops_the_member_before_its_session_ex
         "rejoined once: {:?}",
         log.since(t0)
     );
-    g.mon.assert_tokens_grow();
-    g.mon.assert_clean();
-    leave_together(g.workers, Duration::from_secs(10)).await;
-    g.mon.assert_clean();
+    finish(&g.mon, g.workers).await;
 }
 
 /// 9. Members on a 3-node ensemble lose its leader (SIGKILL): never a double lease; a new
@@ -472,10 +458,7 @@ async fn zk_leader_killed_the_group_recovers_on_the_new_leader() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(g.mon.holders(), after, "the restart moved resources");
-    g.mon.assert_tokens_grow();
-    g.mon.assert_clean();
-    leave_together(g.workers, Duration::from_secs(10)).await;
-    g.mon.assert_clean();
+    finish(&g.mon, g.workers).await;
 }
 
 /// 10. A follower cut off from its leader keeps serving its clients' pings (syncLimit × tick =
@@ -603,8 +586,5 @@ async fn zk_member_on_a_cut_off_follower_stops_before_the_leader_expires_it() {
     assert!(count(log, t0, suspended) >= 1, "{:?}", log.since(t0));
     assert_eq!(count(log, t0, session_lost), 1, "{:?}", log.since(t0));
     assert_eq!(count(log, healed, joined), 1, "{:?}", log.since(t0));
-    g.mon.assert_tokens_grow();
-    g.mon.assert_clean();
-    leave_together(g.workers, Duration::from_secs(10)).await;
-    g.mon.assert_clean();
+    finish(&g.mon, g.workers).await;
 }

@@ -38,14 +38,6 @@ fn builder(url: &str) -> rebalanser::MemberBuilder {
     zk_fast(Member::builder(GROUP).store_url(url), TTL)
 }
 
-fn names(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("m{i}")).collect()
-}
-
-fn refs(names: &[String]) -> Vec<&str> {
-    names.iter().map(String::as_str).collect()
-}
-
 struct Setup {
     admin: Admin,
     mon: Monitor,

@@ -586,3 +586,21 @@ impl Store for CountingStore {
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
+
+/// Member names `m0..m{n-1}`.
+pub fn names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("m{i}")).collect()
+}
+
+pub fn refs(names: &[String]) -> Vec<&str> {
+    names.iter().map(String::as_str).collect()
+}
+
+/// The end of a fault test: tokens grew and no double hold happened, during the test and
+/// while everyone leaves together.
+pub async fn finish(mon: &Monitor, workers: Vec<Worker>) {
+    mon.assert_tokens_grow();
+    mon.assert_clean();
+    leave_together(workers, Duration::from_secs(10)).await;
+    mon.assert_clean();
+}

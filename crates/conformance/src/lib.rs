@@ -528,6 +528,26 @@ pub async fn watch_wakes_up_after_a_reconnect(s: &Subject) {
         entries.iter().any(|(k, _)| *k == during),
         "the listing after the wake-up misses {during}"
     );
+    // And the watch still works after the reconnect (a client library may restore only
+    // some kinds of watches on a new connection).
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), watch.next()).await {}
+    let r = d
+        .other
+        .execute(StoreOp::Txn {
+            conds: vec![],
+            writes: vec![Write::Create {
+                key: format!("{prefix}after"),
+                value: b"v".to_vec(),
+                owner: None,
+            }],
+        })
+        .await;
+    committed(&r, "create after the reconnect");
+    let ev = tokio::time::timeout(s.notify_within, watch.next()).await;
+    assert!(
+        matches!(ev, Ok(Some(WatchEvent::Changed | WatchEvent::Reset))),
+        "no notification of a change made after the reconnect: {ev:?}"
+    );
 }
 
 /// Empty values are `Invalid` (hierarchical stores use empty nodes as directories), and so are

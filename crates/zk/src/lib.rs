@@ -1064,14 +1064,11 @@ impl Inner {
                     return;
                 }
                 let armed = match self.shared().await {
-                    Ok(c) => c
-                        .watch(&dir, zk::AddWatchMode::PersistentRecursive)
-                        .await
-                        .map_err(read_err),
+                    Ok(c) => arm(&c, &dir).await.map(|w| (c, w)),
                     Err(e) => Err(e),
                 };
-                let mut w = match armed {
-                    Ok(w) => w,
+                let (c, mut w) = match armed {
+                    Ok(cw) => cw,
                     Err(e) => {
                         failures += 1;
                         tracing::debug!(store = %self.url, error = %e, "zk watch not armed");
@@ -1094,8 +1091,17 @@ impl Inner {
                     let sent = match (ev.event_type, ev.session_state) {
                         (zk::EventType::Session, s) if is_terminal(s) => break,
                         (zk::EventType::Session, zk::SessionState::Disconnected) => Ok(()),
-                        // Reconnected: events while disconnected are not replayed.
-                        (zk::EventType::Session, _) => send(&tx, WatchEvent::Reset),
+                        // Reconnected. Events meanwhile are not replayed, and zookeeper-client
+                        // 0.11 does not restore persistent watches on the new connection
+                        // (`resend_watches` skips them): arm a new one before dropping the old,
+                        // so the client never asks the server to remove the path's watch.
+                        (zk::EventType::Session, _) => match arm(&c, &dir).await {
+                            Ok(fresh) => {
+                                w = fresh;
+                                send(&tx, WatchEvent::Reset)
+                            }
+                            Err(_) => break,
+                        },
                         _ => send(&tx, WatchEvent::Changed),
                     };
                     if sent.is_err() {
@@ -1106,6 +1112,12 @@ impl Inner {
         });
         futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
     }
+}
+
+async fn arm(c: &zk::Client, dir: &str) -> Result<zk::PersistentWatcher, StoreError> {
+    c.watch(dir, zk::AddWatchMode::PersistentRecursive)
+        .await
+        .map_err(read_err)
 }
 
 /// Queues a notification; a full queue already holds one, which is as good (the reader

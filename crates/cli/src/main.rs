@@ -1,4 +1,7 @@
-//! `rebalanser`: the command-line tool. For now: the deterministic simulator.
+//! `rebalanser`: the command-line tool. For now: the deterministic simulator (and, hidden,
+//! `chaos-member`, the test tool of the multi-process chaos test).
+
+mod chaos;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -25,6 +28,11 @@ enum Cmd {
     /// Example: rebalanser sim --seeds 2000
     /// Replay one seed with its trace: rebalanser sim --seed 1234 --trace
     Sim(SimArgs),
+    /// Test tooling, not for production: one member that logs every resource access to a
+    /// shared file, for the multi-process chaos test (crates/cli/tests/zk_chaos.rs,
+    /// scripts/chaos-zk). Leaves gracefully on SIGTERM/SIGINT.
+    #[command(hide = true)]
+    ChaosMember(chaos::ChaosArgs),
 }
 
 #[derive(clap::Args)]
@@ -156,5 +164,6 @@ fn main() -> ExitCode {
     let seeds_given = std::env::args().any(|a| a == "--seeds" || a.starts_with("--seeds="));
     match Cli::parse().cmd {
         Cmd::Sim(a) => sim(a, seeds_given),
+        Cmd::ChaosMember(a) => chaos::run(a),
     }
 }

@@ -4,9 +4,10 @@
 //! [`StoreError`]s, and turns watch events into [`WatchEvent`]s. It holds no protocol logic.
 //!
 //! Mapping:
-//! - A key `a/b/c` is the znode `<chroot>/a/b/c`. Parent znodes are created on demand as
-//!   empty *directories* (the contract refuses empty values, so an empty znode is never a key)
-//!   and removed again, best effort, when a delete leaves them empty.
+//! - A key `ns/a/b` is the znode `<chroot>/ns/a%2Fb`: flat under one persistent directory
+//!   znode per namespace (a key's first component, the group), created on demand and never
+//!   removed. A key is never a directory and a directory never a key, so no version check can
+//!   be fooled by a znode re-created in a directory's place.
 //! - A store session is a ZooKeeper session: one client connection per session; session-owned
 //!   keys are ephemeral znodes created through that connection. A separate shared connection
 //!   serves reads, watches and writes that no session owns.
@@ -21,12 +22,14 @@
 //!   `Delete` read the znode first and condition on what they saw, retrying when it changed.
 //! - Revisions are zxids: `create_rev` = czxid, `mod_rev` = mzxid, and a listing's revision is
 //!   the largest zxid of any znode in its snapshot, including the `pzxid` (last child change) of
-//!   the listed directory and its ancestors, so a delete moves it forward too.
-//! - A listing is one `multiRead` (a consistent snapshot on one server), repeated until the tree
-//!   shape it reveals is the one it asked for.
+//!   the namespace directory and of the chroot, so a delete moves it forward too.
+//! - A listing is one `multiRead` (a consistent snapshot on one server) of the namespace's
+//!   children and their data, repeated until the children it reveals are the ones it read.
 //! - Connection loss while a write is in flight is `Indeterminate`; session expiry is
-//!   `SessionExpired` and final for that session; every reconnect of the shared connection
-//!   re-arms the watches and reports `Reset`, because ZooKeeper does not replay missed events.
+//!   `SessionExpired` and final for that session; only an answer from the server proves a write
+//!   was not applied. Every reconnect of the shared connection re-arms the watches (the client
+//!   library does not restore persistent ones) and reports `Reset`, because ZooKeeper does not
+//!   replay missed events.
 
 mod url;
 

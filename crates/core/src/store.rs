@@ -12,8 +12,8 @@ pub const MAX_VALUE_BYTES: usize = 256 * 1024;
 /// Largest key a store must accept.
 pub const MAX_KEY_BYTES: usize = 4096;
 
-/// Why `key` is not a valid key, if it is not. Keys are `/`-separated paths of non-empty
-/// components other than `.` and `..`, without control or private-use characters, at most
+/// Why `key` is not a valid key, if it is not. Keys are `/`-separated paths of two or more
+/// non-empty components (the first is the namespace: a group) other than `.` and `..`, without control or private-use characters, at most
 /// [`MAX_KEY_BYTES`] long: the intersection of what every backend can store as-is (ZooKeeper
 /// paths are the strictest). Keys built by [`crate::layout`] always pass.
 pub fn key_error(key: &str) -> Option<String> {
@@ -21,6 +21,12 @@ pub fn key_error(key: &str) -> Option<String> {
         return Some(format!(
             "key of {} bytes (must be 1..={MAX_KEY_BYTES})",
             key.len()
+        ));
+    }
+    if !key.contains('/') {
+        return Some(format!(
+            "key {key:?} needs a namespace: NAMESPACE/NAME (hierarchical stores keep one \
+             directory per namespace)"
         ));
     }
     if key

@@ -55,8 +55,12 @@ const SHARED_SESSION_TTL: Duration = Duration::from_secs(10);
 /// Attempts of one transaction whose reads were overtaken by a concurrent change (not a failed
 /// condition: that is a `Conflict` at once).
 const TXN_ATTEMPTS: usize = 8;
-/// Rounds of a listing whose tree shape keeps changing under it.
+/// Rounds of a listing whose set of keys keeps changing under it.
 const LIST_ATTEMPTS: usize = 8;
+/// Budget of one listing request, well under ZooKeeper's 1 MiB request limit, and the
+/// per-read encoding overhead counted against it.
+const LIST_REQUEST_BYTES: usize = 256 * 1024;
+const LIST_OP_OVERHEAD: usize = 16;
 /// Reconnect backoff of the shared connection: doubled from the first to the last, ±50 % jitter.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_LAST: Duration = Duration::from_secs(5);
@@ -361,6 +365,14 @@ impl Inner {
         }
     }
 
+    /// Why `key` cannot live in this store beyond the contract's own rules: without a chroot,
+    /// the namespace `zookeeper` is the server's own tree.
+    fn reserved(&self, key: &str) -> Option<String> {
+        let ns = key.split('/').next().unwrap_or(key);
+        (self.url.chroot == "/" && ns == "zookeeper")
+            .then(|| format!("{key:?}: the namespace `zookeeper` is ZooKeeper's own; use a chroot"))
+    }
+
     fn connector(&self, ttl: Duration) -> zk::Connector {
         let c = zk::Client::connector()
             .with_session_timeout(ttl)
@@ -468,7 +480,11 @@ impl Inner {
         let mut sessions = lock(&self.sessions);
         match sessions.get(&s) {
             Some(c) if !is_terminal(c.state()) => Ok(c.clone()),
-            Some(_) => {
+            Some(c) => {
+                // Expired or closed as far as the client library knows; the library declares
+                // expiry on its own after a silence, while a restarted ensemble may still hold
+                // the session. Keep its credentials so `CloseSession` asks the server.
+                lock(&self.closing).insert(s, (c.session().clone(), c.session_timeout()));
                 sessions.remove(&s);
                 Err(StoreError::SessionExpired)
             }
@@ -507,6 +523,9 @@ impl Inner {
             Err(e) => {
                 let e = zk::Error::from(e);
                 if e == zk::Error::SessionExpired {
+                    // Possibly only the client library's verdict: keep the credentials so
+                    // `CloseSession` asks the server (see `session_client`).
+                    lock(&self.closing).insert(s, (c.session().clone(), c.session_timeout()));
                     lock(&self.sessions).remove(&s);
                 }
                 Err(write_err(e))
@@ -589,7 +608,7 @@ impl Inner {
         // The prefix ends inside a namespace name: every namespace it may start. (The
         // protocol always lists within one group; this keeps the contract whole.)
         let mut names = c.list_children("/").await.map_err(read_err)?;
-        names.retain(|n| n.starts_with(prefix));
+        names.retain(|n| n.starts_with(prefix) && self.reserved(n).is_none());
         let (mut all, mut rev) = (Vec::new(), 0);
         for ns in names {
             let (entries, r) = self.list_ns(c, &ns, prefix).await?;
@@ -611,7 +630,7 @@ impl Inner {
         ns: &str,
         prefix: &str,
     ) -> Result<(Vec<(Key, Entry)>, u64), StoreError> {
-        if let Some(e) = key_error(&format!("{ns}/x")) {
+        if let Some(e) = key_error(&format!("{ns}/x")).or_else(|| self.reserved(ns)) {
             return Err(StoreError::Invalid(format!("prefix {prefix:?}: {e}")));
         }
         let dir = format!("/{ns}");
@@ -622,18 +641,37 @@ impl Inner {
             .cloned()
             .unwrap_or_default();
         for _ in 0..LIST_ATTEMPTS {
+            // The names whose data each request reads: as many as fit one request (ZooKeeper
+            // drops a connection whose request exceeds jute.maxbuffer, 1 MiB by default).
+            let names: Vec<&String> = shape.iter().collect();
+            let mut chunks: Vec<&[&String]> = Vec::new();
+            let (mut start, mut bytes) = (0, 0);
+            for (i, n) in names.iter().enumerate() {
+                bytes += dir.len() + n.len() + LIST_OP_OVERHEAD;
+                if bytes > LIST_REQUEST_BYTES && i > start {
+                    chunks.push(&names[start..i]);
+                    (start, bytes) = (i, dir.len() + n.len() + LIST_OP_OVERHEAD);
+                }
+            }
+            chunks.push(&names[start..]);
             let mut r = c.new_multi_reader();
             r.add_get_data("/").map_err(read_err)?;
             r.add_get_data(&dir).map_err(read_err)?;
             r.add_get_children(&dir).map_err(read_err)?;
-            for name in &shape {
+            for name in chunks[0] {
                 r.add_get_data(&format!("{dir}/{name}")).map_err(read_err)?;
             }
             let mut results = r.commit().await.map_err(read_err)?.into_iter();
             let mut rev = 0;
-            for _ in 0..2 {
+            let mut dir_stat = None;
+            for i in 0..2 {
                 match results.next() {
-                    Some(zk::MultiReadResult::Data { stat, .. }) => rev = rev.max(stat_rev(&stat)),
+                    Some(zk::MultiReadResult::Data { stat, .. }) => {
+                        rev = rev.max(stat_rev(&stat));
+                        if i == 1 {
+                            dir_stat = Some(stat);
+                        }
+                    }
                     Some(zk::MultiReadResult::Error {
                         err: zk::Error::NoNode,
                     }) => {}
@@ -651,22 +689,52 @@ impl Inner {
                 other => return Err(unexpected(other)),
             };
             let mut entries = Vec::new();
-            for name in &shape {
-                match results.next() {
+            let mut take = |ns: &str, name: &str, res: Option<zk::MultiReadResult>| {
+                match res {
                     Some(zk::MultiReadResult::Data { data, stat }) => {
                         rev = rev.max(stat_rev(&stat));
                         // A name this store never writes (foreign, e.g. by hand) is skipped.
                         if let Some(key) = key_of(ns, name) {
                             entries.push((key, entry(data, &stat)));
                         }
+                        Ok(())
                     }
                     Some(zk::MultiReadResult::Error {
                         err: zk::Error::NoNode,
-                    }) => {}
-                    other => return Err(unexpected(other)),
+                    }) => Ok(()),
+                    other => Err(unexpected(other)),
+                }
+            };
+            for name in chunks[0] {
+                take(ns, name, results.next())?;
+            }
+            // A namespace too large for one request is read in several: each key is then
+            // current as of the listing, but one transaction's changes to several keys may be
+            // seen half (the protocol conditions every write on the versions it read, so a torn
+            // plan fails). The set of keys is still exact: the directory's child changes are
+            // compared before and after.
+            for chunk in &chunks[1..] {
+                let mut r = c.new_multi_reader();
+                for name in *chunk {
+                    r.add_get_data(&format!("{dir}/{name}")).map_err(read_err)?;
+                }
+                for (name, res) in chunk.iter().zip(r.commit().await.map_err(read_err)?) {
+                    take(ns, name, Some(res))?;
                 }
             }
-            if found == shape {
+            let mut stable = true;
+            if chunks.len() > 1 {
+                let after = match c.check_stat(&dir).await {
+                    Ok(st) => st,
+                    Err(e) => return Err(read_err(e)),
+                };
+                stable =
+                    after.map(|s| (s.pzxid, s.cversion)) == dir_stat.map(|s| (s.pzxid, s.cversion));
+                if let Some(st) = after {
+                    rev = rev.max(stat_rev(&st));
+                }
+            }
+            if found == shape && stable {
                 entries.sort_by(|a, b| a.0.cmp(&b.0));
                 lock(&self.shapes).insert(cache_key, shape);
                 return Ok((entries, rev));
@@ -748,7 +816,7 @@ impl Inner {
 
     async fn txn(&self, c: &zk::Client, conds: Vec<Cond>, writes: Vec<Write>) -> StoreResult {
         for w in &writes {
-            if let Some(e) = key_error(w.key()) {
+            if let Some(e) = key_error(w.key()).or_else(|| self.reserved(w.key())) {
                 return Err(StoreError::Invalid(e));
             }
             if let Write::Create { key, value, .. } | Write::Put { key, value } = w {
@@ -758,7 +826,7 @@ impl Inner {
             }
         }
         for c in &conds {
-            if let Some(e) = key_error(cond_key(c)) {
+            if let Some(e) = key_error(cond_key(c)).or_else(|| self.reserved(cond_key(c))) {
                 return Err(StoreError::Invalid(e));
             }
         }
@@ -937,6 +1005,14 @@ impl Inner {
                 .unwrap_or(0);
             return Ok(Some(StoreReply::Committed { rev }));
         }
+        if let Some((first, _)) = made.first() {
+            // ZooKeeper before 3.9 answers a create inside a multi without its stat
+            // (ZOOKEEPER-4026); a write to the namespace directory (which stays empty and is
+            // never checked) is answered with one, and its zxid is the transaction's.
+            m.add_set_data(&dir_of(first), b"", None)
+                .map_err(read_err)?;
+            origins.push(Origin::Guess);
+        }
         self.ensure_dirs(c, &created).await?;
         match m.commit().await {
             Ok(results) => {
@@ -998,13 +1074,10 @@ impl Inner {
         Ok(())
     }
 
-    /// The zxid of a committed `multi`. An updated znode's mzxid is it (all ops of a multi
-    /// share one zxid). ZooKeeper before 3.9 returns no stat for a create inside a multi
-    /// (ZOOKEEPER-4026), so a created znode is read back on the same connection, which sees
-    /// its own writes in order; a session-owned one must still belong to the session (nobody
-    /// but its owner or its expiry removes it), otherwise the revision is unknown. For deletes
-    /// only, the pzxid of a parent it changed: the same or later, which the contract allows for
-    /// a transaction that created nothing.
+    /// The zxid of a committed `multi`: an updated znode's mzxid (all ops of a multi share one
+    /// zxid; a creating transaction always updates its namespace directory for this). For
+    /// deletes only, the pzxid of a directory it changed, read back on the same connection:
+    /// the same or later, which the contract allows for a transaction that created nothing.
     async fn commit_rev(
         &self,
         c: &zk::Client,
@@ -1023,20 +1096,10 @@ impl Inner {
                 _ => {}
             }
         }
-        let owned_first = made.iter().find(|(_, o)| o.is_some()).or(made.first());
-        if let Some((p, owner)) = owned_first {
-            let lost = |why: String| {
-                StoreError::Indeterminate(format!(
-                    "committed, but the revision of {p} is unknown: {why}"
-                ))
-            };
-            return match c.check_stat(p).await {
-                Ok(Some(st)) if owner.map_or(true, |s| st.ephemeral_owner as u64 == s.0) => {
-                    Ok(zxid(st.czxid))
-                }
-                Ok(_) => Err(lost("it was replaced or removed at once".to_string())),
-                Err(e) => Err(lost(e.to_string())),
-            };
+        if !made.is_empty() {
+            return Err(StoreError::Indeterminate(
+                "committed, but the server's reply carried no revision".to_string(),
+            ));
         }
         let mut rev = 0;
         let mut probe: Vec<String> = deleted_parents.to_vec();

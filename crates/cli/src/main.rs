@@ -1,7 +1,12 @@
-//! `rebalanser`: the command-line tool. For now: the deterministic simulator (and, hidden,
-//! `chaos-member`, the test tool of the multi-process chaos test).
+//! `rebalanser`: the command-line tool, on the public API only: resources, status, a live
+//! view, `member run --exec`, the zero-setup demo, the deterministic simulator (and, hidden,
+//! the per-child `guard` of `member run` and `chaos-member`, the test tool of the chaos test).
 
+mod admin_cmds;
 mod chaos;
+mod demo;
+mod logging;
+mod member_run;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -18,10 +23,24 @@ use rebalanser_sim::{run, run_many, SimConfig, Variant};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log format on stderr (filter with RUST_LOG, e.g. RUST_LOG=rebalanser=debug).
+    #[arg(long, value_enum, global = true, default_value_t = logging::LogFormat::Human)]
+    log_format: logging::LogFormat,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Add, remove or list the resources of a group.
+    Resource(admin_cmds::ResourceArgs),
+    /// Show a group: members, coordinator and epoch, each resource's owner and token,
+    /// handovers in progress.
+    Status(admin_cmds::StatusArgs),
+    /// The status, redrawn live, with ownership changes highlighted.
+    Watch(admin_cmds::WatchArgs),
+    /// Run a group member (`member run --exec 'CMD {resource}'`).
+    Member(member_run::MemberArgs),
+    /// The zero-setup demo: a group of member processes on the embedded store in a temp dir.
+    Demo(demo::DemoArgs),
     /// Run the deterministic simulator: the real protocol core on the in-memory store model,
     /// with virtual time and seeded faults. Exits non-zero if any invariant was violated.
     ///
@@ -33,6 +52,10 @@ enum Cmd {
     /// scripts/chaos-zk). Leaves gracefully on SIGTERM/SIGINT.
     #[command(hide = true)]
     ChaosMember(chaos::ChaosArgs),
+    /// Internal: the guard process `member run` puts around each child (it holds the lease
+    /// deadline and kills the child's process group at it, or when the member dies).
+    #[command(hide = true)]
+    Guard(member_run::GuardArgs),
 }
 
 #[derive(clap::Args)]
@@ -162,8 +185,19 @@ fn sim(a: SimArgs, seeds_given: bool) -> ExitCode {
 
 fn main() -> ExitCode {
     let seeds_given = std::env::args().any(|a| a == "--seeds" || a.starts_with("--seeds="));
-    match Cli::parse().cmd {
+    let cli = Cli::parse();
+    // `sim` prints its own report; `chaos-member` sets up its own logging.
+    if !matches!(cli.cmd, Cmd::Sim(_) | Cmd::ChaosMember(_)) {
+        logging::init(cli.log_format, "info");
+    }
+    match cli.cmd {
         Cmd::Sim(a) => sim(a, seeds_given),
         Cmd::ChaosMember(a) => chaos::run(a),
+        Cmd::Resource(a) => admin_cmds::resource(a),
+        Cmd::Status(a) => admin_cmds::status(a),
+        Cmd::Watch(a) => admin_cmds::watch(a),
+        Cmd::Member(a) => member_run::member(a),
+        Cmd::Guard(a) => member_run::guard(a),
+        Cmd::Demo(a) => demo::run(a),
     }
 }

@@ -25,8 +25,15 @@ pub enum Error {
     #[error("malformed store URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
     /// The URL is well formed but this build has no backend for its scheme.
-    #[error("unsupported store URL {url:?}: this build supports memory://NAME and zk://HOST:PORT[,...][/CHROOT]")]
+    #[error(
+        "unsupported store URL {url:?}: this build supports sqlite:///PATH, \
+         zk://HOST:PORT[,...][/CHROOT] and memory://NAME"
+    )]
     UnsupportedStore { url: String },
+    /// The store named by the URL could not be opened (e.g. a SQLite file that is not a
+    /// Rebalanser database, is locked, or cannot be created); the reason names the file.
+    #[error("cannot open store {url:?}: {reason}")]
+    StoreOpen { url: String, reason: String },
     /// The group has no marker in the store.
     #[error(
         "group {group} does not exist: create it first (Admin::create_group, or \

@@ -1,7 +1,9 @@
-//! Store selection by URL (DESIGN §2). This build has `memory://name` and
-//! `zk://[user:password@]h1:p1,h2:p2[/chroot]`; any other well formed URL (`sqlite://`,
-//! `etcd://`, `postgres://`, ...) is [`Error::UnsupportedStore`], kept apart from
-//! [`Error::BadUrl`] so that a typo and a missing backend read differently.
+//! Store selection by URL (DESIGN §2). This build has `sqlite:///path.db` (the embedded
+//! default: processes on one host share the file; opening it checks the file and may wait up
+//! to the busy/open timeout), `zk://[user:password@]h1:p1,h2:p2[/chroot]` and
+//! `memory://name`; any other well formed URL (`etcd://`, `postgres://`, ...) is
+//! [`Error::UnsupportedStore`], kept apart from [`Error::BadUrl`] so that a typo and a missing
+//! backend read differently.
 
 use std::sync::Arc;
 
@@ -59,6 +61,14 @@ pub fn open_store(url: &str) -> Result<Arc<dyn Store>, Error> {
                 reason: e.reason,
             }),
         },
+        "sqlite" => match rebalanser_sqlite::SqliteStore::from_url(url) {
+            Ok(s) => Ok(Arc::new(s)),
+            Err(rebalanser_sqlite::SqliteError::Url { reason, .. }) => Err(bad(&reason)),
+            Err(e) => Err(Error::StoreOpen {
+                url: url.to_string(),
+                reason: e.to_string(),
+            }),
+        },
         _ => Err(Error::UnsupportedStore {
             url: url.to_string(),
         }),
@@ -91,6 +101,24 @@ mod tests {
             .await
             .expect("get");
         assert!(matches!(got, rebalanser_store::StoreReply::Got(Some(_))));
+    }
+
+    #[tokio::test]
+    async fn sqlite_urls_open_the_file_and_name_it_in_errors() {
+        let dir = std::env::temp_dir().join(format!("rb-url-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let db = dir.join("g.db");
+        let s = open_store(&format!("sqlite://{}", db.display())).expect("a new database");
+        assert!(s.describe().contains("g.db"), "{}", s.describe());
+        let junk = dir.join("junk.db");
+        std::fs::write(&junk, b"this is not a database, it is a text file").expect("write");
+        match open_store(&format!("sqlite://{}", junk.display())) {
+            Err(e @ Error::StoreOpen { .. }) => assert!(e.to_string().contains("junk.db"), "{e}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a text file opened as a store"),
+        }
+        assert!(matches!(open_store("sqlite://"), Err(Error::BadUrl { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -1,0 +1,246 @@
+//! The database file: its schema, how a connection is set up, and how a file is recognised as
+//! ours (or refused) when a store opens it.
+//!
+//! ```sql
+//! meta(id = 1, rev, schema_version, created_wall_ms)    -- the revision counter row
+//! sessions(id AUTOINCREMENT, ttl_ns, expires_ns, boot_id, opened_ns, renewals, pid,
+//!          renewed_wall_ms)
+//! kv(key TEXT PRIMARY KEY, value BLOB NOT NULL, version, create_rev, mod_rev,
+//!    owner NULL REFERENCES sessions(id) ON DELETE CASCADE)   -- WITHOUT ROWID
+//! ```
+//!
+//! `expires_ns` and `opened_ns` are instants of the host's CLOCK_BOOTTIME during the boot
+//! `boot_id` (see the crate docs); `renewed_wall_ms` is wall-clock time for people reading the
+//! table and is never used to decide anything. The file carries `PRAGMA application_id` =
+//! [`APPLICATION_ID`] and `PRAGMA user_version` = [`SCHEMA_VERSION`].
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::error::{open_error, SqliteError};
+
+/// `PRAGMA application_id` of a Rebalanser database: "RBLN".
+pub const APPLICATION_ID: i32 = 0x5242_4C4E;
+/// `PRAGMA user_version` of the schema this build writes and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    rev INTEGER NOT NULL CHECK (rev >= 0),
+    schema_version INTEGER NOT NULL,
+    created_wall_ms INTEGER NOT NULL
+);
+CREATE TABLE sessions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ttl_ns INTEGER NOT NULL CHECK (ttl_ns > 0),
+    expires_ns INTEGER NOT NULL,
+    boot_id TEXT NOT NULL,
+    opened_ns INTEGER NOT NULL,
+    renewals INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER NOT NULL,
+    renewed_wall_ms INTEGER NOT NULL
+);
+CREATE INDEX sessions_expiry ON sessions (expires_ns);
+CREATE TABLE kv (
+    key TEXT PRIMARY KEY NOT NULL,
+    value BLOB NOT NULL CHECK (length(value) > 0),
+    version INTEGER NOT NULL CHECK (version >= 0),
+    create_rev INTEGER NOT NULL,
+    mod_rev INTEGER NOT NULL,
+    owner INTEGER REFERENCES sessions (id) ON DELETE CASCADE
+) WITHOUT ROWID;
+CREATE INDEX kv_owner ON kv (owner) WHERE owner IS NOT NULL;
+";
+
+/// Statements every later operation relies on: preparing them proves the tables and columns
+/// are there.
+const PROBES: [&str; 3] = [
+    "SELECT rev, schema_version FROM meta WHERE id = 1",
+    "SELECT id, ttl_ns, expires_ns, boot_id, opened_ns, renewals, pid, renewed_wall_ms FROM sessions LIMIT 0",
+    "SELECT key, value, version, create_rev, mod_rev, owner FROM kv LIMIT 0",
+];
+
+pub(crate) fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Opens a connection to an existing file and applies the per-connection settings.
+pub(crate) fn connect(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_EXRESCODE,
+    )?;
+    configure(&c, busy_timeout)?;
+    Ok(c)
+}
+
+fn configure(c: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
+    c.busy_timeout(busy_timeout)?;
+    // Per connection: enforce the owner reference (and its cascade), and never let a crash
+    // lose a commit that was reported (FULL syncs the WAL at every commit).
+    c.pragma_update(None, "foreign_keys", true)?;
+    c.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+/// Opens `path`, creating and initialising it if it is new, and checks that it is a
+/// Rebalanser database of this schema. Waits at most `open_timeout` for other connections'
+/// locks.
+pub(crate) fn open(path: &Path, open_timeout: Duration) -> Result<Connection, SqliteError> {
+    let err = |e| open_error(path, open_timeout, e);
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_EXRESCODE,
+    )
+    .map_err(err)?;
+    c.busy_timeout(open_timeout).map_err(err)?;
+    // Read the header before changing anything: a foreign file must stay untouched.
+    let (app_id, tables) = identify(&c).map_err(err)?;
+    match app_id {
+        APPLICATION_ID => {}
+        0 => {
+            if !tables.is_empty() {
+                return Err(SqliteError::Foreign {
+                    path: path.to_path_buf(),
+                    detail: format!("it has tables {}", tables.join(", ")),
+                });
+            }
+        }
+        other => {
+            return Err(SqliteError::Foreign {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "application_id {other:#010x}, not Rebalanser's {APPLICATION_ID:#010x}"
+                ),
+            })
+        }
+    }
+    // WAL: readers never wait for the writer, and a commit is one append (+ fsync).
+    let mode: String = c
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(SqliteError::Other {
+            path: path.to_path_buf(),
+            detail: format!("cannot switch to WAL mode (journal_mode stays {mode:?})"),
+        });
+    }
+    configure(&c, open_timeout).map_err(err)?;
+    if app_id == 0 {
+        initialise(&c, path).map_err(err)?;
+    }
+    check(&c, path)?;
+    Ok(c)
+}
+
+/// The application id and the tables, from one snapshot (another process may be
+/// initialising the file meanwhile: both or neither of its changes are seen).
+fn identify(c: &Connection) -> rusqlite::Result<(i32, Vec<String>)> {
+    c.execute_batch("BEGIN DEFERRED")?;
+    let r = (|| {
+        let app_id: i32 = c.pragma_query_value(None, "application_id", |r| r.get(0))?;
+        Ok((app_id, user_tables(c)?))
+    })();
+    let end = c.execute_batch("COMMIT");
+    match (r, end) {
+        (Ok(found), Ok(())) => Ok(found),
+        (Err(e), _) | (Ok(_), Err(e)) => {
+            let _ = c.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn user_tables(c: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut st = c.prepare(
+        "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view') \
+         AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )?;
+    let names = st.query_map([], |r| r.get(0))?;
+    names.collect()
+}
+
+/// Creates the schema in an empty file. Two processes may race here: the loser finds the
+/// schema created under the write lock and leaves it alone.
+fn initialise(c: &Connection, path: &Path) -> rusqlite::Result<()> {
+    c.execute_batch("BEGIN IMMEDIATE")?;
+    let r = (|| {
+        let app_id: i32 = c.pragma_query_value(None, "application_id", |r| r.get(0))?;
+        if app_id != 0 || !user_tables(c)?.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(file = %path.display(), "creating a Rebalanser database");
+        c.execute_batch(SCHEMA)?;
+        c.execute(
+            "INSERT INTO meta (id, rev, schema_version, created_wall_ms) VALUES (1, 0, ?1, ?2)",
+            (SCHEMA_VERSION, wall_ms()),
+        )?;
+        c.pragma_update(None, "application_id", APPLICATION_ID)?;
+        c.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(())
+    })();
+    match r {
+        Ok(()) => c.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = c.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Checks that an open file is a Rebalanser database of this schema.
+fn check(c: &Connection, path: &Path) -> Result<(), SqliteError> {
+    let path_buf = path.to_path_buf();
+    let version: i64 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| open_error(path, Duration::ZERO, e))?;
+    if version != SCHEMA_VERSION {
+        // Our application id with another version: newer (or damaged) — never guess.
+        return Err(SqliteError::SchemaVersion {
+            path: path_buf,
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    let corrupt = |detail: String| SqliteError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    for probe in PROBES {
+        c.prepare(probe)
+            .map_err(|e| corrupt(format!("malformed schema ({e})")))?;
+    }
+    let meta: Option<(i64, i64)> = c
+        .query_row(PROBES[0], [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(|e| corrupt(format!("unreadable revision row ({e})")))?;
+    match meta {
+        Some((rev, v)) if rev >= 0 && v == SCHEMA_VERSION => {}
+        Some((rev, v)) => {
+            return Err(corrupt(format!(
+                "revision row holds rev {rev}, schema version {v}"
+            )))
+        }
+        None => return Err(corrupt("the revision row is missing".into())),
+    }
+    // The file is small (keys of a few groups): a full page check costs little and turns a
+    // damaged file into an error now instead of at some later operation.
+    let verdict: String = c
+        .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+        .map_err(|e| open_error(path, Duration::ZERO, e))?;
+    if verdict != "ok" {
+        return Err(corrupt(verdict));
+    }
+    Ok(())
+}

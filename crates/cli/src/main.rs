@@ -188,7 +188,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `sim` prints its own report; `chaos-member` sets up its own logging.
     if !matches!(cli.cmd, Cmd::Sim(_) | Cmd::ChaosMember(_)) {
-        logging::init(cli.log_format, "info");
+        logging::init(cli.log_format, "info,zookeeper_client=warn");
     }
     match cli.cmd {
         Cmd::Sim(a) => sim(a, seeds_given),

@@ -1,0 +1,31 @@
+//! `rebalanser resource add|remove|list`, `rebalanser status`, `rebalanser watch`: the admin
+//! side of the CLI, on the public `rebalanser::Admin` API only.
+//!
+//! Every failure is one line on stderr starting `rebalanser: ` (a bad URL, an unreachable
+//! store — bounded by `--timeout` —, a missing group, a bad id or duration), with exit status
+//! 2 for bad arguments and 1 for everything else.
+
+mod common;
+mod quiet;
+mod resource;
+mod status;
+mod view;
+mod watch;
+
+use std::process::ExitCode;
+
+pub use resource::ResourceArgs;
+pub use status::StatusArgs;
+pub use watch::WatchArgs;
+
+pub fn resource(a: ResourceArgs) -> ExitCode {
+    common::run(resource::run(a))
+}
+
+pub fn status(a: StatusArgs) -> ExitCode {
+    common::run(status::run(a))
+}
+
+pub fn watch(a: WatchArgs) -> ExitCode {
+    common::run(watch::run(a))
+}

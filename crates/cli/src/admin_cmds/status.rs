@@ -1,0 +1,70 @@
+//! `rebalanser status`.
+
+use super::common::{connect, emit, Access, CliError, StoreArgs};
+use super::view::{to_json, to_text, Look};
+
+const EXAMPLE: &str = "\
+Example:
+  rebalanser status --store zk://zk1:2181/rebalanser --group jobs
+  rebalanser status --store sqlite:///var/lib/rb.db -g jobs --json | jq '.resources[].claim.member'";
+
+const LONG_HELP: &str = "\
+Example:
+  rebalanser status --store zk://zk1:2181/rebalanser --group jobs
+  rebalanser status --store sqlite:///var/lib/rb.db -g jobs --json | jq '.resources[].claim.member'
+
+The text form: group, store, coordinator (member, epoch, session), epoch counter and token
+generation, state (settled, or how many handovers are in progress); then the tables MEMBERS
+(NAME, SESSION, WEIGHT, ASSIGNED, CLAIMED, STATE: coordinator/draining/active), RESOURCES
+(RESOURCE, ASSIGNED TO, CLAIM HOLDER, TOKEN), HANDOVERS IN PROGRESS (RESOURCE, FROM, TO) and
+BAD KEYS (KEY, REASON). '-' is none; a claim holder marked '(session gone)' holds a claim of a
+session that is no longer registered (it expires, or the member is restarting). Session ages
+are not shown: the store keeps no timestamps.
+
+The --json document (stable; \"format\" changes only on an incompatible change; sessions are
+strings, since they do not fit a JSON number exactly):
+  {
+    \"format\": 1,
+    \"group\": \"jobs\",
+    \"store\": \"zk://zk1:2181/rebalanser\",      credentials redacted
+    \"generation\": 1,                          token generation
+    \"epoch\": 7 | null,                        epoch counter (latest coordinator elected)
+    \"coordinator\": {\"member\": \"w1\", \"session\": \"s1a2b\", \"epoch\": 7} | null,
+    \"settled\": true,                          every resource claimed by its assignee
+    \"members\": [{\"name\": \"w1\", \"session\": \"s1a2b\", \"weight\": 1, \"draining\": false,
+                 \"coordinator\": true, \"assigned\": 2, \"claimed\": 2}],
+    \"resources\": [{\"id\": \"q1\", \"assigned_to\": \"w1\" | null,
+                   \"claim\": CLAIM | null}],
+    \"handovers\": [{\"resource\": \"q3\", \"from\": CLAIM | null, \"to\": \"w2\" | null}],
+    \"bad_keys\": [{\"key\": \"...\", \"reason\": \"...\"}]
+  }
+  CLAIM = {\"member\": \"w1\", \"session\": \"s1a2b\",
+           \"token\": {\"generation\": 1, \"revision\": 4242}, \"session_registered\": true}
+Keys are printed sorted. Members are sorted by name, resources and handovers by id. A handover's \"to\" is null for a
+removed (or not yet assigned) resource.
+
+Exit status: 0 shown, 1 the store or the group failed (a missing group included), 2 bad
+arguments.";
+
+/// Show a group: members, coordinator and epoch, each resource's owner and token, handovers.
+#[derive(clap::Args, Debug)]
+#[command(after_help = EXAMPLE, after_long_help = LONG_HELP)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print a JSON document instead of tables (its shape: see --help).
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(a: StatusArgs) -> Result<(), CliError> {
+    let conn = connect(&a.store, Access::Read).await?;
+    let st = conn.bounded(conn.admin.status()).await?;
+    if a.json {
+        let doc = to_json(&st, &conn.store);
+        let text = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| doc.to_string());
+        emit(&format!("{text}\n"))
+    } else {
+        emit(&to_text(&st, &conn.store, &Look::default()))
+    }
+}

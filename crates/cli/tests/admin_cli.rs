@@ -1,0 +1,764 @@
+//! `rebalanser resource add|remove|list`, `status`, `watch` as a user runs them: separate
+//! processes against a real ZooKeeper server (one shared server, one chroot per test) and
+//! against a SQLite file; members joined in this process through the library.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command as StdCommand, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use rebalanser::{Member, MemberBuilder, StopPolicy};
+use rebalanser_testkit::ZkEnsemble;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rebalanser");
+/// Failure bound for anything that takes a fraction of a second to a few seconds.
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn cli() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "1")
+        .env("NO_COLOR", "1")
+        .timeout(LIMIT);
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    cli().args(args).output().expect("run rebalanser")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}\nstdout: {}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    text(&out.stdout)
+}
+
+/// Runs a command that must fail with exactly one line on stderr starting `rebalanser: `, no
+/// panic and no backtrace; returns that line.
+fn fails(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run rebalanser");
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{cmd:?} succeeded: {}",
+        text(&out.stdout)
+    );
+    let lower = err.to_lowercase();
+    assert!(
+        !lower.contains("panicked") && !lower.contains("backtrace"),
+        "{cmd:?}: {err}"
+    );
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{cmd:?}: not one line: {err:?}");
+    assert!(lines[0].starts_with("rebalanser: "), "{cmd:?}: {err:?}");
+    lines[0].to_string()
+}
+
+fn fails_with(args: &[&str]) -> String {
+    fails(cli().args(args))
+}
+
+fn zk_url(test: &str) -> String {
+    let zk = ZkEnsemble::shared();
+    format!(
+        "zk://{}/cli-{test}-{}",
+        zk.connect_string(),
+        std::process::id()
+    )
+}
+
+/// A SQLite store in a fresh temp dir (kept alive by the returned guard).
+fn sqlite_url(test: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("rb-cli-{test}-"))
+        .tempdir()
+        .expect("temp dir");
+    let url = format!("sqlite://{}/store.db", dir.path().display());
+    (dir, url)
+}
+
+/// Timings that suit ZooKeeper (and SQLite) in tests.
+fn fast(b: MemberBuilder, ttl: Duration) -> MemberBuilder {
+    b.session_ttl(ttl)
+        .safety_margin(ttl / 10)
+        .stop_timeout(ttl / 10)
+        .keepalive_interval(ttl / 10)
+        .op_timeout(ttl / 4)
+        .min_rebalance_interval(Duration::from_millis(20))
+        .leave_timeout(Duration::from_secs(2))
+        .on_stop_deadline_missed(StopPolicy::Log)
+}
+
+/// Joins a member that holds every lease it gets until it is revoked.
+fn join(rt: &tokio::runtime::Runtime, url: &str, group: &str, name: &str) {
+    let mut m = rt
+        .block_on(
+            fast(
+                Member::builder(group).store_url(url),
+                Duration::from_secs(2),
+            )
+            .name(name)
+            .join(),
+        )
+        .unwrap_or_else(|e| panic!("{name} joins: {e}"));
+    rt.spawn(async move {
+        while let Some(lease) = m.next_lease().await {
+            tokio::spawn(async move {
+                lease.revoked().await;
+                drop(lease);
+            });
+        }
+    });
+}
+
+fn status_json(url: &str, group: &str) -> Value {
+    let out = ok(&["status", "--store", url, "--group", group, "--json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// Polls `status --json` until `done` holds; returns the last document.
+fn wait_status(url: &str, group: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let st = status_json(url, group);
+        if done(&st) {
+            return st;
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "no {what} within {LIMIT:?}: {st:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_array()
+        .expect("an array")
+        .iter()
+        .map(|s| s.as_str().expect("a string").to_string())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// help
+
+#[test]
+fn every_subcommand_help_has_an_example() {
+    for args in [
+        &["resource", "--help"][..],
+        &["resource", "add", "--help"],
+        &["resource", "remove", "--help"],
+        &["resource", "list", "--help"],
+        &["status", "--help"],
+        &["status", "-h"],
+        &["watch", "--help"],
+    ] {
+        let out = ok(args);
+        assert!(out.contains("Example"), "{args:?}: {out}");
+    }
+    // The JSON document is described in the long help.
+    let out = ok(&["status", "--help"]);
+    for key in [
+        "\"format\"",
+        "\"members\"",
+        "\"resources\"",
+        "\"handovers\"",
+        "\"bad_keys\"",
+    ] {
+        assert!(out.contains(key), "status --help lacks {key}: {out}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// errors
+
+#[test]
+fn bad_urls_are_one_line_errors() {
+    for url in [
+        "zk:/x",
+        "foo://",
+        "sqlite://",
+        "memory://x",
+        "nonsense",
+        "zk://h",
+    ] {
+        for cmd in [
+            &["status", "--store", url, "--group", "g"][..],
+            &["resource", "list", "--store", url, "--group", "g"],
+            &["resource", "add", "--store", url, "--group", "g", "q1"],
+            &["watch", "--store", url, "--group", "g", "--once"],
+        ] {
+            let line = fails_with(cmd);
+            // The URL is named, quoted.
+            assert!(line.contains(&format!("{url:?}")), "{cmd:?}: {line}");
+        }
+    }
+}
+
+#[test]
+fn an_unreachable_store_is_a_bounded_one_line_error() {
+    let start = Instant::now();
+    let line = fails_with(&["status", "--store", "zk://127.0.0.1:1/x", "--group", "g"]);
+    let took = start.elapsed();
+    assert!(line.contains("127.0.0.1:1"), "{line}");
+    // The default --timeout is 5 s.
+    assert!(took < Duration::from_secs(12), "took {took:?}");
+    let start = Instant::now();
+    for cmd in [
+        &[
+            "resource",
+            "add",
+            "--store",
+            "zk://127.0.0.1:1/x",
+            "-g",
+            "g",
+            "--timeout",
+            "1s",
+            "q",
+        ][..],
+        &[
+            "resource",
+            "list",
+            "--store",
+            "zk://127.0.0.1:1/x",
+            "-g",
+            "g",
+            "--timeout",
+            "1s",
+        ],
+        &[
+            "watch",
+            "--store",
+            "zk://127.0.0.1:1/x",
+            "-g",
+            "g",
+            "--timeout",
+            "1s",
+            "--frames",
+            "2",
+        ],
+    ] {
+        fails_with(cmd);
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(12),
+        "took {:?}",
+        start.elapsed()
+    );
+    // A SQLite file that cannot be created.
+    let line = fails_with(&[
+        "resource",
+        "add",
+        "--store",
+        "sqlite:///nonexistent-dir/sub/x.db",
+        "-g",
+        "g",
+        "q",
+    ]);
+    assert!(line.contains("nonexistent-dir"), "{line}");
+}
+
+#[test]
+fn bad_durations_ids_and_arguments_are_one_line_errors() {
+    let (_dir, url) = sqlite_url("args");
+    for (flag, bad) in [
+        ("--timeout", "5x"),
+        ("--timeout", "5"),
+        ("--timeout", "0s"),
+        ("--timeout", "-1s"),
+        ("--interval", "soon"),
+        ("--interval", "1.2.3s"),
+    ] {
+        let mut args = vec!["watch", "--store", &url, "--group", "g", "--once"];
+        args.extend([flag, bad]);
+        let line = fails_with(&args);
+        assert!(
+            line.contains("invalid duration") && line.contains(flag) && line.contains(bad),
+            "{line}"
+        );
+    }
+    let long = "x".repeat(513);
+    for (args, needle) in [
+        (
+            vec!["resource", "add", "--store", &url, "-g", "g", "ok", ""],
+            "\"\"",
+        ),
+        (
+            vec!["resource", "add", "--store", &url, "-g", "g", &long],
+            "513 bytes",
+        ),
+        (
+            vec!["resource", "remove", "--store", &url, "-g", "g", "a\tb"],
+            "a\\tb",
+        ),
+        (
+            vec!["resource", "add", "--store", &url, "-g", "g"],
+            "no resource ids",
+        ),
+        (
+            vec!["status", "--store", &url, "-g", ""],
+            "group id is empty",
+        ),
+    ] {
+        let line = fails_with(&args);
+        assert!(line.contains(needle), "{args:?}: {line}");
+    }
+    // Nothing was written by the refused adds: the store file was never even created.
+    let line = fails_with(&["resource", "list", "--store", &url, "-g", "g"]);
+    assert!(line.contains("does not exist"), "{line}");
+}
+
+#[test]
+fn a_missing_group_is_a_one_line_error() {
+    let url = zk_url("missing");
+    for cmd in [
+        &["status", "--store", &url, "--group", "nope"][..],
+        &["status", "--store", &url, "--group", "nope", "--json"],
+        &["resource", "list", "--store", &url, "--group", "nope"],
+        &[
+            "resource", "remove", "--store", &url, "--group", "nope", "q",
+        ],
+        &[
+            "resource",
+            "add",
+            "--store",
+            &url,
+            "--group",
+            "nope",
+            "--no-create",
+            "q",
+        ],
+        &["watch", "--store", &url, "--group", "nope", "--once"],
+    ] {
+        let line = fails_with(cmd);
+        assert!(
+            line.contains("group nope does not exist"),
+            "{cmd:?}: {line}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// resources
+
+/// Ids that need care: spaces, '/', Unicode, '#' inside, percent signs, dots.
+const AWKWARD: [&str; 7] = [
+    "plain",
+    "with space",
+    "a/b/c",
+    "ünïcødé-日本",
+    "x#y",
+    "100%",
+    "..",
+];
+
+fn round_trip(url: &str) {
+    let g: &[&str] = &["--store", url, "--group", "jobs"];
+    let add = |ids: &[&str]| {
+        let out = cli()
+            .args(["resource", "add"])
+            .args(g)
+            .args(ids)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let (out, err) = add(&AWKWARD);
+    assert!(err.contains("created group jobs"), "{err}");
+    assert_eq!(
+        out,
+        "added 7 resource(s) to group jobs (0 already present)\n"
+    );
+    let (out, err) = add(&["plain", "more"]);
+    assert!(!err.contains("created group"), "{err}");
+    assert_eq!(
+        out,
+        "added 1 resource(s) to group jobs (1 already present)\n"
+    );
+
+    let list = ok(&[&["resource", "list"][..], g].concat());
+    let mut want: Vec<&str> = AWKWARD.iter().copied().chain(["more"]).collect();
+    want.sort();
+    assert_eq!(list.lines().collect::<Vec<_>>(), want);
+
+    let json: Value =
+        serde_json::from_str(&ok(&[&["resource", "list", "--json"][..], g].concat())).unwrap();
+    assert_eq!(json["group"], "jobs");
+    assert_eq!(strs(&json["resources"]), want);
+
+    let out = ok(&[
+        &["resource", "remove"][..],
+        g,
+        &["with space", "a/b/c", "absent"],
+    ]
+    .concat());
+    assert_eq!(
+        out,
+        "removed 2 resource(s) from group jobs (1 not present)\n"
+    );
+    let list = ok(&[&["resource", "list"][..], g].concat());
+    want.retain(|id| *id != "with space" && *id != "a/b/c");
+    assert_eq!(list.lines().collect::<Vec<_>>(), want);
+}
+
+#[test]
+fn resources_round_trip_on_zookeeper() {
+    round_trip(&zk_url("round-trip"));
+}
+
+#[test]
+fn resources_round_trip_on_sqlite() {
+    let (_dir, url) = sqlite_url("round-trip");
+    round_trip(&url);
+}
+
+#[test]
+fn resources_from_a_file_and_from_stdin() {
+    let url = zk_url("from-file");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("ids.txt");
+    std::fs::write(
+        &file,
+        "# queues for the batch fleet\nq1\n\n   q2   \r\n  # an indented comment\nbucket/a b\nq1\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let out = ok(&[
+        "resource",
+        "add",
+        "--store",
+        &url,
+        "-g",
+        "jobs",
+        "--from-file",
+        f,
+        "extra",
+    ]);
+    assert_eq!(
+        out,
+        "added 4 resource(s) to group jobs (0 already present)\n"
+    );
+    let out = cli()
+        .args(["resource", "add", "--store", &url, "-g", "jobs", "-f", "-"])
+        .write_stdin("#x\nfrom-stdin\nq2\n")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "added 1 resource(s) to group jobs (1 already present)\n"
+    );
+    let list = ok(&["resource", "list", "--store", &url, "-g", "jobs"]);
+    assert_eq!(
+        list.lines().collect::<Vec<_>>(),
+        ["bucket/a b", "extra", "from-stdin", "q1", "q2"]
+    );
+    // A bad id in a file names its line; nothing is written.
+    std::fs::write(&file, "ok1\n\nbad\tid\n").unwrap();
+    let line = fails_with(&["resource", "add", "--store", &url, "-g", "jobs", "-f", f]);
+    assert!(line.contains("line 3 of"), "{line}");
+    let list = ok(&["resource", "list", "--store", &url, "-g", "jobs"]);
+    assert!(!list.contains("ok1"), "{list}");
+    // A missing file.
+    let line = fails_with(&[
+        "resource",
+        "add",
+        "--store",
+        &url,
+        "-g",
+        "jobs",
+        "-f",
+        "/nonexistent/ids.txt",
+    ]);
+    assert!(line.contains("/nonexistent/ids.txt"), "{line}");
+    // Removal from a file.
+    std::fs::write(&file, "q1\n# keep q2\nextra\n").unwrap();
+    let out = ok(&["resource", "remove", "--store", &url, "-g", "jobs", "-f", f]);
+    assert_eq!(
+        out,
+        "removed 2 resource(s) from group jobs (0 not present)\n"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// status
+
+fn status_with_members(url: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    ok(&[
+        "resource", "add", "--store", url, "-g", "jobs", "q1", "q2", "q 3", "q/4", "q5",
+    ]);
+    for name in ["worker-a", "worker-b"] {
+        join(&rt, url, "jobs", name);
+    }
+    // Settled and balanced (settled alone may be seen before the second member gets a share).
+    let st = wait_status(url, "jobs", "settled, balanced group of two", |st| {
+        st["settled"] == true
+            && st["members"].as_array().is_some_and(|m| {
+                m.len() == 2 && m.iter().all(|m| m["claimed"].as_u64().unwrap_or(0) >= 2)
+            })
+    });
+    assert_eq!(st["format"], 1);
+    assert_eq!(st["group"], "jobs");
+    let members: Vec<&str> = st["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, ["worker-a", "worker-b"]);
+    let coordinator = st["coordinator"]["member"].as_str().expect("a coordinator");
+    assert!(members.contains(&coordinator), "{st:#}");
+    assert_eq!(st["coordinator"]["epoch"], st["epoch"]);
+    let coordinators = st["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["coordinator"] == true)
+        .count();
+    assert_eq!(coordinators, 1, "{st:#}");
+    let resources = st["resources"].as_array().unwrap();
+    let ids: Vec<&str> = resources
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["q 3", "q/4", "q1", "q2", "q5"]);
+    let mut per = std::collections::BTreeMap::new();
+    for r in resources {
+        let claim = &r["claim"];
+        assert_eq!(claim["member"], r["assigned_to"], "{r:#}");
+        assert_eq!(claim["session_registered"], true, "{r:#}");
+        assert!(claim["token"]["revision"].as_u64().unwrap() > 0, "{r:#}");
+        assert!(claim["session"].as_str().unwrap().starts_with('s'), "{r:#}");
+        *per.entry(claim["member"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    let counts: Vec<i32> = per.values().copied().collect();
+    assert!(counts == [2, 3] || counts == [3, 2], "{per:?}");
+    for m in st["members"].as_array().unwrap() {
+        assert_eq!(m["claimed"], m["assigned"], "{m:#}");
+        assert_eq!(m["weight"], 1);
+        assert_eq!(m["draining"], false);
+    }
+    assert_eq!(st["handovers"], serde_json::json!([]));
+    assert_eq!(st["bad_keys"], serde_json::json!([]));
+
+    let text = ok(&["status", "--store", url, "--group", "jobs"]);
+    for needle in [
+        "group:       jobs",
+        "coordinator: ",
+        "state:       settled",
+        "MEMBERS (2)",
+        "NAME",
+        "SESSION",
+        "WEIGHT",
+        "RESOURCES (5)",
+        "ASSIGNED TO",
+        "CLAIM HOLDER",
+        "TOKEN",
+        "HANDOVERS IN PROGRESS (0)",
+        "BAD KEYS (0)",
+        "worker-a",
+        "worker-b",
+        "coordinator",
+    ] {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+    }
+    // Each resource row shows its owner (assigned = claim holder here) and token.
+    for r in resources {
+        let id = r["id"].as_str().unwrap();
+        let owner = r["claim"]["member"].as_str().unwrap();
+        let token = format!(
+            "{}.{}",
+            r["claim"]["token"]["generation"], r["claim"]["token"]["revision"]
+        );
+        let row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no row for {id}:\n{text}"));
+        let cells: Vec<&str> = row[2 + id.len()..].split_whitespace().collect();
+        assert_eq!(cells, [owner, owner, token.as_str()], "{row}");
+    }
+
+    // A removed resource goes through a handover to nobody, then disappears.
+    ok(&["resource", "remove", "--store", url, "-g", "jobs", "q5"]);
+    wait_status(url, "jobs", "q5 gone", |st| {
+        st["settled"] == true && st["resources"].as_array().is_some_and(|r| r.len() == 4)
+    });
+    drop(rt);
+}
+
+#[test]
+fn status_shows_members_owners_and_tokens_on_zookeeper() {
+    status_with_members(&zk_url("status"));
+}
+
+#[test]
+fn status_shows_members_owners_and_tokens_on_sqlite() {
+    let (_dir, url) = sqlite_url("status");
+    status_with_members(&url);
+}
+
+// ---------------------------------------------------------------------------------------------
+// watch
+
+/// Starts `watch` with stdout piped; lines arrive on the channel.
+fn spawn_watch(args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut child = StdCommand::new(BIN)
+        .arg("watch")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn watch");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Collects lines until one satisfies `until`.
+fn read_until(rx: &mpsc::Receiver<String>, seen: &mut Vec<String>, until: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let done = until(&line);
+                seen.push(line);
+                if done {
+                    return;
+                }
+            }
+            Err(_) => panic!("watch output ended or stalled:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("watch did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn watch_marks_changes(url: &str) {
+    ok(&["resource", "add", "--store", url, "-g", "jobs", "q1", "q2"]);
+    let (mut child, rx) = spawn_watch(&[
+        "--store",
+        url,
+        "-g",
+        "jobs",
+        "--frames",
+        "2",
+        "--interval",
+        "100ms",
+    ]);
+    let mut seen = Vec::new();
+    // Frame 1 ends with the BAD KEYS table.
+    read_until(&rx, &mut seen, |l| l.starts_with("BAD KEYS"));
+    ok(&["resource", "add", "--store", url, "-g", "jobs", "new one"]);
+    let status = wait_exit(&mut child);
+    seen.extend(rx.iter());
+    let out = seen.join("\n");
+    assert!(status.success(), "{out}");
+    assert!(out.starts_with("--- frame 1 ("), "{out}");
+    assert!(out.contains("\n--- frame 2 ("), "{out}");
+    let frame2 = out.split("--- frame 2").nth(1).unwrap();
+    for needle in [
+        "RESOURCES (3)",
+        "RESOURCE  ",
+        "MEMBERS (0)",
+        "changes:     new one added",
+    ] {
+        assert!(frame2.contains(needle), "no {needle:?} in frame 2:\n{out}");
+    }
+    // The new row is marked, the others are not.
+    let row = |id: &str| {
+        frame2
+            .lines()
+            .find(|l| l.trim_start_matches([' ', '*']).starts_with(id))
+            .unwrap_or_else(|| panic!("no row {id}:\n{out}"))
+            .to_string()
+    };
+    assert!(row("new one").starts_with("  * new one"), "{out}");
+    assert!(row("q1").starts_with("    q1"), "{out}");
+    assert!(
+        !out.contains('\x1b'),
+        "no ANSI codes when not a terminal:\n{out}"
+    );
+
+    // --once: one frame, the table, exit 0.
+    let out = ok(&["watch", "--store", url, "-g", "jobs", "--once"]);
+    assert!(out.starts_with("--- frame 1 ("), "{out}");
+    assert!(
+        out.contains("RESOURCES (3)") && out.contains("new one"),
+        "{out}"
+    );
+    assert!(!out.contains("frame 2"), "{out}");
+}
+
+#[test]
+fn watch_draws_frames_and_marks_changes_on_zookeeper() {
+    watch_marks_changes(&zk_url("watch"));
+}
+
+#[test]
+fn watch_draws_frames_and_marks_changes_on_sqlite() {
+    let (_dir, url) = sqlite_url("watch");
+    watch_marks_changes(&url);
+}
+
+/// Members joining show up as ownership changes: marked rows and a `claim` change.
+#[test]
+fn watch_marks_ownership_changes_when_members_join() {
+    let url = zk_url("watch-join");
+    ok(&[
+        "resource", "add", "--store", &url, "-g", "jobs", "r1", "r2", "r3",
+    ]);
+    let (mut child, rx) = spawn_watch(&["--store", &url, "-g", "jobs", "--interval", "50ms"]);
+    let mut seen = Vec::new();
+    read_until(&rx, &mut seen, |l| l.starts_with("BAD KEYS"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    join(&rt, &url, "jobs", "w1");
+    // Some frame shows r1 claimed by w1, marked.
+    read_until(&rx, &mut seen, |l| {
+        l.starts_with("  * r1") && l.split_whitespace().filter(|c| *c == "w1").count() == 2
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = seen.join("\n");
+    assert!(out.contains("joined"), "{out}");
+    assert!(out.contains("r1 claim -→w1 ("), "{out}");
+    drop(rt);
+}

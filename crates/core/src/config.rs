@@ -32,6 +32,9 @@ pub struct Config {
     pub name: MemberId,
     /// Relative share of resources; 0 is rejected (leave instead).
     pub weight: u32,
+    /// The wall-clock time of the join (Unix ms), supplied by the runtime and written into
+    /// the member record for status displays; the core never reads it.
+    pub joined_unix_ms: Option<u64>,
     /// Requested session timeout. The store may grant less; the smallest value seen rules.
     pub session_ttl: Duration,
     /// Subtracted from the deadline: covers clock-rate error, scheduling jitter and the pause
@@ -109,6 +112,7 @@ impl Config {
             group,
             name,
             weight: 1,
+            joined_unix_ms: None,
             session_ttl: Duration::from_secs(10),
             safety_margin: Duration::from_secs(1),
             stop_timeout: Duration::from_secs(2),

@@ -130,6 +130,10 @@ impl Layout {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRec {
     pub weight: u32,
+    /// When the member registered, in Unix milliseconds by its host's wall clock: for people
+    /// reading the status (session age), never used by the protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined_unix_ms: Option<u64>,
 }
 
 /// `leader` value.
@@ -190,6 +194,8 @@ pub struct BadData {
 pub struct MemberView {
     pub session: SessionId,
     pub weight: u32,
+    /// Informative only (see [`MemberRec::joined_unix_ms`]).
+    pub joined_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,6 +337,7 @@ pub fn parse_view(layout: &Layout, entries: &[(Key, Entry)]) -> (View, Vec<BadDa
                             MemberView {
                                 session: s,
                                 weight: rec.weight,
+                                joined_unix_ms: rec.joined_unix_ms,
                             },
                         );
                     }

@@ -1230,6 +1230,7 @@ impl Member {
         self.registration = Registration::Pending;
         let rec = MemberRec {
             weight: self.cfg.weight,
+            joined_unix_ms: self.cfg.joined_unix_ms,
         };
         self.send(
             Pending::Register { session },

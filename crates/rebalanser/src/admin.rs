@@ -417,6 +417,8 @@ pub struct MemberInfo {
     pub assigned: usize,
     /// Claims its session holds.
     pub claimed: usize,
+    /// When it joined (Unix ms, its host's wall clock), if it recorded it: for session age.
+    pub joined_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -493,6 +495,7 @@ impl GroupStatus {
                 name: m.clone(),
                 session: mv.session,
                 weight: mv.weight,
+                joined_unix_ms: mv.joined_unix_ms,
                 draining: v.draining.get(m) == Some(&mv.session),
                 assigned: assigned_count.get(m).copied().unwrap_or(0),
                 claimed: v

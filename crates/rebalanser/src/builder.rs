@@ -185,6 +185,11 @@ impl MemberBuilder {
         if let Some(w) = self.weight {
             cfg.weight = w;
         }
+        // For status displays only (session age); the protocol never reads it.
+        cfg.joined_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| u64::try_from(d.as_millis()).ok());
         let durations = [
             (&mut cfg.session_ttl, self.session_ttl),
             (&mut cfg.safety_margin, self.safety_margin),

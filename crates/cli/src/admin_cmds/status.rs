@@ -15,11 +15,11 @@ Example:
 
 The text form: group, store, coordinator (member, epoch, session), epoch counter and token
 generation, state (settled, or how many handovers are in progress); then the tables MEMBERS
-(NAME, SESSION, WEIGHT, ASSIGNED, CLAIMED, STATE: coordinator/draining/active), RESOURCES
+(NAME, SESSION, AGE, WEIGHT, ASSIGNED, CLAIMED, STATE: coordinator/draining/active), RESOURCES
 (RESOURCE, ASSIGNED TO, CLAIM HOLDER, TOKEN), HANDOVERS IN PROGRESS (RESOURCE, FROM, TO) and
 BAD KEYS (KEY, REASON). '-' is none; a claim holder marked '(session gone)' holds a claim of a
-session that is no longer registered (it expires, or the member is restarting). Session ages
-are not shown: the store keeps no timestamps.
+session that is no longer registered (it expires, or the member is restarting). AGE is how long
+ago the member's session joined, by the member's wall clock ('-' if it did not record it).
 
 The --json document (stable; \"format\" changes only on an incompatible change; sessions are
 strings, since they do not fit a JSON number exactly):
@@ -32,7 +32,8 @@ strings, since they do not fit a JSON number exactly):
     \"coordinator\": {\"member\": \"w1\", \"session\": \"s1a2b\", \"epoch\": 7} | null,
     \"settled\": true,                          every resource claimed by its assignee
     \"members\": [{\"name\": \"w1\", \"session\": \"s1a2b\", \"weight\": 1, \"draining\": false,
-                 \"coordinator\": true, \"assigned\": 2, \"claimed\": 2}],
+                 \"coordinator\": true, \"assigned\": 2, \"claimed\": 2,
+                 \"joined_unix_ms\": 1764100000000 | null}],
     \"resources\": [{\"id\": \"q1\", \"assigned_to\": \"w1\" | null,
                    \"claim\": CLAIM | null}],
     \"handovers\": [{\"resource\": \"q3\", \"from\": CLAIM | null, \"to\": \"w2\" | null}],

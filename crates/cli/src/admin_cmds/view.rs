@@ -28,6 +28,7 @@ pub fn to_json(st: &GroupStatus, store: &str) -> Value {
             "name": m.name.as_str(),
             "session": m.session.to_string(),
             "weight": m.weight,
+            "joined_unix_ms": m.joined_unix_ms,
             "draining": m.draining,
             "coordinator": coordinator.is_some_and(|c| c.member == m.name && c.session == m.session),
             "assigned": m.assigned,
@@ -256,6 +257,7 @@ pub fn to_text(st: &GroupStatus, store: &str, look: &Look) -> String {
                 cells: vec![
                     m.name.to_string(),
                     m.session.to_string(),
+                    session_age(m.joined_unix_ms),
                     m.weight.to_string(),
                     m.assigned.to_string(),
                     m.claimed.to_string(),
@@ -267,7 +269,9 @@ pub fn to_text(st: &GroupStatus, store: &str, look: &Look) -> String {
     table(
         &mut out,
         &format!("MEMBERS ({})", st.members.len()),
-        &["NAME", "SESSION", "WEIGHT", "ASSIGNED", "CLAIMED", "STATE"],
+        &[
+            "NAME", "SESSION", "AGE", "WEIGHT", "ASSIGNED", "CLAIMED", "STATE",
+        ],
         members,
         look,
     );
@@ -434,5 +438,25 @@ fn table(out: &mut String, title: &str, headers: &[&str], rows: Vec<Row>, look: 
         );
         out.push_str(&style(&text, r.marked && look.color, BOLD_YELLOW));
         out.push('\n');
+    }
+}
+
+/// How long ago a member joined, by this host's wall clock against the member's: `-` when the
+/// member did not record it (an older version) or the clocks disagree.
+fn session_age(joined_unix_ms: Option<u64>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    match joined_unix_ms.and_then(|j| now.checked_sub(u128::from(j))) {
+        Some(ms) => {
+            let s = ms / 1000;
+            match s {
+                0..=59 => format!("{s}s"),
+                60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+                _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+            }
+        }
+        None => "-".to_string(),
     }
 }

@@ -131,7 +131,9 @@ pub fn run(a: ChaosArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(main_loop(a))
+    let code = rt.block_on(main_loop(a));
+    rt.shutdown_timeout(Duration::from_millis(500));
+    code
 }
 
 fn say(name: &str, msg: impl std::fmt::Display) {

@@ -188,7 +188,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `sim` prints its own report; `chaos-member` sets up its own logging.
     if !matches!(cli.cmd, Cmd::Sim(_) | Cmd::ChaosMember(_)) {
-        logging::init(cli.log_format, "info,zookeeper_client=warn");
+        // The demo speaks for itself on stdout; its store's log lines would only interleave.
+        let default = if matches!(cli.cmd, Cmd::Demo(_)) {
+            "warn"
+        } else {
+            "info,zookeeper_client=warn"
+        };
+        logging::init(cli.log_format, default);
     }
     match cli.cmd {
         Cmd::Sim(a) => sim(a, seeds_given),

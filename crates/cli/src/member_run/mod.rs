@@ -1,0 +1,644 @@
+//! `rebalanser member run --exec CMD`: a group member that runs one child process per leased
+//! resource, each under a guard process (DESIGN §8 rule 17, PITFALLS 30), and the hidden
+//! `rebalanser guard` itself (`guard.rs`).
+//!
+//! Per lease, the member:
+//! 1. starts `rebalanser guard` (this binary, `setsid`, one end of a socket pair inherited as
+//!    `--fd`) with the command, `{resource}` replaced by the shell-quoted id;
+//! 2. sends it the lease deadline at once and then every [`TICK`] — an absolute CLOCK_BOOTTIME
+//!    instant, `now + lease.remaining()` with `now` read first, so never later than the lease
+//!    allows; if no later one comes (the member may be SIGSTOPped, starved or dead: the guard
+//!    does not depend on it), the guard sends the child's process group SIGTERM one stop
+//!    timeout ahead of the deadline and SIGKILL 3/4 of a stop timeout later, or just before
+//!    the deadline, whichever is first;
+//! 3. on a revoke, sends `S`: the guard sends SIGTERM, then SIGKILL after 3/4 of the stop
+//!    timeout or at the deadline, whichever is first;
+//! 4. waits for the guard's report that the child is reaped and its process group is empty,
+//!    and only then releases the lease, so the resource moves only after the old child is gone;
+//! 5. restarts a child that exited by itself while the lease is still valid and not revoked,
+//!    with exponential backoff ([`RESTART_MIN`] doubling to [`RESTART_MAX`]), keeping the
+//!    lease meanwhile.
+//!
+//! If the member dies (even by SIGKILL), every guard reads EOF and kills its child at once.
+//! SIGINT/SIGTERM = graceful leave (every lease is revoked and handed over, then the member
+//! leaves, bounded by the leave timeout); a second signal exits at once (the guards kill).
+//!
+//! The member runs with [`StopPolicy::Log`]: the library's in-process abort (a lease held past
+//! its deadline) would only kill the member, while the guards are what stop the children — and a
+//! member paused past its deadline must be able to wake up, find its children stopped, and
+//! rejoin.
+//!
+//! Wire format and clocks: `proto.rs`. The guard: `guard.rs`.
+
+mod guard;
+mod proto;
+
+use std::os::fd::AsRawFd as _;
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rebalanser::{Error, Lease, Member, MemberHandle, StopPolicy};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+pub use guard::{guard, GuardArgs};
+use proto::{boottime_ns, render_command, try_boottime_ns, Cause, ChildStatus, FromGuard, ToGuard};
+
+/// How often the member sends each guard the current lease deadline.
+pub const TICK: Duration = Duration::from_millis(50);
+/// First delay before restarting a child that exited by itself; doubles per restart.
+pub const RESTART_MIN: Duration = Duration::from_millis(250);
+/// Longest delay between two restarts.
+pub const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A child that ran at least this long restarts after [`RESTART_MIN`] again.
+const RESTART_RESET: Duration = Duration::from_secs(30);
+/// Longest wait for a process group to empty after the member killed it itself (its guard
+/// died) before it says so again in the log.
+const ORPHAN_WAIT: Duration = Duration::from_secs(5);
+
+const EXAMPLE: &str = "\
+Example:
+  rebalanser resource add --store sqlite:///var/lib/rb.db -g jobs q1 q2 q3
+  rebalanser member run --store sqlite:///var/lib/rb.db -g jobs \\
+      --exec 'exec consume --queue {resource} --fence \"$REBALANSER_TOKEN\"'
+
+Each leased resource gets one child: `/bin/sh -c CMD` with {resource} replaced by the
+shell-quoted resource id and the environment REBALANSER_GROUP, REBALANSER_MEMBER,
+REBALANSER_RESOURCE, REBALANSER_TOKEN (the fencing token). Each child runs in its own process
+group under a guard process that kills the whole group at the lease deadline, or at once if
+the member dies, even if this process is paused or killed; the resource moves on only after
+the group is gone. When a lease is revoked the child gets SIGTERM, and SIGKILL 3/4 of the stop
+timeout later. A child that exits by itself is restarted (backoff 250ms doubling to 30s).
+SIGINT/SIGTERM: leave the group gracefully (a second one exits at once).";
+
+/// `rebalanser member ...`
+#[derive(clap::Args, Debug)]
+#[command(after_help = EXAMPLE)]
+pub struct MemberArgs {
+    #[command(subcommand)]
+    cmd: MemberCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum MemberCmd {
+    /// Join a group and run a command for every resource leased to this member.
+    #[command(after_help = EXAMPLE)]
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Store URL: sqlite:///PATH.db or zk://HOST:PORT[,HOST:PORT...]/CHROOT
+    #[arg(long, value_name = "URL")]
+    store: String,
+    /// The group to join (it must exist).
+    #[arg(long, short = 'g', value_name = "GROUP")]
+    group: String,
+    /// Member name, unique among live members [default: HOSTNAME-PID-RANDOM].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Relative share of the resources.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    weight: u32,
+    /// Session TTL: how long after a crash the resources move (e.g. 10s, 2s, 1500ms). The
+    /// keepalive interval (TTL/10), store op timeout (TTL/4) and safety margin (TTL/8) follow.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    session_ttl: Duration,
+    /// How long a child gets to stop after a revoke [default: TTL/5]. SIGTERM first, SIGKILL
+    /// after 3/4 of it.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    stop_timeout: Option<Duration>,
+    /// The command to run per resource, by /bin/sh -c; {resource} is replaced by the quoted id.
+    #[arg(long, value_name = "CMD")]
+    exec: String,
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `1m`, `1h`; a unit is required, zero and more than a day are
+/// refused.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale = match unit.trim() {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "" => return Err("a unit is required (ms, s, m, h), e.g. 2s or 1500ms".into()),
+        u => return Err(format!("unknown unit {u:?} (use ms, s, m or h)")),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{num:?} is not a number"))?;
+    let secs = v * scale;
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err("must be longer than zero".into());
+    }
+    if secs > 86_400.0 {
+        return Err("must be at most a day".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `rebalanser member ...`: the entry point.
+pub fn member(a: MemberArgs) -> ExitCode {
+    match a.cmd {
+        MemberCmd::Run(r) => run(r),
+    }
+}
+
+/// Everything a lease task needs.
+struct Ctx {
+    group: String,
+    member: String,
+    template: String,
+    log_format: String,
+    stop_timeout: Duration,
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("rebalanser member run: {msg}");
+    ExitCode::from(2)
+}
+
+fn run(a: RunArgs) -> ExitCode {
+    if a.exec.trim().is_empty() {
+        return fail("--exec is empty");
+    }
+    if try_boottime_ns().is_none() {
+        return fail("CLOCK_BOOTTIME is unavailable; lease deadlines cannot be kept");
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format_args!("cannot start the runtime: {e}")),
+    };
+    let code = rt.block_on(run_member(a));
+    // Dropping a runtime waits for every blocking task (a store call stuck on a lock, say):
+    // once the member has left, bound that wait so the process always exits.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    code
+}
+
+/// `--log-format` as given to this process, for the guards (a global flag main parses).
+fn log_format_arg() -> String {
+    let mut args = std::env::args();
+    while let Some(a) = args.next() {
+        if a == "--log-format" {
+            if let Some(v) = args.next() {
+                return v;
+            }
+        } else if let Some(v) = a.strip_prefix("--log-format=") {
+            return v.to_string();
+        }
+    }
+    "human".to_string()
+}
+
+async fn join(a: &RunArgs, stop: Duration) -> Result<MemberHandle, Error> {
+    let ttl = a.session_ttl;
+    let mut b = Member::builder(&a.group)
+        .store_url(&a.store)
+        .weight(a.weight)
+        .session_ttl(ttl)
+        .keepalive_interval(ttl / 10)
+        .op_timeout(ttl / 4)
+        .safety_margin(ttl / 8)
+        .stop_timeout(stop)
+        .min_rebalance_interval(Duration::from_millis(100).min(ttl / 10))
+        .leave_timeout(ttl * 3)
+        .on_stop_deadline_missed(StopPolicy::Log);
+    if let Some(n) = &a.name {
+        b = b.name(n);
+    }
+    b.join().await
+}
+
+async fn run_member(a: RunArgs) -> ExitCode {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => return fail(format_args!("cannot handle signals: {e}")),
+    };
+    let stop = a.stop_timeout.unwrap_or(a.session_ttl / 5);
+    let mut member = tokio::select! {
+        m = join(&a, stop) => match m {
+            Ok(m) => m,
+            Err(Error::UnknownGroup { group }) => {
+                return fail(format_args!(
+                    "group {group} does not exist: create it first \
+                     (rebalanser resource add --store URL -g {group} IDS...)"
+                ))
+            }
+            Err(e) => return fail(e),
+        },
+        _ = term.recv() => return ExitCode::from(143),
+        _ = int.recv() => return ExitCode::from(130),
+    };
+    let ctx = Arc::new(Ctx {
+        group: a.group.clone(),
+        member: member.name().to_string(),
+        template: a.exec.clone(),
+        log_format: log_format_arg(),
+        stop_timeout: stop,
+    });
+    info!(
+        group = %ctx.group, member = %ctx.member, pid = std::process::id(),
+        store = %a.store, "member started"
+    );
+    let mut tasks = JoinSet::new();
+    let mut failed = false;
+    loop {
+        tokio::select! {
+            lease = member.next_lease() => match lease {
+                Some(lease) => {
+                    tasks.spawn(serve(lease, ctx.clone()));
+                }
+                None => {
+                    error!(group = %ctx.group, member = %ctx.member,
+                           "the member stopped by itself (see the lines above)");
+                    failed = true;
+                    break;
+                }
+            },
+            Some(r) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = r {
+                    error!(group = %ctx.group, member = %ctx.member, error = %e, "lease task failed");
+                }
+            }
+            _ = term.recv() => {
+                info!(group = %ctx.group, member = %ctx.member, reason = "SIGTERM", "leaving the group");
+                break;
+            }
+            _ = int.recv() => {
+                info!(group = %ctx.group, member = %ctx.member, reason = "SIGINT", "leaving the group");
+                break;
+            }
+        }
+    }
+    // Graceful leave: every lease is revoked in turn, its child stopped through its guard,
+    // and released once the guard reports the process group empty. Bounded by the leave
+    // timeout inside `leave`; a second signal exits at once (the guards see EOF and kill).
+    let left = tokio::select! {
+        r = member.leave() => r,
+        _ = term.recv() => hard_exit(&ctx, "SIGTERM"),
+        _ = int.recv() => hard_exit(&ctx, "SIGINT"),
+    };
+    match left {
+        Ok(()) => info!(group = %ctx.group, member = %ctx.member, "left the group"),
+        Err(e) => {
+            error!(group = %ctx.group, member = %ctx.member, error = %e,
+                   "graceful leave failed; exiting (the guards kill what still runs)");
+            failed = true;
+        }
+    }
+    // Every lease was released before the session closed; the tasks end at once.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(stop + Duration::from_secs(1), drain)
+        .await
+        .is_err()
+    {
+        warn!(group = %ctx.group, member = %ctx.member,
+              "children still stopping at exit; their guards kill them");
+        failed = true;
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn hard_exit(ctx: &Ctx, sig: &str) -> ! {
+    warn!(group = %ctx.group, member = %ctx.member, reason = sig,
+          "second signal: exiting now; the guards kill the children");
+    std::process::exit(if sig == "SIGINT" { 130 } else { 143 })
+}
+
+/// Logs one line with the lease's fixed fields.
+macro_rules! lease_log {
+    ($lvl:ident, $ids:expr, $reason:expr, $($rest:tt)*) => {
+        tracing::$lvl!(
+            group = %$ids.ctx.group, member = %$ids.ctx.member,
+            resource = %$ids.resource, token = %$ids.token, reason = $reason,
+            $($rest)*
+        )
+    };
+}
+
+struct Ids {
+    ctx: Arc<Ctx>,
+    resource: String,
+    token: String,
+}
+
+/// How one guarded child ended.
+enum Outcome {
+    /// The guard reported the process group empty.
+    Gone { cause: Cause, status: ChildStatus },
+    /// The guard could not be started.
+    NoGuard(String),
+    /// The guard vanished without its report; the member emptied the process group itself.
+    GuardLost,
+}
+
+/// Serves one lease: a guarded child, restarted while the lease lasts; released after the
+/// last child's process group is gone.
+async fn serve(lease: Lease, ctx: Arc<Ctx>) {
+    let ids = Ids {
+        ctx,
+        resource: lease.resource().to_string(),
+        token: lease.token().to_string(),
+    };
+    lease_log!(
+        info,
+        ids,
+        "granted",
+        remaining_ms = lease.remaining().as_millis() as u64,
+        "lease granted"
+    );
+    let mut backoff = RESTART_MIN;
+    let why = loop {
+        if lease.is_revoked() {
+            break "revoked";
+        }
+        if !lease.is_valid() {
+            break "expired";
+        }
+        let started = tokio::time::Instant::now();
+        match run_child(&lease, &ids).await {
+            Outcome::Gone { cause, status } => {
+                let ran = started.elapsed();
+                match cause {
+                    Cause::Exit | Cause::SpawnFailed | Cause::Signal | Cause::Deadline => {
+                        if lease.is_revoked() || !lease.is_valid() {
+                            lease_log!(info, ids, cause.as_str(), %status,
+                                       "child stopped; the lease ended meanwhile");
+                            break "child stopped";
+                        }
+                        if ran >= RESTART_RESET {
+                            backoff = RESTART_MIN;
+                        }
+                        lease_log!(warn, ids, cause.as_str(), %status,
+                                   ran_ms = ran.as_millis() as u64,
+                                   restart_in_ms = backoff.as_millis() as u64,
+                                   "child stopped while the lease is valid; restarting it");
+                    }
+                    Cause::Stop | Cause::MemberGone => {
+                        lease_log!(info, ids, cause.as_str(), %status, "child stopped");
+                        break "child stopped";
+                    }
+                }
+            }
+            Outcome::NoGuard(e) => {
+                lease_log!(error, ids, "spawn-failed", error = %e,
+                           restart_in_ms = backoff.as_millis() as u64,
+                           "cannot start the guard process; retrying");
+            }
+            Outcome::GuardLost => {
+                if lease.is_revoked() || !lease.is_valid() {
+                    break "guard lost";
+                }
+                lease_log!(
+                    warn,
+                    ids,
+                    "guard-lost",
+                    restart_in_ms = backoff.as_millis() as u64,
+                    "restarting the child under a new guard"
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = lease.revoked() => break "revoked",
+        }
+        backoff = (backoff * 2).min(RESTART_MAX);
+    };
+    let reason = lease
+        .revoke_reason()
+        .map_or(why.to_string(), |r| r.as_str().to_string());
+    lease_log!(info, ids, reason, "lease released");
+    lease.release();
+}
+
+/// The outgoing side of a guard's socket: never blocks (a paused guard must not stall the
+/// member), so deadlines queue up to a bound and are dropped beyond it — dropping one only
+/// leaves the guard with an earlier deadline, which is safe.
+struct Outbox {
+    w: OwnedWriteHalf,
+    buf: Vec<u8>,
+}
+
+impl Outbox {
+    const MAX: usize = 4096;
+
+    fn send(&mut self, m: ToGuard) {
+        if matches!(m, ToGuard::Stop) || self.buf.len() < Self::MAX {
+            self.buf.extend_from_slice(m.encode().as_bytes());
+        }
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        while !self.buf.is_empty() {
+            match self.w.try_write(&self.buf) {
+                Ok(n) => {
+                    self.buf.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // WouldBlock: later. Other errors: the guard is gone; its EOF tells.
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// The deadline to hand the guard: read the clock first, so `now + remaining` is never later
+/// than the lease's deadline.
+fn guard_deadline(lease: &Lease) -> u64 {
+    let now = boottime_ns();
+    let remaining = u64::try_from(lease.remaining().as_nanos()).unwrap_or(u64::MAX);
+    now.saturating_add(remaining)
+}
+
+/// Runs one child under a new guard until the guard reports its process group empty.
+async fn run_child(lease: &Lease, ids: &Ids) -> Outcome {
+    let ctx = &ids.ctx;
+    let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => return Outcome::NoGuard(format!("socketpair: {e}")),
+    };
+    let fd = theirs.as_raw_fd();
+    let kill_after = ctx.stop_timeout * 3 / 4;
+    // This very binary, even if its file was replaced since; named as usual in `ps`.
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    cmd.arg0("rebalanser")
+        .arg("--log-format")
+        .arg(&ctx.log_format)
+        .arg("guard")
+        .arg("--fd")
+        .arg(fd.to_string())
+        .arg("--group")
+        .arg(&ctx.group)
+        .arg("--member")
+        .arg(&ctx.member)
+        .arg("--resource")
+        .arg(&ids.resource)
+        .arg("--token")
+        .arg(&ids.token)
+        .arg("--kill-after-ms")
+        .arg(kill_after.as_millis().to_string())
+        .arg("--term-before-ms")
+        .arg(ctx.stop_timeout.as_millis().to_string())
+        .arg("--command")
+        .arg(render_command(&ctx.template, &ids.resource))
+        .stdin(Stdio::null())
+        .kill_on_drop(false);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Its own session and process group: terminal signals for the member miss it.
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The guard's end of the pair survives exec (it is close-on-exec in the member).
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Outcome::NoGuard(e.to_string()),
+    };
+    drop(theirs);
+    let guard_pid = child.id().unwrap_or(0);
+    // Reap the guard whenever it exits.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    let stream = match ours
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(ours))
+    {
+        Ok(s) => s,
+        // Dropping our end is EOF for the guard: it exits without starting anything.
+        Err(e) => return Outcome::NoGuard(format!("control socket: {e}")),
+    };
+    let (r, w) = stream.into_split();
+    let mut out = Outbox { w, buf: Vec::new() };
+    let mut lines = BufReader::new(r).lines();
+    out.send(ToGuard::Deadline(guard_deadline(lease)));
+    let mut stop_sent = false;
+    if lease.is_revoked() {
+        out.send(ToGuard::Stop);
+        stop_sent = true;
+    }
+    let mut pgid: Option<i32> = None;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                out.send(ToGuard::Deadline(guard_deadline(lease)));
+            }
+            _ = lease.revoked(), if !stop_sent => {
+                let reason = lease.revoke_reason().map_or("driver-gone", |r| r.as_str());
+                lease_log!(info, ids, reason, pid = pgid.unwrap_or(0),
+                           "lease revoked: stopping the child");
+                out.send(ToGuard::Stop);
+                stop_sent = true;
+            }
+            line = lines.next_line() => match line.ok().flatten().as_deref().map(FromGuard::parse) {
+                Some(Some(FromGuard::Started { pid })) => {
+                    pgid = Some(pid);
+                    lease_log!(info, ids, "started", pid, guard_pid, "child started");
+                }
+                Some(Some(FromGuard::Empty { cause, status })) => {
+                    lease_log!(info, ids, cause.as_str(), pid = pgid.unwrap_or(0), %status,
+                               "child stopped; its process group is gone");
+                    return Outcome::Gone { cause, status };
+                }
+                Some(None) => {
+                    lease_log!(error, ids, "guard-lost", "bad message from the guard");
+                    drop(out);
+                    return guard_lost(ids, pgid).await;
+                }
+                None => return guard_lost(ids, pgid).await,
+            },
+        }
+    }
+}
+
+/// The guard vanished without reporting (killed by someone): its direct child died with it
+/// (PDEATHSIG), but the rest of the process group may live on. Kill the group and wait until
+/// it is empty; the lease is not released before.
+async fn guard_lost(ids: &Ids, pgid: Option<i32>) -> Outcome {
+    let Some(pgid) = pgid else {
+        lease_log!(
+            warn,
+            ids,
+            "guard-lost",
+            "the guard exited before starting the child"
+        );
+        return Outcome::GuardLost;
+    };
+    lease_log!(
+        error,
+        ids,
+        "guard-lost",
+        pid = pgid,
+        "the guard vanished: killing the child's process group from the member"
+    );
+    let mut waited = Duration::ZERO;
+    loop {
+        // SAFETY: plain kill(2). The group id stays reserved while any member lives.
+        let r = unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        if r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            return Outcome::GuardLost;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += Duration::from_millis(10);
+        if waited >= ORPHAN_WAIT {
+            lease_log!(
+                error,
+                ids,
+                "guard-lost",
+                pid = pgid,
+                "the child's process group is still not empty; holding the lease"
+            );
+            waited = Duration::ZERO;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        for bad in [
+            "", "2", "0s", "-1s", "x", "1x", "2 days", "25h", "nans", "1e3s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -52,7 +52,10 @@
 //!   next write), reads already hide the expired session's keys but report the revision from
 //!   before; the reaping then moves it forward.
 //! - A database file deleted or replaced under running processes is not detected; session ids
-//!   of the new file start again from 1.
+//!   of the new file start again from 1. **Restoring a backup while members run is unsafe**: the
+//!   restore brings back the session-id and revision counters, so a new session can get the id
+//!   of an erased one and the erased member's keepalives renew it. Stop every member (and wait
+//!   one TTL) before restoring or replacing the file.
 
 mod clock;
 mod error;

@@ -23,10 +23,16 @@
 //!    adopted descendant is left (`waitpid` = ECHILD), reports `E <cause> <status>` and exits.
 //!    Only then does the member release the lease.
 //!
+//! A guard that is itself SIGKILLed takes only its direct child down (PDEATHSIG); the member,
+//! a child subreaper, then kills the process group it was told about and every descendant that
+//! escaped it (they are re-parented to the member), and a guard that is stopped is killed by
+//! the member at the lease deadline.
+//!
 //! Not covered: a descendant that leaves the process group *and* whose parent stays alive
-//! outside it is found only when that parent dies (a cgroup would find it at once), and a
-//! guard that is itself SIGKILLed takes only its direct child down (PDEATHSIG); the member then
-//! kills the process group it was told about.
+//! outside it is found only when that parent dies (a cgroup would find it at once); and if the
+//! member and the guard are both SIGKILLed (`pkill -9 rebalanser`), the child's own background
+//! descendants are orphaned to init: run `member run` under a supervisor that kills the whole
+//! process tree (systemd `KillMode=control-group`, a container) for that case.
 
 use std::io::{self, Read as _, Write as _};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -175,6 +175,16 @@ fn run(a: RunArgs) -> ExitCode {
     if try_boottime_ns().is_none() {
         return fail("CLOCK_BOOTTIME is unavailable; lease deadlines cannot be kept");
     }
+    // A child subreaper: the descendants of a guard that is killed (and escaped its child's
+    // process group) come to this process instead of init, so `guard_lost` can kill them
+    // before the lease is released or the child restarted.
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return fail(format_args!(
+            "cannot become a child subreaper: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -520,15 +530,25 @@ async fn run_child(lease: &Lease, ids: &Ids) -> Outcome {
             Ok(())
         });
     }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+    // Registered under the same lock as the spawn, so a concurrent orphan scan never takes
+    // a new guard for an orphan.
+    let spawned = {
+        let mut guards = lock_guards();
+        cmd.spawn().map(|c| {
+            let pid = c.id().unwrap_or(0);
+            guards.insert(pid);
+            (c, pid)
+        })
+    };
+    let (mut child, guard_pid) = match spawned {
+        Ok(cp) => cp,
         Err(e) => return Outcome::NoGuard(e.to_string()),
     };
     drop(theirs);
-    let guard_pid = child.id().unwrap_or(0);
     // Reap the guard whenever it exits.
     tokio::spawn(async move {
         let _ = child.wait().await;
+        lock_guards().remove(&guard_pid);
     });
     let stream = match ours
         .set_nonblocking(true)
@@ -560,7 +580,28 @@ async fn run_child(lease: &Lease, ids: &Ids) -> Outcome {
                 lease_log!(info, ids, reason, pid = pgid.unwrap_or(0),
                            "lease revoked: stopping the child");
                 out.send(ToGuard::Stop);
+                // A stopped guard cannot stop anything.
+                // SAFETY: plain kill(2) of our own child.
+                unsafe { libc::kill(guard_pid as i32, libc::SIGCONT) };
                 stop_sent = true;
+            }
+            // Backstop: the guard should have reported long before the deadline. If it has
+            // not (stopped, starved), this process kills the guard and the group itself.
+            _ = tokio::time::sleep(lease.remaining().saturating_sub(BACKSTOP_LEAD)) => {
+                if lease.remaining() <= BACKSTOP_LEAD {
+                    lease_log!(error, ids, "deadline", pid = pgid.unwrap_or(0), guard_pid,
+                               "the guard did not stop the child by the lease deadline: \
+                                killing it and the child's process group");
+                    // SAFETY: plain kill(2) of our own child and of the child's group.
+                    unsafe {
+                        libc::kill(guard_pid as i32, libc::SIGKILL);
+                        if let Some(p) = pgid {
+                            libc::kill(-p, libc::SIGKILL);
+                        }
+                    }
+                    drop(out);
+                    return guard_lost(ids, pgid).await;
+                }
             }
             line = lines.next_line() => match line.ok().flatten().as_deref().map(FromGuard::parse) {
                 Some(Some(FromGuard::Started { pid })) => {
@@ -607,7 +648,12 @@ async fn guard_lost(ids: &Ids, pgid: Option<i32>) -> Outcome {
     loop {
         // SAFETY: plain kill(2). The group id stays reserved while any member lives.
         let r = unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        if r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        let group_gone =
+            r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        // Descendants that left the group (setsid) were re-parented to this subreaper when
+        // the guard died: anything that is our child but not a guard is one of them.
+        let orphans = kill_orphans();
+        if group_gone && orphans == 0 {
             return Outcome::GuardLost;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -623,6 +669,54 @@ async fn guard_lost(ids: &Ids, pgid: Option<i32>) -> Outcome {
             waited = Duration::ZERO;
         }
     }
+}
+
+/// How long before the lease deadline the member kills a guard that has not reported.
+const BACKSTOP_LEAD: Duration = Duration::from_millis(1);
+
+/// Pids of the live guards this member started.
+fn lock_guards() -> std::sync::MutexGuard<'static, std::collections::HashSet<u32>> {
+    static GUARDS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<u32>>> =
+        std::sync::OnceLock::new();
+    GUARDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// SIGKILLs and reaps every child of this process that is not a live guard (orphans adopted
+/// from a killed guard's subtree); returns how many it found.
+fn kill_orphans() -> usize {
+    let me = std::process::id();
+    let guards = lock_guards().clone();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut found = 0;
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        // Task threads of this process are not in /proc's top level; children are.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The field after the command (which may hold spaces and parentheses) ends at the
+        // last ')': "state ppid ...".
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(me) && !guards.contains(&pid) {
+            found += 1;
+            // SAFETY: kill(2) and a non-blocking waitpid(2) of our own child.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+                libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG);
+            }
+        }
+    }
+    found
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::util::boottime_ns;
+
 use rebalanser::{Error, Lease, Member, MemberHandle, StopPolicy};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
@@ -49,7 +51,7 @@ pub struct ChaosArgs {
     #[arg(long)]
     log: PathBuf,
     /// Session TTL; the other timings are derived from it. `2s`, `1500ms` or seconds.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = crate::util::duration_arg)]
     ttl: Duration,
     /// What the library does when a lease is held past its deadline (e.g. after SIGSTOP).
     #[arg(long, value_enum, default_value_t = PolicyArg::Abort)]
@@ -65,38 +67,6 @@ pub struct ChaosArgs {
 enum PolicyArg {
     Abort,
     Log,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, scale_ms) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000.0)
-    } else {
-        (s, 1000.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 2s, 1500ms)"))?;
-    if !v.is_finite() || v <= 0.0 || v * scale_ms > 86_400_000.0 {
-        return Err(format!("{s:?} must be positive and at most a day"));
-    }
-    Ok(Duration::from_micros((v * scale_ms * 1000.0).round() as u64))
-}
-
-/// CLOCK_BOOTTIME in nanoseconds: one clock for all processes on the host, running through
-/// suspend, and the clock the runtime computes lease deadlines on.
-pub fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec that outlives the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_BOOTTIME) failed");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// One line, one `write(2)` on an `O_APPEND` file: atomic with respect to other appenders.
@@ -306,16 +276,6 @@ async fn serve(lease: Lease, name: String, log: Arc<File>, linger: Duration) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("x").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
 
     #[test]
     fn boottime_moves_forward() {

@@ -71,25 +71,12 @@ pub struct DemoArgs {
     store: Option<String>,
 }
 
+/// A demo duration: `0` (no pause) or anything [`crate::util::parse_duration`] takes.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let (num, unit_ms) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1000.0)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60_000.0)
-    } else {
-        (t, 1000.0)
-    };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 2s, 1500ms, 1m)"))?;
-    if !v.is_finite() || v < 0.0 || v * unit_ms > 3_600_000.0 {
-        return Err(format!("{s:?} must be between 0 and an hour"));
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
     }
-    Ok(Duration::from_micros((v * unit_ms * 1000.0).round() as u64))
+    crate::util::duration_arg(s)
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {

@@ -7,6 +7,7 @@ mod chaos;
 mod demo;
 mod logging;
 mod member_run;
+mod util;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use rebalanser::{Admin, Error, IdError};
 
+pub use crate::util::{parse_duration, DurationError};
+
 /// `--store`, `--group`, `--timeout`: flattened into every admin subcommand.
 #[derive(clap::Args, Debug, Clone)]
 pub struct StoreArgs {
@@ -26,70 +28,6 @@ pub struct StoreArgs {
         allow_hyphen_values = true
     )]
     pub timeout: String,
-}
-
-/// Why a duration argument was rejected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DurationError {
-    Empty,
-    NoNumber,
-    NoUnit,
-    BadNumber(String),
-    UnknownUnit(String),
-    Zero,
-    TooLong,
-}
-
-impl fmt::Display for DurationError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DurationError::Empty => write!(f, "it is empty"),
-            DurationError::NoNumber => write!(f, "it must start with a number"),
-            DurationError::NoUnit => write!(f, "a unit is required"),
-            DurationError::BadNumber(n) => write!(f, "{n:?} is not a number"),
-            DurationError::UnknownUnit(u) => write!(f, "unknown unit {u:?}"),
-            DurationError::Zero => write!(f, "it must be longer than zero"),
-            DurationError::TooLong => write!(f, "it is longer than a day"),
-        }
-    }
-}
-
-/// Parses `250ms`, `2s`, `1.5s`, `1m`, `1h` (also `us`). A unit is required; zero is refused.
-pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
-    let t = s.trim();
-    if t.is_empty() {
-        return Err(DurationError::Empty);
-    }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() {
-        return Err(DurationError::NoNumber);
-    }
-    if unit.is_empty() {
-        return Err(DurationError::NoUnit);
-    }
-    let value: f64 = num
-        .parse()
-        .map_err(|_| DurationError::BadNumber(num.to_string()))?;
-    let scale = match unit.trim() {
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" | "sec" | "secs" => 1.0,
-        "m" | "min" | "mins" => 60.0,
-        "h" => 3600.0,
-        other => return Err(DurationError::UnknownUnit(other.to_string())),
-    };
-    let secs = value * scale;
-    if !secs.is_finite() || secs > 86_400.0 {
-        return Err(DurationError::TooLong);
-    }
-    let d = Duration::from_secs_f64(secs);
-    if d.is_zero() {
-        return Err(DurationError::Zero);
-    }
-    Ok(d)
 }
 
 /// Everything an admin subcommand can fail with. Printed as one line after `rebalanser: `.

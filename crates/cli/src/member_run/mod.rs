@@ -107,44 +107,15 @@ struct RunArgs {
     weight: u32,
     /// Session TTL: how long after a crash the resources move (e.g. 10s, 2s, 1500ms). The
     /// keepalive interval (TTL/10), store op timeout (TTL/4) and safety margin (TTL/8) follow.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::util::duration_arg)]
     session_ttl: Duration,
     /// How long a child gets to stop after a revoke [default: TTL/5]. SIGTERM first, SIGKILL
     /// after 3/4 of it.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::util::duration_arg)]
     stop_timeout: Option<Duration>,
     /// The command to run per resource, by /bin/sh -c; {resource} is replaced by the quoted id.
     #[arg(long, value_name = "CMD")]
     exec: String,
-}
-
-/// Parses `250ms`, `2s`, `1.5s`, `1m`, `1h`; a unit is required, zero and more than a day are
-/// refused.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let scale = match unit.trim() {
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "" => return Err("a unit is required (ms, s, m, h), e.g. 2s or 1500ms".into()),
-        u => return Err(format!("unknown unit {u:?} (use ms, s, m or h)")),
-    };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("{num:?} is not a number"))?;
-    let secs = v * scale;
-    if !secs.is_finite() || secs <= 0.0 {
-        return Err("must be longer than zero".into());
-    }
-    if secs > 86_400.0 {
-        return Err("must be at most a day".into());
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// `rebalanser member ...`: the entry point.
@@ -717,22 +688,4 @@ fn kill_orphans() -> usize {
         }
     }
     found
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        for bad in [
-            "", "2", "0s", "-1s", "x", "1x", "2 days", "25h", "nans", "1e3s",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -18,6 +18,8 @@
 
 use std::fmt;
 
+pub use crate::util::{boottime_ns, read_clock, try_boottime_ns};
+
 /// A message from the member to a guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToGuard {
@@ -187,36 +189,6 @@ impl FromGuard {
             _ => None,
         }
     }
-}
-
-fn read_clock(clock: libc::clockid_t) -> Option<u64> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec that outlives the call.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    if rc != 0 {
-        return None;
-    }
-    let secs = u64::try_from(ts.tv_sec).ok()?;
-    let nanos = u64::try_from(ts.tv_nsec).ok()?;
-    Some(secs.saturating_mul(1_000_000_000).saturating_add(nanos))
-}
-
-/// CLOCK_BOOTTIME in nanoseconds: one clock for every process on the host, running through
-/// system suspend. The member and its guards exchange deadlines on it.
-pub fn try_boottime_ns() -> Option<u64> {
-    read_clock(libc::CLOCK_BOOTTIME)
-}
-
-/// [`try_boottime_ns`]; both processes check at start-up that the clock works, so a later
-/// failure has no sound answer but stopping.
-pub fn boottime_ns() -> u64 {
-    try_boottime_ns().unwrap_or_else(|| {
-        eprintln!("rebalanser: CLOCK_BOOTTIME stopped working; aborting");
-        std::process::abort()
-    })
 }
 
 /// A CLOCK_BOOTTIME instant as Unix time (ns), for logs that are compared with wall-clock

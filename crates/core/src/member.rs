@@ -133,7 +133,7 @@ struct Lease {
     late: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Session {
     id: SessionId,
     /// Smallest TTL granted for this session (PITFALLS 2).
@@ -147,7 +147,7 @@ struct Session {
     last_ok_sent: Time,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Suspension {
     /// When the last lease was released; a keepalive sent after it may resume.
     released_at: Option<Time>,
@@ -164,7 +164,7 @@ enum Registration {
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Coordinator {
     epoch: Epoch,
     leader_rev: u64,
@@ -184,7 +184,7 @@ struct Gate {
     at: Time,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Pending {
     Open {
         sent: Time,
@@ -267,7 +267,7 @@ enum Phase {
 }
 
 /// One member of one group.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Member {
     cfg: Config,
     layout: Layout,

@@ -1,0 +1,854 @@
+//! Exhaustive model checking of the real protocol core with stateright (issue 5, deliverable 4).
+//!
+//! The state holds the real [`rebalanser_core::Member`]s (cloned, never re-implemented), the
+//! real store model [`rebalanser_store::MemModel`] (explicit `now`), the requests in flight,
+//! the replies in flight, pending notifications, each member's application, and a discrete
+//! clock that only jumps to the next instant something is due (a member timer, a session
+//! expiry, an operation timeout).
+//!
+//! Actions (see [`Action`]): a request is executed by the store and answered at once, or
+//! (bounded by `delays`) executed with its reply held back for later; faults (bounded by
+//! `faults`): a request executed but answered `Indeterminate` (reads: `Unavailable`), a request
+//! lost (answered the same way, not applied), a notification lost or duplicated, a member
+//! crashed (restarted later under the same name, with a new core); admin removal and re-add
+//! of a resource (bounded by `admin`); the application releasing a revoked lease; time
+//! advancing. Notifications are reordered with respect to replies by construction: every
+//! pending delivery is its own action.
+//!
+//! Properties: `always` no double lease, `always` tokens increase per resource across owners,
+//! `always` a fault-free continuation from the horizon converges (a bounded "eventually
+//! balanced once faults stop": the `Quiesce` action runs the same deterministic driver the
+//! warm-up uses), `sometimes` a handover completes (a resource granted to a second member).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use rebalanser_core::admin;
+use rebalanser_core::layout::{self, Layout};
+use rebalanser_core::store::{StoreError, StoreOp, StoreReply, StoreResult};
+use rebalanser_core::{
+    Config, Event, GroupId, LeaseId, Member, MemberId, ResourceId, SessionId, Time, Token, Variant,
+};
+use rebalanser_store::{MemModel, ModelConfig};
+use stateright::{Model, Property};
+
+pub use stateright;
+
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// What to explore.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub members: usize,
+    pub resources: usize,
+    /// Fault budget per path: lost/indeterminate ops, lost/duplicated notifications, crashes.
+    pub faults: u8,
+    /// Replies that may be held back while other things happen.
+    pub delays: u8,
+    /// Admin removals / re-adds of a resource per path.
+    pub admin: u8,
+    /// Crashes allowed (they also count against `faults`).
+    pub crashes: bool,
+    /// Time explored past the warm-up; at the horizon only `Quiesce` and instant actions.
+    pub horizon: Duration,
+    pub variant: Variant,
+    /// Offer `Quiesce` in every state (not only at the horizon): checks convergence from
+    /// every explored state, at the cost of one fault-free run per state.
+    pub quiesce_everywhere: bool,
+}
+
+impl Setup {
+    pub fn new(members: usize, resources: usize) -> Setup {
+        Setup {
+            members,
+            resources,
+            faults: 1,
+            delays: 1,
+            admin: 0,
+            crashes: true,
+            horizon: secs(12),
+            variant: Variant::Correct,
+            quiesce_everywhere: false,
+        }
+    }
+}
+
+/// Member timings, in whole seconds so that the clock takes few distinct values.
+pub fn member_config(name: &str, variant: Variant) -> Config {
+    let mut c = Config::new(GroupId::new("g").unwrap(), MemberId::new(name).unwrap());
+    c.session_ttl = secs(10);
+    c.safety_margin = secs(1);
+    c.stop_timeout = secs(2);
+    c.keepalive_interval = secs(2);
+    c.op_timeout = secs(1);
+    c.min_rebalance_interval = Duration::ZERO;
+    c.resync_interval = secs(30);
+    c.leave_timeout = secs(30);
+    c.retry_delay = secs(1);
+    c.variant = variant;
+    c.validate().unwrap();
+    c
+}
+
+#[derive(Debug, Clone)]
+pub struct AppLease {
+    pub lease: LeaseId,
+    pub token: Token,
+    pub session: SessionId,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub inc: u32,
+    pub core: Option<Member>,
+    pub app: BTreeMap<ResourceId, AppLease>,
+    pub notify: bool,
+}
+
+/// A request on its way to the store, or a reply on its way back.
+#[derive(Debug, Clone)]
+pub struct Flight {
+    pub req: StoreOp,
+    pub sent: Time,
+    /// `Some` once the store answered (reply held back).
+    pub res: Option<StoreResult>,
+}
+
+#[derive(Clone)]
+pub struct State {
+    pub now: Time,
+    pub store: MemModel,
+    pub slots: Vec<Slot>,
+    /// Keyed by (slot, incarnation, op id).
+    pub flight: BTreeMap<(usize, u32, u64), Flight>,
+    pub sessions: BTreeSet<SessionId>,
+    pub faults_left: u8,
+    pub delays_left: u8,
+    pub admin_left: u8,
+    pub removed: BTreeSet<ResourceId>,
+    pub last_token: BTreeMap<ResourceId, (usize, SessionId, Token)>,
+    pub token_violation: Option<String>,
+    pub handover: bool,
+    /// Set by `Quiesce`: `Ok` when the fault-free continuation converged.
+    pub quiesced: Option<Result<(), String>>,
+}
+
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "t={} store rev {}", self.now, self.store.rev())?;
+        for (i, s) in self.slots.iter().enumerate() {
+            let leases: Vec<String> = s
+                .app
+                .iter()
+                .map(|(r, l)| {
+                    let v = s
+                        .core
+                        .as_ref()
+                        .map(|m| m.valid_until(l.session))
+                        .unwrap_or(Time::ZERO);
+                    format!(
+                        "{r}(token {}, {}, valid until {v}{})",
+                        l.token,
+                        l.session,
+                        if l.revoked { ", revoked" } else { "" }
+                    )
+                })
+                .collect();
+            writeln!(
+                f,
+                "  m{i}#{} {} session={:?} coord={:?} leases=[{}]",
+                s.inc,
+                if s.core.is_some() { "up" } else { "DOWN" },
+                s.core.as_ref().and_then(|m| m.session()),
+                s.core.as_ref().and_then(|m| m.is_coordinator()),
+                leases.join(", ")
+            )?;
+        }
+        if let Some(v) = &self.token_violation {
+            writeln!(f, "  TOKEN VIOLATION {v}")?;
+        }
+        if let Some(q) = &self.quiesced {
+            writeln!(f, "  quiesced: {q:?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Feeds formatted text into a hasher without allocating.
+struct HashWriter<'a, H: Hasher>(&'a mut H);
+impl<H: Hasher> fmt::Write for HashWriter<'_, H> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.write(s.as_bytes());
+        Ok(())
+    }
+}
+
+impl State {
+    /// Everything in the state, rendered canonically (ordered maps throughout).
+    fn render(&self, w: &mut impl fmt::Write) -> fmt::Result {
+        write!(
+            w,
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}|{}|{:?}",
+            self.now,
+            self.store,
+            self.slots,
+            self.flight,
+            self.sessions,
+            self.faults_left,
+            self.delays_left,
+            self.admin_left,
+            self.removed,
+            self.last_token,
+            self.token_violation,
+            self.handover,
+            self.quiesced
+        )
+    }
+}
+
+impl PartialEq for State {
+    fn eq(&self, other: &State) -> bool {
+        let (mut a, mut b) = (String::new(), String::new());
+        let _ = self.render(&mut a);
+        let _ = other.render(&mut b);
+        a == b
+    }
+}
+
+impl Hash for State {
+    /// The fingerprint covers everything: the cores' complete `Debug` rendering (every field,
+    /// all in ordered maps, so it is canonical) and the store's. Nothing is abstracted away.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let _ = self.render(&mut HashWriter(state));
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// The store executes a request and the reply arrives at once.
+    Exec(usize, u32, u64),
+    /// The store executes a request; the reply is held back (delay budget).
+    Arrive(usize, u32, u64),
+    /// A held-back reply arrives.
+    Reply(usize, u32, u64),
+    /// Fault: executed, but the client times out (`Indeterminate` / `Unavailable`).
+    AppliedUnknown(usize, u32, u64),
+    /// Fault: lost before the store; the client times out.
+    Lost(usize, u32, u64),
+    Notify(usize),
+    /// Fault.
+    LoseNotify(usize),
+    /// Fault: delivered, and delivered again later.
+    DupNotify(usize),
+    /// The application finished stopping a revoked lease.
+    Release(usize, ResourceId),
+    /// Fault: the member process dies (its application with it).
+    Crash(usize),
+    /// A crashed member is started again under the same name.
+    Restart(usize),
+    AdminRemove(ResourceId),
+    AdminAdd(ResourceId),
+    /// Advance the clock to the next instant something is due.
+    Tick,
+    /// Faults stop: run the deterministic fault-free driver and check convergence.
+    Quiesce,
+}
+
+pub struct RebalanserModel {
+    pub setup: Setup,
+    pub layout: Layout,
+    pub resources: Vec<ResourceId>,
+    init: State,
+    horizon_at: Time,
+}
+
+fn timeout_error(op: &StoreOp) -> StoreResult {
+    if op.is_write() {
+        Err(StoreError::Indeterminate("timed out".into()))
+    } else {
+        Err(StoreError::Unavailable("timed out".into()))
+    }
+}
+
+impl RebalanserModel {
+    /// Builds the model; its initial state comes from running the real cores fault-free:
+    /// member 0 alone until it holds every resource, then the other members are started
+    /// (their first operations in flight).
+    pub fn new(setup: Setup) -> RebalanserModel {
+        let layout = Layout::new(&GroupId::new("g").unwrap());
+        let resources: Vec<ResourceId> = (0..setup.resources)
+            .map(|i| ResourceId::new(format!("r{i}")).unwrap())
+            .collect();
+        let mut store = MemModel::new(ModelConfig {
+            min_ttl: Duration::from_millis(1),
+            max_ttl: secs(3600),
+            history: 0,
+        });
+        store
+            .apply(Time::ZERO, &admin::create_group(&layout))
+            .unwrap();
+        store
+            .apply(Time::ZERO, &admin::add_resources(&layout, &resources))
+            .unwrap();
+        let mut m = RebalanserModel {
+            setup: setup.clone(),
+            layout,
+            resources,
+            init: State {
+                now: Time::ZERO,
+                store,
+                slots: (0..setup.members)
+                    .map(|_| Slot {
+                        inc: 0,
+                        core: None,
+                        app: BTreeMap::new(),
+                        notify: false,
+                    })
+                    .collect(),
+                flight: BTreeMap::new(),
+                sessions: BTreeSet::new(),
+                faults_left: setup.faults,
+                delays_left: setup.delays,
+                admin_left: setup.admin,
+                removed: BTreeSet::new(),
+                last_token: BTreeMap::new(),
+                token_violation: None,
+                handover: false,
+                quiesced: None,
+            },
+            horizon_at: Time::ZERO,
+        };
+        let mut s = m.init.clone();
+        m.start(&mut s, 0);
+        let until = s.now + secs(8);
+        m.run_quiet(&mut s, until, true);
+        assert!(
+            m.balanced(&s).is_ok(),
+            "warm-up did not converge: {:?}",
+            m.balanced(&s)
+        );
+        for i in 1..setup.members {
+            m.start(&mut s, i);
+        }
+        m.horizon_at = s.now + setup.horizon;
+        m.init = s;
+        m
+    }
+
+    pub fn initial(&self) -> &State {
+        &self.init
+    }
+
+    fn cfg(&self, i: usize) -> Config {
+        member_config(&format!("m{i}"), self.setup.variant)
+    }
+
+    fn start(&self, s: &mut State, i: usize) {
+        let slot = &mut s.slots[i];
+        slot.inc += 1;
+        slot.app.clear();
+        slot.notify = false;
+        let mut m = Member::new(self.cfg(i));
+        m.start(s.now);
+        slot.core = Some(m);
+        self.drain(s, i);
+    }
+
+    fn crash(&self, s: &mut State, i: usize) {
+        let slot = &mut s.slots[i];
+        slot.core = None;
+        slot.app.clear();
+        slot.notify = false;
+        // Replies to a dead incarnation are never read; requests it sent may still land.
+        let inc = slot.inc;
+        s.flight
+            .retain(|(j, k, _), f| !(*j == i && *k == inc && f.res.is_some()));
+    }
+
+    /// Moves ops and events out of member `i` after an input.
+    fn drain(&self, s: &mut State, i: usize) {
+        loop {
+            let inc = s.slots[i].inc;
+            let Some(m) = s.slots[i].core.as_mut() else {
+                return;
+            };
+            if let Some((id, req)) = m.poll_op() {
+                s.flight.insert(
+                    (i, inc, id.0),
+                    Flight {
+                        req,
+                        sent: s.now,
+                        res: None,
+                    },
+                );
+                continue;
+            }
+            let Some(e) = m.poll_event() else { break };
+            match e {
+                Event::Grant {
+                    lease,
+                    resource,
+                    token,
+                    session,
+                    ..
+                } => {
+                    if let Some((j, sess, t)) = s.last_token.get(&resource) {
+                        let bad = if *sess == session {
+                            token < *t
+                        } else {
+                            token <= *t
+                        };
+                        if bad && s.token_violation.is_none() {
+                            s.token_violation = Some(format!(
+                                "token for {resource} went from {t} (m{j}, {sess}) to {token} (m{i}, {session})"
+                            ));
+                        }
+                        if *j != i {
+                            s.handover = true;
+                        }
+                    }
+                    s.last_token.insert(resource.clone(), (i, session, token));
+                    s.slots[i].app.insert(
+                        resource,
+                        AppLease {
+                            lease,
+                            token,
+                            session,
+                            revoked: false,
+                        },
+                    );
+                }
+                Event::Revoke {
+                    lease, resource, ..
+                } => {
+                    if let Some(l) = s.slots[i].app.get_mut(&resource) {
+                        if l.lease == lease {
+                            l.revoked = true;
+                        }
+                    }
+                }
+                Event::SessionOpened { session, .. } => {
+                    s.sessions.insert(session);
+                }
+                Event::StopDeadlineMissed { .. } => {
+                    // The runtime aborts the process: the only stop a library can force.
+                    self.crash(s, i);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if s.slots[i].core.as_ref().is_some_and(|m| m.is_closed()) {
+            self.crash(s, i);
+        }
+    }
+
+    fn notify_all(&self, s: &mut State) {
+        for slot in s.slots.iter_mut().filter(|x| x.core.is_some()) {
+            slot.notify = true;
+        }
+    }
+
+    fn store_apply(&self, s: &mut State, req: &StoreOp) -> StoreResult {
+        let before = s.store.rev();
+        let res = s.store.apply(s.now, req);
+        if let Ok(StoreReply::Session { session, .. }) = &res {
+            s.sessions.insert(*session);
+        }
+        if s.store.rev() != before {
+            self.notify_all(s);
+        }
+        res
+    }
+
+    fn reply(&self, s: &mut State, i: usize, inc: u32, op: u64, res: StoreResult) {
+        if s.slots[i].inc != inc {
+            return;
+        }
+        let now = s.now;
+        if let Some(m) = s.slots[i].core.as_mut() {
+            m.handle_reply(now, rebalanser_core::OpId(op), res);
+            self.drain(s, i);
+        }
+    }
+
+    /// The next instant something is due, if any.
+    fn next_time(&self, s: &State) -> Option<Time> {
+        let mut t: Option<Time> = None;
+        let mut at = |x: Time| {
+            if x > s.now {
+                t = Some(t.map_or(x, |t: Time| t.min(x)));
+            }
+        };
+        for slot in &s.slots {
+            if let Some(x) = slot.core.as_ref().and_then(|m| m.poll_timeout()) {
+                at(x);
+            }
+        }
+        for sess in &s.sessions {
+            if let Some(x) = s.store.expires_at(*sess) {
+                at(x);
+            }
+        }
+        let op_timeout = self.cfg(0).op_timeout;
+        for f in s.flight.values() {
+            at(f.sent + op_timeout);
+        }
+        t
+    }
+
+    fn tick(&self, s: &mut State, to: Time) {
+        s.now = to;
+        let before = s.store.rev();
+        s.store.expire(to);
+        if s.store.rev() != before {
+            self.notify_all(s);
+        }
+        let alive: BTreeSet<SessionId> = s
+            .sessions
+            .iter()
+            .copied()
+            .filter(|x| s.store.session_alive(*x))
+            .collect();
+        s.sessions = alive;
+        // Operations past their timeout: the driver answers them (never applied later).
+        let op_timeout = self.cfg(0).op_timeout;
+        let overdue: Vec<((usize, u32, u64), Flight)> = s
+            .flight
+            .iter()
+            .filter(|(_, f)| f.sent + op_timeout <= to)
+            .map(|(k, f)| (*k, f.clone()))
+            .collect();
+        for (k, f) in overdue {
+            s.flight.remove(&k);
+            self.reply(s, k.0, k.1, k.2, timeout_error(&f.req));
+        }
+        for i in 0..s.slots.len() {
+            let due = s.slots[i]
+                .core
+                .as_ref()
+                .and_then(|m| m.poll_timeout())
+                .is_some_and(|x| x <= to);
+            if due {
+                if let Some(m) = s.slots[i].core.as_mut() {
+                    m.handle_timeout(to);
+                }
+                self.drain(s, i);
+            }
+        }
+    }
+
+    /// The deterministic fault-free driver: first request, first reply, notifications,
+    /// releases, then time. Used for the warm-up and by `Quiesce`.
+    fn run_quiet(&self, s: &mut State, until: Time, restart: bool) {
+        if restart {
+            for i in 0..s.slots.len() {
+                if s.slots[i].core.is_none() && s.slots[i].inc > 0 {
+                    self.start(s, i);
+                }
+            }
+        }
+        let mut guard = 0;
+        loop {
+            guard += 1;
+            assert!(guard < 100_000, "quiet driver livelock");
+            if let Some((k, f)) = s.flight.iter().next().map(|(k, f)| (*k, f.clone())) {
+                s.flight.remove(&k);
+                let res = match f.res {
+                    Some(r) => r,
+                    None => self.store_apply(s, &f.req),
+                };
+                self.reply(s, k.0, k.1, k.2, res);
+                continue;
+            }
+            if let Some(i) = (0..s.slots.len()).find(|i| s.slots[*i].notify) {
+                s.slots[i].notify = false;
+                let now = s.now;
+                if let Some(m) = s.slots[i].core.as_mut() {
+                    m.handle_notify(now);
+                }
+                self.drain(s, i);
+                continue;
+            }
+            if let Some((i, r)) = self.releasable(s).into_iter().next() {
+                self.release(s, i, &r);
+                continue;
+            }
+            match self.next_time(s) {
+                Some(t) if t <= until => self.tick(s, t),
+                _ => break,
+            }
+        }
+    }
+
+    fn releasable(&self, s: &State) -> Vec<(usize, ResourceId)> {
+        let mut v = Vec::new();
+        for (i, slot) in s.slots.iter().enumerate() {
+            for (r, l) in &slot.app {
+                if l.revoked {
+                    v.push((i, r.clone()));
+                }
+            }
+        }
+        v
+    }
+
+    fn release(&self, s: &mut State, i: usize, r: &ResourceId) {
+        let Some(l) = s.slots[i].app.remove(r) else {
+            return;
+        };
+        let now = s.now;
+        if let Some(m) = s.slots[i].core.as_mut() {
+            m.handle_released(now, r, l.lease);
+        }
+        self.drain(s, i);
+    }
+
+    /// Every resource leased exactly once (valid, not revoked), counts within one, every
+    /// running member joined, one coordinator.
+    pub fn balanced(&self, s: &State) -> Result<(), String> {
+        let entries: Vec<_> = s
+            .store
+            .entries()
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        let resources = layout::parse_view(&self.layout, &entries).0.resources;
+        let mut owners: BTreeMap<&ResourceId, usize> = BTreeMap::new();
+        let mut counts = Vec::new();
+        let mut coordinators = 0;
+        for (i, slot) in s.slots.iter().enumerate() {
+            let Some(m) = slot.core.as_ref() else {
+                continue;
+            };
+            if !m.is_joined() {
+                return Err(format!("m{i} not joined"));
+            }
+            if m.is_coordinator().is_some() {
+                coordinators += 1;
+            }
+            let mut n = 0;
+            for (r, l) in &slot.app {
+                if !l.revoked && s.now < m.valid_until(l.session) {
+                    *owners.entry(r).or_default() += 1;
+                    n += 1;
+                }
+            }
+            counts.push(n);
+        }
+        for r in &resources {
+            let n = owners.get(r).copied().unwrap_or(0);
+            if n != 1 {
+                return Err(format!("{r} leased {n} times"));
+            }
+        }
+        if owners.len() != resources.len() {
+            return Err("a removed resource is still leased".into());
+        }
+        if coordinators != 1 {
+            return Err(format!("{coordinators} coordinators"));
+        }
+        let (min, max) = (counts.iter().min(), counts.iter().max());
+        if let (Some(a), Some(b)) = (min, max) {
+            if b > &(a + 1) {
+                return Err(format!("unbalanced: {counts:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resources with two members' leases valid now.
+    pub fn double_lease(s: &State) -> Option<String> {
+        let mut holders: BTreeMap<&ResourceId, Vec<String>> = BTreeMap::new();
+        for (i, slot) in s.slots.iter().enumerate() {
+            let Some(m) = slot.core.as_ref() else {
+                continue;
+            };
+            for (r, l) in &slot.app {
+                if s.now < m.valid_until(l.session) {
+                    holders
+                        .entry(r)
+                        .or_default()
+                        .push(format!("m{i}(token {}, {})", l.token, l.session));
+                }
+            }
+        }
+        holders
+            .into_iter()
+            .find(|(_, v)| v.len() > 1)
+            .map(|(r, v)| format!("double lease on {r}: {}", v.join(" and ")))
+    }
+}
+
+impl Model for RebalanserModel {
+    type State = State;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<State> {
+        vec![self.init.clone()]
+    }
+
+    fn actions(&self, s: &State, actions: &mut Vec<Action>) {
+        if s.quiesced.is_some() {
+            return;
+        }
+        let faults = s.faults_left > 0;
+        for ((i, inc, op), f) in &s.flight {
+            let (i, inc, op) = (*i, *inc, *op);
+            if f.res.is_some() {
+                actions.push(Action::Reply(i, inc, op));
+                continue;
+            }
+            actions.push(Action::Exec(i, inc, op));
+            let live = s.slots[i].inc == inc && s.slots[i].core.is_some();
+            if s.delays_left > 0 && live {
+                actions.push(Action::Arrive(i, inc, op));
+            }
+            if faults && live {
+                actions.push(Action::AppliedUnknown(i, inc, op));
+                actions.push(Action::Lost(i, inc, op));
+            }
+        }
+        for (i, slot) in s.slots.iter().enumerate() {
+            if slot.core.is_some() {
+                if slot.notify {
+                    actions.push(Action::Notify(i));
+                    if faults {
+                        actions.push(Action::LoseNotify(i));
+                        actions.push(Action::DupNotify(i));
+                    }
+                }
+                if faults && self.setup.crashes {
+                    actions.push(Action::Crash(i));
+                }
+            } else if slot.inc > 0 {
+                actions.push(Action::Restart(i));
+            }
+        }
+        for (i, r) in self.releasable(s) {
+            actions.push(Action::Release(i, r));
+        }
+        if s.admin_left > 0 {
+            for r in &self.resources {
+                if s.removed.contains(r) {
+                    actions.push(Action::AdminAdd(r.clone()));
+                } else {
+                    actions.push(Action::AdminRemove(r.clone()));
+                }
+            }
+        }
+        match self.next_time(s) {
+            Some(t) if t <= self.horizon_at => {
+                actions.push(Action::Tick);
+                if self.setup.quiesce_everywhere {
+                    actions.push(Action::Quiesce);
+                }
+            }
+            _ => actions.push(Action::Quiesce),
+        }
+    }
+
+    fn next_state(&self, last: &State, action: Action) -> Option<State> {
+        let mut s = last.clone();
+        match action {
+            Action::Exec(i, inc, op) => {
+                let f = s.flight.remove(&(i, inc, op))?;
+                let res = self.store_apply(&mut s, &f.req);
+                self.reply(&mut s, i, inc, op, res);
+            }
+            Action::Arrive(i, inc, op) => {
+                s.delays_left -= 1;
+                let req = s.flight.get(&(i, inc, op))?.req.clone();
+                let res = self.store_apply(&mut s, &req);
+                s.flight.get_mut(&(i, inc, op))?.res = Some(res);
+            }
+            Action::Reply(i, inc, op) => {
+                let f = s.flight.remove(&(i, inc, op))?;
+                self.reply(&mut s, i, inc, op, f.res?);
+            }
+            Action::AppliedUnknown(i, inc, op) => {
+                s.faults_left -= 1;
+                let f = s.flight.remove(&(i, inc, op))?;
+                let _ = self.store_apply(&mut s, &f.req);
+                self.reply(&mut s, i, inc, op, timeout_error(&f.req));
+            }
+            Action::Lost(i, inc, op) => {
+                s.faults_left -= 1;
+                let f = s.flight.remove(&(i, inc, op))?;
+                self.reply(&mut s, i, inc, op, timeout_error(&f.req));
+            }
+            Action::Notify(i) | Action::DupNotify(i) => {
+                if matches!(action, Action::DupNotify(_)) {
+                    s.faults_left -= 1;
+                } else {
+                    s.slots[i].notify = false;
+                }
+                let now = s.now;
+                s.slots[i].core.as_mut()?.handle_notify(now);
+                self.drain(&mut s, i);
+            }
+            Action::LoseNotify(i) => {
+                s.faults_left -= 1;
+                s.slots[i].notify = false;
+            }
+            Action::Release(i, r) => self.release(&mut s, i, &r),
+            Action::Crash(i) => {
+                s.faults_left -= 1;
+                self.crash(&mut s, i);
+            }
+            Action::Restart(i) => self.start(&mut s, i),
+            Action::AdminRemove(r) => {
+                s.admin_left -= 1;
+                s.removed.insert(r.clone());
+                let op = admin::remove_resources_variant(
+                    &self.layout,
+                    std::slice::from_ref(&r),
+                    self.setup.variant,
+                );
+                let _ = self.store_apply(&mut s, &op);
+            }
+            Action::AdminAdd(r) => {
+                s.admin_left -= 1;
+                s.removed.remove(&r);
+                let op = admin::add_resources(&self.layout, std::slice::from_ref(&r));
+                let _ = self.store_apply(&mut s, &op);
+            }
+            Action::Tick => {
+                let t = self.next_time(&s)?;
+                self.tick(&mut s, t);
+            }
+            Action::Quiesce => {
+                let until = s.now + quiet_bound();
+                self.run_quiet(&mut s, until, true);
+                s.quiesced = Some(self.balanced(&s));
+            }
+        }
+        Some(s)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        vec![
+            Property::always("no double lease", |_, s: &State| {
+                RebalanserModel::double_lease(s).is_none()
+            }),
+            Property::always("tokens increase", |_, s: &State| {
+                s.token_violation.is_none()
+            }),
+            Property::always("balanced once faults stop", |_, s: &State| {
+                !matches!(s.quiesced, Some(Err(_)))
+            }),
+            Property::sometimes("handover completes", |_, s: &State| s.handover),
+        ]
+    }
+}
+
+/// How long a fault-free continuation may take to converge: an expired session's TTL, a
+/// rebalance and a stop budget, with room.
+pub fn quiet_bound() -> Duration {
+    secs(30)
+}

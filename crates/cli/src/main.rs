@@ -89,6 +89,13 @@ enum VariantArg {
     RemoveDeletesClaim,
     AcceptOlderViews,
     TrustLastKeepalive,
+    DeadlineFromReply,
+    NoSafetyMargin,
+    LateAbort,
+    DebounceRebalance,
+    UnguardedRebalance,
+    AdoptAnyClaim,
+    GrantOnClaimSent,
 }
 
 impl From<VariantArg> for Variant {
@@ -100,6 +107,13 @@ impl From<VariantArg> for Variant {
             VariantArg::RemoveDeletesClaim => Variant::RemoveDeletesClaim,
             VariantArg::AcceptOlderViews => Variant::AcceptOlderViews,
             VariantArg::TrustLastKeepalive => Variant::TrustLastKeepalive,
+            VariantArg::DeadlineFromReply => Variant::DeadlineFromReply,
+            VariantArg::NoSafetyMargin => Variant::NoSafetyMargin,
+            VariantArg::LateAbort => Variant::LateAbort,
+            VariantArg::DebounceRebalance => Variant::DebounceRebalance,
+            VariantArg::UnguardedRebalance => Variant::UnguardedRebalance,
+            VariantArg::AdoptAnyClaim => Variant::AdoptAnyClaim,
+            VariantArg::GrantOnClaimSent => Variant::GrantOnClaimSent,
         }
     }
 }

@@ -23,6 +23,23 @@ pub enum Variant {
     /// Counts the deadline from the last keepalive even on a store where a success proves
     /// only the previous one (ZooKeeper via a cut-off follower).
     TrustLastKeepalive,
+    /// Counts the deadline from when a keepalive's reply *arrived* instead of when it was
+    /// sent: a late reply stretches the deadline past the store's expiry.
+    DeadlineFromReply,
+    /// No safety margin: the deadline is the store's expiry as the member's clock sees it.
+    NoSafetyMargin,
+    /// The forced stop (`StopDeadlineMissed`) comes one stop budget after the deadline.
+    LateAbort,
+    /// The coordinator debounces (waits until nothing changed for `min_rebalance_interval`)
+    /// instead of rate-limiting with a trailing edge: a steady trickle starves rebalances.
+    DebounceRebalance,
+    /// The coordinator's rebalance transaction carries no leader/epoch guard: a deposed
+    /// coordinator's late write lands.
+    UnguardedRebalance,
+    /// A claim verification adopts the claim whoever owns it.
+    AdoptAnyClaim,
+    /// Grants a lease right after sending the claim's create, before its reply.
+    GrantOnClaimSent,
 }
 
 /// Everything a member needs to run the protocol. Durations are on the member's local clock.
@@ -147,6 +164,15 @@ impl Config {
             .saturating_add(self.op_timeout)
             .saturating_add(self.stop_timeout)
             .saturating_add(self.safety_margin)
+    }
+
+    /// The safety margin the member subtracts from every deadline.
+    pub(crate) fn margin(&self) -> Duration {
+        if self.variant == Variant::NoSafetyMargin {
+            // Test-only mutation.
+            return Duration::ZERO;
+        }
+        self.safety_margin
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

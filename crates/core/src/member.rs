@@ -175,6 +175,8 @@ struct Coordinator {
     txn: Option<OpId>,
     failures: u32,
     seq: u64,
+    /// `Variant::DebounceRebalance` only: the view that last restarted the wait.
+    debounce_view: u64,
 }
 
 /// When a claim operation may be tried again.
@@ -617,8 +619,18 @@ impl Member {
 
     fn lease_deadlines(&self, at: &mut impl FnMut(Time)) {
         for l in self.leases.values().filter(|l| !l.late) {
-            at(self.valid_until(l.session));
+            at(self.abort_at(l.session));
         }
+    }
+
+    /// When a lease of `session` still held must be force-stopped: its deadline.
+    fn abort_at(&self, session: SessionId) -> Time {
+        let t = self.valid_until(session);
+        if self.cfg.variant == Variant::LateAbort && t != Time::MAX {
+            // Test-only mutation: one stop budget late.
+            return t + self.cfg.stop_timeout;
+        }
+        t
     }
 
     /// The current session and its local lease deadline.
@@ -707,7 +719,7 @@ impl Member {
                 self.session = Some(Session {
                     id: session,
                     ttl,
-                    deadline: sent + ttl - self.cfg.safety_margin,
+                    deadline: sent + ttl - self.cfg.margin(),
                     keepalive: None,
                     next_keepalive: now + self.cfg.keepalive_interval,
                     suspended: None,
@@ -729,7 +741,13 @@ impl Member {
     }
 
     fn on_keepalive(&mut self, now: Time, sent: Time, result: StoreResult) {
-        let margin = self.cfg.safety_margin;
+        let margin = self.cfg.margin();
+        // Test-only mutation: the deadline counted from the reply's arrival.
+        let sent = if self.cfg.variant == Variant::DeadlineFromReply {
+            now
+        } else {
+            sent
+        };
         let stop = self.cfg.stop_timeout;
         let interval = self.cfg.keepalive_interval;
         let retry = self.cfg.retry_delay;
@@ -895,7 +913,10 @@ impl Member {
                             .deleting
                             .get(&r)
                             .is_some_and(|t| t.revision == e.create_rev) => {}
-                    Some(e) if e.owner == Some(session) => {
+                    Some(e)
+                        if e.owner == Some(session)
+                            || self.cfg.variant == Variant::AdoptAnyClaim =>
+                    {
                         let t = self.token(e.create_rev);
                         self.claims.insert(r, t);
                     }
@@ -949,6 +970,7 @@ impl Member {
             txn: None,
             failures: 0,
             seq: 0,
+            debounce_view: 0,
         });
         self.read_dirty = true;
         self.events.push_back(Event::BecameCoordinator { epoch });
@@ -1159,7 +1181,7 @@ impl Member {
         let late: Vec<ResourceId> = self
             .leases
             .iter()
-            .filter(|(_, l)| !l.late && now >= self.valid_until(l.session))
+            .filter(|(_, l)| !l.late && now >= self.abort_at(l.session))
             .map(|(r, _)| r.clone())
             .collect();
         if late.is_empty() {
@@ -1293,7 +1315,9 @@ impl Member {
                 })
             } else if l.session != session {
                 Some(RevokeReason::SessionLost)
-            } else if !self.claims.contains_key(r) && self.cfg.variant != Variant::GrantBeforeClaim
+            } else if !self.claims.contains_key(r)
+                && self.cfg.variant != Variant::GrantBeforeClaim
+                && !(self.cfg.variant == Variant::GrantOnClaimSent && self.claim_op.contains_key(r))
             {
                 Some(RevokeReason::Reassigned)
             } else {
@@ -1412,7 +1436,12 @@ impl Member {
                         }],
                     },
                 );
-                self.claim_op.insert(r, op);
+                self.claim_op.insert(r.clone(), op);
+                if self.cfg.variant == Variant::GrantOnClaimSent {
+                    // Test-only mutation: grant before the create's reply, with a guessed token.
+                    let t = self.token(self.view_rev + 1);
+                    self.grant(now, session, r, t);
+                }
             }
         }
     }
@@ -1529,6 +1558,23 @@ impl Member {
             }
             return;
         };
+        if self.cfg.variant == Variant::DebounceRebalance {
+            // Test-only mutation: every new view restarts the wait.
+            let view_seq = self.view_seq;
+            let interval = self.cfg.min_rebalance_interval;
+            if let Some(c) = self.coord.as_mut() {
+                if c.debounce_view != view_seq {
+                    c.debounce_view = view_seq;
+                    c.rebalance_at = Some(now + interval);
+                }
+                if c.rebalance_at.is_some_and(|at| now < at) {
+                    return;
+                }
+            }
+        }
+        let Some(c) = self.coord.as_ref() else {
+            return;
+        };
         // PITFALLS 22: a rate limit with a trailing edge, never a debounce.
         if let Some(last) = c.last_rebalance {
             let at = last + self.cfg.min_rebalance_interval;
@@ -1539,6 +1585,8 @@ impl Member {
                 return;
             }
         }
+        // DESIGN §8 rule 10: the write is fenced by the leader key and the epoch, so a deposed
+        // coordinator's late write cannot land.
         let mut conds = vec![
             Cond::Owned {
                 key: self.layout.leader(),
@@ -1547,6 +1595,9 @@ impl Member {
             },
             Cond::Version(self.layout.epoch(), epoch_version),
         ];
+        if self.cfg.variant == Variant::UnguardedRebalance {
+            conds.clear();
+        }
         conds.extend(plan.conds);
         let op = self.send(
             Pending::Rebalance {

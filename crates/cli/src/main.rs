@@ -13,7 +13,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use rebalanser_sim::{run, run_many, SimConfig, Variant};
+use rebalanser_sim::{run, run_seeds, Scenario, SimConfig, Variant};
 
 #[derive(Parser)]
 #[command(
@@ -79,6 +79,28 @@ struct SimArgs {
     /// Run a deliberately broken protocol variant (to see the checks catch it).
     #[arg(long, value_enum, default_value_t = VariantArg::Correct)]
     variant: VariantArg,
+    /// What the world does: random chaos, or a scripted fault that a class of broken builds
+    /// cannot survive (trickle: a crash during a steady trickle of changes; cutoff: a link
+    /// that degrades then fails under an application that ignores revokes).
+    #[arg(long, value_enum, default_value_t = ScenarioArg::Chaos)]
+    scenario: ScenarioArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScenarioArg {
+    Chaos,
+    Trickle,
+    Cutoff,
+}
+
+impl From<ScenarioArg> for Scenario {
+    fn from(v: ScenarioArg) -> Scenario {
+        match v {
+            ScenarioArg::Chaos => Scenario::Chaos,
+            ScenarioArg::Trickle => Scenario::Trickle,
+            ScenarioArg::Cutoff => Scenario::Cutoff,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -135,7 +157,10 @@ fn sim(a: SimArgs, seeds_given: bool) -> ExitCode {
     let threads = a
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let reports = run_many(first, n, a.steps, variant, threads);
+    let mut template = SimConfig::new(first, a.steps);
+    template.variant = variant;
+    template.scenario = a.scenario.into();
+    let reports = run_seeds(first, n, &template, threads);
     // A closed pipe (`| head`) ends the output quietly instead of panicking.
     let mut out = std::io::stdout().lock();
     macro_rules! say {
@@ -153,8 +178,10 @@ fn sim(a: SimArgs, seeds_given: bool) -> ExitCode {
         violations += r.violations.len();
         if a.trace || (!r.violations.is_empty() && shown == 0) {
             // Replay with the trace on: the same seed gives the same run.
-            let mut c = SimConfig::new(r.seed, a.steps);
-            c.variant = variant;
+            let mut c = SimConfig {
+                seed: r.seed,
+                ..template.clone()
+            };
             c.trace = true;
             let replay = run(&c);
             for line in &replay.trace {
@@ -178,8 +205,17 @@ fn sim(a: SimArgs, seeds_given: bool) -> ExitCode {
                         .unwrap_or_default()
                 ),
             };
+            let scenario = match a.scenario {
+                ScenarioArg::Chaos => String::new(),
+                v => format!(
+                    " --scenario {}",
+                    v.to_possible_value()
+                        .map(|p| p.get_name().to_string())
+                        .unwrap_or_default()
+                ),
+            };
             say!(
-                "replay: rebalanser sim --seed {} --steps {}{variant} --trace",
+                "replay: rebalanser sim --seed {} --steps {}{variant}{scenario} --trace",
                 r.seed,
                 a.steps
             );

@@ -232,6 +232,8 @@ enum Pending {
     Rebalance {
         session: SessionId,
         sent: Time,
+        /// More transactions must follow to reach the plan's target.
+        partial: bool,
         moved: usize,
         members: usize,
         resources: usize,
@@ -538,11 +540,12 @@ impl Member {
             }
             Pending::Rebalance {
                 sent,
+                partial,
                 moved,
                 members,
                 resources,
                 ..
-            } => self.on_rebalance(now, sent, (moved, members, resources), result),
+            } => self.on_rebalance(now, sent, partial, (moved, members, resources), result),
             Pending::Resign { .. } => {
                 if self.election == Some(op) {
                     self.election = None;
@@ -986,6 +989,7 @@ impl Member {
         &mut self,
         now: Time,
         sent: Time,
+        partial: bool,
         (moved, members, resources): (usize, usize, usize),
         result: StoreResult,
     ) {
@@ -999,6 +1003,11 @@ impl Member {
         match result {
             Ok(_) => {
                 c.failures = 0;
+                if partial {
+                    // The rest of the same rebalance follows at once: the rate limit spaces
+                    // rebalances, not the transactions of one (DESIGN §1.4's bound).
+                    c.last_rebalance = None;
+                }
                 // Plan the next rebalance from a view that includes this write, not from the
                 // one it was planned on (that would resend the same writes into a Conflict).
                 c.fresh_from_read = self.reads_sent + 1;
@@ -1603,6 +1612,7 @@ impl Member {
             Pending::Rebalance {
                 session,
                 sent: now,
+                partial: plan.partial,
                 moved: plan.moved,
                 members: plan.members,
                 resources: plan.resources,
@@ -1725,7 +1735,10 @@ impl Member {
             if live.contains_key(m) {
                 continue;
             }
-            let mut g = WriteGroup::default();
+            let mut g = WriteGroup {
+                age: chunks_age(chunks),
+                ..WriteGroup::default()
+            };
             for c in chunks {
                 g.conds.push(Cond::Version(c.key.clone(), c.version));
                 g.writes.push(Write::Delete { key: c.key.clone() });
@@ -1738,14 +1751,21 @@ impl Member {
             return None;
         }
         let total_bytes: usize = finals.iter().flat_map(|g| &g.writes).map(write_bytes).sum();
-        let groups = if total <= self.cfg.max_txn_writes && total_bytes <= self.cfg.max_txn_bytes {
+        let fits = total <= self.cfg.max_txn_writes && total_bytes <= self.cfg.max_txn_bytes;
+        let mut partial = !fits;
+        let mut groups = if fits {
             finals
         } else if !removals.is_empty() {
             removals
         } else {
             finals
         };
+        // When a rebalance takes several transactions, the member whose stored assignment is
+        // oldest goes first: in name order, a steady trickle of changes to earlier members
+        // would starve later ones, and with them a dead member's resources (DESIGN §1.4).
+        groups.sort_by_key(|g| g.age);
         let mut plan = Plan {
+            partial: false,
             conds: Vec::new(),
             writes: Vec::new(),
             moved: assignor::moved(&prev, &next),
@@ -1760,12 +1780,14 @@ impl Member {
             let full = plan.writes.len() + g.writes.len() > self.cfg.max_txn_writes
                 || bytes + size > self.cfg.max_txn_bytes;
             if !plan.writes.is_empty() && full {
+                partial = true;
                 break;
             }
             bytes += size;
             plan.conds.extend(g.conds);
             plan.writes.extend(g.writes);
         }
+        plan.partial = partial;
         Some(plan)
     }
 
@@ -1778,7 +1800,10 @@ impl Member {
         existing: &[layout::ChunkView],
         (epoch, seq): (Epoch, u64),
     ) -> WriteGroup {
-        let mut g = WriteGroup::default();
+        let mut g = WriteGroup {
+            age: chunks_age(existing),
+            ..WriteGroup::default()
+        };
         let chunks = if set.is_empty() {
             Vec::new()
         } else {
@@ -1814,14 +1839,25 @@ impl Member {
 struct WriteGroup {
     conds: Vec<Cond>,
     writes: Vec<Write>,
+    /// (epoch, seq) of the oldest stored chunk it replaces; zero when there is none.
+    age: (Epoch, u64),
 }
 
 struct Plan {
+    partial: bool,
     conds: Vec<Cond>,
     writes: Vec<Write>,
     moved: usize,
     members: usize,
     resources: usize,
+}
+
+fn chunks_age(chunks: &[layout::ChunkView]) -> (Epoch, u64) {
+    chunks
+        .iter()
+        .map(|c| (c.rec.epoch, c.rec.seq))
+        .min()
+        .unwrap_or((Epoch(0), 0))
 }
 
 /// Encoded size of a write, for the transaction size limit.

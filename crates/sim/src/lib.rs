@@ -24,6 +24,21 @@ use std::time::Duration;
 pub use rebalanser_core::Variant;
 pub use world::World;
 
+/// What the world does to the members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scenario {
+    /// Random faults of every kind, then quiet and convergence checks.
+    #[default]
+    Chaos,
+    /// A resource added every 50 ms while the busiest member crashes: its resources must run
+    /// elsewhere within the failover bound (DESIGN §1.4) while the trickle goes on.
+    Trickle,
+    /// The busiest member's link degrades (replies just before their timeout), then fails for
+    /// good, while its application ignores revokes: only the member's forced stop ends its
+    /// access, and it must come before the store expires the session. Timers fire late.
+    Cutoff,
+}
+
 /// What to simulate.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -31,6 +46,7 @@ pub struct SimConfig {
     /// Events processed while faults are injected.
     pub steps: u64,
     pub variant: Variant,
+    pub scenario: Scenario,
     /// Record one line per event (costly; used to print a failing seed).
     pub trace: bool,
 }
@@ -41,6 +57,7 @@ impl SimConfig {
             seed,
             steps,
             variant: Variant::Correct,
+            scenario: Scenario::Chaos,
             trace: false,
         }
     }
@@ -99,6 +116,14 @@ pub fn run_many(
     variant: Variant,
     threads: usize,
 ) -> Vec<SimReport> {
+    let mut template = SimConfig::new(first, steps);
+    template.variant = variant;
+    run_seeds(first, n, &template, threads)
+}
+
+/// Runs seeds `[first, first + n)` of `template` (its seed is ignored) on `threads` OS
+/// threads; reports in seed order.
+pub fn run_seeds(first: u64, n: u64, template: &SimConfig, threads: usize) -> Vec<SimReport> {
     let threads = threads.max(1) as u64;
     // Seeds past u64::MAX do not exist: the range ends there.
     let end = first.saturating_add(n);
@@ -109,9 +134,10 @@ pub fn run_many(
                     (first..end)
                         .filter(|seed| seed % threads == t)
                         .map(|seed| {
-                            let mut c = SimConfig::new(seed, steps);
-                            c.variant = variant;
-                            run(&c)
+                            run(&SimConfig {
+                                seed,
+                                ..template.clone()
+                            })
                         })
                         .collect::<Vec<_>>()
                 })

@@ -14,11 +14,18 @@ use rebalanser_core::{
 use rebalanser_store::{MemModel, ModelConfig};
 
 use crate::rng::Rng;
+use crate::Scenario;
+
+mod oracle;
+mod scenarios;
 use crate::{convergence_bound, SimConfig, SimReport, SESSION_TTL};
 
 const MS: u64 = 1_000_000;
 const MAX_MEMBERS: usize = 6;
 const STORE_TICK: Duration = Duration::from_millis(20);
+/// How late a timer may fire on a loaded machine: below the members' safety margin (150 ms)
+/// less clock drift.
+const MAX_TIMER_LATENESS_MS: u64 = 100;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -79,11 +86,18 @@ enum Ev {
     Heal {
         slot: usize,
     },
+    /// A step of a scripted scenario.
+    Script(scenarios::Script),
+    /// A degraded link fails: partition `slot` until `heal_after` from now.
+    Cut {
+        slot: usize,
+        heal_after: Duration,
+    },
     /// Re-add a resource removed a moment ago (remove + re-add faster than a handover).
     ReAdd {
         resource: ResourceId,
     },
-    /// Make a member leave shortly after joining (assignment flips A→B→A).
+    /// Make a member leave (shortly after joining: assignment flips A→B→A).
     QuickLeave {
         slot: usize,
         inc: u32,
@@ -97,12 +111,16 @@ enum State {
     Left,
 }
 
+/// What the application of one member does with one resource: it accesses it from the
+/// `Grant` until it has stopped (its release, or its process's crash or abort), whatever the
+/// member believes about its deadline. A paused process accesses nothing while paused.
 #[derive(Debug)]
 struct AppLease {
     lease: LeaseId,
     token: Token,
     session: SessionId,
     revoked: bool,
+    since: Time,
 }
 
 #[derive(Debug)]
@@ -112,6 +130,8 @@ struct Slot {
     core: Option<Member>,
     state: State,
     partitioned: bool,
+    /// Replies reach the member just before its operation timeout (a congested link).
+    degraded: bool,
     paused_until: Option<Time>,
     /// Local clock = offset + t·(1 + ppm/10⁶).
     ppm: i64,
@@ -119,6 +139,8 @@ struct Slot {
     timer: Option<Time>,
     app: BTreeMap<ResourceId, AppLease>,
     leaving: bool,
+    /// The application ignores revokes (stuck in a call): only an abort stops it.
+    stuck: bool,
 }
 
 impl Slot {
@@ -157,6 +179,8 @@ struct Faults {
     /// A keepalive answered OK that never reached the expiry authority (never two in a row
     /// for one session: the server that lied is then cut off and stops answering).
     keepalive_lie: f64,
+    /// A member's timer fires late (scheduling delay on a loaded machine).
+    late_timer: f64,
 }
 
 const QUIET: Faults = Faults {
@@ -171,6 +195,7 @@ const QUIET: Faults = Faults {
     late_write: 0.0,
     renegotiate: 0.0,
     keepalive_lie: 0.0,
+    late_timer: 0.0,
 };
 
 pub struct World {
@@ -195,10 +220,14 @@ pub struct World {
     /// Sessions whose last keepalive was answered without being seen.
     lied: BTreeSet<SessionId>,
     violations: Vec<String>,
+    /// Oracle findings already reported (a double access lasts many steps).
+    reported: BTreeSet<String>,
     trace: Vec<String>,
     steps: u64,
     same_instant: u64,
     counters: BTreeMap<&'static str, u64>,
+    /// The scripted crash of `Scenario::Trickle`, until its resources moved.
+    failover: Option<scenarios::Failover>,
 }
 
 impl World {
@@ -246,7 +275,7 @@ impl World {
         member_cfg.count_from_previous_keepalive = zk_like;
         debug_assert!(member_cfg.validate().is_ok());
         let op_timeout = member_cfg.op_timeout;
-        let faults = Faults {
+        let mut faults = Faults {
             lost_request: rng.range(0, 30) as f64 / 1000.0,
             lost_reply: rng.range(0, 30) as f64 / 1000.0,
             fast_fail: rng.range(0, 20) as f64 / 1000.0,
@@ -254,7 +283,7 @@ impl World {
             stale_read: rng.range(0, 200) as f64 / 1000.0,
             lost_notify: rng.range(0, 100) as f64 / 1000.0,
             dup_notify: rng.range(0, 100) as f64 / 1000.0,
-            slow_stop: rng.range(0, 50) as f64 / 1000.0,
+            slow_stop: rng.range(0, 200) as f64 / 1000.0,
             late_write: rng.range(0, 60) as f64 / 1000.0,
             renegotiate: rng.range(0, 30) as f64 / 1000.0,
             keepalive_lie: if zk_like {
@@ -262,7 +291,11 @@ impl World {
             } else {
                 0.0
             },
+            late_timer: rng.range(0, 300) as f64 / 1000.0,
         };
+        if cfg.scenario != Scenario::Chaos {
+            scenarios::calm(&mut member_cfg, &mut faults);
+        }
         let mut w = World {
             cfg: cfg.clone(),
             rng,
@@ -283,12 +316,18 @@ impl World {
             last_token: BTreeMap::new(),
             lied: BTreeSet::new(),
             violations: Vec::new(),
+            reported: BTreeSet::new(),
             trace: Vec::new(),
             steps: 0,
             same_instant: 0,
             counters: BTreeMap::new(),
+            failover: None,
         };
         w.admin(admin::create_group(&w.layout));
+        if cfg.scenario != Scenario::Chaos {
+            w.start_scenario();
+            return w;
+        }
         let n_res = w.rng.range(1, 12);
         let ids: Vec<ResourceId> = (0..n_res).map(|_| w.new_resource()).collect();
         w.admin(admin::add_resources(&w.layout, &ids));
@@ -354,12 +393,14 @@ impl World {
             core: None,
             state: State::Crashed,
             partitioned: false,
+            degraded: false,
             paused_until: None,
             ppm,
             offset,
             timer: None,
             app: BTreeMap::new(),
             leaving: false,
+            stuck: false,
         });
         self.start_member(i);
         i
@@ -404,6 +445,9 @@ impl World {
     // ----- main loop ------------------------------------------------------------------
 
     pub fn run(mut self) -> SimReport {
+        if self.cfg.scenario != Scenario::Chaos {
+            return self.run_scenario();
+        }
         let mut fault_steps = 0;
         while fault_steps < self.cfg.steps {
             if !self.step() {
@@ -458,6 +502,9 @@ impl World {
         while self.peek_time().is_some_and(|t| t <= end) {
             self.step();
         }
+        if end > self.now {
+            self.check_access(end);
+        }
         self.now = end;
     }
 
@@ -482,21 +529,27 @@ impl World {
         } else {
             self.same_instant = 0;
         }
+        if t > self.now {
+            self.check_access(t);
+        }
         self.now = t;
         self.steps += 1;
-        // A paused process handles nothing until it wakes; its inbox keeps the order.
+        // A paused process handles nothing until it wakes; its inbox keeps the order. Its
+        // requests already on the wire still reach the store (and do not wake it).
         if let Some(slot) = ev_slot(&ev) {
             if let Some(until) = self.slots[slot].paused_until {
-                if until > self.now && !matches!(ev, Ev::Arrive { .. }) {
-                    self.evs.insert(id, ev);
-                    self.queue.push(Reverse((until, seq, id)));
-                    return true;
+                if until > self.now {
+                    if !matches!(ev, Ev::Arrive { .. }) {
+                        self.evs.insert(id, ev);
+                        self.queue.push(Reverse((until, seq, id)));
+                        return true;
+                    }
+                } else {
+                    self.slots[slot].paused_until = None;
                 }
-                self.slots[slot].paused_until = None;
             }
         }
         self.handle(ev);
-        self.check_safety();
         true
     }
 
@@ -543,7 +596,7 @@ impl World {
             }
             Ev::LateApply { req } => {
                 let before = self.store.rev();
-                let res = self.store.apply(self.now, &req);
+                let res = self.store_apply(&req);
                 self.log(|| format!("store LATE {} {}", short_op(&req), short_res(&res)));
                 if self.store.rev() != before {
                     self.notify_all();
@@ -613,9 +666,18 @@ impl World {
                 }
             }
             Ev::Heal { slot } => {
+                self.slots[slot].degraded = false;
                 if self.slots[slot].partitioned {
                     self.slots[slot].partitioned = false;
                     self.log(|| format!("m{slot} healed"));
+                }
+            }
+            Ev::Script(what) => self.script(what),
+            Ev::Cut { slot, heal_after } => {
+                if self.chaos {
+                    self.slots[slot].partitioned = true;
+                    self.log(|| format!("m{slot} cut off for {heal_after:?}"));
+                    self.schedule(self.now + heal_after, Ev::Heal { slot });
                 }
             }
             Ev::ReAdd { resource } => {
@@ -658,9 +720,17 @@ impl World {
         if m.is_closed() {
             let inc = self.slots[i].inc;
             self.log(|| format!("m{i}#{inc} left"));
+            let still: Vec<String> = self.slots[i].app.keys().map(|r| r.to_string()).collect();
+            if !still.is_empty() {
+                self.violation(format!(
+                    "m{i}#{inc} left while its application still accesses {}",
+                    still.join(", ")
+                ));
+            }
             self.slots[i].state = State::Left;
             self.slots[i].core = None;
             self.slots[i].timer = None;
+            self.slots[i].app.clear();
             return;
         }
         let want = m
@@ -671,8 +741,14 @@ impl World {
             if let Some(t) = want {
                 if t != Time::MAX {
                     let inc = self.slots[i].inc;
+                    // A busy machine runs a timer late (the safety margin covers it).
+                    let late = if self.rng.chance(self.faults.late_timer) {
+                        ms(self.rng.range(1, MAX_TIMER_LATENESS_MS))
+                    } else {
+                        Duration::ZERO
+                    };
                     self.schedule(
-                        t,
+                        t + late,
                         Ev::Timer {
                             slot: i,
                             inc,
@@ -718,6 +794,11 @@ impl World {
                     }
                 }
                 self.last_token.insert(resource.clone(), (*session, *token));
+                if let Some(why) = self.claim_problem(resource, *session, *token) {
+                    self.violation(format!(
+                        "m{i}#{inc} granted {resource} (token {token}, {session}) but {why}"
+                    ));
+                }
                 let prev = self.slots[i].app.insert(
                     resource.clone(),
                     AppLease {
@@ -725,6 +806,7 @@ impl World {
                         token: *token,
                         session: *session,
                         revoked: false,
+                        since: self.now,
                     },
                 );
                 if prev.is_some() {
@@ -737,11 +819,16 @@ impl World {
                 if let Some(l) = self.slots[i].app.get_mut(resource) {
                     if l.lease == *lease && !l.revoked {
                         l.revoked = true;
+                        if self.slots[i].stuck {
+                            self.log(|| format!("m{i}#{inc} {}", short_event(&e)));
+                            return;
+                        }
                         let budget = self.member_cfg.stop_timeout.as_millis() as u64;
                         let stop = if self.rng.chance(self.faults.slow_stop) {
                             self.rng.range(budget, budget * 3)
                         } else {
-                            self.rng.range(0, budget * 8 / 10)
+                            // Well-behaved: stops within its budget, sometimes only just.
+                            self.rng.range(0, budget)
                         };
                         self.schedule(
                             self.now + ms(stop),
@@ -885,13 +972,17 @@ impl World {
         let before = self.store.rev();
         let res = match stale {
             Some(r) => r,
-            None => self.store.apply(self.now, &req),
+            None => self.store_apply(&req),
         };
         self.log(|| format!("store op{} m{i}#{inc} {}", op.0, short_res(&res)));
         if self.store.rev() != before {
             self.notify_all();
         }
-        let d2 = self.latency();
+        let mut d2 = self.latency();
+        if self.slots[i].degraded {
+            let room = timeout_at.0.saturating_sub(self.now.0);
+            d2 = Duration::from_nanos(room / 100 * self.rng.range(60, 99));
+        }
         let lost = self.slots[i].partitioned || self.rng.chance(self.faults.lost_reply);
         if lost || self.now + d2 >= timeout_at {
             // Applied, but the client never learns it: the Indeterminate case.
@@ -965,7 +1056,9 @@ impl World {
             }
             4 => {
                 if let Some(&i) = self.rng.pick(&running) {
-                    self.leave(i);
+                    // Through the member's inbox: a paused process learns of it on waking.
+                    let inc = self.slots[i].inc;
+                    self.schedule(self.now, Ev::QuickLeave { slot: i, inc });
                 }
             }
             5 => {
@@ -979,7 +1072,11 @@ impl World {
             6 => {
                 if let Some(&i) = self.rng.pick(&running) {
                     let d = self.rng.range(100, ttl * 3);
-                    self.slots[i].paused_until = Some(self.now + ms(d));
+                    // A second pause of a paused process can only extend it: its deferred
+                    // inbox wakes at the later time.
+                    let until = self.now + ms(d);
+                    let until = self.slots[i].paused_until.map_or(until, |u| u.max(until));
+                    self.slots[i].paused_until = Some(until);
                     self.log(|| format!("chaos: pause m{i} for {d}ms"));
                 }
             }
@@ -1024,6 +1121,23 @@ impl World {
                     self.start_member(i);
                 }
             }
+            12 => {
+                // A link that degrades before it fails: replies arrive just before their
+                // timeout (a keepalive's reply much later than its send), then nothing.
+                if let Some(&i) = self.rng.pick(&running) {
+                    self.slots[i].degraded = true;
+                    let cut = ms(self.rng.range(150, 450));
+                    let heal_after = ms(self.rng.range(ttl / 2, ttl * 3));
+                    self.log(|| format!("chaos: degrade m{i}, cut in {cut:?}"));
+                    self.schedule(
+                        self.now + cut,
+                        Ev::Cut {
+                            slot: i,
+                            heal_after,
+                        },
+                    );
+                }
+            }
             _ => {}
         }
     }
@@ -1056,6 +1170,7 @@ impl World {
         self.log(|| "faults stop".to_string());
         for i in 0..self.slots.len() {
             self.slots[i].partitioned = false;
+            self.slots[i].degraded = false;
             if let Some(u) = self.slots[i].paused_until {
                 if u > self.now {
                     self.slots[i].paused_until = Some(self.now);
@@ -1093,37 +1208,6 @@ impl World {
 
     // ----- checks ---------------------------------------------------------------------
 
-    /// (a) no two members hold a valid lease on one resource.
-    fn check_safety(&mut self) {
-        let mut holders: BTreeMap<&ResourceId, Vec<usize>> = BTreeMap::new();
-        for (i, s) in self.slots.iter().enumerate() {
-            let Some(m) = s.core.as_ref() else { continue };
-            let local = s.local(self.now);
-            for (r, l) in &s.app {
-                if local < m.valid_until(l.session) {
-                    holders.entry(r).or_default().push(i);
-                }
-            }
-        }
-        let doubles: Vec<String> = holders
-            .into_iter()
-            .filter(|(_, v)| v.len() > 1)
-            .map(|(r, v)| {
-                let who: Vec<String> = v
-                    .iter()
-                    .map(|i| {
-                        let l = &self.slots[*i].app[r];
-                        format!("m{i}(token {}, {})", l.token, l.session)
-                    })
-                    .collect();
-                format!("double lease on {r}: {}", who.join(" and "))
-            })
-            .collect();
-        for d in doubles {
-            self.violation(d);
-        }
-    }
-
     /// (c) once faults stopped and the bound passed: every resource leased exactly once,
     /// counts within one of each other.
     fn check_converged(&mut self) {
@@ -1139,10 +1223,9 @@ impl World {
             if !s.leaving && !m.is_joined() {
                 problems.push(format!("m{i} is running but not joined"));
             }
-            let local = s.local(self.now);
             let mut n = 0;
             for (r, l) in &s.app {
-                if !l.revoked && local < m.valid_until(l.session) {
+                if !l.revoked {
                     owner.entry(r.clone()).or_default().push(i);
                     n += 1;
                 }
@@ -1195,7 +1278,8 @@ fn ev_slot(ev: &Ev) -> Option<usize> {
         | Ev::RenegotiatedReply { slot, .. }
         | Ev::Notify { slot, .. }
         | Ev::Timer { slot, .. }
-        | Ev::Release { slot, .. } => Some(*slot),
+        | Ev::Release { slot, .. }
+        | Ev::QuickLeave { slot, .. } => Some(*slot),
         _ => None,
     }
 }

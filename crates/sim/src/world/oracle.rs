@@ -88,12 +88,9 @@ impl World {
     /// (DESIGN §8 rule 10), judged from the store's own leader and epoch keys.
     pub(super) fn store_apply(&mut self, req: &StoreOp) -> StoreResult {
         let res = self.store.apply(self.now, req);
-        let StoreOp::Txn { writes, .. } = req else {
+        let (StoreOp::Txn { writes, .. }, Ok(_)) = (req, &res) else {
             return res;
         };
-        if res.is_err() {
-            return res;
-        }
         let assign_prefix = format!("{}assign/", self.layout.prefix());
         let epoch = self
             .store

@@ -134,10 +134,11 @@ impl Driver {
     fn on_cmd(&mut self, now: Time, cmd: Cmd) {
         match cmd {
             Cmd::Released { resource, lease } => {
+                // Usually already collected from the lease's flag; then this only wakes us.
                 if self.tracks.remove(&lease).is_some() {
                     debug!(resource = %resource, "lease released");
+                    self.core.handle_released(now, &resource, lease);
                 }
-                self.core.handle_released(now, &resource, lease);
             }
             Cmd::Leave => {
                 if !self.core.is_closed() {
@@ -314,12 +315,30 @@ impl Driver {
                 self.emit(Status::SessionLost { session });
             }
             Event::StopDeadlineMissed { resources } => {
+                // The core judged from the releases it had been told of when it stepped. A lease
+                // whose flag is set now was dropped: it is stopped, whenever we hear of it. Read
+                // after the core's `now`, an unset flag means it really is held past its
+                // deadline.
+                self.collect_released(now);
+                let late: Vec<ResourceId> = resources
+                    .into_iter()
+                    // Untracked = released: a track leaves only when the driver learns of the
+                    // release (or reclaims the lease), and the event may predate that, since
+                    // each release fed to the core steps it.
+                    .filter(|r| {
+                        self.tracks
+                            .values()
+                            .any(|t| &t.resource == r && !t.shared.is_released())
+                    })
+                    .collect();
                 for t in self.tracks.values_mut() {
-                    if resources.contains(&t.resource) {
+                    if late.contains(&t.resource) {
                         t.escalated = true;
                     }
                 }
-                self.stop_missed(resources, "lease deadline passed");
+                if !late.is_empty() {
+                    self.stop_missed(late, "lease deadline passed");
+                }
             }
             Event::BadData(b) => {
                 warn!(key = %b.key, reason = b.reason, "skipping data that cannot be understood");
@@ -359,12 +378,41 @@ impl Driver {
         }
     }
 
-    /// Leases revoked longer than `stop_timeout` ago and still not released.
+    /// Feeds the core every lease the application has dropped, whether or not its
+    /// `Cmd::Released` was received yet.
+    ///
+    /// The lease's `released` flag is set in `Drop` before the message is sent, so it is the
+    /// truth about the application; the message only wakes the driver. Under load many
+    /// messages wait in the queue while the driver's loop handles one input per pass: judging
+    /// lateness from the messages alone counted leases dropped in time as still held (a
+    /// member aborted ~395 ms after a revoke although every lease was dropped within 30 ms).
+    /// Every lateness check therefore runs after this, with `now` read before it: a flag still
+    /// unset then means the lease was held at `now`.
+    fn collect_released(&mut self, now: Time) {
+        let dropped: Vec<LeaseId> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.shared.is_released())
+            .map(|(id, _)| *id)
+            .collect();
+        for lease in dropped {
+            if let Some(t) = self.tracks.remove(&lease) {
+                debug!(resource = %t.resource, "lease released");
+                self.core.handle_released(now, &t.resource, lease);
+            }
+        }
+    }
+
+    /// Leases revoked longer than `stop_timeout` ago and still not released. Call
+    /// [`Driver::collect_released`] first (same `now`).
     fn escalate_overdue(&mut self, now: Time) {
         let stop = self.stop_timeout();
         let mut late = Vec::new();
         for t in self.tracks.values_mut() {
-            if !t.escalated && t.revoked_at.is_some_and(|at| now >= at + stop) {
+            if !t.escalated
+                && !t.shared.is_released()
+                && t.revoked_at.is_some_and(|at| now >= at + stop)
+            {
                 t.escalated = true;
                 late.push(t.resource.clone());
             }
@@ -378,7 +426,7 @@ impl Driver {
         let stop = self.stop_timeout();
         self.tracks
             .values()
-            .filter(|t| !t.escalated)
+            .filter(|t| !t.escalated && !t.shared.is_released())
             .filter_map(|t| t.revoked_at.map(|at| at + stop))
             .min()
     }
@@ -452,21 +500,29 @@ async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::Unbounde
             wake = wake.min(t);
         }
         let sleep_for = wake.saturating_since(now);
-        tokio::select! {
+        let input = tokio::select! {
             // Releases first: they are what lets resources move on.
             biased;
-            Some(cmd) = cmds_rx.recv() => d.on_cmd(clock::now(), cmd),
-            Some((id, res)) = in_flight.next(), if !in_flight.is_empty() => {
-                let res: StoreResult = res;
+            Some(cmd) = cmds_rx.recv() => Input::Cmd(cmd),
+            Some((id, res)) = in_flight.next(), if !in_flight.is_empty() => Input::Reply(id, res),
+            ev = next_watch(&mut watch) => Input::Notify { ended: ev.is_none() },
+            () = tokio::time::sleep(sleep_for) => Input::Tick,
+        };
+        // Drops first, before the core sees any input: each input steps the core, which checks
+        // lease deadlines against the releases it knows of.
+        let now = clock::now();
+        d.collect_released(now);
+        match input {
+            Input::Cmd(cmd) => d.on_cmd(now, cmd),
+            Input::Reply(id, res) => {
                 match &res {
                     Ok(_) => debug!(id = id.0, "store op done"),
                     Err(e) => debug!(id = id.0, error = %e, "store op failed"),
                 }
-                d.core.handle_reply(clock::now(), id, res);
+                d.core.handle_reply(now, id, res);
             }
-            ev = next_watch(&mut watch) => {
-                let now = clock::now();
-                if ev.is_none() {
+            Input::Notify { ended } => {
+                if ended {
                     // The watch broke: re-arm after a pause, then re-read (Store contract).
                     debug!(store = %store_name, "watch ended; re-arming");
                     watch = None;
@@ -474,11 +530,12 @@ async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::Unbounde
                 }
                 d.core.handle_notify(now);
             }
-            () = tokio::time::sleep(sleep_for) => {}
+            Input::Tick => {}
         }
         // Timers run after every branch, not only when the sleep wins: a busy watch or a
         // stream of replies must not starve them (the select is biased).
         let now = clock::now();
+        d.collect_released(now);
         if rearm_at.is_some_and(|t| now >= t) {
             watch = Some(store_ref.watch(prefix.clone()));
             rearm_at = None;
@@ -491,6 +548,14 @@ async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::Unbounde
     }
     d.finish();
     info!("member stopped");
+}
+
+/// What woke the driver's loop.
+enum Input {
+    Cmd(Cmd),
+    Reply(OpId, StoreResult),
+    Notify { ended: bool },
+    Tick,
 }
 
 async fn next_watch(w: &mut Option<BoxStream<'static, WatchEvent>>) -> Option<WatchEvent> {

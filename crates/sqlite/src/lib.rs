@@ -51,11 +51,25 @@
 //! - Between an expiry and its reaping (at most one poll if a watch is open, otherwise at the
 //!   next write), reads already hide the expired session's keys but report the revision from
 //!   before; the reaping then moves it forward.
-//! - A database file deleted or replaced under running processes is not detected; session ids
-//!   of the new file start again from 1. **Restoring a backup while members run is unsafe**: the
-//!   restore brings back the session-id and revision counters, so a new session can get the id
-//!   of an erased one and the erased member's keepalives renew it. Stop every member (and wait
-//!   one TTL) before restoring or replacing the file.
+//! - **Restoring a backup while members run is unsafe**: the restore brings back the file id
+//!   and the lower session-id and revision counters of the copied file, so it is not seen as
+//!   another file, a new session can get the id of an erased one, and tokens can repeat. Stop
+//!   every member (and wait one TTL) before restoring a file.
+//!
+//! A file deleted or replaced under running processes (deleted, created again by another
+//! process, renamed over, or another database copied over it in place) is detected: the store
+//! remembers the identity of the file it adopted (device and inode of the path, and the random
+//! `meta.file_id` drawn when the file was created) and checks it around every operation (a
+//! `stat` of the path before and after, the file id inside every transaction) and at every
+//! poll. On a change it retires the old file: sessions this store opened on it are answered
+//! `SessionExpired` from then on (the member rejoins), an operation that overlapped the change
+//! fails (`SessionExpired` if it names a session, `Unavailable` otherwise), every watch ends
+//! (the runtime re-arms it and re-reads), and the store follows the path to the new file once
+//! one of this schema is there (`Unavailable` while none is). The new file's counters start
+//! above the old one's (see `schema::counter_floor` for why and its limits), so tokens and
+//! session ids do not repeat. Members still hold their leases until their local deadline, as
+//! in any session loss: the bound on double access after a replacement is the lease deadline,
+//! and fenced resources see strictly larger tokens from the new file.
 
 mod clock;
 mod error;
@@ -63,7 +77,9 @@ mod ops;
 pub mod schema;
 mod url;
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -71,7 +87,10 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use rebalanser_store::{BoxFuture, Key, Store, StoreError, StoreOp, StoreResult, WatchEvent};
+use rebalanser_core::SessionId;
+use rebalanser_store::{
+    BoxFuture, Cond, Key, Store, StoreError, StoreOp, StoreReply, StoreResult, WatchEvent, Write,
+};
 use rusqlite::Connection;
 use tokio::sync::watch;
 
@@ -138,7 +157,29 @@ pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+type Slot = Arc<tokio::sync::Mutex<Option<Conn>>>;
+
+/// A connection, with the generation of the file it was opened on.
+struct Conn {
+    conn: Connection,
+    generation: u64,
+}
+
+/// Which file a store works on: the one found at its path when it opened or last followed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdent {
+    dev: u64,
+    ino: u64,
+    file_id: i64,
+}
+
+/// The adopted file and its local generation, bumped whenever the file is retired: sessions
+/// opened under an older generation belong to a file that is gone.
+struct Adopted {
+    generation: u64,
+    /// `None` after the file was retired and before another one was adopted.
+    file: Option<FileIdent>,
+}
 
 struct Inner {
     /// Absolute path of the database file.
@@ -155,6 +196,11 @@ struct Inner {
     notify: Mutex<Option<watch::Receiver<Option<u64>>>>,
     /// Fault injection: while set the poller stops polling and drops its connection.
     paused: AtomicBool,
+    adopted: Mutex<Adopted>,
+    /// The sessions this store opened, with the file generation they belong to. Entries leave
+    /// when a session is closed or its file reports it expired; those of a retired file stay
+    /// (a few bytes each), so they are refused for good even if a new file reuses their ids.
+    sessions: Mutex<BTreeMap<SessionId, u64>>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -206,16 +252,33 @@ impl SqliteStore {
         })?;
         let conn = schema::open(&path, opts.open_timeout)?;
         let file = path.display().to_string();
+        let file_id =
+            schema::file_id(&conn).map_err(|e| open_error(&path, opts.open_timeout, e))?;
+        // Taken after the connection exists: if the path was replaced in between, the file id
+        // check of the first transaction tells, and the store follows the path then.
+        let (dev, ino) = stat(&path).map_err(|e| SqliteError::Other {
+            path: path.clone(),
+            detail: format!("the file vanished while opening it: {e}"),
+        })?;
         {
             let ctx = ops::Ctx {
                 clock: &clock,
                 file: &file,
                 min_ttl: opts.min_ttl,
                 max_ttl: opts.max_ttl,
+                file_id,
             };
             // One write transaction now: proves the file writable and the lock obtainable.
-            if let Some(e) = ops::reap_txn(&conn, &ctx) {
-                return Err(open_error(&path, opts.open_timeout, e));
+            match ops::reap_txn(&conn, &ctx) {
+                Ok(()) => {}
+                Err(ops::ReapError::Sql(e)) => return Err(open_error(&path, opts.open_timeout, e)),
+                // Cannot happen: the id was read on this connection (invariant of `file_id`).
+                Err(ops::ReapError::Replaced) => {
+                    return Err(SqliteError::Other {
+                        path: path.clone(),
+                        detail: "the file changed while opening it".into(),
+                    })
+                }
             }
         }
         conn.busy_timeout(opts.busy_timeout)
@@ -227,10 +290,18 @@ impl SqliteStore {
                 file,
                 opts,
                 clock,
-                writer: Arc::new(tokio::sync::Mutex::new(Some(conn))),
+                writer: Arc::new(tokio::sync::Mutex::new(Some(Conn {
+                    conn,
+                    generation: 0,
+                }))),
                 reader: Arc::new(tokio::sync::Mutex::new(None)),
                 notify: Mutex::new(None),
                 paused: AtomicBool::new(false),
+                adopted: Mutex::new(Adopted {
+                    generation: 0,
+                    file: Some(FileIdent { dev, ino, file_id }),
+                }),
+                sessions: Mutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -305,13 +376,135 @@ impl Store for SqliteStore {
     }
 }
 
+/// Device and inode of the file at `path` now.
+fn stat(path: &Path) -> std::io::Result<(u64, u64)> {
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// The sessions an operation acts for.
+fn sessions_of(op: &StoreOp) -> Vec<SessionId> {
+    match op {
+        StoreOp::KeepAlive { session } | StoreOp::CloseSession { session } => vec![*session],
+        StoreOp::Txn { conds, writes } => conds
+            .iter()
+            .filter_map(|c| match c {
+                Cond::Owned { session, .. } => Some(*session),
+                _ => None,
+            })
+            .chain(writes.iter().filter_map(|w| match w {
+                Write::Create { owner, .. } => *owner,
+                _ => None,
+            }))
+            .collect(),
+        StoreOp::OpenSession { .. } | StoreOp::Get { .. } | StoreOp::List { .. } => Vec::new(),
+    }
+}
+
 impl Inner {
-    fn ctx(&self) -> ops::Ctx<'_> {
+    fn ctx(&self, file_id: i64) -> ops::Ctx<'_> {
         ops::Ctx {
             clock: &self.clock,
             file: &self.file,
             min_ttl: self.opts.min_ttl,
             max_ttl: self.opts.max_ttl,
+            file_id,
+        }
+    }
+
+    /// The file at the path now and the generation it belongs to. Retires the adopted file if
+    /// the path no longer leads to it, and adopts the file found there if it is ours.
+    fn current(&self) -> (u64, Result<FileIdent, StoreError>) {
+        let mut a = lock(&self.adopted);
+        let found = stat(&self.path);
+        if let (Some(f), Ok(at)) = (&a.file, &found) {
+            if (f.dev, f.ino) == *at {
+                return (a.generation, Ok(*f));
+            }
+        }
+        if a.file.is_some() {
+            Self::retire_locked(&mut a, &self.file);
+        }
+        let r = match found {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Unavailable(
+                format!("{}: the database file is missing (deleted?)", self.file),
+            )),
+            Err(e) => Err(StoreError::Unavailable(format!("{}: {e}", self.file))),
+            Ok(at) => self.adopt(at).inspect(|f| {
+                tracing::info!(file = %self.file, "following the database file now at the path");
+                a.file = Some(*f);
+            }),
+        };
+        (a.generation, r)
+    }
+
+    /// Identifies the file at the path, which was at `at` a moment ago.
+    fn adopt(&self, at: (u64, u64)) -> Result<FileIdent, StoreError> {
+        let unavailable = |why: String| StoreError::Unavailable(format!("{}: {why}", self.file));
+        let conn = schema::connect(&self.path, self.opts.busy_timeout)
+            .map_err(|e| store_error(&self.file, Phase::BeforeCommit, &e))?;
+        let file_id = schema::identify_ours(&conn).map_err(unavailable)?;
+        // Between two equal stats, the connection is on the file they saw.
+        match stat(&self.path) {
+            Ok(again) if again == at => Ok(FileIdent {
+                dev: at.0,
+                ino: at.1,
+                file_id,
+            }),
+            _ => Err(unavailable("the database file is changing; retry".into())),
+        }
+    }
+
+    /// Retires generation `generation`'s file, unless another thread already did.
+    fn retire(&self, generation: u64) {
+        let mut a = lock(&self.adopted);
+        if a.generation == generation && a.file.is_some() {
+            Self::retire_locked(&mut a, &self.file);
+        }
+    }
+
+    fn retire_locked(a: &mut Adopted, file: &str) {
+        tracing::warn!(
+            file = %file,
+            "the database file was deleted or replaced: sessions opened on it are expired"
+        );
+        a.file = None;
+        a.generation += 1;
+    }
+
+    /// `SessionExpired` if `op` acts for a session this store opened on a retired file.
+    fn stale_session(&self, op: &StoreOp, generation: u64) -> Option<StoreResult> {
+        let named = sessions_of(op);
+        if named.is_empty() {
+            return None;
+        }
+        let mut sessions = lock(&self.sessions);
+        let stale = named
+            .iter()
+            .any(|s| sessions.get(s).is_some_and(|g| *g != generation));
+        if !stale {
+            return None;
+        }
+        if let StoreOp::CloseSession { session } = op {
+            // Gone with its file: closing it is done.
+            sessions.remove(session);
+            return Some(Ok(StoreReply::Closed));
+        }
+        Some(Err(StoreError::SessionExpired))
+    }
+
+    /// Keeps [`Inner::sessions`] up to date with a successful or refused operation.
+    fn note_sessions(&self, op: &StoreOp, result: &StoreResult, generation: u64) {
+        let mut sessions = lock(&self.sessions);
+        match (op, result) {
+            (StoreOp::OpenSession { .. }, Ok(StoreReply::Session { session, .. })) => {
+                sessions.insert(*session, generation);
+            }
+            (StoreOp::CloseSession { session }, Ok(_))
+            | (StoreOp::KeepAlive { session }, Err(StoreError::SessionExpired)) => {
+                sessions.remove(session);
+            }
+            _ => {}
         }
     }
 
@@ -338,21 +531,45 @@ impl Inner {
         }
     }
 
-    fn execute_blocking(&self, slot: &mut Option<Connection>, op: &StoreOp) -> StoreResult {
+    fn execute_blocking(&self, slot: &mut Option<Conn>, op: &StoreOp) -> StoreResult {
+        let (generation, file) = self.current();
+        if let Some(r) = self.stale_session(op, generation) {
+            return r;
+        }
+        let file = file?;
+        if slot.as_ref().is_some_and(|c| c.generation != generation) {
+            *slot = None; // open on a retired file
+        }
         let conn = match slot {
-            Some(c) => c,
+            Some(c) => &c.conn,
             None => match schema::connect(&self.path, self.opts.busy_timeout) {
-                Ok(c) => slot.insert(c),
+                Ok(conn) => &slot.insert(Conn { conn, generation }).conn,
                 Err(e) => return Err(store_error(&self.file, Phase::BeforeCommit, &e)),
             },
         };
-        let out = ops::execute(conn, &self.ctx(), op);
+        let out = ops::execute(conn, &self.ctx(file.file_id), op);
+        // Checked after the op too: a success must mean the commit went to the file that was
+        // at the path after it, the one every other process works on.
+        let changed = out.replaced || stat(&self.path).ok() != Some((file.dev, file.ino));
+        if changed {
+            *slot = None;
+            self.retire(generation);
+            if !sessions_of(op).is_empty() {
+                // Whatever it did, it did to a file nobody uses any more.
+                return Err(StoreError::SessionExpired);
+            }
+            return Err(StoreError::Unavailable(format!(
+                "{}: the database file was replaced during the operation",
+                self.file
+            )));
+        }
         if let Some(e) = &out.sql_error {
             if poisons_connection(e) {
                 tracing::warn!(file = %self.file, error = %e, "reopening the SQLite connection");
                 *slot = None;
             }
         }
+        self.note_sessions(op, &out.result, generation);
         out.result
     }
 
@@ -371,7 +588,13 @@ impl Inner {
     }
 
     /// One poll: the current revision, after reaping if a session has expired.
-    fn poll_once(&self, st: &mut PollState) -> rusqlite::Result<u64> {
+    fn poll_once(&self, st: &mut PollState) -> Result<u64, PollError> {
+        let (generation, file) = self.current();
+        if st.generation.is_some_and(|g| g != generation) {
+            return Err(PollError::Replaced);
+        }
+        let file = file.map_err(PollError::NoFile)?;
+        st.generation = Some(generation);
         let conn = match &mut st.conn {
             Some(c) => c,
             None => {
@@ -380,6 +603,10 @@ impl Inner {
                     .insert(schema::connect(&self.path, self.opts.busy_timeout)?)
             }
         };
+        if schema::file_id(conn)? != file.file_id {
+            self.retire(generation);
+            return Err(PollError::Replaced);
+        }
         let dv: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
         let now = self.clock.now_ns();
         let due = st.foreign_boot || st.next_expiry.is_some_and(|e| e <= now);
@@ -388,8 +615,14 @@ impl Inner {
         }
         let mut snapshot = read_snapshot(conn, &self.clock)?;
         if snapshot.expired(now) {
-            if let Some(e) = ops::reap_txn(conn, &self.ctx()) {
-                return Err(e); // busy: try again at the next tick (`due` stays set)
+            match ops::reap_txn(conn, &self.ctx(file.file_id)) {
+                Ok(()) => {}
+                // Busy: try again at the next tick (`due` stays set).
+                Err(ops::ReapError::Sql(e)) => return Err(e.into()),
+                Err(ops::ReapError::Replaced) => {
+                    self.retire(generation);
+                    return Err(PollError::Replaced);
+                }
             }
             snapshot = read_snapshot(conn, &self.clock)?;
         }
@@ -401,9 +634,25 @@ impl Inner {
     }
 }
 
+/// Why a poll failed.
+#[derive(Debug, thiserror::Error)]
+enum PollError {
+    /// Retry at the next tick (reopening the connection if `poisons_connection`).
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    /// No file of ours at the path: retry at the next tick.
+    #[error(transparent)]
+    NoFile(StoreError),
+    /// The file this poller watched was retired: end every watch (they re-arm and re-read).
+    #[error("the database file was deleted or replaced")]
+    Replaced,
+}
+
 /// What the poller knows between ticks.
 #[derive(Default)]
 struct PollState {
+    /// The file generation this poller watches; it ends when the store retires it.
+    generation: Option<u64>,
     conn: Option<Connection>,
     /// `PRAGMA data_version` at the last full read (changes when another connection commits).
     data_version: Option<i64>,
@@ -495,14 +744,21 @@ async fn poll_loop(store: Weak<Inner>, tx: watch::Sender<Option<u64>>) {
                     interval = (interval * 2).clamp(min, max);
                 }
             }
+            Ok((_, Err(PollError::Replaced))) => {
+                tracing::info!(file = %inner.file, "database file replaced: ending its watches");
+                let mut slot = lock(&inner.notify);
+                *slot = None;
+                return;
+            }
             Ok((mut state, Err(e))) => {
-                if poisons_connection(&e) {
+                if matches!(&e, PollError::Sql(e) if poisons_connection(e)) {
                     state.conn = None;
                 }
                 st = state;
                 failures += 1;
                 // Busy is routine (another process writes); say so only when it persists.
-                if failures == 20 || (poisons_connection(&e) && failures == 1) {
+                let poisoned = matches!(&e, PollError::Sql(e) if poisons_connection(e));
+                if failures == 20 || (poisoned && failures == 1) {
                     tracing::warn!(file = %inner.file, error = %e, failures, "sqlite watch poll failing");
                 }
                 interval = min;

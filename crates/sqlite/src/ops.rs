@@ -6,6 +6,10 @@
 //! anything is read), and reads the clock only once it holds the lock, so an expiry decision
 //! and a keepalive can never interleave: whichever takes the lock first decides (PITFALLS 5).
 //! Every write transaction starts by reaping the expired sessions.
+//!
+//! Every transaction, read or write, first checks that the file's id is the one the store
+//! adopted ([`Ctx::file_id`]): a connection that ends up on another file (one copied over the
+//! path in place, or reopened after a replacement) answers nothing from it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::clock::HostClock;
 use crate::error::{store_error, Phase};
-use crate::schema::wall_ms;
+use crate::schema::{file_id, wall_ms};
 
 /// What an operation needs besides its connection.
 pub(crate) struct Ctx<'a> {
@@ -26,6 +30,8 @@ pub(crate) struct Ctx<'a> {
     pub file: &'a str,
     pub min_ttl: Duration,
     pub max_ttl: Duration,
+    /// `meta.file_id` of the file the store works on.
+    pub file_id: i64,
 }
 
 /// The outcome of one op, plus the raw SQLite error if one occurred (so the caller can
@@ -33,6 +39,9 @@ pub(crate) struct Ctx<'a> {
 pub(crate) struct Outcome {
     pub result: StoreResult,
     pub sql_error: Option<rusqlite::Error>,
+    /// The connection's file is not the store's (another `file_id`): nothing was read or
+    /// written; `result` is `Unavailable`.
+    pub replaced: bool,
 }
 
 /// A failure inside a transaction body.
@@ -129,6 +138,18 @@ fn refused(e: StoreError) -> Outcome {
     Outcome {
         result: Err(e),
         sql_error: None,
+        replaced: false,
+    }
+}
+
+fn replaced(ctx: &Ctx<'_>) -> Outcome {
+    Outcome {
+        result: Err(StoreError::Unavailable(format!(
+            "{}: another database file is now at this path",
+            ctx.file
+        ))),
+        sql_error: None,
+        replaced: true,
     }
 }
 
@@ -165,9 +186,20 @@ fn read(
     let sql = |e: rusqlite::Error| Outcome {
         result: Err(store_error(ctx.file, Phase::BeforeCommit, &e)),
         sql_error: Some(e),
+        replaced: false,
     };
     if let Err(e) = c.execute_batch("BEGIN DEFERRED") {
         return sql(e);
+    }
+    match file_id(c) {
+        Ok(id) if id == ctx.file_id => {}
+        other => {
+            let _ = c.execute_batch("ROLLBACK");
+            return match other {
+                Err(e) => sql(e),
+                Ok(_) => replaced(ctx),
+            };
+        }
     }
     let r = body(c, ctx.clock.now_ns());
     let end = c.execute_batch("COMMIT");
@@ -175,6 +207,7 @@ fn read(
         (Ok(reply), Ok(())) => Outcome {
             result: Ok(reply),
             sql_error: None,
+            replaced: false,
         },
         (Err(e), _) | (Ok(_), Err(e)) => {
             let _ = c.execute_batch("ROLLBACK");
@@ -192,6 +225,7 @@ fn write(
     let fail = |phase, e: rusqlite::Error| Outcome {
         result: Err(store_error(ctx.file, phase, &e)),
         sql_error: Some(e),
+        replaced: false,
     };
     if let Err(e) = c.execute_batch("BEGIN IMMEDIATE") {
         // A failed BEGIN leaves no transaction open (nothing to roll back).
@@ -199,6 +233,16 @@ fn write(
             let _ = c.execute_batch("ROLLBACK");
         }
         return fail(Phase::BeforeCommit, e);
+    }
+    match file_id(c) {
+        Ok(id) if id == ctx.file_id => {}
+        other => {
+            let _ = c.execute_batch("ROLLBACK");
+            return match other {
+                Err(e) => fail(Phase::BeforeCommit, e),
+                Ok(_) => replaced(ctx),
+            };
+        }
     }
     // The clock is read under the write lock: see the module docs.
     let now = ctx.clock.now_ns();
@@ -211,6 +255,7 @@ fn write(
             Ok(()) => Outcome {
                 result: Ok(reply),
                 sql_error: None,
+                replaced: false,
             },
             Err(e) => {
                 // A refused COMMIT (busy) leaves the transaction open; an I/O error during
@@ -456,7 +501,21 @@ fn session_alive(c: &Connection, ctx: &Ctx<'_>, now: i64, s: SessionId) -> rusql
         .map(|r| r.is_some())
 }
 
-/// A write transaction that only reaps expired sessions. Returns the SQLite error, if any.
-pub(crate) fn reap_txn(c: &Connection, ctx: &Ctx<'_>) -> Option<rusqlite::Error> {
-    write(c, ctx, |_, _| Ok(StoreReply::Closed)).sql_error
+/// Why [`reap_txn`] failed.
+#[derive(Debug)]
+pub(crate) enum ReapError {
+    /// Retry later (busy) or reopen the connection (see `poisons_connection`).
+    Sql(rusqlite::Error),
+    /// The connection's file is not the store's: follow the path again.
+    Replaced,
+}
+
+/// A write transaction that only reaps expired sessions.
+pub(crate) fn reap_txn(c: &Connection, ctx: &Ctx<'_>) -> Result<(), ReapError> {
+    let out = write(c, ctx, |_, _| Ok(StoreReply::Closed));
+    match (out.sql_error, out.replaced) {
+        (Some(e), _) => Err(ReapError::Sql(e)),
+        (None, true) => Err(ReapError::Replaced),
+        (None, false) => Ok(()),
+    }
 }

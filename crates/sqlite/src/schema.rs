@@ -2,7 +2,7 @@
 //! ours (or refused) when a store opens it.
 //!
 //! ```sql
-//! meta(id = 1, rev, schema_version, created_wall_ms)    -- the revision counter row
+//! meta(id = 1, rev, schema_version, created_wall_ms, file_id)   -- the revision counter row
 //! sessions(id AUTOINCREMENT, ttl_ns, expires_ns, boot_id, opened_ns, renewals, pid,
 //!          renewed_wall_ms)
 //! kv(key TEXT PRIMARY KEY, value BLOB NOT NULL, version, create_rev, mod_rev,
@@ -13,6 +13,15 @@
 //! `boot_id` (see the crate docs); `renewed_wall_ms` is wall-clock time for people reading the
 //! table and is never used to decide anything. The file carries `PRAGMA application_id` =
 //! [`APPLICATION_ID`] and `PRAGMA user_version` = [`SCHEMA_VERSION`].
+//!
+//! Identity and counters of a new file (schema version 2): `meta.file_id` is a random 63-bit
+//! number drawn when the file is created, so a store can tell the file it opened from another
+//! one later found at the same path (with the path's device and inode; see the crate docs).
+//! The revision counter and the session-id sequence of a new file start at [`counter_floor`],
+//! the wall clock in microseconds, not at 0: a file deleted and created again must not issue
+//! revisions (fencing tokens) or session ids the old file already issued. A file of version 1
+//! is upgraded when a store opens it: it gets a file id and both counters are raised to the
+//! floor (they only grow).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,14 +33,17 @@ use crate::error::{open_error, SqliteError};
 /// `PRAGMA application_id` of a Rebalanser database: "RBLN".
 pub const APPLICATION_ID: i32 = 0x5242_4C4E;
 /// `PRAGMA user_version` of the schema this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+/// The one older version this build upgrades in place.
+const UPGRADABLE_VERSION: i64 = 1;
 
 const SCHEMA: &str = "
 CREATE TABLE meta (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     rev INTEGER NOT NULL CHECK (rev >= 0),
     schema_version INTEGER NOT NULL,
-    created_wall_ms INTEGER NOT NULL
+    created_wall_ms INTEGER NOT NULL,
+    file_id INTEGER NOT NULL
 );
 CREATE TABLE sessions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -58,7 +70,7 @@ CREATE INDEX kv_owner ON kv (owner) WHERE owner IS NOT NULL;
 /// Statements every later operation relies on: preparing them proves the tables and columns
 /// are there.
 const PROBES: [&str; 3] = [
-    "SELECT rev, schema_version FROM meta WHERE id = 1",
+    "SELECT rev, schema_version, file_id FROM meta WHERE id = 1",
     "SELECT id, ttl_ns, expires_ns, boot_id, opened_ns, renewals, pid, renewed_wall_ms FROM sessions LIMIT 0",
     "SELECT key, value, version, create_rev, mod_rev, owner FROM kv LIMIT 0",
 ];
@@ -68,6 +80,54 @@ pub(crate) fn wall_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Where the revision counter and the session-id sequence of a new (or upgraded) file start:
+/// CLOCK_REALTIME in microseconds since the Unix epoch (about 1.8e15 in 2027; i64 lasts
+/// ~290,000 years, and JSON's exact integers, 2^53, until about 2255).
+///
+/// Why it works: an older file at the same path started at its own creation time T0 and
+/// bumps by one per committed write. Each write is a `synchronous=FULL` commit (an fsync,
+/// ~0.1–10 ms), far slower than one per microsecond, so at any later time T1 the old file's
+/// revision is below T1 in microseconds, which is where a file created at T1 starts. Limits:
+/// it trusts the wall clock at creation time. A clock set back (to before the old file's
+/// creation plus its number of writes in microseconds) between the two creations can let the
+/// new file repeat old revisions; so can a backup restored over the file (it brings back its
+/// lower counter with the old file id) and files created by builds before schema version 2
+/// (they start at 0; opening one here upgrades it).
+pub(crate) fn counter_floor() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 2))
+        .unwrap_or(0)
+}
+
+/// A random file id drawn by SQLite (seeded from the OS), kept non-negative.
+const RANDOM_FILE_ID: &str = "(random() & 9223372036854775807)";
+
+/// The file's id (`meta.file_id`) as `c` sees it now.
+pub(crate) fn file_id(c: &Connection) -> rusqlite::Result<i64> {
+    c.prepare_cached("SELECT file_id FROM meta WHERE id = 1")?
+        .query_row([], |r| r.get(0))
+}
+
+/// The id of the file `c` is open on, if it is a Rebalanser database of this schema (for a
+/// store following its path to a new file: a foreign or half-created file is not adopted).
+pub(crate) fn identify_ours(c: &Connection) -> Result<i64, String> {
+    let read = || -> rusqlite::Result<(i32, i64)> {
+        Ok((
+            c.pragma_query_value(None, "application_id", |r| r.get(0))?,
+            c.pragma_query_value(None, "user_version", |r| r.get(0))?,
+        ))
+    };
+    match read() {
+        Ok((APPLICATION_ID, SCHEMA_VERSION)) => file_id(c).map_err(|e| e.to_string()),
+        Ok((app, version)) => Err(format!(
+            "the file now at the path is not a Rebalanser database of schema version \
+             {SCHEMA_VERSION} (application_id {app:#010x}, version {version}); reopen the store"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Opens a connection to an existing file and applies the per-connection settings.
@@ -139,6 +199,8 @@ pub(crate) fn open(path: &Path, open_timeout: Duration) -> Result<Connection, Sq
     configure(&c, open_timeout).map_err(err)?;
     if app_id == 0 {
         initialise(&c, path).map_err(err)?;
+    } else {
+        upgrade(&c, path).map_err(err)?;
     }
     check(&c, path)?;
     Ok(c)
@@ -182,11 +244,67 @@ fn initialise(c: &Connection, path: &Path) -> rusqlite::Result<()> {
         }
         tracing::info!(file = %path.display(), "creating a Rebalanser database");
         c.execute_batch(SCHEMA)?;
+        let floor = counter_floor();
         c.execute(
-            "INSERT INTO meta (id, rev, schema_version, created_wall_ms) VALUES (1, 0, ?1, ?2)",
-            (SCHEMA_VERSION, wall_ms()),
+            &format!(
+                "INSERT INTO meta (id, rev, schema_version, created_wall_ms, file_id) \
+                 VALUES (1, ?1, ?2, ?3, {RANDOM_FILE_ID})"
+            ),
+            (floor, SCHEMA_VERSION, wall_ms()),
         )?;
+        raise_session_ids(c, floor)?;
         c.pragma_update(None, "application_id", APPLICATION_ID)?;
+        c.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(())
+    })();
+    match r {
+        Ok(()) => c.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = c.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// The next session id is above `floor` (AUTOINCREMENT continues from `sqlite_sequence`).
+fn raise_session_ids(c: &Connection, floor: i64) -> rusqlite::Result<()> {
+    let updated = c.execute(
+        "UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'sessions'",
+        [floor],
+    )?;
+    if updated == 0 {
+        c.execute(
+            "INSERT INTO sqlite_sequence (name, seq) VALUES ('sessions', ?1)",
+            [floor],
+        )?;
+    }
+    Ok(())
+}
+
+/// Upgrades a version-1 file in place (a file id, counters raised to the floor); leaves any
+/// other version to [`check`]. Racing openers: the loser finds it done under the write lock.
+fn upgrade(c: &Connection, path: &Path) -> rusqlite::Result<()> {
+    let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version != UPGRADABLE_VERSION {
+        return Ok(());
+    }
+    c.execute_batch("BEGIN IMMEDIATE")?;
+    let r = (|| {
+        let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version != UPGRADABLE_VERSION {
+            return Ok(());
+        }
+        tracing::info!(file = %path.display(), "upgrading the Rebalanser database to schema version 2");
+        let floor = counter_floor();
+        c.execute_batch("ALTER TABLE meta ADD COLUMN file_id INTEGER NOT NULL DEFAULT 0")?;
+        c.execute(
+            &format!(
+                "UPDATE meta SET file_id = {RANDOM_FILE_ID}, rev = max(rev, ?1), \
+                 schema_version = ?2 WHERE id = 1"
+            ),
+            (floor, SCHEMA_VERSION),
+        )?;
+        raise_session_ids(c, floor)?;
         c.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(())
     })();

@@ -362,10 +362,54 @@ fn racing_first_opens_initialise_the_file_once() {
         }
     });
     let c = Connection::open(&path).unwrap();
-    let (rows, rev): (i64, i64) = c
-        .query_row("SELECT count(*), max(rev) FROM meta", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+    // Initialised once: one row, and the revision still where creation put it (the session
+    // sequence starts at the same floor; see `schema::counter_floor`).
+    let (rows, rev, seq): (i64, i64, i64) = c
+        .query_row(
+            "SELECT count(*), max(rev), \
+             (SELECT seq FROM sqlite_sequence WHERE name = 'sessions') FROM meta",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .unwrap();
-    assert_eq!((rows, rev), (1, 0));
+    assert_eq!((rows, rev), (1, seq));
+    assert!(
+        rev > 1_600_000_000_000_000,
+        "starts at the wall clock in µs: {rev}"
+    );
+}
+
+/// A file of schema version 1 (revisions and session ids from 0, no file id) is upgraded in
+/// place when opened: it gets a file id, and both counters jump to the floor (they only grow).
+#[test]
+fn a_version_1_file_is_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    drop(SqliteStore::open(&path).unwrap());
+    // Back to what a version-1 build wrote.
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "ALTER TABLE meta DROP COLUMN file_id; \
+             UPDATE meta SET rev = 7, schema_version = 1; \
+             UPDATE sqlite_sequence SET seq = 3 WHERE name = 'sessions'; \
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    drop(SqliteStore::open(&path).expect("upgrade"));
+    let c = Connection::open(&path).unwrap();
+    let (version, rev, file_id, seq): (i64, i64, i64, i64) = c
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version), rev, file_id, \
+             (SELECT seq FROM sqlite_sequence WHERE name = 'sessions') FROM meta",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(version, schema::SCHEMA_VERSION);
+    assert_ne!(file_id, 0, "a file id was drawn");
+    assert!(
+        rev > 1_600_000_000_000_000 && seq >= rev,
+        "rev {rev}, seq {seq}"
+    );
 }

@@ -111,7 +111,17 @@ fn op(r: &mut Rng, opened: u64, rev: u64) -> StoreOp {
 
 async fn run_seed(seed: u64, steps: usize) -> std::collections::BTreeMap<&'static str, usize> {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path().join("model.db")).unwrap();
+    let path = dir.path().join("model.db");
+    let store = SqliteStore::open(&path).unwrap();
+    // A new file starts its revision and session-id counters at the wall clock (so a file
+    // created again never repeats them), `MemModel` at 0: start this file at 0 too, so ids and
+    // revisions compare exactly.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "UPDATE meta SET rev = 0; UPDATE sqlite_sequence SET seq = 0 WHERE name = 'sessions';",
+        )
+        .unwrap();
     let mut model = MemModel::default();
     let mut r = Rng(seed);
     let mut opened = 0;

@@ -94,11 +94,14 @@ pub fn member_config(name: &str, variant: Variant) -> Config {
     c
 }
 
+/// One lease as the application sees it: from the `Grant` it received until it stopped
+/// (released the lease, or its process died). This, not the core's idea of the lease, is what
+/// the oracle checks.
 #[derive(Debug, Clone)]
 pub struct AppLease {
-    pub lease: LeaseId,
     pub token: Token,
     pub session: SessionId,
+    /// A `Revoke` arrived: the application is stopping, but still accessing the resource.
     pub revoked: bool,
 }
 
@@ -106,7 +109,9 @@ pub struct AppLease {
 pub struct Slot {
     pub inc: u32,
     pub core: Option<Member>,
-    pub app: BTreeMap<ResourceId, AppLease>,
+    /// What the application is accessing, keyed by resource and lease: a second grant on a
+    /// resource whose first lease is still being stopped is a second entry, not an overwrite.
+    pub app: BTreeMap<(ResourceId, LeaseId), AppLease>,
     pub notify: bool,
 }
 
@@ -145,16 +150,20 @@ impl fmt::Debug for State {
             let leases: Vec<String> = s
                 .app
                 .iter()
-                .map(|(r, l)| {
+                .map(|((r, _), l)| {
                     let v = s
                         .core
                         .as_ref()
                         .map(|m| m.valid_until(l.session))
                         .unwrap_or(Time::ZERO);
                     format!(
-                        "{r}(token {}, {}, valid until {v}{})",
+                        "{r}(token {}, {}{}, member's deadline {v}{})",
                         l.token,
                         l.session,
+                        match self.store.expires_at(l.session) {
+                            Some(e) => format!(" expiring {e}"),
+                            None => " GONE from the store".into(),
+                        },
                         if l.revoked { ", revoked" } else { "" }
                     )
                 })
@@ -246,7 +255,7 @@ pub enum Action {
     /// Fault: delivered, and delivered again later.
     DupNotify(usize),
     /// The application finished stopping a revoked lease.
-    Release(usize, ResourceId),
+    Release(usize, ResourceId, LeaseId),
     /// Fault: the member process dies (its application with it).
     Crash(usize),
     /// A crashed member is started again under the same name.
@@ -414,9 +423,8 @@ impl RebalanserModel {
                     }
                     s.last_token.insert(resource.clone(), (i, session, token));
                     s.slots[i].app.insert(
-                        resource,
+                        (resource, lease),
                         AppLease {
-                            lease,
                             token,
                             session,
                             revoked: false,
@@ -426,10 +434,8 @@ impl RebalanserModel {
                 Event::Revoke {
                     lease, resource, ..
                 } => {
-                    if let Some(l) = s.slots[i].app.get_mut(&resource) {
-                        if l.lease == lease {
-                            l.revoked = true;
-                        }
+                    if let Some(l) = s.slots[i].app.get_mut(&(resource, lease)) {
+                        l.revoked = true;
                     }
                 }
                 Event::SessionOpened { session, .. } => {
@@ -575,8 +581,8 @@ impl RebalanserModel {
                 self.drain(s, i);
                 continue;
             }
-            if let Some((i, r)) = self.releasable(s).into_iter().next() {
-                self.release(s, i, &r);
+            if let Some((i, r, l)) = self.releasable(s).into_iter().next() {
+                self.release(s, i, &r, l);
                 continue;
             }
             match self.next_time(s) {
@@ -586,31 +592,31 @@ impl RebalanserModel {
         }
     }
 
-    fn releasable(&self, s: &State) -> Vec<(usize, ResourceId)> {
+    fn releasable(&self, s: &State) -> Vec<(usize, ResourceId, LeaseId)> {
         let mut v = Vec::new();
         for (i, slot) in s.slots.iter().enumerate() {
-            for (r, l) in &slot.app {
+            for ((r, lease), l) in &slot.app {
                 if l.revoked {
-                    v.push((i, r.clone()));
+                    v.push((i, r.clone(), *lease));
                 }
             }
         }
         v
     }
 
-    fn release(&self, s: &mut State, i: usize, r: &ResourceId) {
-        let Some(l) = s.slots[i].app.remove(r) else {
+    fn release(&self, s: &mut State, i: usize, r: &ResourceId, lease: LeaseId) {
+        if s.slots[i].app.remove(&(r.clone(), lease)).is_none() {
             return;
-        };
+        }
         let now = s.now;
         if let Some(m) = s.slots[i].core.as_mut() {
-            m.handle_released(now, r, l.lease);
+            m.handle_released(now, r, lease);
         }
         self.drain(s, i);
     }
 
-    /// Every resource leased exactly once (valid, not revoked), counts within one, every
-    /// running member joined, one coordinator.
+    /// Every resource held exactly once by an application (granted, not revoked, not
+    /// released), counts within one, every running member joined, one coordinator.
     pub fn balanced(&self, s: &State) -> Result<(), String> {
         let entries: Vec<_> = s
             .store
@@ -633,8 +639,8 @@ impl RebalanserModel {
                 coordinators += 1;
             }
             let mut n = 0;
-            for (r, l) in &slot.app {
-                if !l.revoked && s.now < m.valid_until(l.session) {
+            for ((r, _), l) in &slot.app {
+                if !l.revoked {
                     *owners.entry(r).or_default() += 1;
                     n += 1;
                 }
@@ -662,28 +668,88 @@ impl RebalanserModel {
         Ok(())
     }
 
-    /// Resources with two members' leases valid now.
-    pub fn double_lease(s: &State) -> Option<String> {
+    /// The oracle's (a): a resource accessed by two applications at once. An application
+    /// accesses a resource from the `Grant` it received until it released the lease or its
+    /// process died (crash, or the abort on `StopDeadlineMissed`), revoked or not; the core's
+    /// deadline plays no part. Two entries are two accessors (different member incarnations,
+    /// or two leases in one process).
+    pub fn double_access(s: &State) -> Option<String> {
         let mut holders: BTreeMap<&ResourceId, Vec<String>> = BTreeMap::new();
         for (i, slot) in s.slots.iter().enumerate() {
-            let Some(m) = slot.core.as_ref() else {
-                continue;
-            };
-            for (r, l) in &slot.app {
-                if s.now < m.valid_until(l.session) {
-                    holders
-                        .entry(r)
-                        .or_default()
-                        .push(format!("m{i}(token {}, {})", l.token, l.session));
-                }
+            for ((r, lease), l) in &slot.app {
+                holders.entry(r).or_default().push(format!(
+                    "m{i}#{} ({lease:?}, token {}, {}{})",
+                    slot.inc,
+                    l.token,
+                    l.session,
+                    if l.revoked { ", revoked" } else { "" }
+                ));
             }
         }
         holders
             .into_iter()
             .find(|(_, v)| v.len() > 1)
-            .map(|(r, v)| format!("double lease on {r}: {}", v.join(" and ")))
+            .map(|(r, v)| format!("t={}: {r} accessed by {}", s.now, v.join(" and ")))
+    }
+
+    /// The oracle's (b): an application still accessing a resource (revoked or not) under a
+    /// session the store no longer has (expired, or closed). The store's word, not the
+    /// member's: from that instant another session may claim the resource.
+    pub fn access_after_expiry(s: &State) -> Option<String> {
+        for (i, slot) in s.slots.iter().enumerate() {
+            for ((r, lease), l) in &slot.app {
+                let gone = match s.store.expires_at(l.session) {
+                    None => true,
+                    Some(e) => s.now >= e,
+                };
+                if gone {
+                    return Some(format!(
+                        "t={}: m{i}#{} still accesses {r} ({lease:?}, token {}{}) under {}, \
+                         which the store has expired or closed",
+                        s.now,
+                        slot.inc,
+                        l.token,
+                        if l.revoked { ", revoked" } else { "" },
+                        l.session
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Every oracle violation in `s`, by property name (for counterexample reports).
+    pub fn violations(s: &State) -> Vec<(&'static str, String)> {
+        let mut v = Vec::new();
+        if let Some(m) = Self::double_access(s) {
+            v.push((NO_DOUBLE_ACCESS, m));
+        }
+        if let Some(m) = Self::access_after_expiry(s) {
+            v.push((NO_ACCESS_AFTER_EXPIRY, m));
+        }
+        if let Some(m) = &s.token_violation {
+            v.push((TOKENS_INCREASE, m.clone()));
+        }
+        if let Some(Err(m)) = &s.quiesced {
+            v.push((BALANCED, m.clone()));
+        }
+        v
     }
 }
+
+/// Property names.
+pub const NO_DOUBLE_ACCESS: &str = "no resource accessed by two applications";
+pub const NO_ACCESS_AFTER_EXPIRY: &str = "no access under a session the store ended";
+pub const TOKENS_INCREASE: &str = "tokens increase";
+pub const BALANCED: &str = "balanced once faults stop";
+pub const HANDOVER: &str = "handover completes";
+/// The safety properties (everything but the `sometimes` one).
+pub const SAFETY: [&str; 4] = [
+    NO_DOUBLE_ACCESS,
+    NO_ACCESS_AFTER_EXPIRY,
+    TOKENS_INCREASE,
+    BALANCED,
+];
 
 impl Model for RebalanserModel {
     type State = State;
@@ -730,8 +796,8 @@ impl Model for RebalanserModel {
                 actions.push(Action::Restart(i));
             }
         }
-        for (i, r) in self.releasable(s) {
-            actions.push(Action::Release(i, r));
+        for (i, r, l) in self.releasable(s) {
+            actions.push(Action::Release(i, r, l));
         }
         if s.admin_left > 0 {
             for r in &self.resources {
@@ -796,7 +862,7 @@ impl Model for RebalanserModel {
                 s.faults_left -= 1;
                 s.slots[i].notify = false;
             }
-            Action::Release(i, r) => self.release(&mut s, i, &r),
+            Action::Release(i, r, l) => self.release(&mut s, i, &r, l),
             Action::Crash(i) => {
                 s.faults_left -= 1;
                 self.crash(&mut s, i);
@@ -833,16 +899,15 @@ impl Model for RebalanserModel {
 
     fn properties(&self) -> Vec<Property<Self>> {
         vec![
-            Property::always("no double lease", |_, s: &State| {
-                RebalanserModel::double_lease(s).is_none()
+            Property::always(NO_DOUBLE_ACCESS, |_, s: &State| {
+                RebalanserModel::double_access(s).is_none()
             }),
-            Property::always("tokens increase", |_, s: &State| {
-                s.token_violation.is_none()
+            Property::always(NO_ACCESS_AFTER_EXPIRY, |_, s: &State| {
+                RebalanserModel::access_after_expiry(s).is_none()
             }),
-            Property::always("balanced once faults stop", |_, s: &State| {
-                !matches!(s.quiesced, Some(Err(_)))
-            }),
-            Property::sometimes("handover completes", |_, s: &State| s.handover),
+            Property::always(TOKENS_INCREASE, |_, s: &State| s.token_violation.is_none()),
+            Property::always(BALANCED, |_, s: &State| !matches!(s.quiesced, Some(Err(_)))),
+            Property::sometimes(HANDOVER, |_, s: &State| s.handover),
         ]
     }
 }

@@ -6,13 +6,7 @@ use std::time::Instant;
 
 use rebalanser_core::Variant;
 use rebalanser_model::stateright::{Checker, HasDiscoveries, Model};
-use rebalanser_model::{RebalanserModel, Setup};
-
-const SAFETY: [&str; 3] = [
-    "no double lease",
-    "tokens increase",
-    "balanced once faults stop",
-];
+use rebalanser_model::{RebalanserModel, Setup, HANDOVER, NO_DOUBLE_ACCESS, SAFETY};
 
 fn check_correct(name: &str, setup: Setup, depth: usize, range: (usize, usize), handover: bool) {
     let t = Instant::now();
@@ -30,11 +24,15 @@ fn check_correct(name: &str, setup: Setup, depth: usize, range: (usize, usize), 
     );
     for p in SAFETY {
         if let Some(path) = c.discovery(p) {
-            panic!("{name}: {p} violated:\n{path}");
+            panic!(
+                "{name}: {p} violated: {:?}\n{path}\nfinal state:\n{:?}",
+                RebalanserModel::violations(&path.last_state()),
+                path.last_state()
+            );
         }
     }
     assert!(
-        !handover || c.discovery("handover completes").is_some(),
+        !handover || c.discovery(HANDOVER).is_some(),
         "{name}: no handover: the model is vacuous"
     );
     assert!(
@@ -80,11 +78,11 @@ fn catch(variant: Variant, admin: u8, depth: usize) {
         .checker()
         .threads(2)
         .target_max_depth(depth)
-        .finish_when(HasDiscoveries::AnyOf(BTreeSet::from(["no double lease"])))
+        .finish_when(HasDiscoveries::AnyOf(BTreeSet::from([NO_DOUBLE_ACCESS])))
         .spawn_bfs()
         .join();
     let path = c
-        .discovery("no double lease")
+        .discovery(NO_DOUBLE_ACCESS)
         .unwrap_or_else(|| panic!("{variant:?} not caught ({} states)", c.unique_state_count()));
     println!(
         "{variant:?} caught after {} unique states in {:?}; counterexample ({} steps):\n{path}\nfinal state:\n{:?}",

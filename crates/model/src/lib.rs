@@ -138,6 +138,10 @@ pub struct State {
     pub removed: BTreeSet<ResourceId>,
     pub last_token: BTreeMap<ResourceId, (usize, SessionId, Token)>,
     pub token_violation: Option<String>,
+    /// A violation of the oracle seen at an instant inside an action rather than in a state:
+    /// at a tick, right after the store expired sessions and before anything else happened at
+    /// that instant; or at any step of `Quiesce`'s fault-free run. (property, message)
+    pub seen: Option<(&'static str, String)>,
     pub handover: bool,
     /// Set by `Quiesce`: `Ok` when the fault-free continuation converged.
     pub quiesced: Option<Result<(), String>>,
@@ -181,6 +185,9 @@ impl fmt::Debug for State {
         if let Some(v) = &self.token_violation {
             writeln!(f, "  TOKEN VIOLATION {v}")?;
         }
+        if let Some((p, v)) = &self.seen {
+            writeln!(f, "  VIOLATION ({p}) {v}")?;
+        }
         if let Some(q) = &self.quiesced {
             writeln!(f, "  quiesced: {q:?}")?;
         }
@@ -202,7 +209,7 @@ impl State {
     fn render(&self, w: &mut impl fmt::Write) -> fmt::Result {
         write!(
             w,
-            "{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}|{}|{:?}",
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}",
             self.now,
             self.store,
             self.slots,
@@ -214,6 +221,7 @@ impl State {
             self.removed,
             self.last_token,
             self.token_violation,
+            self.seen,
             self.handover,
             self.quiesced
         )
@@ -327,6 +335,7 @@ impl RebalanserModel {
                 removed: BTreeSet::new(),
                 last_token: BTreeMap::new(),
                 token_violation: None,
+                seen: None,
                 handover: false,
                 quiesced: None,
             },
@@ -515,6 +524,10 @@ impl RebalanserModel {
         if s.store.rev() != before {
             self.notify_all(s);
         }
+        // The store's expiry comes first at this instant: an application still accessing
+        // under an expired session now overlaps whoever claims next, even if its member
+        // aborts it at this same instant (a real abort is not instantaneous).
+        Self::observe(s);
         let alive: BTreeSet<SessionId> = s
             .sessions
             .iter()
@@ -563,6 +576,7 @@ impl RebalanserModel {
         loop {
             guard += 1;
             assert!(guard < 100_000, "quiet driver livelock");
+            Self::observe(s);
             if let Some((k, f)) = s.flight.iter().next().map(|(k, f)| (*k, f.clone())) {
                 s.flight.remove(&k);
                 let res = match f.res {
@@ -718,6 +732,22 @@ impl RebalanserModel {
         None
     }
 
+    /// Records the first oracle violation at an instant inside an action.
+    fn observe(s: &mut State) {
+        if s.seen.is_some() {
+            return;
+        }
+        if let Some(m) = Self::double_access(s) {
+            s.seen = Some((NO_DOUBLE_ACCESS, m));
+        } else if let Some(m) = Self::access_after_expiry(s) {
+            s.seen = Some((NO_ACCESS_AFTER_EXPIRY, m));
+        }
+    }
+
+    fn seen(s: &State, p: &str) -> bool {
+        s.seen.as_ref().is_some_and(|(q, _)| *q == p)
+    }
+
     /// Every oracle violation in `s`, by property name (for counterexample reports).
     pub fn violations(s: &State) -> Vec<(&'static str, String)> {
         let mut v = Vec::new();
@@ -726,6 +756,9 @@ impl RebalanserModel {
         }
         if let Some(m) = Self::access_after_expiry(s) {
             v.push((NO_ACCESS_AFTER_EXPIRY, m));
+        }
+        if let Some((p, m)) = &s.seen {
+            v.push((p, format!("inside the last action: {m}")));
         }
         if let Some(m) = &s.token_violation {
             v.push((TOKENS_INCREASE, m.clone()));
@@ -901,9 +934,11 @@ impl Model for RebalanserModel {
         vec![
             Property::always(NO_DOUBLE_ACCESS, |_, s: &State| {
                 RebalanserModel::double_access(s).is_none()
+                    && !RebalanserModel::seen(s, NO_DOUBLE_ACCESS)
             }),
             Property::always(NO_ACCESS_AFTER_EXPIRY, |_, s: &State| {
                 RebalanserModel::access_after_expiry(s).is_none()
+                    && !RebalanserModel::seen(s, NO_ACCESS_AFTER_EXPIRY)
             }),
             Property::always(TOKENS_INCREASE, |_, s: &State| s.token_violation.is_none()),
             Property::always(BALANCED, |_, s: &State| !matches!(s.quiesced, Some(Err(_)))),

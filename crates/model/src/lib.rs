@@ -527,7 +527,7 @@ impl RebalanserModel {
         // The store's expiry comes first at this instant: an application still accessing
         // under an expired session now overlaps whoever claims next, even if its member
         // aborts it at this same instant (a real abort is not instantaneous).
-        Self::observe(s);
+        self.observe(s);
         let alive: BTreeSet<SessionId> = s
             .sessions
             .iter()
@@ -576,7 +576,7 @@ impl RebalanserModel {
         loop {
             guard += 1;
             assert!(guard < 100_000, "quiet driver livelock");
-            Self::observe(s);
+            self.observe(s);
             if let Some((k, f)) = s.flight.iter().next().map(|(k, f)| (*k, f.clone())) {
                 s.flight.remove(&k);
                 let res = match f.res {
@@ -733,7 +733,7 @@ impl RebalanserModel {
     }
 
     /// Records the first oracle violation at an instant inside an action.
-    fn observe(s: &mut State) {
+    fn observe(&self, s: &mut State) {
         if s.seen.is_some() {
             return;
         }
@@ -741,6 +741,8 @@ impl RebalanserModel {
             s.seen = Some((NO_DOUBLE_ACCESS, m));
         } else if let Some(m) = Self::access_after_expiry(s) {
             s.seen = Some((NO_ACCESS_AFTER_EXPIRY, m));
+        } else if let Some(m) = self.unclaimed_access(s) {
+            s.seen = Some((NO_UNCLAIMED_ACCESS, m));
         }
     }
 
@@ -748,14 +750,54 @@ impl RebalanserModel {
         s.seen.as_ref().is_some_and(|(q, _)| *q == p)
     }
 
+    /// The oracle's (d): an application accessing a resource (revoked or not) while the
+    /// store does not hold that resource's claim created by the lease's session at the lease
+    /// token's revision. The claim is the store's record of who may access the resource, and
+    /// the token is its create revision: the lease is backed from the grant (the claim must
+    /// exist before it) until the application stops (its owner deletes it only after the
+    /// release; an expiry first is (b)). Stronger than (a): it flags an unbacked grant even
+    /// when no second application happens to collide within the explored depth.
+    pub fn unclaimed_access(&self, s: &State) -> Option<String> {
+        for (i, slot) in s.slots.iter().enumerate() {
+            for ((r, lease), l) in &slot.app {
+                let claim = s.store.entries().get(&self.layout.claim(r));
+                let backed = claim.is_some_and(|e| {
+                    e.owner == Some(l.session) && e.create_rev == l.token.revision
+                });
+                if !backed {
+                    return Some(format!(
+                        "t={}: m{i}#{} accesses {r} ({lease:?}, token {}, {}{}) but the store's \
+                         claim is {}",
+                        s.now,
+                        slot.inc,
+                        l.token,
+                        l.session,
+                        if l.revoked { ", revoked" } else { "" },
+                        match claim {
+                            None => "absent".to_string(),
+                            Some(e) => format!(
+                                "owned by {:?}, created at revision {}",
+                                e.owner, e.create_rev
+                            ),
+                        }
+                    ));
+                }
+            }
+        }
+        None
+    }
+
     /// Every oracle violation in `s`, by property name (for counterexample reports).
-    pub fn violations(s: &State) -> Vec<(&'static str, String)> {
+    pub fn violations(&self, s: &State) -> Vec<(&'static str, String)> {
         let mut v = Vec::new();
         if let Some(m) = Self::double_access(s) {
             v.push((NO_DOUBLE_ACCESS, m));
         }
         if let Some(m) = Self::access_after_expiry(s) {
             v.push((NO_ACCESS_AFTER_EXPIRY, m));
+        }
+        if let Some(m) = self.unclaimed_access(s) {
+            v.push((NO_UNCLAIMED_ACCESS, m));
         }
         if let Some((p, m)) = &s.seen {
             v.push((p, format!("inside the last action: {m}")));
@@ -773,13 +815,15 @@ impl RebalanserModel {
 /// Property names.
 pub const NO_DOUBLE_ACCESS: &str = "no resource accessed by two applications";
 pub const NO_ACCESS_AFTER_EXPIRY: &str = "no access under a session the store ended";
+pub const NO_UNCLAIMED_ACCESS: &str = "no access without the session's claim in the store";
 pub const TOKENS_INCREASE: &str = "tokens increase";
 pub const BALANCED: &str = "balanced once faults stop";
 pub const HANDOVER: &str = "handover completes";
 /// The safety properties (everything but the `sometimes` one).
-pub const SAFETY: [&str; 4] = [
+pub const SAFETY: [&str; 5] = [
     NO_DOUBLE_ACCESS,
     NO_ACCESS_AFTER_EXPIRY,
+    NO_UNCLAIMED_ACCESS,
     TOKENS_INCREASE,
     BALANCED,
 ];
@@ -939,6 +983,9 @@ impl Model for RebalanserModel {
             Property::always(NO_ACCESS_AFTER_EXPIRY, |_, s: &State| {
                 RebalanserModel::access_after_expiry(s).is_none()
                     && !RebalanserModel::seen(s, NO_ACCESS_AFTER_EXPIRY)
+            }),
+            Property::always(NO_UNCLAIMED_ACCESS, |m: &RebalanserModel, s: &State| {
+                m.unclaimed_access(s).is_none() && !RebalanserModel::seen(s, NO_UNCLAIMED_ACCESS)
             }),
             Property::always(TOKENS_INCREASE, |_, s: &State| s.token_violation.is_none()),
             Property::always(BALANCED, |_, s: &State| !matches!(s.quiesced, Some(Err(_)))),

@@ -26,7 +26,7 @@ fn check_correct(name: &str, setup: Setup, depth: usize, range: (usize, usize), 
         if let Some(path) = c.discovery(p) {
             panic!(
                 "{name}: {p} violated: {:?}\n{path}\nfinal state:\n{:?}",
-                RebalanserModel::violations(&path.last_state()),
+                c.model().violations(&path.last_state()),
                 path.last_state()
             );
         }

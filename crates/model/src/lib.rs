@@ -140,8 +140,8 @@ pub struct State {
     pub token_violation: Option<String>,
     /// A violation of the oracle seen at an instant inside an action rather than in a state:
     /// at a tick, right after the store expired sessions and before anything else happened at
-    /// that instant; or at any step of `Quiesce`'s fault-free run. (property, message)
-    pub seen: Option<(&'static str, String)>,
+    /// that instant; or at any step of `Quiesce`'s fault-free run. The first per property.
+    pub seen: BTreeMap<&'static str, String>,
     pub handover: bool,
     /// Set by `Quiesce`: `Ok` when the fault-free continuation converged.
     pub quiesced: Option<Result<(), String>>,
@@ -185,7 +185,7 @@ impl fmt::Debug for State {
         if let Some(v) = &self.token_violation {
             writeln!(f, "  TOKEN VIOLATION {v}")?;
         }
-        if let Some((p, v)) = &self.seen {
+        for (p, v) in &self.seen {
             writeln!(f, "  VIOLATION ({p}) {v}")?;
         }
         if let Some(q) = &self.quiesced {
@@ -335,7 +335,7 @@ impl RebalanserModel {
                 removed: BTreeSet::new(),
                 last_token: BTreeMap::new(),
                 token_violation: None,
-                seen: None,
+                seen: BTreeMap::new(),
                 handover: false,
                 quiesced: None,
             },
@@ -349,6 +349,15 @@ impl RebalanserModel {
             m.balanced(&s).is_ok(),
             "warm-up did not converge: {:?}",
             m.balanced(&s)
+        );
+        // The warm-up is a fixture, not part of the search: a broken variant must be caught
+        // in the explored states, so what the oracle saw during the warm-up is dropped (the
+        // correct core's warm-up is asserted clean).
+        let seen = std::mem::take(&mut s.seen);
+        assert!(
+            setup.variant != Variant::Correct || (seen.is_empty() && m.violations(&s).is_empty()),
+            "warm-up violated the oracle: {seen:?} {:?}",
+            m.violations(&s)
         );
         for i in 1..setup.members {
             m.start(&mut s, i);
@@ -734,37 +743,34 @@ impl RebalanserModel {
 
     /// Records the first oracle violation at an instant inside an action.
     fn observe(&self, s: &mut State) {
-        if s.seen.is_some() {
-            return;
-        }
-        if let Some(m) = Self::double_access(s) {
-            s.seen = Some((NO_DOUBLE_ACCESS, m));
-        } else if let Some(m) = Self::access_after_expiry(s) {
-            s.seen = Some((NO_ACCESS_AFTER_EXPIRY, m));
-        } else if let Some(m) = self.unclaimed_access(s) {
-            s.seen = Some((NO_UNCLAIMED_ACCESS, m));
+        let found = [
+            (NO_DOUBLE_ACCESS, Self::double_access(s)),
+            (NO_ACCESS_AFTER_EXPIRY, Self::access_after_expiry(s)),
+            (NO_UNCLAIMED_ACCESS, self.unclaimed_access(s)),
+            (TOKEN_IS_CLAIM_REVISION, self.wrong_token(s)),
+        ];
+        for (p, m) in found {
+            if let Some(m) = m {
+                s.seen.entry(p).or_insert(m);
+            }
         }
     }
 
     fn seen(s: &State, p: &str) -> bool {
-        s.seen.as_ref().is_some_and(|(q, _)| *q == p)
+        s.seen.contains_key(p)
     }
 
     /// The oracle's (d): an application accessing a resource (revoked or not) while the
-    /// store does not hold that resource's claim created by the lease's session at the lease
-    /// token's revision. The claim is the store's record of who may access the resource, and
-    /// the token is its create revision: the lease is backed from the grant (the claim must
-    /// exist before it) until the application stops (its owner deletes it only after the
-    /// release; an expiry first is (b)). Stronger than (a): it flags an unbacked grant even
-    /// when no second application happens to collide within the explored depth.
+    /// store does not hold that resource's claim owned by the lease's session. The claim is
+    /// the store's record of who may access the resource: a lease must be backed from its
+    /// grant (the claim exists before it) until the application stops (the owner deletes the
+    /// claim only after the release; an expiry first is (b)). Stronger than (a): it flags an
+    /// unbacked grant even when no second application collides within the explored depth.
     pub fn unclaimed_access(&self, s: &State) -> Option<String> {
         for (i, slot) in s.slots.iter().enumerate() {
             for ((r, lease), l) in &slot.app {
                 let claim = s.store.entries().get(&self.layout.claim(r));
-                let backed = claim.is_some_and(|e| {
-                    e.owner == Some(l.session) && e.create_rev == l.token.revision
-                });
-                if !backed {
+                if !claim.is_some_and(|e| e.owner == Some(l.session)) {
                     return Some(format!(
                         "t={}: m{i}#{} accesses {r} ({lease:?}, token {}, {}{}) but the store's \
                          claim is {}",
@@ -775,11 +781,29 @@ impl RebalanserModel {
                         if l.revoked { ", revoked" } else { "" },
                         match claim {
                             None => "absent".to_string(),
-                            Some(e) => format!(
-                                "owned by {:?}, created at revision {}",
-                                e.owner, e.create_rev
-                            ),
+                            Some(e) => format!("owned by {:?}", e.owner),
                         }
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// The oracle's (e): an application holding a token that is not the create revision of
+    /// the claim backing its lease (DESIGN §8 rule 9: the claim's create revision is the
+    /// fencing token the resource compares). Only checked where (d) holds.
+    pub fn wrong_token(&self, s: &State) -> Option<String> {
+        for (i, slot) in s.slots.iter().enumerate() {
+            for ((r, lease), l) in &slot.app {
+                let Some(e) = s.store.entries().get(&self.layout.claim(r)) else {
+                    continue;
+                };
+                if e.owner == Some(l.session) && e.create_rev != l.token.revision {
+                    return Some(format!(
+                        "t={}: m{i}#{} accesses {r} ({lease:?}) with token {}, but its claim \
+                         was created at revision {}",
+                        s.now, slot.inc, l.token, e.create_rev
                     ));
                 }
             }
@@ -799,8 +823,11 @@ impl RebalanserModel {
         if let Some(m) = self.unclaimed_access(s) {
             v.push((NO_UNCLAIMED_ACCESS, m));
         }
-        if let Some((p, m)) = &s.seen {
-            v.push((p, format!("inside the last action: {m}")));
+        if let Some(m) = self.wrong_token(s) {
+            v.push((TOKEN_IS_CLAIM_REVISION, m));
+        }
+        for (p, m) in &s.seen {
+            v.push((p, format!("inside an action on the way: {m}")));
         }
         if let Some(m) = &s.token_violation {
             v.push((TOKENS_INCREASE, m.clone()));
@@ -816,14 +843,16 @@ impl RebalanserModel {
 pub const NO_DOUBLE_ACCESS: &str = "no resource accessed by two applications";
 pub const NO_ACCESS_AFTER_EXPIRY: &str = "no access under a session the store ended";
 pub const NO_UNCLAIMED_ACCESS: &str = "no access without the session's claim in the store";
+pub const TOKEN_IS_CLAIM_REVISION: &str = "the application's token is its claim's revision";
 pub const TOKENS_INCREASE: &str = "tokens increase";
 pub const BALANCED: &str = "balanced once faults stop";
 pub const HANDOVER: &str = "handover completes";
 /// The safety properties (everything but the `sometimes` one).
-pub const SAFETY: [&str; 5] = [
+pub const SAFETY: [&str; 6] = [
     NO_DOUBLE_ACCESS,
     NO_ACCESS_AFTER_EXPIRY,
     NO_UNCLAIMED_ACCESS,
+    TOKEN_IS_CLAIM_REVISION,
     TOKENS_INCREASE,
     BALANCED,
 ];
@@ -986,6 +1015,9 @@ impl Model for RebalanserModel {
             }),
             Property::always(NO_UNCLAIMED_ACCESS, |m: &RebalanserModel, s: &State| {
                 m.unclaimed_access(s).is_none() && !RebalanserModel::seen(s, NO_UNCLAIMED_ACCESS)
+            }),
+            Property::always(TOKEN_IS_CLAIM_REVISION, |m: &RebalanserModel, s: &State| {
+                m.wrong_token(s).is_none() && !RebalanserModel::seen(s, TOKEN_IS_CLAIM_REVISION)
             }),
             Property::always(TOKENS_INCREASE, |_, s: &State| s.token_violation.is_none()),
             Property::always(BALANCED, |_, s: &State| !matches!(s.quiesced, Some(Err(_)))),

@@ -12,13 +12,95 @@
 //! lost (answered the same way, not applied), a notification lost or duplicated, a member
 //! crashed (restarted later under the same name, with a new core); admin removal and re-add
 //! of a resource (bounded by `admin`); the application releasing a revoked lease; time
-//! advancing. Notifications are reordered with respect to replies by construction: every
-//! pending delivery is its own action.
+//! advancing (a request not yet executed when its timeout comes is answered as timed out and
+//! never applied: this costs no fault budget). Notifications are reordered with respect to
+//! replies by construction: every pending delivery is its own action.
 //!
-//! Properties: `always` no double lease, `always` tokens increase per resource across owners,
-//! `always` a fault-free continuation from the horizon converges (a bounded "eventually
-//! balanced once faults stop": the `Quiesce` action runs the same deterministic driver the
-//! warm-up uses), `sometimes` a handover completes (a resource granted to a second member).
+//! # The oracle
+//!
+//! The properties never ask the member what it believes (its deadline, [`Member::valid_until`],
+//! its leases): a core that computes its deadline wrongly would be believed. They use only
+//! facts outside the core:
+//!
+//! - **the application's access interval**: from the `Grant` event it received until it
+//!   actually stopped: it released the lease (`Action::Release`, after a `Revoke`), or its
+//!   process died (a crash, the abort the runtime performs on `StopDeadlineMissed`, the member
+//!   closing). A revoked lease not yet released is still being accessed. Leases are kept per
+//!   (resource, lease), so a second grant while the first is still being stopped is a second
+//!   access, not an overwrite;
+//! - **the store**: whether a session is alive and when it expires ([`MemModel::expires_at`],
+//!   gone once expired or closed), and which claim it holds.
+//!
+//! `always` properties (messages from [`RebalanserModel::violations`]):
+//!
+//! - (a) [`NO_DOUBLE_ACCESS`]: no resource accessed by two applications (two member
+//!   incarnations, or two leases in one process) at once;
+//! - (b) [`NO_ACCESS_AFTER_EXPIRY`]: no application still accessing a resource under a session
+//!   the store has expired or closed (from that instant another session may claim it);
+//! - (c) [`TOKENS_INCREASE`]: tokens granted per resource grow across owners;
+//! - (d) [`NO_UNCLAIMED_ACCESS`]: no application accessing a resource while the store does not
+//!   hold that resource's claim owned by the lease's session (the claim must exist before the
+//!   grant and outlive the access). Stronger than (a): it flags an unbacked lease even when no
+//!   second application collides within the explored depth;
+//! - (e) [`TOKEN_IS_CLAIM_REVISION`]: the application's token is its claim's create revision
+//!   (the fencing token the resource compares, DESIGN §8 rule 9);
+//! - [`BALANCED`] once faults stop: a fault-free continuation from the horizon (the `Quiesce`
+//!   action runs the deterministic driver the warm-up uses) ends with every resource held by
+//!   exactly one application (granted, not revoked, not released), counts within one, every
+//!   running member joined, one coordinator;
+//!
+//! and `sometimes` [`HANDOVER`] (a resource granted to a second member: not vacuous).
+//!
+//! **Time.** The properties are checked on every state, and also inside actions: at a tick,
+//! right after the store expired sessions and before anything else happens at that instant
+//! (members' timeouts included), and at every step of `Quiesce`'s fault-free run. So an
+//! application its member aborts at the very instant the store expires the session is a
+//! violation of (b) (a real abort is not instantaneous); the correct core aborts at its
+//! deadline, a full `safety_margin` (1 s) before the store's expiry, and is never flagged.
+//! The warm-up is a fixture: what the oracle sees during it is not reported (for the correct
+//! core it is asserted clean); the initial state is checked like any other.
+//!
+//! # What is explored, and which broken builds it catches
+//!
+//! The tests (`tests/model.rs`) run three correct-core checks, depth-first to a depth bound,
+//! asserting the number of unique states: 2 members × 2 resources with one fault to depth 14;
+//! 3 × 3 fault-free to depth 12; 2 × 2 with a fault, a delayed reply, an admin change and
+//! `Quiesce` offered in every state to depth 10. Each broken build below is then run with the
+//! *same* set-up and depth as one of these (only [`Setup::variant`] changed), breadth-first,
+//! and must be caught:
+//!
+//! - `GrantBeforeClaim` (2 × 2 faults=1): (a), two applications on one resource;
+//! - `GrantOnClaimSent` (2 × 2 faults=1): (d), a grant before its create was even applied;
+//!   the initial state also violates (e) (the guessed token is not the claim's revision);
+//! - `LateAbort`, `NoSafetyMargin` (2 × 2 faults=1): (b), time passes with every request timed
+//!   out until the store expires the session while the application still runs (revoked, not
+//!   released); with no margin the abort coincides with the expiry, which (b) flags;
+//! - `RemoveDeletesClaim` (2 × 2 quiesce everywhere): (d), the admin removal deletes the claim
+//!   of a resource an application is accessing.
+//!
+//! Not caught, and why:
+//!
+//! - `DeadlineFromReply` counts the deadline from a keepalive reply's arrival. The model's
+//!   clock has whole seconds and `op_timeout` is 1 s, so a reply is always delivered at the
+//!   instant it was sent or not at all (it times out): arrival time equals send time and the
+//!   variant behaves exactly like the correct core here. The simulator (random sub-second
+//!   latencies) covers it.
+//! - `AdoptAnyClaim` adopts a foreign claim when verifying an `Indeterminate` create. A foreign
+//!   claim can be there only if another session claimed the resource between this member's
+//!   listing and its create, which needs two members assigned the same resource by two
+//!   successive rebalances (a crash and a session expiry, or a removal and a re-add, in between):
+//!   some 20–35 steps, beyond what the exhaustive search reaches. The simulator covers it.
+//! - `IgnoreDeadline`, `TrustLastKeepalive`, `AcceptOlderViews`, `DebounceRebalance`,
+//!   `UnguardedRebalance` are not tested here (stale reads, ZooKeeper followers, rate limits
+//!   and deposed coordinators are not in this model; `IgnoreDeadline` is caught like
+//!   `LateAbort`, by (b)).
+//!
+//! The search is depth-bounded: unbounded breadth-first search at 2 × 2 runs out of memory,
+//! and an admin change added to the 2 × 2 faults=1 check multiplies it to about 8 million
+//! states at depth 14 (over 5 minutes), so admin changes are explored in the quiesce-everywhere
+//! check only. Session expiry after a crash is exercised mostly inside `Quiesce`; clock drift,
+//! stale reads, TTL renegotiation, graceful `leave` and writes applied after their timeout are
+//! not in this model (the simulator injects them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -770,7 +852,7 @@ impl RebalanserModel {
         for (i, slot) in s.slots.iter().enumerate() {
             for ((r, lease), l) in &slot.app {
                 let claim = s.store.entries().get(&self.layout.claim(r));
-                if !claim.is_some_and(|e| e.owner == Some(l.session)) {
+                if claim.is_none_or(|e| e.owner != Some(l.session)) {
                     return Some(format!(
                         "t={}: m{i}#{} accesses {r} ({lease:?}, token {}, {}{}) but the store's \
                          claim is {}",

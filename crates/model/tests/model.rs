@@ -67,7 +67,7 @@ fn check_correct(
         if let Some(path) = c.discovery(p) {
             panic!(
                 "{name}: {p} violated: {:?}\n{path}\nfinal state:\n{:?}",
-                c.model().violations(&path.last_state()),
+                c.model().violations(path.last_state()),
                 path.last_state()
             );
         }
@@ -131,7 +131,7 @@ fn catch(variant: Variant, (mut setup, depth): (Setup, usize), expected: &[&'sta
          steps):\n{path}\nviolations: {:?}\nfinal state:\n{:?}",
         c.unique_state_count(),
         t.elapsed(),
-        c.model().violations(&path.last_state()),
+        c.model().violations(path.last_state()),
         path.last_state()
     );
     steps

@@ -72,9 +72,10 @@
 //! - `GrantBeforeClaim` (2 × 2 faults=1): (a), two applications on one resource;
 //! - `GrantOnClaimSent` (2 × 2 faults=1): (d), a grant before its create was even applied;
 //!   the initial state also violates (e) (the guessed token is not the claim's revision);
-//! - `LateAbort`, `NoSafetyMargin` (2 × 2 faults=1): (b), time passes with every request timed
-//!   out until the store expires the session while the application still runs (revoked, not
-//!   released); with no margin the abort coincides with the expiry, which (b) flags;
+//! - `LateAbort`, `NoSafetyMargin`, `IgnoreDeadline` (2 × 2 faults=1): (b), time passes with
+//!   every request timed out until the store expires the session while the application still
+//!   runs (revoked and not released, or never revoked); with no margin the abort coincides
+//!   with the expiry, which (b) flags;
 //! - `RemoveDeletesClaim` (2 × 2 quiesce everywhere): (d), the admin removal deletes the claim
 //!   of a resource an application is accessing.
 //!
@@ -90,10 +91,9 @@
 //!   listing and its create, which needs two members assigned the same resource by two
 //!   successive rebalances (a crash and a session expiry, or a removal and a re-add, in between):
 //!   some 20–35 steps, beyond what the exhaustive search reaches. The simulator covers it.
-//! - `IgnoreDeadline`, `TrustLastKeepalive`, `AcceptOlderViews`, `DebounceRebalance`,
-//!   `UnguardedRebalance` are not tested here (stale reads, ZooKeeper followers, rate limits
-//!   and deposed coordinators are not in this model; `IgnoreDeadline` is caught like
-//!   `LateAbort`, by (b)).
+//! - `TrustLastKeepalive`, `AcceptOlderViews`, `DebounceRebalance`, `UnguardedRebalance` are
+//!   not tested here (ZooKeeper followers, stale reads, rate limits and deposed coordinators
+//!   are not in this model).
 //!
 //! The search is depth-bounded: unbounded breadth-first search at 2 × 2 runs out of memory,
 //! and an admin change added to the 2 × 2 faults=1 check multiplies it to about 8 million

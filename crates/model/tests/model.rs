@@ -184,3 +184,12 @@ fn remove_deletes_claim_is_caught() {
         &[NO_DOUBLE_ACCESS, NO_UNCLAIMED_ACCESS],
     );
 }
+
+#[test]
+fn ignore_deadline_is_caught() {
+    catch(
+        Variant::IgnoreDeadline,
+        with_faults(),
+        &[NO_ACCESS_AFTER_EXPIRY],
+    );
+}

@@ -12,13 +12,95 @@
 //! lost (answered the same way, not applied), a notification lost or duplicated, a member
 //! crashed (restarted later under the same name, with a new core); admin removal and re-add
 //! of a resource (bounded by `admin`); the application releasing a revoked lease; time
-//! advancing. Notifications are reordered with respect to replies by construction: every
-//! pending delivery is its own action.
+//! advancing (a request not yet executed when its timeout comes is answered as timed out and
+//! never applied: this costs no fault budget). Notifications are reordered with respect to
+//! replies by construction: every pending delivery is its own action.
 //!
-//! Properties: `always` no double lease, `always` tokens increase per resource across owners,
-//! `always` a fault-free continuation from the horizon converges (a bounded "eventually
-//! balanced once faults stop": the `Quiesce` action runs the same deterministic driver the
-//! warm-up uses), `sometimes` a handover completes (a resource granted to a second member).
+//! # The oracle
+//!
+//! The properties never ask the member what it believes (its deadline, [`Member::valid_until`],
+//! its leases): a core that computes its deadline wrongly would be believed. They use only
+//! facts outside the core:
+//!
+//! - **the application's access interval**: from the `Grant` event it received until it
+//!   actually stopped: it released the lease (`Action::Release`, after a `Revoke`), or its
+//!   process died (a crash, the abort the runtime performs on `StopDeadlineMissed`, the member
+//!   closing). A revoked lease not yet released is still being accessed. Leases are kept per
+//!   (resource, lease), so a second grant while the first is still being stopped is a second
+//!   access, not an overwrite;
+//! - **the store**: whether a session is alive and when it expires ([`MemModel::expires_at`],
+//!   gone once expired or closed), and which claim it holds.
+//!
+//! `always` properties (messages from [`RebalanserModel::violations`]):
+//!
+//! - (a) [`NO_DOUBLE_ACCESS`]: no resource accessed by two applications (two member
+//!   incarnations, or two leases in one process) at once;
+//! - (b) [`NO_ACCESS_AFTER_EXPIRY`]: no application still accessing a resource under a session
+//!   the store has expired or closed (from that instant another session may claim it);
+//! - (c) [`TOKENS_INCREASE`]: tokens granted per resource grow across owners;
+//! - (d) [`NO_UNCLAIMED_ACCESS`]: no application accessing a resource while the store does not
+//!   hold that resource's claim owned by the lease's session (the claim must exist before the
+//!   grant and outlive the access). Stronger than (a): it flags an unbacked lease even when no
+//!   second application collides within the explored depth;
+//! - (e) [`TOKEN_IS_CLAIM_REVISION`]: the application's token is its claim's create revision
+//!   (the fencing token the resource compares, DESIGN §8 rule 9);
+//! - [`BALANCED`] once faults stop: a fault-free continuation from the horizon (the `Quiesce`
+//!   action runs the deterministic driver the warm-up uses) ends with every resource held by
+//!   exactly one application (granted, not revoked, not released), counts within one, every
+//!   running member joined, one coordinator;
+//!
+//! and `sometimes` [`HANDOVER`] (a resource granted to a second member: not vacuous).
+//!
+//! **Time.** The properties are checked on every state, and also inside actions: at a tick,
+//! right after the store expired sessions and before anything else happens at that instant
+//! (members' timeouts included), and at every step of `Quiesce`'s fault-free run. So an
+//! application its member aborts at the very instant the store expires the session is a
+//! violation of (b) (a real abort is not instantaneous); the correct core aborts at its
+//! deadline, a full `safety_margin` (1 s) before the store's expiry, and is never flagged.
+//! The warm-up is a fixture: what the oracle sees during it is not reported (for the correct
+//! core it is asserted clean); the initial state is checked like any other.
+//!
+//! # What is explored, and which broken builds it catches
+//!
+//! The tests (`tests/model.rs`) run three correct-core checks, depth-first to a depth bound,
+//! asserting the number of unique states: 2 members × 2 resources with one fault to depth 14;
+//! 3 × 3 fault-free to depth 12; 2 × 2 with a fault, a delayed reply, an admin change and
+//! `Quiesce` offered in every state to depth 10. Each broken build below is then run with the
+//! *same* set-up and depth as one of these (only [`Setup::variant`] changed), breadth-first,
+//! and must be caught:
+//!
+//! - `GrantBeforeClaim` (2 × 2 faults=1): (a), two applications on one resource;
+//! - `GrantOnClaimSent` (2 × 2 faults=1): (d), a grant before its create was even applied;
+//!   the initial state also violates (e) (the guessed token is not the claim's revision);
+//! - `LateAbort`, `NoSafetyMargin`, `IgnoreDeadline` (2 × 2 faults=1): (b), time passes with
+//!   every request timed out until the store expires the session while the application still
+//!   runs (revoked and not released, or never revoked); with no margin the abort coincides
+//!   with the expiry, which (b) flags;
+//! - `RemoveDeletesClaim` (2 × 2 quiesce everywhere): (d), the admin removal deletes the claim
+//!   of a resource an application is accessing.
+//!
+//! Not caught, and why:
+//!
+//! - `DeadlineFromReply` counts the deadline from a keepalive reply's arrival. The model's
+//!   clock has whole seconds and `op_timeout` is 1 s, so a reply is always delivered at the
+//!   instant it was sent or not at all (it times out): arrival time equals send time and the
+//!   variant behaves exactly like the correct core here. The simulator (random sub-second
+//!   latencies) covers it.
+//! - `AdoptAnyClaim` adopts a foreign claim when verifying an `Indeterminate` create. A foreign
+//!   claim can be there only if another session claimed the resource between this member's
+//!   listing and its create, which needs two members assigned the same resource by two
+//!   successive rebalances (a crash and a session expiry, or a removal and a re-add, in between):
+//!   some 20–35 steps, beyond what the exhaustive search reaches. The simulator covers it.
+//! - `TrustLastKeepalive`, `AcceptOlderViews`, `DebounceRebalance`, `UnguardedRebalance` are
+//!   not tested here (ZooKeeper followers, stale reads, rate limits and deposed coordinators
+//!   are not in this model).
+//!
+//! The search is depth-bounded: unbounded breadth-first search at 2 × 2 runs out of memory,
+//! and an admin change added to the 2 × 2 faults=1 check multiplies it to about 8 million
+//! states at depth 14 (over 5 minutes), so admin changes are explored in the quiesce-everywhere
+//! check only. Session expiry after a crash is exercised mostly inside `Quiesce`; clock drift,
+//! stale reads, TTL renegotiation, graceful `leave` and writes applied after their timeout are
+//! not in this model (the simulator injects them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -94,11 +176,14 @@ pub fn member_config(name: &str, variant: Variant) -> Config {
     c
 }
 
+/// One lease as the application sees it: from the `Grant` it received until it stopped
+/// (released the lease, or its process died). This, not the core's idea of the lease, is what
+/// the oracle checks.
 #[derive(Debug, Clone)]
 pub struct AppLease {
-    pub lease: LeaseId,
     pub token: Token,
     pub session: SessionId,
+    /// A `Revoke` arrived: the application is stopping, but still accessing the resource.
     pub revoked: bool,
 }
 
@@ -106,7 +191,9 @@ pub struct AppLease {
 pub struct Slot {
     pub inc: u32,
     pub core: Option<Member>,
-    pub app: BTreeMap<ResourceId, AppLease>,
+    /// What the application is accessing, keyed by resource and lease: a second grant on a
+    /// resource whose first lease is still being stopped is a second entry, not an overwrite.
+    pub app: BTreeMap<(ResourceId, LeaseId), AppLease>,
     pub notify: bool,
 }
 
@@ -133,6 +220,10 @@ pub struct State {
     pub removed: BTreeSet<ResourceId>,
     pub last_token: BTreeMap<ResourceId, (usize, SessionId, Token)>,
     pub token_violation: Option<String>,
+    /// A violation of the oracle seen at an instant inside an action rather than in a state:
+    /// at a tick, right after the store expired sessions and before anything else happened at
+    /// that instant; or at any step of `Quiesce`'s fault-free run. The first per property.
+    pub seen: BTreeMap<&'static str, String>,
     pub handover: bool,
     /// Set by `Quiesce`: `Ok` when the fault-free continuation converged.
     pub quiesced: Option<Result<(), String>>,
@@ -145,16 +236,20 @@ impl fmt::Debug for State {
             let leases: Vec<String> = s
                 .app
                 .iter()
-                .map(|(r, l)| {
+                .map(|((r, _), l)| {
                     let v = s
                         .core
                         .as_ref()
                         .map(|m| m.valid_until(l.session))
                         .unwrap_or(Time::ZERO);
                     format!(
-                        "{r}(token {}, {}, valid until {v}{})",
+                        "{r}(token {}, {}{}, member's deadline {v}{})",
                         l.token,
                         l.session,
+                        match self.store.expires_at(l.session) {
+                            Some(e) => format!(" expiring {e}"),
+                            None => " GONE from the store".into(),
+                        },
                         if l.revoked { ", revoked" } else { "" }
                     )
                 })
@@ -171,6 +266,9 @@ impl fmt::Debug for State {
         }
         if let Some(v) = &self.token_violation {
             writeln!(f, "  TOKEN VIOLATION {v}")?;
+        }
+        for (p, v) in &self.seen {
+            writeln!(f, "  VIOLATION ({p}) {v}")?;
         }
         if let Some(q) = &self.quiesced {
             writeln!(f, "  quiesced: {q:?}")?;
@@ -193,7 +291,7 @@ impl State {
     fn render(&self, w: &mut impl fmt::Write) -> fmt::Result {
         write!(
             w,
-            "{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}|{}|{:?}",
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}",
             self.now,
             self.store,
             self.slots,
@@ -205,6 +303,7 @@ impl State {
             self.removed,
             self.last_token,
             self.token_violation,
+            self.seen,
             self.handover,
             self.quiesced
         )
@@ -246,7 +345,7 @@ pub enum Action {
     /// Fault: delivered, and delivered again later.
     DupNotify(usize),
     /// The application finished stopping a revoked lease.
-    Release(usize, ResourceId),
+    Release(usize, ResourceId, LeaseId),
     /// Fault: the member process dies (its application with it).
     Crash(usize),
     /// A crashed member is started again under the same name.
@@ -318,6 +417,7 @@ impl RebalanserModel {
                 removed: BTreeSet::new(),
                 last_token: BTreeMap::new(),
                 token_violation: None,
+                seen: BTreeMap::new(),
                 handover: false,
                 quiesced: None,
             },
@@ -331,6 +431,15 @@ impl RebalanserModel {
             m.balanced(&s).is_ok(),
             "warm-up did not converge: {:?}",
             m.balanced(&s)
+        );
+        // The warm-up is a fixture, not part of the search: a broken variant must be caught
+        // in the explored states, so what the oracle saw during the warm-up is dropped (the
+        // correct core's warm-up is asserted clean).
+        let seen = std::mem::take(&mut s.seen);
+        assert!(
+            setup.variant != Variant::Correct || (seen.is_empty() && m.violations(&s).is_empty()),
+            "warm-up violated the oracle: {seen:?} {:?}",
+            m.violations(&s)
         );
         for i in 1..setup.members {
             m.start(&mut s, i);
@@ -414,9 +523,8 @@ impl RebalanserModel {
                     }
                     s.last_token.insert(resource.clone(), (i, session, token));
                     s.slots[i].app.insert(
-                        resource,
+                        (resource, lease),
                         AppLease {
-                            lease,
                             token,
                             session,
                             revoked: false,
@@ -426,10 +534,8 @@ impl RebalanserModel {
                 Event::Revoke {
                     lease, resource, ..
                 } => {
-                    if let Some(l) = s.slots[i].app.get_mut(&resource) {
-                        if l.lease == lease {
-                            l.revoked = true;
-                        }
+                    if let Some(l) = s.slots[i].app.get_mut(&(resource, lease)) {
+                        l.revoked = true;
                     }
                 }
                 Event::SessionOpened { session, .. } => {
@@ -509,6 +615,10 @@ impl RebalanserModel {
         if s.store.rev() != before {
             self.notify_all(s);
         }
+        // The store's expiry comes first at this instant: an application still accessing
+        // under an expired session now overlaps whoever claims next, even if its member
+        // aborts it at this same instant (a real abort is not instantaneous).
+        self.observe(s);
         let alive: BTreeSet<SessionId> = s
             .sessions
             .iter()
@@ -557,6 +667,7 @@ impl RebalanserModel {
         loop {
             guard += 1;
             assert!(guard < 100_000, "quiet driver livelock");
+            self.observe(s);
             if let Some((k, f)) = s.flight.iter().next().map(|(k, f)| (*k, f.clone())) {
                 s.flight.remove(&k);
                 let res = match f.res {
@@ -575,8 +686,8 @@ impl RebalanserModel {
                 self.drain(s, i);
                 continue;
             }
-            if let Some((i, r)) = self.releasable(s).into_iter().next() {
-                self.release(s, i, &r);
+            if let Some((i, r, l)) = self.releasable(s).into_iter().next() {
+                self.release(s, i, &r, l);
                 continue;
             }
             match self.next_time(s) {
@@ -586,31 +697,31 @@ impl RebalanserModel {
         }
     }
 
-    fn releasable(&self, s: &State) -> Vec<(usize, ResourceId)> {
+    fn releasable(&self, s: &State) -> Vec<(usize, ResourceId, LeaseId)> {
         let mut v = Vec::new();
         for (i, slot) in s.slots.iter().enumerate() {
-            for (r, l) in &slot.app {
+            for ((r, lease), l) in &slot.app {
                 if l.revoked {
-                    v.push((i, r.clone()));
+                    v.push((i, r.clone(), *lease));
                 }
             }
         }
         v
     }
 
-    fn release(&self, s: &mut State, i: usize, r: &ResourceId) {
-        let Some(l) = s.slots[i].app.remove(r) else {
+    fn release(&self, s: &mut State, i: usize, r: &ResourceId, lease: LeaseId) {
+        if s.slots[i].app.remove(&(r.clone(), lease)).is_none() {
             return;
-        };
+        }
         let now = s.now;
         if let Some(m) = s.slots[i].core.as_mut() {
-            m.handle_released(now, r, l.lease);
+            m.handle_released(now, r, lease);
         }
         self.drain(s, i);
     }
 
-    /// Every resource leased exactly once (valid, not revoked), counts within one, every
-    /// running member joined, one coordinator.
+    /// Every resource held exactly once by an application (granted, not revoked, not
+    /// released), counts within one, every running member joined, one coordinator.
     pub fn balanced(&self, s: &State) -> Result<(), String> {
         let entries: Vec<_> = s
             .store
@@ -633,8 +744,8 @@ impl RebalanserModel {
                 coordinators += 1;
             }
             let mut n = 0;
-            for (r, l) in &slot.app {
-                if !l.revoked && s.now < m.valid_until(l.session) {
+            for ((r, _), l) in &slot.app {
+                if !l.revoked {
                     *owners.entry(r).or_default() += 1;
                     n += 1;
                 }
@@ -662,28 +773,171 @@ impl RebalanserModel {
         Ok(())
     }
 
-    /// Resources with two members' leases valid now.
-    pub fn double_lease(s: &State) -> Option<String> {
+    /// The oracle's (a): a resource accessed by two applications at once. An application
+    /// accesses a resource from the `Grant` it received until it released the lease or its
+    /// process died (crash, or the abort on `StopDeadlineMissed`), revoked or not; the core's
+    /// deadline plays no part. Two entries are two accessors (different member incarnations,
+    /// or two leases in one process).
+    pub fn double_access(s: &State) -> Option<String> {
         let mut holders: BTreeMap<&ResourceId, Vec<String>> = BTreeMap::new();
         for (i, slot) in s.slots.iter().enumerate() {
-            let Some(m) = slot.core.as_ref() else {
-                continue;
-            };
-            for (r, l) in &slot.app {
-                if s.now < m.valid_until(l.session) {
-                    holders
-                        .entry(r)
-                        .or_default()
-                        .push(format!("m{i}(token {}, {})", l.token, l.session));
-                }
+            for ((r, lease), l) in &slot.app {
+                holders.entry(r).or_default().push(format!(
+                    "m{i}#{} ({lease:?}, token {}, {}{})",
+                    slot.inc,
+                    l.token,
+                    l.session,
+                    if l.revoked { ", revoked" } else { "" }
+                ));
             }
         }
         holders
             .into_iter()
             .find(|(_, v)| v.len() > 1)
-            .map(|(r, v)| format!("double lease on {r}: {}", v.join(" and ")))
+            .map(|(r, v)| format!("t={}: {r} accessed by {}", s.now, v.join(" and ")))
+    }
+
+    /// The oracle's (b): an application still accessing a resource (revoked or not) under a
+    /// session the store no longer has (expired, or closed). The store's word, not the
+    /// member's: from that instant another session may claim the resource.
+    pub fn access_after_expiry(s: &State) -> Option<String> {
+        for (i, slot) in s.slots.iter().enumerate() {
+            for ((r, lease), l) in &slot.app {
+                let gone = match s.store.expires_at(l.session) {
+                    None => true,
+                    Some(e) => s.now >= e,
+                };
+                if gone {
+                    return Some(format!(
+                        "t={}: m{i}#{} still accesses {r} ({lease:?}, token {}{}) under {}, \
+                         which the store has expired or closed",
+                        s.now,
+                        slot.inc,
+                        l.token,
+                        if l.revoked { ", revoked" } else { "" },
+                        l.session
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Records the first oracle violation at an instant inside an action.
+    fn observe(&self, s: &mut State) {
+        let found = [
+            (NO_DOUBLE_ACCESS, Self::double_access(s)),
+            (NO_ACCESS_AFTER_EXPIRY, Self::access_after_expiry(s)),
+            (NO_UNCLAIMED_ACCESS, self.unclaimed_access(s)),
+            (TOKEN_IS_CLAIM_REVISION, self.wrong_token(s)),
+        ];
+        for (p, m) in found {
+            if let Some(m) = m {
+                s.seen.entry(p).or_insert(m);
+            }
+        }
+    }
+
+    fn seen(s: &State, p: &str) -> bool {
+        s.seen.contains_key(p)
+    }
+
+    /// The oracle's (d): an application accessing a resource (revoked or not) while the
+    /// store does not hold that resource's claim owned by the lease's session. The claim is
+    /// the store's record of who may access the resource: a lease must be backed from its
+    /// grant (the claim exists before it) until the application stops (the owner deletes the
+    /// claim only after the release; an expiry first is (b)). Stronger than (a): it flags an
+    /// unbacked grant even when no second application collides within the explored depth.
+    pub fn unclaimed_access(&self, s: &State) -> Option<String> {
+        for (i, slot) in s.slots.iter().enumerate() {
+            for ((r, lease), l) in &slot.app {
+                let claim = s.store.entries().get(&self.layout.claim(r));
+                if claim.is_none_or(|e| e.owner != Some(l.session)) {
+                    return Some(format!(
+                        "t={}: m{i}#{} accesses {r} ({lease:?}, token {}, {}{}) but the store's \
+                         claim is {}",
+                        s.now,
+                        slot.inc,
+                        l.token,
+                        l.session,
+                        if l.revoked { ", revoked" } else { "" },
+                        match claim {
+                            None => "absent".to_string(),
+                            Some(e) => format!("owned by {:?}", e.owner),
+                        }
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// The oracle's (e): an application holding a token that is not the create revision of
+    /// the claim backing its lease (DESIGN §8 rule 9: the claim's create revision is the
+    /// fencing token the resource compares). Only checked where (d) holds.
+    pub fn wrong_token(&self, s: &State) -> Option<String> {
+        for (i, slot) in s.slots.iter().enumerate() {
+            for ((r, lease), l) in &slot.app {
+                let Some(e) = s.store.entries().get(&self.layout.claim(r)) else {
+                    continue;
+                };
+                if e.owner == Some(l.session) && e.create_rev != l.token.revision {
+                    return Some(format!(
+                        "t={}: m{i}#{} accesses {r} ({lease:?}) with token {}, but its claim \
+                         was created at revision {}",
+                        s.now, slot.inc, l.token, e.create_rev
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Every oracle violation in `s`, by property name (for counterexample reports).
+    pub fn violations(&self, s: &State) -> Vec<(&'static str, String)> {
+        let mut v = Vec::new();
+        if let Some(m) = Self::double_access(s) {
+            v.push((NO_DOUBLE_ACCESS, m));
+        }
+        if let Some(m) = Self::access_after_expiry(s) {
+            v.push((NO_ACCESS_AFTER_EXPIRY, m));
+        }
+        if let Some(m) = self.unclaimed_access(s) {
+            v.push((NO_UNCLAIMED_ACCESS, m));
+        }
+        if let Some(m) = self.wrong_token(s) {
+            v.push((TOKEN_IS_CLAIM_REVISION, m));
+        }
+        for (p, m) in &s.seen {
+            v.push((p, format!("inside an action on the way: {m}")));
+        }
+        if let Some(m) = &s.token_violation {
+            v.push((TOKENS_INCREASE, m.clone()));
+        }
+        if let Some(Err(m)) = &s.quiesced {
+            v.push((BALANCED, m.clone()));
+        }
+        v
     }
 }
+
+/// Property names.
+pub const NO_DOUBLE_ACCESS: &str = "no resource accessed by two applications";
+pub const NO_ACCESS_AFTER_EXPIRY: &str = "no access under a session the store ended";
+pub const NO_UNCLAIMED_ACCESS: &str = "no access without the session's claim in the store";
+pub const TOKEN_IS_CLAIM_REVISION: &str = "the application's token is its claim's revision";
+pub const TOKENS_INCREASE: &str = "tokens increase";
+pub const BALANCED: &str = "balanced once faults stop";
+pub const HANDOVER: &str = "handover completes";
+/// The safety properties (everything but the `sometimes` one).
+pub const SAFETY: [&str; 6] = [
+    NO_DOUBLE_ACCESS,
+    NO_ACCESS_AFTER_EXPIRY,
+    NO_UNCLAIMED_ACCESS,
+    TOKEN_IS_CLAIM_REVISION,
+    TOKENS_INCREASE,
+    BALANCED,
+];
 
 impl Model for RebalanserModel {
     type State = State;
@@ -730,8 +984,8 @@ impl Model for RebalanserModel {
                 actions.push(Action::Restart(i));
             }
         }
-        for (i, r) in self.releasable(s) {
-            actions.push(Action::Release(i, r));
+        for (i, r, l) in self.releasable(s) {
+            actions.push(Action::Release(i, r, l));
         }
         if s.admin_left > 0 {
             for r in &self.resources {
@@ -796,7 +1050,7 @@ impl Model for RebalanserModel {
                 s.faults_left -= 1;
                 s.slots[i].notify = false;
             }
-            Action::Release(i, r) => self.release(&mut s, i, &r),
+            Action::Release(i, r, l) => self.release(&mut s, i, &r, l),
             Action::Crash(i) => {
                 s.faults_left -= 1;
                 self.crash(&mut s, i);
@@ -833,16 +1087,23 @@ impl Model for RebalanserModel {
 
     fn properties(&self) -> Vec<Property<Self>> {
         vec![
-            Property::always("no double lease", |_, s: &State| {
-                RebalanserModel::double_lease(s).is_none()
+            Property::always(NO_DOUBLE_ACCESS, |_, s: &State| {
+                RebalanserModel::double_access(s).is_none()
+                    && !RebalanserModel::seen(s, NO_DOUBLE_ACCESS)
             }),
-            Property::always("tokens increase", |_, s: &State| {
-                s.token_violation.is_none()
+            Property::always(NO_ACCESS_AFTER_EXPIRY, |_, s: &State| {
+                RebalanserModel::access_after_expiry(s).is_none()
+                    && !RebalanserModel::seen(s, NO_ACCESS_AFTER_EXPIRY)
             }),
-            Property::always("balanced once faults stop", |_, s: &State| {
-                !matches!(s.quiesced, Some(Err(_)))
+            Property::always(NO_UNCLAIMED_ACCESS, |m: &RebalanserModel, s: &State| {
+                m.unclaimed_access(s).is_none() && !RebalanserModel::seen(s, NO_UNCLAIMED_ACCESS)
             }),
-            Property::sometimes("handover completes", |_, s: &State| s.handover),
+            Property::always(TOKEN_IS_CLAIM_REVISION, |m: &RebalanserModel, s: &State| {
+                m.wrong_token(s).is_none() && !RebalanserModel::seen(s, TOKEN_IS_CLAIM_REVISION)
+            }),
+            Property::always(TOKENS_INCREASE, |_, s: &State| s.token_violation.is_none()),
+            Property::always(BALANCED, |_, s: &State| !matches!(s.quiesced, Some(Err(_)))),
+            Property::sometimes(HANDOVER, |_, s: &State| s.handover),
         ]
     }
 }

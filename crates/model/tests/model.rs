@@ -1,20 +1,55 @@
 //! Exhaustive (depth-bounded) checks of the real core. Each correct-core check asserts the
 //! number of unique states explored, so a model that silently shrinks is noticed.
+//!
+//! The broken-build tests run the very set-up and depth of a correct-core check with only
+//! `Setup::variant` changed (a production build broken in that way), breadth-first so that
+//! they stop at the first, shortest, counterexample.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
 
 use rebalanser_core::Variant;
 use rebalanser_model::stateright::{Checker, HasDiscoveries, Model};
-use rebalanser_model::{RebalanserModel, Setup};
+use rebalanser_model::{
+    RebalanserModel, Setup, HANDOVER, NO_ACCESS_AFTER_EXPIRY, NO_DOUBLE_ACCESS,
+    NO_UNCLAIMED_ACCESS, SAFETY,
+};
 
-const SAFETY: [&str; 3] = [
-    "no double lease",
-    "tokens increase",
-    "balanced once faults stop",
-];
+/// 2 members × 2 resources, one fault (lost or indeterminate op, lost or duplicated
+/// notification, or a crash), to depth 14.
+fn with_faults() -> (Setup, usize) {
+    let mut s = Setup::new(2, 2);
+    s.faults = 1;
+    s.delays = 0;
+    (s, 14)
+}
 
-fn check_correct(name: &str, setup: Setup, depth: usize, range: (usize, usize), handover: bool) {
+/// 3 × 3, fault-free, to depth 12.
+fn three_by_three() -> (Setup, usize) {
+    let mut s = Setup::new(3, 3);
+    s.faults = 0;
+    s.delays = 0;
+    (s, 12)
+}
+
+/// 2 × 2 with a fault, a delayed reply and an admin removal or re-add, `Quiesce` offered in
+/// every state, to depth 10.
+fn quiesce_everywhere() -> (Setup, usize) {
+    let mut s = Setup::new(2, 2);
+    s.faults = 1;
+    s.delays = 1;
+    s.admin = 1;
+    s.quiesce_everywhere = true;
+    (s, 10)
+}
+
+fn check_correct(
+    name: &str,
+    (setup, depth): (Setup, usize),
+    range: (usize, usize),
+    handover: bool,
+) {
+    assert_eq!(setup.variant, Variant::Correct);
     let t = Instant::now();
     let c = RebalanserModel::new(setup)
         .checker()
@@ -30,11 +65,15 @@ fn check_correct(name: &str, setup: Setup, depth: usize, range: (usize, usize), 
     );
     for p in SAFETY {
         if let Some(path) = c.discovery(p) {
-            panic!("{name}: {p} violated:\n{path}");
+            panic!(
+                "{name}: {p} violated: {:?}\n{path}\nfinal state:\n{:?}",
+                c.model().violations(path.last_state()),
+                path.last_state()
+            );
         }
     }
     assert!(
-        !handover || c.discovery("handover completes").is_some(),
+        !handover || c.discovery(HANDOVER).is_some(),
         "{name}: no handover: the model is vacuous"
     );
     assert!(
@@ -45,62 +84,112 @@ fn check_correct(name: &str, setup: Setup, depth: usize, range: (usize, usize), 
 
 #[test]
 fn two_members_two_resources_with_faults() {
-    let mut s = Setup::new(2, 2);
-    s.faults = 1;
-    s.delays = 0;
-    check_correct("2x2 faults=1", s, 14, (500_000, 800_000), true);
+    check_correct("2x2 faults=1", with_faults(), (560_000, 760_000), true);
 }
 
 #[test]
 fn three_members_three_resources() {
-    let mut s = Setup::new(3, 3);
-    s.faults = 0;
-    s.delays = 0;
-    check_correct("3x3 no faults", s, 12, (120_000, 190_000), false);
+    check_correct("3x3 no faults", three_by_three(), (130_000, 180_000), false);
 }
 
 #[test]
 fn converges_once_faults_stop_from_every_state() {
-    let mut s = Setup::new(2, 2);
-    s.faults = 1;
-    s.delays = 1;
-    s.admin = 1;
-    s.quiesce_everywhere = true;
-    check_correct("2x2 quiesce everywhere", s, 10, (300_000, 460_000), false);
+    check_correct(
+        "2x2 quiesce everywhere",
+        quiesce_everywhere(),
+        (330_000, 430_000),
+        false,
+    );
 }
 
-fn catch(variant: Variant, admin: u8, depth: usize) {
-    let mut s = Setup::new(2, 2);
-    s.faults = 0;
-    s.delays = 0;
-    s.admin = admin;
-    s.variant = variant;
+/// Runs a correct-core check's set-up and depth with `variant` and asserts that one of
+/// `expected` is violated; returns the counterexample's length.
+fn catch(variant: Variant, (mut setup, depth): (Setup, usize), expected: &[&'static str]) -> usize {
+    setup.variant = variant;
     let t = Instant::now();
-    let c = RebalanserModel::new(s)
+    let c = RebalanserModel::new(setup)
         .checker()
         .threads(2)
         .target_max_depth(depth)
-        .finish_when(HasDiscoveries::AnyOf(BTreeSet::from(["no double lease"])))
+        .finish_when(HasDiscoveries::AnyOf(
+            expected.iter().copied().collect::<BTreeSet<_>>(),
+        ))
         .spawn_bfs()
         .join();
-    let path = c
-        .discovery("no double lease")
-        .unwrap_or_else(|| panic!("{variant:?} not caught ({} states)", c.unique_state_count()));
+    let Some((p, path)) = expected
+        .iter()
+        .find_map(|p| c.discovery(p).map(|path| (*p, path)))
+    else {
+        panic!(
+            "{variant:?} not caught: none of {expected:?} violated in {} states to depth {depth}",
+            c.unique_state_count()
+        );
+    };
+    let steps = path.clone().into_actions().len();
     println!(
-        "{variant:?} caught after {} unique states in {:?}; counterexample ({} steps):\n{path}\nfinal state:\n{:?}",
+        "{variant:?} caught ({p}) after {} unique states in {:?}; counterexample ({steps} \
+         steps):\n{path}\nviolations: {:?}\nfinal state:\n{:?}",
         c.unique_state_count(),
         t.elapsed(),
-        path.clone().into_actions().len(),
+        c.model().violations(path.last_state()),
         path.last_state()
     );
+    steps
 }
 
 #[test]
 fn grant_before_claim_is_caught() {
-    catch(Variant::GrantBeforeClaim, 0, 14);
+    catch(
+        Variant::GrantBeforeClaim,
+        with_faults(),
+        &[NO_DOUBLE_ACCESS, NO_UNCLAIMED_ACCESS],
+    );
+}
+
+#[test]
+fn grant_on_claim_sent_is_caught() {
+    // Its guessed token is wrong from the warm-up on: the initial state already violates (e).
+    let (setup, _) = with_faults();
+    let mut broken = setup.clone();
+    broken.variant = Variant::GrantOnClaimSent;
+    let m = RebalanserModel::new(broken);
+    assert!(m.wrong_token(m.initial()).is_some());
+    // And the grant before the create's reply is found in the explored states.
+    catch(
+        Variant::GrantOnClaimSent,
+        with_faults(),
+        &[NO_DOUBLE_ACCESS, NO_UNCLAIMED_ACCESS],
+    );
+}
+
+#[test]
+fn late_abort_is_caught() {
+    catch(Variant::LateAbort, with_faults(), &[NO_ACCESS_AFTER_EXPIRY]);
+}
+
+#[test]
+fn no_safety_margin_is_caught() {
+    catch(
+        Variant::NoSafetyMargin,
+        with_faults(),
+        &[NO_ACCESS_AFTER_EXPIRY],
+    );
 }
 
 #[test]
 fn remove_deletes_claim_is_caught() {
-    catch(Variant::RemoveDeletesClaim, 1, 14);
+    catch(
+        Variant::RemoveDeletesClaim,
+        quiesce_everywhere(),
+        &[NO_DOUBLE_ACCESS, NO_UNCLAIMED_ACCESS],
+    );
+}
+
+#[test]
+fn ignore_deadline_is_caught() {
+    catch(
+        Variant::IgnoreDeadline,
+        with_faults(),
+        &[NO_ACCESS_AFTER_EXPIRY],
+    );
 }

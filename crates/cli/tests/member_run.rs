@@ -282,6 +282,17 @@ fn start_member(env: &Env, name: &str) -> Result<MemberProc> {
 
 /// With extra environment for the member, which its guards and children inherit.
 fn start_member_with(env: &Env, name: &str, vars: &[(&str, &str)]) -> Result<MemberProc> {
+    start_member_running(env, name, vars, &["--exec", &env.exec])
+}
+
+/// With `what` saying what to run (`--exec CMD` or `-- CMD ARG...`), in `env.dir`, so a
+/// command's relative paths land there.
+fn start_member_running(
+    env: &Env,
+    name: &str,
+    vars: &[(&str, &str)],
+    what: &[&str],
+) -> Result<MemberProc> {
     let log = env.dir.join(format!("{name}.log"));
     let out = fs::OpenOptions::new()
         .create(true)
@@ -292,9 +303,10 @@ fn start_member_with(env: &Env, name: &str, vars: &[(&str, &str)]) -> Result<Mem
         .arg(&env.store)
         .args(["--group", &env.group, "--name", name])
         .args(["--session-ttl", &format!("{}ms", TTL.as_millis())])
-        .args(["--exec", &env.exec])
+        .args(what)
         .env("RUST_LOG", "info")
         .envs(vars.iter().copied())
+        .current_dir(&env.dir)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
@@ -789,6 +801,61 @@ async fn member_run_restarts_a_child_that_exits() -> Result<()> {
         restarts.len() >= 6,
         "expected restart log lines with resource, token and the exit status; got {restarts:?}"
     );
+    let _ = fs::remove_dir_all(&env.dir);
+    Ok(())
+}
+
+/// Resource ids that look like flags are ids like any other: each one's child starts and gets
+/// it exactly, as `{resource}` and as REBALANSER_RESOURCE (tick.sh writes BADARG if they
+/// differ). Before the guard took its arguments as `--opt=VALUE`, it parsed `-x` as a flag and
+/// exited, and the member restarted it forever with nothing running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_run_starts_children_for_ids_that_look_like_flags() -> Result<()> {
+    let resources: Vec<String> = [
+        "-x",
+        "--help",
+        "--",
+        "-",
+        "--fd=3",
+        "--resource=r",
+        "--command",
+        " -y z",
+    ]
+    .map(String::from)
+    .to_vec();
+    let env = setup("flags", &resources, None).await?;
+    let mut m = start_member(&env, "solo")?;
+    let started = |ticks: &[Tick]| -> Vec<String> {
+        resources
+            .iter()
+            .filter(|r| {
+                ticks
+                    .iter()
+                    .any(|t| &t.resource == *r && t.event == "START")
+            })
+            .cloned()
+            .collect()
+    };
+    let waited = wait_until(
+        "every resource's child started",
+        Duration::from_secs(20),
+        || Ok(started(&read_ticks(&env.ticks)?).len() == resources.len()),
+    );
+    let ticks = read_ticks(&env.ticks)?;
+    waited.with_context(|| {
+        format!(
+            "children started only for {:?} of {resources:?}",
+            started(&ticks)
+        )
+    })?;
+    let bad: Vec<&Tick> = ticks.iter().filter(|t| t.event == "BADARG").collect();
+    assert!(
+        bad.is_empty(),
+        "{{resource}} was not passed intact: {bad:?}"
+    );
+    m.signal(libc::SIGTERM);
+    let status = m.wait_exit(TTL * 4)?;
+    assert!(status.success(), "{status}");
     let _ = fs::remove_dir_all(&env.dir);
     Ok(())
 }

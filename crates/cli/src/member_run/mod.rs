@@ -4,7 +4,8 @@
 //!
 //! Per lease, the member:
 //! 1. starts `rebalanser guard` (this binary, `setsid`, one end of a socket pair inherited as
-//!    `--fd`) with the command, `{resource}` replaced by the shell-quoted id;
+//!    `--fd`) with the command, `{resource}` replaced by the shell-quoted id, every value
+//!    passed as `--opt=VALUE` (an id may begin with `-`);
 //! 2. sends it the lease deadline at once and then every [`TICK`] — an absolute CLOCK_BOOTTIME
 //!    instant, `now + lease.remaining()` with `now` read first, so never later than the lease
 //!    allows; if no later one comes (the member may be SIGSTOPped, starved or dead: the guard
@@ -475,26 +476,22 @@ async fn run_child(lease: &Lease, ids: &Ids) -> Outcome {
     let kill_after = ctx.stop_timeout * 3 / 4;
     // This very binary, even if its file was replaced since; named as usual in `ps`.
     let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    // Every value as `--opt=VALUE`: a valid id may begin with `-` (`-x`, `--help`), which
+    // as a separate argument the guard's parser would take for a flag of its own.
     cmd.arg0("rebalanser")
-        .arg("--log-format")
-        .arg(&ctx.log_format)
+        .arg(format!("--log-format={}", ctx.log_format))
         .arg("guard")
-        .arg("--fd")
-        .arg(fd.to_string())
-        .arg("--group")
-        .arg(&ctx.group)
-        .arg("--member")
-        .arg(&ctx.member)
-        .arg("--resource")
-        .arg(&ids.resource)
-        .arg("--token")
-        .arg(&ids.token)
-        .arg("--kill-after-ms")
-        .arg(kill_after.as_millis().to_string())
-        .arg("--term-before-ms")
-        .arg(ctx.stop_timeout.as_millis().to_string())
-        .arg("--command")
-        .arg(render_command(&ctx.template, &ids.resource))
+        .arg(format!("--fd={fd}"))
+        .arg(format!("--group={}", ctx.group))
+        .arg(format!("--member={}", ctx.member))
+        .arg(format!("--resource={}", ids.resource))
+        .arg(format!("--token={}", ids.token))
+        .arg(format!("--kill-after-ms={}", kill_after.as_millis()))
+        .arg(format!("--term-before-ms={}", ctx.stop_timeout.as_millis()))
+        .arg(format!(
+            "--command={}",
+            render_command(&ctx.template, &ids.resource)
+        ))
         .stdin(Stdio::null())
         .kill_on_drop(false);
     // SAFETY: only async-signal-safe calls between fork and exec.

@@ -1,6 +1,7 @@
 //! `rebalanser`: the command-line tool, on the public API only: resources, status, a live
-//! view, `member run --exec`, the zero-setup demo, the deterministic simulator (and, hidden,
-//! the per-child `guard` of `member run` and `chaos-member`, the test tool of the chaos test).
+//! view, `member run -- CMD ARG...`, the zero-setup demo, the deterministic simulator (and,
+//! hidden, the per-child `guard` of `member run` and `chaos-member`, the test tool of the
+//! chaos test).
 
 mod admin_cmds;
 mod chaos;
@@ -38,7 +39,7 @@ enum Cmd {
     Status(admin_cmds::StatusArgs),
     /// The status, redrawn live, with ownership changes highlighted.
     Watch(admin_cmds::WatchArgs),
-    /// Run a group member (`member run --exec 'CMD {resource}'`).
+    /// Run a group member: one child per leased resource (`member run ... -- CMD {resource}`).
     Member(member_run::MemberArgs),
     /// The zero-setup demo: a group of member processes on the embedded store in a temp dir.
     Demo(demo::DemoArgs),

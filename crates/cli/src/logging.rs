@@ -10,6 +10,16 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// As given on the command line (for the processes `member run` starts).
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 /// Installs the global subscriber; logs go to stderr so that stdout stays the command's output.
 pub fn init(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -49,6 +49,8 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 pub use guard::{guard, GuardArgs};
+
+use crate::logging::LogFormat;
 use proto::{
     boottime_ns, render_argv, render_command, try_boottime_ns, Cause, ChildStatus, FromGuard,
     ToGuard,
@@ -162,9 +164,9 @@ enum Program {
 }
 
 /// `rebalanser member ...`: the entry point.
-pub fn member(a: MemberArgs) -> ExitCode {
+pub fn member(a: MemberArgs, log_format: LogFormat) -> ExitCode {
     match a.cmd {
-        MemberCmd::Run(r) => run(r),
+        MemberCmd::Run(r) => run(r, log_format),
     }
 }
 
@@ -173,7 +175,8 @@ struct Ctx {
     group: String,
     member: String,
     program: Program,
-    log_format: String,
+    /// For the guards.
+    log_format: LogFormat,
     stop_timeout: Duration,
 }
 
@@ -182,7 +185,7 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn run(a: RunArgs) -> ExitCode {
+fn run(a: RunArgs, log_format: LogFormat) -> ExitCode {
     match (&a.exec, a.argv.first()) {
         (Some(e), _) if e.trim().is_empty() => return fail("--exec is empty"),
         (None, Some(cmd)) if cmd.is_empty() => return fail("the command after -- is empty"),
@@ -209,26 +212,11 @@ fn run(a: RunArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format_args!("cannot start the runtime: {e}")),
     };
-    let code = rt.block_on(run_member(a));
+    let code = rt.block_on(run_member(a, log_format));
     // Dropping a runtime waits for every blocking task (a store call stuck on a lock, say):
     // once the member has left, bound that wait so the process always exits.
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
     code
-}
-
-/// `--log-format` as given to this process, for the guards (a global flag main parses).
-fn log_format_arg() -> String {
-    let mut args = std::env::args();
-    while let Some(a) = args.next() {
-        if a == "--log-format" {
-            if let Some(v) = args.next() {
-                return v;
-            }
-        } else if let Some(v) = a.strip_prefix("--log-format=") {
-            return v.to_string();
-        }
-    }
-    "human".to_string()
 }
 
 async fn join(a: &RunArgs, stop: Duration) -> Result<MemberHandle, Error> {
@@ -250,7 +238,7 @@ async fn join(a: &RunArgs, stop: Duration) -> Result<MemberHandle, Error> {
     b.join().await
 }
 
-async fn run_member(a: RunArgs) -> ExitCode {
+async fn run_member(a: RunArgs, log_format: LogFormat) -> ExitCode {
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -280,7 +268,7 @@ async fn run_member(a: RunArgs) -> ExitCode {
             Some(e) => Program::Shell(e.clone()),
             None => Program::Argv(a.argv.clone()),
         },
-        log_format: log_format_arg(),
+        log_format,
         stop_timeout: stop,
     });
     info!(
@@ -526,7 +514,7 @@ async fn run_child(lease: &Lease, ids: &Ids) -> Outcome {
     // Every value as `--opt=VALUE`: a valid id may begin with `-` (`-x`, `--help`), which
     // as a separate argument the guard's parser would take for a flag of its own.
     cmd.arg0("rebalanser")
-        .arg(format!("--log-format={}", ctx.log_format))
+        .arg(format!("--log-format={}", ctx.log_format.as_arg()))
         .arg("guard")
         .arg(format!("--fd={fd}"))
         .arg(format!("--group={}", ctx.group))

@@ -1,6 +1,6 @@
 //! `rebalanser demo`: the zero-setup demo. A group on the embedded store in a fresh temp dir,
-//! member processes of this very binary (`member run --exec`), and five changes, each timed
-//! from the action until the group is balanced again:
+//! member processes of this very binary (`member run -- CMD ARG...`), and five changes, each
+//! timed from the action until the group is balanced again:
 //!
 //! 1. N members start;  2. one is SIGKILLed (its claims wait for the session TTL);
 //! 3. a new member joins;  4. 2 resources are removed and 3 added;  5. one leaves gracefully.
@@ -34,11 +34,12 @@ const POLL: Duration = Duration::from_millis(50);
 const SETTLE_POLL: Duration = Duration::from_millis(20);
 /// Steps must settle within this (or 4 × TTL + 10 s, if longer).
 const SETTLE_LIMIT: Duration = Duration::from_secs(30);
-/// What each member runs for every resource it holds: a harmless loop that appends a line a
-/// second to the demo's work log (`{log}`): time, resource (`{resource}`, which `member run`
-/// replaces by the quoted id), member and fencing token (from the environment it sets).
-const WORK: &str = "while sleep 1; do echo \"$(date +%T)\" {resource} \"$REBALANSER_MEMBER\" \
-                    \"$REBALANSER_TOKEN\" >> {log}; done";
+/// What each member runs for every resource it holds, as `sh -c WORK sh RESOURCE LOG`: a
+/// harmless loop that appends a line a second to the demo's work log: time, resource, member
+/// and fencing token (from the environment `member run` sets). The id and the path come in as
+/// arguments, never spliced into the script, so neither is ever shell code.
+const WORK: &str = "while sleep 1; do echo \"$(date +%T)\" \"$1\" \"$REBALANSER_MEMBER\" \
+                    \"$REBALANSER_TOKEN\" >> \"$2\"; done";
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
@@ -46,8 +47,8 @@ Example:
   rebalanser demo                                # 3 members, 12 resources, about 30 s
   rebalanser demo --members 4 --resources 20 --duration 2s --keep
 
-Each member is a process running `rebalanser member run --exec CMD`, one CMD per resource it
-holds. Handover time: from the change until every resource is claimed by the member it is
+Each member is a process running `rebalanser member run -- CMD ARG...`, one CMD per resource
+it holds. Handover time: from the change until every resource is claimed by the member it is
 assigned to and the members' counts are within one of each other.")]
 pub struct DemoArgs {
     /// Members to start with (one is killed, one joins, one leaves).
@@ -254,11 +255,6 @@ impl Demo<'_> {
         format!("queue-{i:0width$}")
     }
 
-    fn exec_command(&self) -> String {
-        let log = self.dir.join("work.log");
-        WORK.replace("{log}", &shell_quote(&log.display().to_string()))
-    }
-
     /// The command line that runs one member. The only place that knows how.
     fn member_command(&self, name: &str) -> Command {
         let mut c = Command::new(&self.exe);
@@ -273,8 +269,9 @@ impl Demo<'_> {
         .args(["--name", name])
         .arg("--session-ttl")
         .arg(format!("{}ms", self.a.ttl.as_millis()))
-        .arg("--exec")
-        .arg(self.exec_command())
+        // The argv form: `member run` substitutes {resource} with no shell in between.
+        .args(["--", "sh", "-c", WORK, "sh", "{resource}"])
+        .arg(self.dir.join("work.log"))
         // Their logs go to files: no color codes there.
         .env("NO_COLOR", "1");
         c
@@ -288,7 +285,7 @@ impl Demo<'_> {
             let arg = arg.to_string_lossy();
             let plain = arg
                 .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || "-_./:=".contains(ch));
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_./:={}".contains(ch));
             s.push(' ');
             if plain {
                 s.push_str(&arg);

@@ -1,6 +1,7 @@
 //! `rebalanser`: the command-line tool, on the public API only: resources, status, a live
-//! view, `member run --exec`, the zero-setup demo, the deterministic simulator (and, hidden,
-//! the per-child `guard` of `member run` and `chaos-member`, the test tool of the chaos test).
+//! view, `member run -- CMD ARG...`, the zero-setup demo, the deterministic simulator (and,
+//! hidden, the per-child `guard` of `member run` and `chaos-member`, the test tool of the
+//! chaos test).
 
 mod admin_cmds;
 mod chaos;
@@ -9,6 +10,7 @@ mod logging;
 mod member_run;
 mod util;
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -38,7 +40,7 @@ enum Cmd {
     Status(admin_cmds::StatusArgs),
     /// The status, redrawn live, with ownership changes highlighted.
     Watch(admin_cmds::WatchArgs),
-    /// Run a group member (`member run --exec 'CMD {resource}'`).
+    /// Run a group member: one child per leased resource (`member run ... -- CMD {resource}`).
     Member(member_run::MemberArgs),
     /// The zero-setup demo: a group of member processes on the embedded store in a temp dir.
     Demo(demo::DemoArgs),
@@ -234,9 +236,44 @@ fn sim(a: SimArgs, seeds_given: bool) -> ExitCode {
     }
 }
 
+/// The one-line usage error for an argument that is not UTF-8, if there is one to blame: clap's
+/// own message names none. Only arguments before the first `--` count unless `anywhere`:
+/// after it, `member run` takes a child's argv, which may be any bytes.
+fn non_utf8_error(args: &[OsString], anywhere: bool) -> Option<String> {
+    let end = args
+        .iter()
+        .position(|a| a == "--")
+        .filter(|_| !anywhere)
+        .unwrap_or(args.len());
+    let i = (1..end).find(|&i| args[i].to_str().is_none())?;
+    let after = match args[i - 1].to_str() {
+        Some(prev) if i > 1 && prev.starts_with('-') => format!(" (after {prev})"),
+        _ => String::new(),
+    };
+    Some(format!(
+        "error: argument {i} is not valid UTF-8: {:?}{after}",
+        args[i]
+    ))
+}
+
 fn main() -> ExitCode {
-    let seeds_given = std::env::args().any(|a| a == "--seeds" || a.starts_with("--seeds="));
-    let cli = Cli::parse();
+    // As bytes: `std::env::args()` panics on the first argument that is not UTF-8.
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let seeds_given = args
+        .iter()
+        .any(|a| a == "--seeds" || a.to_str().is_some_and(|a| a.starts_with("--seeds=")));
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let utf8 = e.kind() == clap::error::ErrorKind::InvalidUtf8;
+            if let Some(msg) = non_utf8_error(&args, utf8) {
+                eprintln!("{msg}");
+                // clap's exit code for usage errors.
+                return ExitCode::from(2);
+            }
+            e.exit()
+        }
+    };
     // `sim` prints its own report; `chaos-member` sets up its own logging.
     if !matches!(cli.cmd, Cmd::Sim(_) | Cmd::ChaosMember(_)) {
         // The demo speaks for itself on stdout; its store's log lines would only interleave.
@@ -253,7 +290,7 @@ fn main() -> ExitCode {
         Cmd::Resource(a) => admin_cmds::resource(a),
         Cmd::Status(a) => admin_cmds::status(a),
         Cmd::Watch(a) => admin_cmds::watch(a),
-        Cmd::Member(a) => member_run::member(a),
+        Cmd::Member(a) => member_run::member(a, cli.log_format),
         Cmd::Guard(a) => member_run::guard(a),
         Cmd::Demo(a) => demo::run(a),
     }

@@ -282,6 +282,17 @@ fn start_member(env: &Env, name: &str) -> Result<MemberProc> {
 
 /// With extra environment for the member, which its guards and children inherit.
 fn start_member_with(env: &Env, name: &str, vars: &[(&str, &str)]) -> Result<MemberProc> {
+    start_member_running(env, name, vars, &["--exec", &env.exec])
+}
+
+/// With `what` saying what to run (`--exec CMD` or `-- CMD ARG...`), in `env.dir`, so a
+/// command's relative paths land there.
+fn start_member_running(
+    env: &Env,
+    name: &str,
+    vars: &[(&str, &str)],
+    what: &[&str],
+) -> Result<MemberProc> {
     let log = env.dir.join(format!("{name}.log"));
     let out = fs::OpenOptions::new()
         .create(true)
@@ -292,9 +303,10 @@ fn start_member_with(env: &Env, name: &str, vars: &[(&str, &str)]) -> Result<Mem
         .arg(&env.store)
         .args(["--group", &env.group, "--name", name])
         .args(["--session-ttl", &format!("{}ms", TTL.as_millis())])
-        .args(["--exec", &env.exec])
+        .args(what)
         .env("RUST_LOG", "info")
         .envs(vars.iter().copied())
+        .current_dir(&env.dir)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
@@ -793,6 +805,137 @@ async fn member_run_restarts_a_child_that_exits() -> Result<()> {
     Ok(())
 }
 
+/// Resource ids that look like flags are ids like any other: each one's child starts and gets
+/// it exactly, as `{resource}` and as REBALANSER_RESOURCE (tick.sh writes BADARG if they
+/// differ). Before the guard took its arguments as `--opt=VALUE`, it parsed `-x` as a flag and
+/// exited, and the member restarted it forever with nothing running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_run_starts_children_for_ids_that_look_like_flags() -> Result<()> {
+    let resources: Vec<String> = [
+        "-x",
+        "--help",
+        "--",
+        "-",
+        "--fd=3",
+        "--resource=r",
+        "--command",
+        " -y z",
+    ]
+    .map(String::from)
+    .to_vec();
+    let env = setup("flags", &resources, None).await?;
+    let mut m = start_member(&env, "solo")?;
+    let started = |ticks: &[Tick]| -> Vec<String> {
+        resources
+            .iter()
+            .filter(|r| {
+                ticks
+                    .iter()
+                    .any(|t| &t.resource == *r && t.event == "START")
+            })
+            .cloned()
+            .collect()
+    };
+    let waited = wait_until(
+        "every resource's child started",
+        Duration::from_secs(20),
+        || Ok(started(&read_ticks(&env.ticks)?).len() == resources.len()),
+    );
+    let ticks = read_ticks(&env.ticks)?;
+    waited.with_context(|| {
+        format!(
+            "children started only for {:?} of {resources:?}",
+            started(&ticks)
+        )
+    })?;
+    let bad: Vec<&Tick> = ticks.iter().filter(|t| t.event == "BADARG").collect();
+    assert!(
+        bad.is_empty(),
+        "{{resource}} was not passed intact: {bad:?}"
+    );
+    m.signal(libc::SIGTERM);
+    let status = m.wait_exit(TTL * 4)?;
+    assert!(status.success(), "{status}");
+    let _ = fs::remove_dir_all(&env.dir);
+    Ok(())
+}
+
+/// The argv form (`member run ... -- CMD ARG...`) runs no shell of its own: ids full of shell
+/// syntax reach the child as exactly the arguments they were substituted into, and nothing in
+/// them runs (no PWNED file appears in the member's directory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_run_argv_form_runs_no_shell() -> Result<()> {
+    let resources: Vec<String> = [
+        "$(touch PWNED)",
+        ";touch PWNED2",
+        "`touch PWNED3`",
+        "' \"; touch PWNED4 #",
+        "|touch PWNED5&",
+        "{resource}",
+        "-x",
+    ]
+    .map(String::from)
+    .to_vec();
+    let env = setup("argv", &resources, None).await?;
+    let script = r#"printf '%s|%s\n' "$1" "$2" >> out; exec sleep 1000"#;
+    let mut m = start_member_running(
+        &env,
+        "solo",
+        &[],
+        &[
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            "{resource}",
+            "id={resource}",
+        ],
+    )?;
+    let out = env.dir.join("out");
+    let lines = || -> Vec<String> {
+        fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let waited = wait_until(
+        "every resource's child wrote",
+        Duration::from_secs(20),
+        || {
+            if let Some(s) = m.child.try_wait()? {
+                bail!("the member exited: {s}");
+            }
+            Ok(lines().len() >= resources.len())
+        },
+    );
+    waited.with_context(|| {
+        format!(
+            "children wrote {:?}; member log:\n{}",
+            lines(),
+            fs::read_to_string(&m.log).unwrap_or_default()
+        )
+    })?;
+    let got: BTreeSet<String> = lines().into_iter().collect();
+    let want: BTreeSet<String> = resources.iter().map(|r| format!("{r}|id={r}")).collect();
+    assert_eq!(got, want, "each child got exactly its id");
+    let pwned: Vec<String> = fs::read_dir(&env.dir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("PWNED"))
+        .collect();
+    assert!(
+        pwned.is_empty(),
+        "a resource id ran as shell code: {pwned:?}"
+    );
+    m.signal(libc::SIGTERM);
+    let status = m.wait_exit(TTL * 4)?;
+    assert!(status.success(), "{status}");
+    let _ = fs::remove_dir_all(&env.dir);
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The guard alone, driven over its socket as `member run` drives it.
 // ---------------------------------------------------------------------------------------------
@@ -1148,10 +1291,14 @@ fn member_run_rejects_bad_input() -> Result<()> {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         let first = err.lines().next().unwrap_or("");
         assert!(first.contains(want), "{args:?}: {err}");
-        // Ours are exactly one line; clap's parse errors add its usage and a hint.
+        // Ours are exactly one line; clap's parse errors add its usage (two forms, one a
+        // line each) and a hint.
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
         let clap_hint = |l: &&str| {
-            l.starts_with("Usage:") || l.starts_with("For more information") || l.contains("tip:")
+            l.starts_with("Usage:")
+                || l.starts_with("       rebalanser member run ")
+                || l.starts_with("For more information")
+                || l.contains("tip:")
         };
         assert!(
             first.starts_with("error: ") && lines[1..].iter().all(clap_hint)

@@ -2,7 +2,7 @@
 //! the demo ends in any way), and everything they start.
 //!
 //! The demo makes itself a child subreaper, so any process a member leaves behind (a guard or
-//! an `--exec` child whose parent died) becomes the demo's child and cannot escape the final
+//! a `member run` child whose parent died) becomes the demo's child and cannot escape the final
 //! check: when the demo ends, its descendants must be gone.
 
 use std::collections::BTreeMap;

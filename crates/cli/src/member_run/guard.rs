@@ -8,10 +8,11 @@
 //! the next instant something must happen, so the deadline is kept even across a system
 //! suspend and whatever state the member is in. It:
 //!
-//! 1. waits for the first deadline (`D`), then starts `/bin/sh -c COMMAND` as the leader of a new
-//!    process group, with `PR_SET_PDEATHSIG(SIGKILL)` towards the guard, and reports `P <pid>`;
-//!    the guard is a child subreaper, so descendants orphaned inside the tree are re-parented to
-//!    it instead of to init and stay under its control even if they leave the process group;
+//! 1. waits for the first deadline (`D`), then starts the child (the argv after `--`, or
+//!    `/bin/sh -c COMMAND`) as the leader of a new process group, with
+//!    `PR_SET_PDEATHSIG(SIGKILL)` towards the guard, and reports `P <pid>`; the guard is a
+//!    child subreaper, so descendants orphaned inside the tree are re-parented to it instead
+//!    of to init and stay under its control even if they leave the process group;
 //! 2. with no later deadline from the member: SIGTERM to the group `term_before` ahead of the
 //!    deadline, SIGKILL after `kill_after` or [`KILL_LEAD`] ahead of the deadline, whichever is
 //!    first (a SIGSTOPped or starved member sends nothing);
@@ -34,6 +35,7 @@
 //! descendants are orphaned to init: run `member run` under a supervisor that kills the whole
 //! process tree (systemd `KillMode=control-group`, a container) for that case.
 
+use std::ffi::OsString;
 use std::io::{self, Read as _, Write as _};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -82,8 +84,12 @@ pub struct GuardArgs {
     #[arg(long)]
     term_before_ms: u64,
     /// What to run, by `/bin/sh -c`.
-    #[arg(long)]
-    command: String,
+    #[arg(long, conflicts_with = "argv", required_unless_present = "argv")]
+    command: Option<String>,
+    /// What to run, as it is (no shell).
+    #[arg(last = true, value_parser = clap::value_parser!(OsString),
+          required_unless_present = "command")]
+    argv: Vec<OsString>,
 }
 
 /// The guard's entry point (`rebalanser guard ...`).
@@ -277,10 +283,21 @@ impl Guard {
 
     fn spawn(&mut self) -> io::Result<()> {
         let me = self.me;
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(&self.a.command)
-            .env("REBALANSER_GROUP", &self.a.group)
+        let mut cmd = match (&self.a.command, self.a.argv.split_first()) {
+            (Some(sh), _) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c").arg(sh);
+                c
+            }
+            (None, Some((program, args))) => {
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
+            // clap requires one of the two.
+            (None, None) => return Err(io::Error::other("nothing to run")),
+        };
+        cmd.env("REBALANSER_GROUP", &self.a.group)
             .env("REBALANSER_MEMBER", &self.a.member)
             .env("REBALANSER_RESOURCE", &self.a.resource)
             .env("REBALANSER_TOKEN", &self.a.token)

@@ -1,10 +1,12 @@
-//! `rebalanser member run --exec CMD`: a group member that runs one child process per leased
-//! resource, each under a guard process (DESIGN §8 rule 17, PITFALLS 30), and the hidden
-//! `rebalanser guard` itself (`guard.rs`).
+//! `rebalanser member run -- CMD ARG...` (or `--exec 'SHELL CMD'`): a group member that runs
+//! one child process per leased resource, each under a guard process (DESIGN §8 rule 17,
+//! PITFALLS 30), and the hidden `rebalanser guard` itself (`guard.rs`).
 //!
 //! Per lease, the member:
 //! 1. starts `rebalanser guard` (this binary, `setsid`, one end of a socket pair inherited as
-//!    `--fd`) with the command, `{resource}` replaced by the shell-quoted id;
+//!    `--fd`) with the command: the argv after `--`, `{resource}` replaced by the id (no
+//!    shell anywhere), or the `--exec` string for `/bin/sh -c`, `{resource}` replaced by the
+//!    shell-quoted id; every value passed as `--opt=VALUE` (an id may begin with `-`);
 //! 2. sends it the lease deadline at once and then every [`TICK`] — an absolute CLOCK_BOOTTIME
 //!    instant, `now + lease.remaining()` with `now` read first, so never later than the lease
 //!    allows; if no later one comes (the member may be SIGSTOPped, starved or dead: the guard
@@ -33,6 +35,7 @@
 mod guard;
 mod proto;
 
+use std::ffi::OsString;
 use std::os::fd::AsRawFd as _;
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -46,7 +49,12 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 pub use guard::{guard, GuardArgs};
-use proto::{boottime_ns, render_command, try_boottime_ns, Cause, ChildStatus, FromGuard, ToGuard};
+
+use crate::logging::LogFormat;
+use proto::{
+    boottime_ns, render_argv, render_command, try_boottime_ns, Cause, ChildStatus, FromGuard,
+    ToGuard,
+};
 
 /// How often the member sends each guard the current lease deadline.
 pub const TICK: Duration = Duration::from_millis(50);
@@ -63,12 +71,16 @@ const ORPHAN_WAIT: Duration = Duration::from_secs(5);
 const EXAMPLE: &str = "\
 Example:
   rebalanser resource add --store sqlite:///var/lib/rb.db -g jobs q1 q2 q3
-  rebalanser member run --store sqlite:///var/lib/rb.db -g jobs \\
-      --exec 'exec consume --queue {resource} --fence \"$REBALANSER_TOKEN\"'
+  rebalanser member run --store sqlite:///var/lib/rb.db -g jobs -- consume --queue {resource}
+  # Shell syntax: a shell script that takes the id as an argument, never inside the script.
+  rebalanser member run --store sqlite:///var/lib/rb.db -g jobs -- \\
+      sh -c 'exec consume --queue \"$1\" --fence \"$REBALANSER_TOKEN\"' sh {resource}
 
-Each leased resource gets one child: `/bin/sh -c CMD` with {resource} replaced by the
-shell-quoted resource id and the environment REBALANSER_GROUP, REBALANSER_MEMBER,
-REBALANSER_RESOURCE, REBALANSER_TOKEN (the fencing token). Each child runs in its own process
+Each leased resource gets one child: CMD run directly with its ARGs, no shell, every
+{resource} in them replaced by the resource id (which stays inside the one argument it was
+in, whatever it contains), and the environment REBALANSER_GROUP, REBALANSER_MEMBER,
+REBALANSER_RESOURCE, REBALANSER_TOKEN (the fencing token). `--exec 'CMD'` instead runs a shell
+string (see --exec for when that is unsafe). Each child runs in its own process
 group under a guard process that kills the whole group at the lease deadline, or at once if
 the member dies, even if this process is paused or killed; the resource moves on only after
 the group is gone. When a lease is revoked the child gets SIGTERM, and SIGKILL 3/4 of the stop
@@ -91,6 +103,11 @@ enum MemberCmd {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(
+    group(clap::ArgGroup::new("program").required(true).multiple(false)),
+    override_usage = "rebalanser member run [OPTIONS] --store <URL> --group <GROUP> -- <CMD> [ARG]...\n       \
+                      rebalanser member run [OPTIONS] --store <URL> --group <GROUP> --exec <CMD>"
+)]
 struct RunArgs {
     /// Store URL: sqlite:///PATH.db or zk://HOST:PORT[,HOST:PORT...]/CHROOT
     #[arg(long, value_name = "URL")]
@@ -113,15 +130,43 @@ struct RunArgs {
     /// after 3/4 of it.
     #[arg(long, value_name = "DURATION", value_parser = crate::util::duration_arg)]
     stop_timeout: Option<Duration>,
-    /// The command to run per resource, by /bin/sh -c; {resource} is replaced by the quoted id.
-    #[arg(long, value_name = "CMD")]
-    exec: String,
+    /// A shell string instead of `-- CMD ARG...`: `/bin/sh -c CMD`, {resource} single-quoted.
+    /// Inside double quotes or a second shell, the id is shell code (see --help).
+    ///
+    /// CMD is not split or parsed by rebalanser: the whole string goes to `/bin/sh -c`, after
+    /// every {resource} in it is replaced by the id in single quotes (a `'` in the id becomes
+    /// `'\''`).
+    ///
+    /// Safe: {resource} as a plain word of CMD (`--exec 'worker --queue {resource}'`): the
+    /// quotes make it one argument with nothing in it expanded.
+    ///
+    /// NOT safe: {resource} inside double quotes or any second level of shell
+    /// (`"q-{resource}"`, `sh -c "work {resource}"`, `bash -c`, `eval`, `ssh host ...`,
+    /// `su -c`, `xargs sh`): there the single quotes are plain characters and the id is shell
+    /// code, so a resource named `$(rm -rf ~)` runs it. Anyone who can add a resource can then
+    /// run commands as this member. The argv form has no such case.
+    #[arg(long, value_name = "CMD", group = "program")]
+    exec: Option<String>,
+    /// The command to run per resource and its arguments, after `--`: run directly, no shell;
+    /// every {resource} in them is replaced by the resource id, inside the same argument.
+    #[arg(last = true, value_name = "CMD ARG", value_parser = clap::value_parser!(OsString),
+          group = "program")]
+    argv: Vec<OsString>,
+}
+
+/// What a child runs.
+#[derive(Debug)]
+enum Program {
+    /// `--exec`: `/bin/sh -c` this, {resource} shell-quoted.
+    Shell(String),
+    /// After `--`: this argv as is, {resource} substituted.
+    Argv(Vec<OsString>),
 }
 
 /// `rebalanser member ...`: the entry point.
-pub fn member(a: MemberArgs) -> ExitCode {
+pub fn member(a: MemberArgs, log_format: LogFormat) -> ExitCode {
     match a.cmd {
-        MemberCmd::Run(r) => run(r),
+        MemberCmd::Run(r) => run(r, log_format),
     }
 }
 
@@ -129,8 +174,9 @@ pub fn member(a: MemberArgs) -> ExitCode {
 struct Ctx {
     group: String,
     member: String,
-    template: String,
-    log_format: String,
+    program: Program,
+    /// For the guards.
+    log_format: LogFormat,
     stop_timeout: Duration,
 }
 
@@ -139,9 +185,11 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn run(a: RunArgs) -> ExitCode {
-    if a.exec.trim().is_empty() {
-        return fail("--exec is empty");
+fn run(a: RunArgs, log_format: LogFormat) -> ExitCode {
+    match (&a.exec, a.argv.first()) {
+        (Some(e), _) if e.trim().is_empty() => return fail("--exec is empty"),
+        (None, Some(cmd)) if cmd.is_empty() => return fail("the command after -- is empty"),
+        _ => {}
     }
     if try_boottime_ns().is_none() {
         return fail("CLOCK_BOOTTIME is unavailable; lease deadlines cannot be kept");
@@ -164,26 +212,11 @@ fn run(a: RunArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format_args!("cannot start the runtime: {e}")),
     };
-    let code = rt.block_on(run_member(a));
+    let code = rt.block_on(run_member(a, log_format));
     // Dropping a runtime waits for every blocking task (a store call stuck on a lock, say):
     // once the member has left, bound that wait so the process always exits.
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
     code
-}
-
-/// `--log-format` as given to this process, for the guards (a global flag main parses).
-fn log_format_arg() -> String {
-    let mut args = std::env::args();
-    while let Some(a) = args.next() {
-        if a == "--log-format" {
-            if let Some(v) = args.next() {
-                return v;
-            }
-        } else if let Some(v) = a.strip_prefix("--log-format=") {
-            return v.to_string();
-        }
-    }
-    "human".to_string()
 }
 
 async fn join(a: &RunArgs, stop: Duration) -> Result<MemberHandle, Error> {
@@ -205,7 +238,7 @@ async fn join(a: &RunArgs, stop: Duration) -> Result<MemberHandle, Error> {
     b.join().await
 }
 
-async fn run_member(a: RunArgs) -> ExitCode {
+async fn run_member(a: RunArgs, log_format: LogFormat) -> ExitCode {
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -231,8 +264,11 @@ async fn run_member(a: RunArgs) -> ExitCode {
     let ctx = Arc::new(Ctx {
         group: a.group.clone(),
         member: member.name().to_string(),
-        template: a.exec.clone(),
-        log_format: log_format_arg(),
+        program: match &a.exec {
+            Some(e) => Program::Shell(e.clone()),
+            None => Program::Argv(a.argv.clone()),
+        },
+        log_format,
         stop_timeout: stop,
     });
     info!(
@@ -475,28 +511,28 @@ async fn run_child(lease: &Lease, ids: &Ids) -> Outcome {
     let kill_after = ctx.stop_timeout * 3 / 4;
     // This very binary, even if its file was replaced since; named as usual in `ps`.
     let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    // Every value as `--opt=VALUE`: a valid id may begin with `-` (`-x`, `--help`), which
+    // as a separate argument the guard's parser would take for a flag of its own.
     cmd.arg0("rebalanser")
-        .arg("--log-format")
-        .arg(&ctx.log_format)
+        .arg(format!("--log-format={}", ctx.log_format.as_arg()))
         .arg("guard")
-        .arg("--fd")
-        .arg(fd.to_string())
-        .arg("--group")
-        .arg(&ctx.group)
-        .arg("--member")
-        .arg(&ctx.member)
-        .arg("--resource")
-        .arg(&ids.resource)
-        .arg("--token")
-        .arg(&ids.token)
-        .arg("--kill-after-ms")
-        .arg(kill_after.as_millis().to_string())
-        .arg("--term-before-ms")
-        .arg(ctx.stop_timeout.as_millis().to_string())
-        .arg("--command")
-        .arg(render_command(&ctx.template, &ids.resource))
-        .stdin(Stdio::null())
-        .kill_on_drop(false);
+        .arg(format!("--fd={fd}"))
+        .arg(format!("--group={}", ctx.group))
+        .arg(format!("--member={}", ctx.member))
+        .arg(format!("--resource={}", ids.resource))
+        .arg(format!("--token={}", ids.token))
+        .arg(format!("--kill-after-ms={}", kill_after.as_millis()))
+        .arg(format!("--term-before-ms={}", ctx.stop_timeout.as_millis()));
+    match &ctx.program {
+        Program::Shell(s) => {
+            cmd.arg(format!("--command={}", render_command(s, &ids.resource)));
+        }
+        // After `--` the guard's parser takes every argument as it is.
+        Program::Argv(argv) => {
+            cmd.arg("--").args(render_argv(argv, &ids.resource));
+        }
+    }
+    cmd.stdin(Stdio::null()).kill_on_drop(false);
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {

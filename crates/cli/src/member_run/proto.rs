@@ -16,7 +16,9 @@
 //!                             descendant are gone. The last message; the guard then exits.
 //! ```
 
+use std::ffi::OsString;
 use std::fmt;
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 
 pub use crate::util::{boottime_ns, read_clock, try_boottime_ns};
 
@@ -219,6 +221,30 @@ pub fn render_command(template: &str, resource: &str) -> String {
     template.replace("{resource}", &shell_quote(resource))
 }
 
+/// The argv for one resource: every `{resource}` in every element replaced by the id. Bytes,
+/// not text (an argument need not be UTF-8); the result is not scanned again, so an id is
+/// never interpreted, and never splits or adds an argument.
+pub fn render_argv(template: &[OsString], resource: &str) -> Vec<OsString> {
+    const PLACEHOLDER: &[u8] = b"{resource}";
+    template
+        .iter()
+        .map(|arg| {
+            let mut rest = arg.as_bytes();
+            let mut out = Vec::with_capacity(rest.len());
+            while !rest.is_empty() {
+                if let Some(after) = rest.strip_prefix(PLACEHOLDER) {
+                    out.extend_from_slice(resource.as_bytes());
+                    rest = after;
+                } else {
+                    out.push(rest[0]);
+                    rest = &rest[1..];
+                }
+            }
+            OsString::from_vec(out)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +310,36 @@ mod tests {
         }
         assert_eq!(render_command("x {resource} {resource}", "r"), "x 'r' 'r'");
         assert_eq!(render_command("no placeholder", "r"), "no placeholder");
+    }
+
+    #[test]
+    fn argv_elements_get_the_id_verbatim() {
+        let t: Vec<OsString> = [
+            "cmd",
+            "{resource}",
+            "--q={resource}.{resource}",
+            "{resourc",
+            "x",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        let id = "$(x) '{resource}' -y";
+        let got = render_argv(&t, id);
+        let want: Vec<OsString> = [
+            "cmd".to_string(),
+            id.to_string(),
+            format!("--q={id}.{id}"),
+            "{resourc".to_string(),
+            "x".to_string(),
+        ]
+        .map(OsString::from)
+        .to_vec();
+        assert_eq!(got, want);
+        let bytes = [OsString::from_vec(b"\xff{resource}\xfe".to_vec())];
+        assert_eq!(
+            render_argv(&bytes, "r")[0].as_bytes(),
+            b"\xffr\xfe".as_slice()
+        );
     }
 
     #[test]

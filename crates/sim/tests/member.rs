@@ -6,7 +6,7 @@ use std::time::Duration;
 use rebalanser_core::admin;
 use rebalanser_core::layout::Layout;
 use rebalanser_core::store::{StoreError, StoreOp, StoreReply, StoreResult, Write};
-use rebalanser_core::{Event, Member, ResourceId, RevokeReason, Time};
+use rebalanser_core::{Config, Event, Member, ResourceId, RevokeReason, Time, Variant};
 use rebalanser_store::{MemModel, ModelConfig};
 
 mod common;
@@ -35,8 +35,11 @@ struct Harness {
 
 impl Harness {
     fn new(resources: &[&str]) -> Harness {
+        Harness::with_config(resources, member_config("a"))
+    }
+
+    fn with_config(resources: &[&str], cfg: Config) -> Harness {
         let (model, layout) = group_store(ModelConfig::default(), resources);
-        let cfg = member_config("a");
         let mut member = Member::new(cfg);
         member.start(Time::ZERO);
         Harness {
@@ -343,4 +346,64 @@ fn a_store_whose_revision_went_back_is_still_followed() {
         "a resource added after the restore was never granted: {:?}",
         h.grants()
     );
+}
+
+fn is_claim_get(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::Get { key, .. } if key.contains("/claims/"))
+}
+
+/// A claim create is lost (`Indeterminate`, not applied) and its first verification finds the
+/// store unreachable; meanwhile another session claims the resource. Returns the grants and
+/// the store's claim (owner session, create revision).
+fn lost_create_then_foreign_claim(variant: Variant) -> (Vec<(String, u64)>, u64) {
+    let mut cfg = member_config("a");
+    cfg.variant = variant;
+    let mut h = Harness::with_config(&["q1"], cfg);
+    h.run_for(ms(10), &mut |op| {
+        if is_claim_create(op) {
+            Fate::LostUnknown
+        } else if is_claim_get(op) {
+            Fate::Unavailable
+        } else {
+            Fate::Normal
+        }
+    });
+    assert!(h.grants().is_empty());
+    let other = match h.model.apply(h.now, &StoreOp::OpenSession { ttl: ms(60_000) }) {
+        Ok(StoreReply::Session { session, .. }) => session,
+        r => panic!("{r:?}"),
+    };
+    let key = h.layout.claim(&ResourceId::new("q1").unwrap());
+    h.model
+        .apply(
+            h.now,
+            &StoreOp::Txn {
+                conds: vec![],
+                writes: vec![Write::Create {
+                    key: key.clone(),
+                    value: br#"{"member":"b"}"#.to_vec(),
+                    owner: Some(other),
+                }],
+            },
+        )
+        .unwrap();
+    for _ in 0..5 {
+        h.run_for(ms(100), &mut |_| Fate::Normal);
+        h.model
+            .apply(h.now, &StoreOp::KeepAlive { session: other })
+            .unwrap();
+    }
+    let claim = h.model.entries()[&key].clone();
+    assert_eq!(claim.owner, Some(other));
+    (h.grants(), claim.create_rev)
+}
+
+#[test]
+fn a_verification_never_adopts_another_sessions_claim() {
+    // Judged by the store: the only claim is the other session's, so no grant may exist.
+    let (grants, _) = lost_create_then_foreign_claim(Variant::Correct);
+    assert!(grants.is_empty(), "granted under a foreign claim: {grants:?}");
+    // The broken build (adopt whoever owns it) fails the same check.
+    let (grants, foreign_rev) = lost_create_then_foreign_claim(Variant::AdoptAnyClaim);
+    assert_eq!(grants, vec![("q1".to_string(), foreign_rev)]);
 }

@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 
 use rebalanser_core::admin;
 use rebalanser_core::layout::Layout;
-use rebalanser_core::store::{StoreError, StoreOp, StoreResult, Write};
-use rebalanser_core::{Config, Event, LeaseId, Member, OpId, ResourceId, SessionId, Time};
+use rebalanser_core::store::{Cond, StoreError, StoreOp, StoreResult, Write};
+use rebalanser_core::{
+    Config, Epoch, Event, LeaseId, Member, OpId, ResourceId, SessionId, Time, Variant,
+};
 use rebalanser_store::{MemModel, ModelConfig};
 
 mod common;
@@ -609,4 +611,80 @@ fn granted_ttl_below_budget_is_refused() {
         n("StoreError")
     );
     assert!(n("event Grant") <= 2, "leases flap");
+}
+
+fn is_assign_write(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::Txn { writes, .. }
+        if writes.iter().any(|w| matches!(w, Write::Put { key, .. } if key.contains("/assign/"))))
+}
+
+/// Coordinator `a` sends a rebalance that the network holds; `a` is then cut off until its
+/// session expires and `b` is elected under a newer epoch (its own first rebalance held too, so
+/// nothing else has changed the assignment). Then `a`'s write reaches the store. Returns the
+/// held transaction and the store's answer to it.
+fn deposed_coordinator_late_write(variant: Variant) -> (StoreOp, StoreResult) {
+    let mut h = H::new(&["r1", "r2"]);
+    let mut ca = cfg("a");
+    ca.variant = variant;
+    let a = h.add(ca);
+    h.advance(t(300));
+    assert_eq!(h.m[a].is_coordinator(), Some(Epoch(1)));
+    let b = h.add(cfg("b"));
+    h.advance(t(600));
+    h.filter = Box::new(move |i, op| {
+        // a's rebalances from now on are held; b's never arrive and are never answered
+        // (so b stays coordinator without having written anything).
+        if is_assign_write(op) && i == 1 {
+            return Act::Drop;
+        }
+        if is_assign_write(op) {
+            return Act::IndeterminateHold;
+        }
+        Act::Deliver
+    });
+    let lay = h.layout.clone();
+    h.store
+        .apply(
+            h.now,
+            &admin::add_resources(&lay, &[ResourceId::new("r3").unwrap()]),
+        )
+        .unwrap();
+    h.notify_all();
+    h.pump();
+    assert!(!h.held.is_empty(), "a's rebalance is held");
+    let (_, late) = h.held.remove(0);
+    h.held.clear();
+    h.partitioned[a] = true;
+    let give_up = h.now + ms(4000);
+    while !h.m[b].is_coordinator().is_some_and(|e| e > Epoch(1)) {
+        if h.now >= give_up {
+            h.dump();
+            panic!("b was never elected");
+        }
+        h.advance(h.now + ms(20));
+    }
+    let res = h.store.apply(h.now, &late);
+    (late, res)
+}
+
+#[test]
+fn a_deposed_coordinators_late_write_is_rejected() {
+    let (txn, res) = deposed_coordinator_late_write(Variant::Correct);
+    // The transaction carries its fence: the leader key it owns and the epoch it read.
+    let StoreOp::Txn { conds, .. } = &txn else {
+        panic!("{txn:?}")
+    };
+    assert!(conds
+        .iter()
+        .any(|c| matches!(c, Cond::Owned { key, .. } if key == "g/leader")));
+    assert!(conds
+        .iter()
+        .any(|c| matches!(c, Cond::Version(key, _) if key == "g/epoch")));
+    assert!(
+        matches!(res, Err(StoreError::Conflict(_))),
+        "a deposed coordinator's write: {res:?}"
+    );
+    // Without the guard the same late write lands.
+    let (_, res) = deposed_coordinator_late_write(Variant::UnguardedRebalance);
+    assert!(res.is_ok(), "the unguarded write was rejected anyway ({res:?}): the test proves nothing");
 }

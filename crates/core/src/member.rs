@@ -469,7 +469,16 @@ impl Member {
                     let key = self.layout.member(&self.cfg.name);
                     self.send(Pending::RegisterVerify { session }, get_lin(key));
                 }
-                Err(e) => self.report("register", e, &mut Registration::None),
+                Err(e) => {
+                    // Any other failure: report it and try again after a pause (a stuck
+                    // `Pending` would never register).
+                    self.registration = Registration::None;
+                    self.register_retry_at = now + self.cfg.retry_delay;
+                    self.events.push_back(Event::StoreError {
+                        op: "register",
+                        error: e,
+                    });
+                }
             },
             Pending::RegisterVerify { session } => match result {
                 Ok(StoreReply::Got(Some(e))) if e.owner == Some(session) => {
@@ -690,11 +699,6 @@ impl Member {
         self.pending.insert(id, p);
         self.ops.push_back((id, op));
         id
-    }
-
-    fn report(&mut self, op: &'static str, error: StoreError, reg: &mut Registration) {
-        *reg = Registration::None;
-        self.events.push_back(Event::StoreError { op, error });
     }
 
     fn on_open(&mut self, now: Time, sent: Time, result: StoreResult) {

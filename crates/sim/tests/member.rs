@@ -20,6 +20,8 @@ enum Fate {
     /// Not applied, and the reply says the outcome is unknown.
     LostUnknown,
     Unavailable,
+    /// Refused as invalid (e.g. a store's transient validation error).
+    Invalid,
 }
 
 struct Harness {
@@ -64,6 +66,7 @@ impl Harness {
                 }
                 Fate::LostUnknown => Err(StoreError::Indeterminate("request lost".into())),
                 Fate::Unavailable => Err(StoreError::Unavailable("down".into())),
+                Fate::Invalid => Err(StoreError::Invalid("refused".into())),
             };
             self.log.push(format!("op {op:?}"));
             self.ops.push(op);
@@ -369,7 +372,10 @@ fn lost_create_then_foreign_claim(variant: Variant) -> (Vec<(String, u64)>, u64)
         }
     });
     assert!(h.grants().is_empty());
-    let other = match h.model.apply(h.now, &StoreOp::OpenSession { ttl: ms(60_000) }) {
+    let other = match h
+        .model
+        .apply(h.now, &StoreOp::OpenSession { ttl: ms(60_000) })
+    {
         Ok(StoreReply::Session { session, .. }) => session,
         r => panic!("{r:?}"),
     };
@@ -402,8 +408,34 @@ fn lost_create_then_foreign_claim(variant: Variant) -> (Vec<(String, u64)>, u64)
 fn a_verification_never_adopts_another_sessions_claim() {
     // Judged by the store: the only claim is the other session's, so no grant may exist.
     let (grants, _) = lost_create_then_foreign_claim(Variant::Correct);
-    assert!(grants.is_empty(), "granted under a foreign claim: {grants:?}");
+    assert!(
+        grants.is_empty(),
+        "granted under a foreign claim: {grants:?}"
+    );
     // The broken build (adopt whoever owns it) fails the same check.
     let (grants, foreign_rev) = lost_create_then_foreign_claim(Variant::AdoptAnyClaim);
     assert_eq!(grants, vec![("q1".to_string(), foreign_rev)]);
+}
+
+fn is_register(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::Txn { writes, .. }
+        if writes.iter().any(|w| matches!(w, Write::Create { key, .. } if key.contains("/members/"))))
+}
+
+#[test]
+fn a_registration_refused_once_is_retried() {
+    // It used to reset a temporary and stay `Pending` forever: never joined, nothing granted.
+    let mut h = Harness::new(&["q1"]);
+    let mut refused = false;
+    h.run_for(ms(500), &mut |op| {
+        if is_register(op) && !refused {
+            refused = true;
+            Fate::Invalid
+        } else {
+            Fate::Normal
+        }
+    });
+    assert!(refused);
+    assert!(h.member.is_joined(), "{}", h.log.join("\n"));
+    assert_eq!(h.grants().len(), 1);
 }

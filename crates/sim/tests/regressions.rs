@@ -686,5 +686,8 @@ fn a_deposed_coordinators_late_write_is_rejected() {
     );
     // Without the guard the same late write lands.
     let (_, res) = deposed_coordinator_late_write(Variant::UnguardedRebalance);
-    assert!(res.is_ok(), "the unguarded write was rejected anyway ({res:?}): the test proves nothing");
+    assert!(
+        res.is_ok(),
+        "the unguarded write was rejected anyway ({res:?}): the test proves nothing"
+    );
 }

@@ -656,7 +656,7 @@ fn deposed_coordinator_late_write(variant: Variant) -> (StoreOp, StoreResult) {
     h.held.clear();
     h.partitioned[a] = true;
     let give_up = h.now + ms(4000);
-    while !h.m[b].is_coordinator().is_some_and(|e| e > Epoch(1)) {
+    while h.m[b].is_coordinator().is_none_or(|e| e <= Epoch(1)) {
         if h.now >= give_up {
             h.dump();
             panic!("b was never elected");

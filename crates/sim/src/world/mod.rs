@@ -489,6 +489,10 @@ impl World {
             }
             self.check_converged();
         }
+        self.into_report()
+    }
+
+    fn into_report(self) -> SimReport {
         SimReport {
             seed: self.cfg.seed,
             steps: self.steps,

@@ -85,13 +85,7 @@ impl World {
                 f.slot
             ));
         }
-        SimReport {
-            seed: self.cfg.seed,
-            steps: self.steps,
-            violations: self.violations,
-            trace: self.trace,
-            counters: self.counters,
-        }
+        self.into_report()
     }
 
     pub(super) fn script(&mut self, what: Script) {

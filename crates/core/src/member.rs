@@ -195,7 +195,11 @@ enum Pending {
         session: SessionId,
         sent: Time,
     },
-    Close,
+    Close {
+        session: SessionId,
+        /// Failures are retried until then.
+        give_up: Time,
+    },
     Read {
         number: u64,
         linearizable: bool,
@@ -243,10 +247,19 @@ enum Pending {
     },
 }
 
+/// A `CloseSession` that failed and is tried again at `at`, until `give_up`: by then the store
+/// has expired the session by itself (no keepalive is sent while closing).
+#[derive(Clone, Copy, Debug)]
+struct CloseRetry {
+    session: SessionId,
+    give_up: Time,
+    at: Time,
+}
+
 impl Pending {
     fn session(&self) -> Option<SessionId> {
         match self {
-            Pending::Open { .. } | Pending::Close | Pending::Read { .. } => None,
+            Pending::Open { .. } | Pending::Close { .. } | Pending::Read { .. } => None,
             Pending::KeepAlive { session, .. }
             | Pending::Register { session }
             | Pending::RegisterVerify { session }
@@ -325,6 +338,7 @@ pub struct Member {
     election: Option<OpId>,
     election_gate: u64,
     no_election_before: Time,
+    close_retry: Option<CloseRetry>,
     last_step: Time,
 }
 
@@ -372,6 +386,7 @@ impl Member {
             election: None,
             election_gate: 0,
             no_election_before: Time::ZERO,
+            close_retry: None,
             last_step: Time::ZERO,
         }
     }
@@ -453,11 +468,7 @@ impl Member {
         match p {
             Pending::Open { sent } => self.on_open(now, sent, result),
             Pending::KeepAlive { sent, .. } => self.on_keepalive(now, sent, result),
-            Pending::Close => {
-                self.session = None;
-                self.phase = Phase::Closed;
-                self.events.push_back(Event::Left);
-            }
+            Pending::Close { session, give_up } => self.on_close(now, session, give_up, result),
             Pending::Read {
                 number,
                 linearizable,
@@ -591,6 +602,9 @@ impl Member {
             Phase::Running => {}
             Phase::Closing => {
                 self.lease_deadlines(&mut at);
+                if let Some(r) = self.close_retry {
+                    at(r.at);
+                }
                 return t;
             }
             Phase::Idle | Phase::Closed => return None,
@@ -706,8 +720,7 @@ impl Member {
         match result {
             Ok(StoreReply::Session { session, ttl }) => {
                 if self.phase != Phase::Running || self.leave_started.is_some() {
-                    self.send(Pending::Close, StoreOp::CloseSession { session });
-                    self.phase = Phase::Closing;
+                    self.close_session(now, session);
                     return;
                 }
                 let ttl = ttl.min(self.cfg.session_ttl);
@@ -718,8 +731,7 @@ impl Member {
                         granted: ttl,
                         needed,
                     });
-                    self.send(Pending::Close, StoreOp::CloseSession { session });
-                    self.phase = Phase::Closing;
+                    self.close_session(now, session);
                     return;
                 }
                 // The store started the session's clock no earlier than `sent`.
@@ -1042,6 +1054,47 @@ impl Member {
         }
     }
 
+    /// Closes `session` (deleting whatever it still owns) and waits for the reply.
+    fn close_session(&mut self, now: Time, session: SessionId) {
+        self.send_close(session, now + self.cfg.session_ttl);
+        self.phase = Phase::Closing;
+    }
+
+    fn send_close(&mut self, session: SessionId, give_up: Time) {
+        self.send(
+            Pending::Close { session, give_up },
+            StoreOp::CloseSession { session },
+        );
+    }
+
+    fn on_close(&mut self, now: Time, session: SessionId, give_up: Time, result: StoreResult) {
+        match result {
+            Ok(_) | Err(StoreError::SessionExpired) => {}
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Indeterminate(_))) => {
+                self.events.push_back(Event::StoreError {
+                    op: "close",
+                    error: e,
+                });
+                if now < give_up {
+                    // Until it is closed, its claims keep the resources from everyone else.
+                    self.close_retry = Some(CloseRetry {
+                        session,
+                        give_up,
+                        at: now + self.cfg.retry_delay,
+                    });
+                    return;
+                }
+            }
+            Err(e) => self.events.push_back(Event::StoreError {
+                op: "close",
+                error: e,
+            }),
+        }
+        self.session = None;
+        self.phase = Phase::Closed;
+        self.events.push_back(Event::Left);
+    }
+
     fn resign(&mut self, now: Time) {
         let (Some(c), Some(s)) = (self.coord.as_ref(), self.session.as_ref()) else {
             return;
@@ -1049,7 +1102,9 @@ impl Member {
         let key = self.layout.leader();
         let op = owned_delete(key, s.id, c.leader_rev);
         let session = s.id;
-        self.send(Pending::Resign { session }, op);
+        // Held in `election` until answered, so that a view still showing our leader key
+        // does not send a second delete (`maybe_elect`).
+        self.election = Some(self.send(Pending::Resign { session }, op));
         self.step_down();
         self.no_election_before = now + self.cfg.session_ttl;
     }
@@ -1102,8 +1157,16 @@ impl Member {
             Phase::Running => {}
             Phase::Closing => {
                 self.check_stop_deadline(now);
+                if let Some(r) = self.close_retry.filter(|r| now >= r.at) {
+                    self.close_retry = None;
+                    self.send_close(r.session, r.give_up);
+                }
                 if self.leases.is_empty()
-                    && !self.pending.values().any(|p| matches!(p, Pending::Close))
+                    && !self
+                        .pending
+                        .values()
+                        .any(|p| matches!(p, Pending::Close { .. }))
+                    && self.close_retry.is_none()
                 {
                     self.phase = Phase::Closed;
                     self.events.push_back(Event::Left);
@@ -1142,8 +1205,7 @@ impl Member {
             // assigned, so close at once.
             if self.leave_started.is_some() && self.leases.is_empty() {
                 if let Some(session) = self.session.as_ref().map(|s| s.id) {
-                    self.send(Pending::Close, StoreOp::CloseSession { session });
-                    self.phase = Phase::Closing;
+                    self.close_session(now, session);
                 }
             }
             return;
@@ -1523,8 +1585,7 @@ impl Member {
             && self.claim_op.is_empty();
         if self.leases.is_empty() && (drained || timed_out) {
             // Closing deletes whatever claims remain, after every lease was released.
-            self.send(Pending::Close, StoreOp::CloseSession { session });
-            self.phase = Phase::Closing;
+            self.close_session(now, session);
         }
     }
 

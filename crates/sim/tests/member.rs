@@ -6,7 +6,7 @@ use std::time::Duration;
 use rebalanser_core::admin;
 use rebalanser_core::layout::Layout;
 use rebalanser_core::store::{StoreError, StoreOp, StoreReply, StoreResult, Write};
-use rebalanser_core::{Config, Event, Member, ResourceId, RevokeReason, Time, Variant};
+use rebalanser_core::{Config, Event, Member, OpId, ResourceId, RevokeReason, Time, Variant};
 use rebalanser_store::{MemModel, ModelConfig};
 
 mod common;
@@ -22,6 +22,8 @@ enum Fate {
     Unavailable,
     /// Refused as invalid (e.g. a store's transient validation error).
     Invalid,
+    /// Sent, but neither applied nor answered yet: kept in `Harness::held`.
+    Held,
 }
 
 struct Harness {
@@ -31,6 +33,8 @@ struct Harness {
     now: Time,
     events: Vec<Event>,
     ops: Vec<StoreOp>,
+    /// Ops sent and not answered (`Fate::Held`).
+    held: Vec<(OpId, StoreOp)>,
     /// Ops and events in the order they happened.
     log: Vec<String>,
 }
@@ -51,6 +55,7 @@ impl Harness {
             now: Time::ZERO,
             events: Vec::new(),
             ops: Vec::new(),
+            held: Vec::new(),
             log: Vec::new(),
         }
     }
@@ -59,6 +64,12 @@ impl Harness {
     fn pump(&mut self, fate: &mut dyn FnMut(&StoreOp) -> Fate) {
         while let Some((id, op)) = self.member.poll_op() {
             let res: StoreResult = match fate(&op) {
+                Fate::Held => {
+                    self.log.push(format!("op {op:?} (held)"));
+                    self.ops.push(op.clone());
+                    self.held.push((id, op));
+                    continue;
+                }
                 Fate::Normal => self.model.apply(self.now, &op),
                 Fate::AppliedUnknown => {
                     let _ = self.model.apply(self.now, &op);
@@ -438,4 +449,116 @@ fn a_registration_refused_once_is_retried() {
     assert!(refused);
     assert!(h.member.is_joined(), "{}", h.log.join("\n"));
     assert_eq!(h.grants().len(), 1);
+}
+
+fn is_close(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::CloseSession { .. })
+}
+
+#[test]
+fn a_failed_close_is_retried_until_the_session_is_gone() {
+    // It used to count as closed: `Left` at once, the session and its claims left in the store
+    // for a whole TTL, keeping the resources from every other member.
+    let mut h = Harness::new(&["q1", "q2"]);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    assert_eq!(h.grants().len(), 2);
+    let session = h.member.session().expect("a session");
+    h.member.leave(h.now);
+    let mut failures = 0;
+    let mut fate = |op: &StoreOp| {
+        if is_close(op) && failures < 3 {
+            failures += 1;
+            Fate::Unavailable
+        } else {
+            Fate::Normal
+        }
+    };
+    h.pump(&mut fate);
+    h.release_all_revoked();
+    h.run_for(ms(500), &mut fate);
+    let closes = h.ops.iter().filter(|op| is_close(op)).count();
+    assert_eq!(closes, 4, "{}", h.log.join("\n"));
+    assert!(!h.model.session_alive(session), "{}", h.log.join("\n"));
+    assert!(h.member.is_closed());
+    assert!(h.events.iter().any(|e| matches!(e, Event::Left)));
+    let errors = h
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::StoreError { op: "close", .. }))
+        .count();
+    assert_eq!(errors, 3);
+}
+
+#[test]
+fn a_close_that_keeps_failing_gives_up_once_the_store_has_expired_the_session() {
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    h.member.leave(h.now);
+    let mut fate = |op: &StoreOp| {
+        if is_close(op) {
+            Fate::Unavailable
+        } else {
+            Fate::Normal
+        }
+    };
+    h.pump(&mut fate);
+    h.release_all_revoked();
+    h.run_for(ms(1500), &mut fate);
+    assert!(
+        !h.member.is_closed(),
+        "gave up before a TTL: {}",
+        h.log.join("\n")
+    );
+    h.run_for(ms(1000), &mut fate);
+    assert!(h.member.is_closed(), "{}", h.log.join("\n"));
+    assert!(h.member.poll_timeout().is_none());
+}
+
+fn is_leader_delete(op: &StoreOp, leader: &str) -> bool {
+    matches!(op, StoreOp::Txn { writes, .. }
+        if writes.iter().any(|w| matches!(w, Write::Delete { key } if key == leader)))
+}
+
+fn is_assignment_write(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::Txn { writes, .. }
+        if writes.iter().any(|w| matches!(w, Write::Put { key, .. } | Write::Create { key, .. } if key.contains("/assign/"))))
+}
+
+#[test]
+fn a_resigning_coordinator_sends_one_delete_of_its_leader_key_at_a_time() {
+    // A resign used to leave `election` empty: every view still showing the leader key (the
+    // delete not answered yet) sent another guarded delete.
+    let mut cfg = member_config("a");
+    cfg.max_failed_rebalances = 2;
+    let mut h = Harness::with_config(&["q1"], cfg);
+    let leader = h.layout.leader();
+    let mut fate = |op: &StoreOp| {
+        if is_assignment_write(op) {
+            Fate::Unavailable
+        } else if is_leader_delete(op, &leader) {
+            Fate::Held
+        } else {
+            Fate::Normal
+        }
+    };
+    h.run_for(ms(1500), &mut fate);
+    let deletes = h
+        .ops
+        .iter()
+        .filter(|op| is_leader_delete(op, &leader))
+        .count();
+    assert_eq!(deletes, 1, "{}", h.log.join("\n"));
+    assert!(h.member.is_coordinator().is_none());
+    // Answered, the key is gone and nothing else was sent for it.
+    let (id, op) = h.held.pop().expect("the resign");
+    let res = h.model.apply(h.now, &op);
+    assert!(res.is_ok(), "{res:?}");
+    h.member.handle_reply(h.now, id, res);
+    h.notify();
+    let deletes = h
+        .ops
+        .iter()
+        .filter(|op| is_leader_delete(op, &leader))
+        .count();
+    assert_eq!(deletes, 1, "{}", h.log.join("\n"));
 }

@@ -1,0 +1,321 @@
+//! Claims: the desired set (from the view's assignment), the session-owned claim keys that
+//! back leases (L1, L2), proving claims (own create or a linearizable read), unresolved and
+//! deleting instances, per-resource gates, and `reconcile_claims`, the pass that revokes,
+//! proves, deletes, claims and grants. Never deletes a claim whose lease is outstanding, and
+//! never grants without a proved claim (through `grant`, in `leases.rs`).
+
+use crate::config::Variant;
+use crate::ids::{ResourceId, SessionId, Time, Token};
+use crate::layout::{self, ClaimRec};
+use crate::store::{StoreError, StoreOp, StoreReply, StoreResult, Write};
+
+use super::pending::{get_lin, owned_delete};
+use super::{Event, Member, Pending, RevokeReason};
+
+/// When a claim operation may be tried again.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Gate {
+    pub(super) after_view: u64,
+    pub(super) at: Time,
+}
+
+impl Member {
+    pub(super) fn update_desired(&mut self, now: Time) {
+        let Some(session) = self.session.as_ref().map(|s| s.id) else {
+            return;
+        };
+        let leave_expired = self
+            .leave_started
+            .is_some_and(|t| now >= t + self.cfg.leave_timeout);
+        if leave_expired {
+            self.desired.clear();
+            return;
+        }
+        match self.view.assign.get(&self.cfg.name) {
+            None => self.desired.clear(),
+            Some(chunks) => match layout::complete_set(chunks) {
+                Some((s, e, set)) if s == session => {
+                    self.desired = set;
+                    self.desired_epoch = e;
+                }
+                // An assignment for an earlier incarnation of this name.
+                Some(_) => self.desired.clear(),
+                // Torn: keep acting on the last complete set (PITFALLS 21).
+                None => {}
+            },
+        }
+    }
+
+    pub(super) fn reconcile_claims(&mut self, now: Time) {
+        let Some((session, deadline, suspended)) = self
+            .session
+            .as_ref()
+            .map(|s| (s.id, s.deadline, s.suspended.is_some()))
+        else {
+            return;
+        };
+        let leaving = self.leave_started.is_some();
+        // 1. Revoke leases that are no longer desired or no longer backed by a proved claim.
+        for (r, l) in self.leases.iter_mut() {
+            if l.revoked {
+                continue;
+            }
+            let reason = if !self.desired.contains(r) {
+                Some(if leaving {
+                    RevokeReason::Leaving
+                } else {
+                    RevokeReason::Reassigned
+                })
+            } else if l.session != session {
+                Some(RevokeReason::SessionLost)
+            } else if !self.claims.contains_key(r)
+                && self.cfg.variant != Variant::GrantBeforeClaim
+                && !(self.cfg.variant == Variant::GrantOnClaimSent && self.claim_op.contains_key(r))
+            {
+                Some(RevokeReason::Reassigned)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                l.revoked = true;
+                self.events.push_back(Event::Revoke {
+                    lease: l.id,
+                    resource: r.clone(),
+                    reason,
+                });
+            }
+        }
+        // 2. Claims of this session the member does not track yet: prove them (they may come
+        //    from an Indeterminate create that was applied, PITFALLS 24).
+        let mine: Vec<ResourceId> = self
+            .view
+            .claims
+            .iter()
+            .filter(|(r, c)| {
+                c.session == session
+                    && !self.claims.contains_key(*r)
+                    && !self.deleting.contains_key(*r)
+            })
+            .map(|(r, _)| r.clone())
+            .collect();
+        self.unresolved.extend(mine);
+        let unresolved: Vec<ResourceId> = self.unresolved.iter().cloned().collect();
+        for r in unresolved {
+            if !self.claim_op.contains_key(&r) && self.gate_open(&r, now) {
+                self.verify_claim(session, r);
+            }
+        }
+        // 3. Delete claims that are not desired, once their lease is released.
+        let mut to_delete: Vec<(ResourceId, Token)> = self
+            .claims
+            .iter()
+            .filter(|(r, _)| {
+                !self.desired.contains(*r)
+                    && !self.leases.contains_key(*r)
+                    && !self.claim_op.contains_key(*r)
+                    && !self.unresolved.contains(*r)
+            })
+            .map(|(r, t)| (r.clone(), *t))
+            .collect();
+        to_delete.extend(
+            self.deleting
+                .iter()
+                .filter(|(r, _)| !self.claim_op.contains_key(*r) && self.gate_open(r, now))
+                .map(|(r, t)| (r.clone(), *t)),
+        );
+        for (r, t) in to_delete {
+            // Paired assertion: a claim is deleted only after its lease was released.
+            debug_assert!(!self.leases.contains_key(&r));
+            let key = self.layout.claim(&r);
+            let op = self.send(
+                Pending::ClaimDelete {
+                    session,
+                    r: r.clone(),
+                    token: t,
+                },
+                owned_delete(key, session, t.revision),
+            );
+            self.claim_op.insert(r, op);
+        }
+        // 4. Acquire desired resources: claim, then grant.
+        let room =
+            now < deadline - self.cfg.stop_timeout || self.cfg.variant == Variant::IgnoreDeadline;
+        if suspended || !room {
+            return;
+        }
+        let desired: Vec<ResourceId> = self.desired.iter().cloned().collect();
+        for r in desired {
+            if self.leases.contains_key(&r) {
+                // Granted, or an earlier lease is still being stopped (rule 14).
+                continue;
+            }
+            if let Some(t) = self.claims.get(&r).copied() {
+                if !self.unresolved.contains(&r) && !self.claim_op.contains_key(&r) {
+                    self.grant(now, session, r, t);
+                }
+                continue;
+            }
+            if self.cfg.variant == Variant::GrantBeforeClaim {
+                let t = self.view.claims.get(&r).map(|c| self.token(c.create_rev));
+                self.grant(now, session, r.clone(), t.unwrap_or_default());
+            }
+            if self.claim_op.contains_key(&r)
+                || self.unresolved.contains(&r)
+                || self.deleting.contains_key(&r)
+            {
+                continue;
+            }
+            if !self.gate_open(&r, now) {
+                continue;
+            }
+            // Held by another session: wait for its owner to release it or expire.
+            if !self.view.claims.contains_key(&r) {
+                self.gates.remove(&r);
+                let key = self.layout.claim(&r);
+                let rec = ClaimRec {
+                    member: self.cfg.name.clone(),
+                };
+                let op = self.send(
+                    Pending::ClaimCreate {
+                        session,
+                        r: r.clone(),
+                    },
+                    StoreOp::Txn {
+                        conds: vec![],
+                        writes: vec![Write::Create {
+                            key,
+                            value: layout::encode(&rec),
+                            owner: Some(session),
+                        }],
+                    },
+                );
+                self.claim_op.insert(r.clone(), op);
+                if self.cfg.variant == Variant::GrantOnClaimSent {
+                    // Test-only mutation: grant before the create's reply, with a guessed token.
+                    let t = self.token(self.view_rev + 1);
+                    self.grant(now, session, r, t);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_claim_create(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        r: ResourceId,
+        res: StoreResult,
+    ) {
+        self.claim_op.remove(&r);
+        match res {
+            Ok(StoreReply::Committed { rev }) => {
+                self.claims.insert(r, self.token(rev));
+            }
+            Err(StoreError::Indeterminate(_)) => {
+                // PITFALLS 11: settled by a linearizable read before anything else.
+                self.unresolved.insert(r.clone());
+                self.verify_claim(session, r);
+            }
+            Err(StoreError::Unavailable(_)) | Ok(_) => {
+                self.gate(r, now + self.cfg.retry_delay, false);
+            }
+            Err(e) => {
+                if !matches!(e, StoreError::Conflict(_)) {
+                    self.events.push_back(Event::StoreError {
+                        op: "claim",
+                        error: e,
+                    });
+                }
+                self.gate(r, now + self.cfg.retry_delay, true);
+                self.read_dirty = true;
+            }
+        }
+    }
+
+    pub(super) fn on_claim_verify(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        r: ResourceId,
+        res: StoreResult,
+    ) {
+        self.claim_op.remove(&r);
+        match res {
+            Ok(StoreReply::Got(entry)) => {
+                self.unresolved.remove(&r);
+                match entry {
+                    // An instance we are deleting is never adopted again.
+                    Some(e)
+                        if self
+                            .deleting
+                            .get(&r)
+                            .is_some_and(|t| t.revision == e.create_rev) => {}
+                    Some(e)
+                        if e.owner == Some(session)
+                            || self.cfg.variant == Variant::AdoptAnyClaim =>
+                    {
+                        let t = self.token(e.create_rev);
+                        self.claims.insert(r, t);
+                    }
+                    _ => {
+                        self.claims.remove(&r);
+                        self.gate(r, now, true);
+                    }
+                }
+            }
+            _ => self.gate(r, now + self.cfg.retry_delay, false),
+        }
+    }
+
+    /// The reply to a claim's guarded delete.
+    pub(super) fn on_claim_delete(
+        &mut self,
+        now: Time,
+        r: ResourceId,
+        token: Token,
+        result: StoreResult,
+    ) {
+        self.claim_op.remove(&r);
+        match result {
+            Ok(_) | Err(StoreError::Conflict(_)) => {
+                self.claims.remove(&r);
+                self.deleting.remove(&r);
+            }
+            Err(_) => {
+                self.claims.remove(&r);
+                self.deleting.insert(r.clone(), token);
+                self.gate(r, now + self.cfg.retry_delay, false);
+            }
+        }
+    }
+
+    fn token(&self, rev: u64) -> Token {
+        Token {
+            generation: self.view.generation,
+            revision: rev,
+        }
+    }
+
+    fn gate(&mut self, r: ResourceId, at: Time, need_new_view: bool) {
+        let after_view = if need_new_view { self.view_seq } else { 0 };
+        self.gates.insert(r, Gate { after_view, at });
+    }
+
+    fn gate_open(&self, r: &ResourceId, now: Time) -> bool {
+        self.gates
+            .get(r)
+            .is_none_or(|g| now >= g.at && (g.after_view == 0 || self.view_seq > g.after_view))
+    }
+
+    fn verify_claim(&mut self, session: SessionId, r: ResourceId) {
+        let key = self.layout.claim(&r);
+        let op = self.send(
+            Pending::ClaimVerify {
+                session,
+                r: r.clone(),
+            },
+            get_lin(key),
+        );
+        self.claim_op.insert(r, op);
+    }
+}

@@ -1,0 +1,330 @@
+//! The coordinator role: standing for election (leader key + epoch bump in one transaction),
+//! proving an uncertain election, stepping down when the view shows it deposed, writing the
+//! rebalance planned in `plan.rs` fenced by leader key and epoch, and resigning after repeated
+//! failures. Plans only from linearizable views that reflect its own last write.
+
+use crate::config::Variant;
+use crate::ids::{Epoch, OpId, SessionId, Time};
+use crate::layout::{self, CounterRec, LeaderRec};
+use crate::store::{Cond, StoreError, StoreOp, StoreReply, StoreResult, Write};
+
+use super::pending::{get_lin, owned_delete};
+use super::{Event, Member, Pending};
+
+#[derive(Debug, Clone)]
+pub(super) struct Coordinator {
+    pub(super) epoch: Epoch,
+    pub(super) leader_rev: u64,
+    /// A view from a read sent at or after this number reflects the election.
+    pub(super) fresh_from_read: u64,
+    pub(super) last_rebalance: Option<Time>,
+    pub(super) rebalance_at: Option<Time>,
+    pub(super) txn: Option<OpId>,
+    pub(super) failures: u32,
+    pub(super) seq: u64,
+    /// `Variant::DebounceRebalance` only: the view that last restarted the wait.
+    pub(super) debounce_view: u64,
+}
+
+impl Member {
+    pub(super) fn coordinate(&mut self, now: Time) {
+        let Some(session) = self.session.as_ref().map(|s| s.id) else {
+            return;
+        };
+        let Some(c) = self.coord.as_ref() else {
+            self.maybe_elect(now, session);
+            return;
+        };
+        if c.fresh_from_read != 0 || c.txn.is_some() {
+            return;
+        }
+        let leader_ok = self
+            .view
+            .leader
+            .as_ref()
+            .is_some_and(|l| l.session == session && l.create_rev == c.leader_rev);
+        if !leader_ok {
+            self.step_down();
+            self.election_gate = self.view_seq;
+            self.read_dirty = true;
+            return;
+        }
+        let epoch_version = match self.view.epoch {
+            Some((e, v)) if e == c.epoch => v,
+            // Deposed (a newer epoch exists) or the read is stale: fenced either way.
+            _ => {
+                self.step_down();
+                self.election_gate = self.view_seq;
+                self.read_dirty = true;
+                return;
+            }
+        };
+        let Some(plan) = self.plan(c.epoch, c.seq + 1) else {
+            if let Some(c) = self.coord.as_mut() {
+                c.rebalance_at = None;
+                // A fresh view with nothing to write: earlier failures were races, not a
+                // wedge (PITFALLS 23 counts only failures in a row).
+                c.failures = 0;
+            }
+            return;
+        };
+        if self.cfg.variant == Variant::DebounceRebalance {
+            // Test-only mutation: every new view restarts the wait.
+            let view_seq = self.view_seq;
+            let interval = self.cfg.min_rebalance_interval;
+            if let Some(c) = self.coord.as_mut() {
+                if c.debounce_view != view_seq {
+                    c.debounce_view = view_seq;
+                    c.rebalance_at = Some(now + interval);
+                }
+                if c.rebalance_at.is_some_and(|at| now < at) {
+                    return;
+                }
+            }
+        }
+        let Some(c) = self.coord.as_ref() else {
+            return;
+        };
+        // PITFALLS 22: a rate limit with a trailing edge, never a debounce.
+        if let Some(last) = c.last_rebalance {
+            let at = last + self.cfg.min_rebalance_interval;
+            if now < at {
+                if let Some(c) = self.coord.as_mut() {
+                    c.rebalance_at = Some(at);
+                }
+                return;
+            }
+        }
+        // DESIGN §8 rule 10: the write is fenced by the leader key and the epoch, so a deposed
+        // coordinator's late write cannot land.
+        let mut conds = vec![
+            Cond::Owned {
+                key: self.layout.leader(),
+                session,
+                create_rev: c.leader_rev,
+            },
+            Cond::Version(self.layout.epoch(), epoch_version),
+        ];
+        if self.cfg.variant == Variant::UnguardedRebalance {
+            conds.clear();
+        }
+        conds.extend(plan.conds);
+        let op = self.send(
+            Pending::Rebalance {
+                session,
+                sent: now,
+                partial: plan.partial,
+                moved: plan.moved,
+                members: plan.members,
+                resources: plan.resources,
+            },
+            StoreOp::Txn {
+                conds,
+                writes: plan.writes,
+            },
+        );
+        if let Some(c) = self.coord.as_mut() {
+            c.txn = Some(op);
+            c.seq += 1;
+            c.rebalance_at = None;
+        }
+    }
+
+    fn maybe_elect(&mut self, now: Time, session: SessionId) {
+        if self.election.is_some() || self.view_seq <= self.election_gate {
+            return;
+        }
+        match &self.view.leader {
+            Some(l) if l.session == session && now < self.no_election_before => {
+                // We resigned, but the view still shows our leader key (the Resign may not
+                // have landed yet): delete it again rather than take it back.
+                let key = self.layout.leader();
+                let op = self.send(
+                    Pending::Resign { session },
+                    owned_delete(key, session, l.create_rev),
+                );
+                self.election = Some(op);
+            }
+            Some(l) if l.session == session => {
+                // The view says we lead (an Indeterminate election that was applied, or a
+                // false step-down): prove it before acting.
+                let op = self.send(
+                    Pending::ElectVerify { session },
+                    get_lin(self.layout.leader()),
+                );
+                self.election = Some(op);
+            }
+            Some(_) => {}
+            None => {
+                // A leaving member stands for election too: when every other member is gone
+                // or leaving, nobody else would move its resources and its leave would wait
+                // out leave_timeout. As coordinator it drains itself like any other member.
+                if now < self.no_election_before {
+                    return;
+                }
+                let (cond, epoch) = match self.view.epoch {
+                    Some((e, v)) => (Cond::Version(self.layout.epoch(), v), Epoch(e.0 + 1)),
+                    None => (Cond::Absent(self.layout.epoch()), Epoch(1)),
+                };
+                let rec = LeaderRec {
+                    member: self.cfg.name.clone(),
+                    epoch,
+                };
+                // DESIGN §8 rule 10: election and epoch bump in one transaction.
+                let op = self.send(
+                    Pending::Elect { session, epoch },
+                    StoreOp::Txn {
+                        conds: vec![Cond::Absent(self.layout.leader()), cond],
+                        writes: vec![
+                            Write::Create {
+                                key: self.layout.leader(),
+                                value: layout::encode(&rec),
+                                owner: Some(session),
+                            },
+                            Write::Put {
+                                key: self.layout.epoch(),
+                                value: layout::encode(&CounterRec { value: epoch.0 }),
+                            },
+                        ],
+                    },
+                );
+                self.election = Some(op);
+            }
+        }
+    }
+
+    /// The reply to the election transaction (leader key + epoch bump).
+    pub(super) fn on_elect(&mut self, session: SessionId, epoch: Epoch, result: StoreResult) {
+        self.election = None;
+        match result {
+            Ok(StoreReply::Committed { rev }) => self.become_coordinator(epoch, rev),
+            Ok(_) => {}
+            Err(StoreError::Indeterminate(_)) => {
+                let op = self.send(
+                    Pending::ElectVerify { session },
+                    get_lin(self.layout.leader()),
+                );
+                self.election = Some(op);
+            }
+            Err(_) => {
+                self.election_gate = self.view_seq;
+                self.read_dirty = true;
+            }
+        }
+    }
+
+    /// The linearizable read that settles whether the leader key is ours.
+    pub(super) fn on_elect_verify(&mut self, session: SessionId, result: StoreResult) {
+        self.election = None;
+        match result {
+            Ok(StoreReply::Got(Some(e))) if e.owner == Some(session) => {
+                match layout::decode::<LeaderRec>(&e.value) {
+                    Some(l) => self.become_coordinator(l.epoch, e.create_rev),
+                    None => self.election_gate = self.view_seq,
+                }
+            }
+            _ => {
+                self.election_gate = self.view_seq;
+                self.read_dirty = true;
+            }
+        }
+    }
+
+    fn become_coordinator(&mut self, epoch: Epoch, leader_rev: u64) {
+        self.coord = Some(Coordinator {
+            epoch,
+            leader_rev,
+            fresh_from_read: self.reads_sent + 1,
+            last_rebalance: None,
+            rebalance_at: None,
+            txn: None,
+            failures: 0,
+            seq: 0,
+            debounce_view: 0,
+        });
+        self.read_dirty = true;
+        self.events.push_back(Event::BecameCoordinator { epoch });
+    }
+
+    pub(super) fn step_down(&mut self) {
+        if let Some(c) = self.coord.take() {
+            self.events.push_back(Event::SteppedDown { epoch: c.epoch });
+        }
+    }
+
+    pub(super) fn on_rebalance(
+        &mut self,
+        now: Time,
+        sent: Time,
+        partial: bool,
+        (moved, members, resources): (usize, usize, usize),
+        result: StoreResult,
+    ) {
+        let max_failures = self.cfg.max_failed_rebalances;
+        let Some(c) = self.coord.as_mut() else {
+            return;
+        };
+        c.txn = None;
+        c.last_rebalance = Some(sent);
+        self.read_dirty = true;
+        match result {
+            Ok(_) => {
+                c.failures = 0;
+                if partial {
+                    // The rest of the same rebalance follows at once: the rate limit spaces
+                    // rebalances, not the transactions of one (DESIGN §1.4's bound).
+                    c.last_rebalance = None;
+                }
+                // Plan the next rebalance from a view that includes this write, not from the
+                // one it was planned on (that would resend the same writes into a Conflict).
+                c.fresh_from_read = self.reads_sent + 1;
+                let epoch = c.epoch;
+                self.events.push_back(Event::Rebalanced {
+                    epoch,
+                    moved,
+                    members,
+                    resources,
+                });
+            }
+            Err(e) => {
+                c.failures += 1;
+                // A failure may mean the base was stale: re-read before the next attempt.
+                c.fresh_from_read = self.reads_sent + 1;
+                let give_up = c.failures >= max_failures;
+                if !matches!(e, StoreError::Conflict(_)) {
+                    self.events.push_back(Event::StoreError {
+                        op: "rebalance",
+                        error: e,
+                    });
+                }
+                if give_up {
+                    // PITFALLS 23: a coordinator that keeps failing resigns and stays a member.
+                    self.resign(now);
+                }
+            }
+        }
+    }
+
+    fn resign(&mut self, now: Time) {
+        let (Some(c), Some(s)) = (self.coord.as_ref(), self.session.as_ref()) else {
+            return;
+        };
+        let key = self.layout.leader();
+        let op = owned_delete(key, s.id, c.leader_rev);
+        let session = s.id;
+        // Held in `election` until answered, so that a view still showing our leader key
+        // does not send a second delete (`maybe_elect`).
+        self.election = Some(self.send(Pending::Resign { session }, op));
+        self.step_down();
+        self.no_election_before = now + self.cfg.session_ttl;
+    }
+
+    /// The reply to the leader key's delete: the election slot is free again.
+    pub(super) fn on_resign(&mut self, op: OpId) {
+        if self.election == Some(op) {
+            self.election = None;
+            self.election_gate = self.view_seq;
+            self.read_dirty = true;
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! What a member tells its driver and application: the public [`Event`] stream and
+//! [`RevokeReason`]. Plain data; nothing here decides anything.
+
+use std::time::Duration;
+
+use crate::ids::{Epoch, LeaseId, ResourceId, SessionId, Time, Token};
+use crate::layout::BadData;
+use crate::store::StoreError;
+
+/// Why a lease was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeReason {
+    /// The coordinator moved the resource, or it was removed.
+    Reassigned,
+    /// The session could not be proved alive in time: stop before the deadline.
+    SessionInDoubt,
+    /// The store says the session expired.
+    SessionLost,
+    /// This member is leaving.
+    Leaving,
+}
+
+impl RevokeReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevokeReason::Reassigned => "reassigned",
+            RevokeReason::SessionInDoubt => "session_in_doubt",
+            RevokeReason::SessionLost => "session_lost",
+            RevokeReason::Leaving => "leaving",
+        }
+    }
+}
+
+/// Something the application (or the driver) must learn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Start accessing `resource`. The lease is valid while `session` is current and the
+    /// clock is before [`Member::valid_until`](super::Member::valid_until).
+    Grant {
+        lease: LeaseId,
+        resource: ResourceId,
+        token: Token,
+        epoch: Epoch,
+        session: SessionId,
+    },
+    /// Stop accessing `resource`, then report it with
+    /// [`Member::handle_released`](super::Member::handle_released).
+    Revoke {
+        lease: LeaseId,
+        resource: ResourceId,
+        reason: RevokeReason,
+    },
+    SessionOpened {
+        session: SessionId,
+        ttl: Duration,
+    },
+    /// Registered under `members/<name>`.
+    Joined {
+        session: SessionId,
+    },
+    /// Another live session holds this member's name; waiting for it to expire.
+    NameInUse {
+        holder: SessionId,
+    },
+    BecameCoordinator {
+        epoch: Epoch,
+    },
+    SteppedDown {
+        epoch: Epoch,
+    },
+    /// A rebalance was committed.
+    Rebalanced {
+        epoch: Epoch,
+        moved: usize,
+        members: usize,
+        resources: usize,
+    },
+    /// The session is in doubt: every lease was revoked.
+    Suspended {
+        deadline: Time,
+    },
+    /// The same session was proved alive again.
+    Resumed,
+    /// The session expired; a new one is being opened.
+    SessionLost {
+        session: SessionId,
+    },
+    /// Leases were still held at their deadline: the driver must force the stop (abort).
+    StopDeadlineMissed {
+        resources: Vec<ResourceId>,
+    },
+    /// Data under the group that could not be understood; skipped.
+    BadData(BadData),
+    /// A store operation failed in a way worth reporting.
+    StoreError {
+        op: &'static str,
+        error: StoreError,
+    },
+    /// The store granted a session timeout too short for the configured timings: the member
+    /// cannot keep its leases safely and leaves. Final; fix the store's or the member's
+    /// configuration.
+    TtlTooShort {
+        granted: Duration,
+        needed: Duration,
+    },
+    /// The member left the group and closed its session. Final.
+    Left,
+}

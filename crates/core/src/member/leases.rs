@@ -1,0 +1,101 @@
+//! Leases handed to the application: granting (L4: only under a proved claim of the current
+//! session, before the deadline), revoking, and the stop deadline past which a held lease must
+//! be force-stopped. Never sends a store operation.
+
+use crate::config::Variant;
+use crate::ids::{LeaseId, ResourceId, SessionId, Time, Token};
+
+use super::{Event, Member, RevokeReason};
+
+#[derive(Debug, Clone)]
+pub(super) struct Lease {
+    pub(super) id: LeaseId,
+    pub(super) token: Token,
+    pub(super) session: SessionId,
+    pub(super) revoked: bool,
+    /// `StopDeadlineMissed` was reported for it.
+    pub(super) late: bool,
+}
+
+impl Member {
+    pub(super) fn grant(&mut self, now: Time, session: SessionId, r: ResourceId, token: Token) {
+        // Paired assertions (L4): a lease only under a proved claim of the current session,
+        // before the deadline, never two on one resource in one member.
+        if self.cfg.variant == Variant::Correct {
+            debug_assert_eq!(self.claims.get(&r), Some(&token));
+            debug_assert!(self
+                .session
+                .as_ref()
+                .is_some_and(|s| s.id == session && now < s.deadline));
+        }
+        debug_assert!(!self.leases.contains_key(&r));
+        let _ = now;
+        let id = LeaseId(self.next_lease);
+        self.next_lease += 1;
+        self.leases.insert(
+            r.clone(),
+            Lease {
+                id,
+                token,
+                session,
+                revoked: false,
+                late: false,
+            },
+        );
+        self.events.push_back(Event::Grant {
+            lease: id,
+            resource: r,
+            token,
+            epoch: self.desired_epoch,
+            session,
+        });
+    }
+
+    pub(super) fn revoke_all(&mut self, reason: RevokeReason) {
+        for (r, l) in self.leases.iter_mut().filter(|(_, l)| !l.revoked) {
+            l.revoked = true;
+            self.events.push_back(Event::Revoke {
+                lease: l.id,
+                resource: r.clone(),
+                reason,
+            });
+        }
+    }
+
+    /// DESIGN §8 rule 3: a lease still held at its deadline has no safe continuation; the
+    /// driver must force the stop.
+    pub(super) fn check_stop_deadline(&mut self, now: Time) {
+        let late: Vec<ResourceId> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| !l.late && now >= self.abort_at(l.session))
+            .map(|(r, _)| r.clone())
+            .collect();
+        if late.is_empty() {
+            return;
+        }
+        for r in &late {
+            if let Some(l) = self.leases.get_mut(r) {
+                l.late = true;
+            }
+        }
+        self.events
+            .push_back(Event::StopDeadlineMissed { resources: late });
+    }
+
+    pub(super) fn lease_deadlines(&self, at: &mut impl FnMut(Time)) {
+        for l in self.leases.values().filter(|l| !l.late) {
+            at(self.abort_at(l.session));
+        }
+    }
+
+    /// When a lease of `session` still held must be force-stopped: its deadline.
+    fn abort_at(&self, session: SessionId) -> Time {
+        let t = self.valid_until(session);
+        if self.cfg.variant == Variant::LateAbort && t != Time::MAX {
+            // Test-only mutation: one stop budget late.
+            return t + self.cfg.stop_timeout;
+        }
+        t
+    }
+}

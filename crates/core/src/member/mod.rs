@@ -1,0 +1,423 @@
+//! The member state machine, coordinator role included. Sans-IO: the driver calls
+//! `handle_*(now, ..)`, then drains [`Member::poll_op`] and [`Member::poll_event`], and sleeps
+//! until [`Member::poll_timeout`]. Every input ends in one level-triggered pass (`step`) that
+//! recomputes what to do from state (DESIGN §8 rule 13), so a lost or duplicated input can
+//! delay progress but never make it wrong.
+//!
+//! The safety argument, and where each leg lives:
+//! - L1 a claim has one owner session: claims are `Create`d (create-if-absent), never
+//!   rewritten (`claims.rs`, `reconcile_claims`).
+//! - L2 a claim of S vanishes only by S's delete after release, or S's expiry: the claim
+//!   delete in `claims.rs` (`reconcile_claims`, step 3) runs only when no lease on the resource
+//!   is outstanding, guarded by `Cond::Owned` (`pending::owned_delete`).
+//! - L3 the store expires S only after S's local deadline: `session.rs`, `on_keepalive`
+//!   computes the deadline from the *send* time of a successful keepalive and the smallest
+//!   TTL granted.
+//! - L4 a lease is granted only under a proved claim of the current session, before the
+//!   deadline: `leases.rs`, `grant` asserts both.
+//!
+//! One file per concern: `session.rs` (session, keepalives, deadline, suspension, close),
+//! `registration.rs` (member record, leaving), `view.rs` (reads), `claims.rs` (claims and the
+//! reconcile pass), `leases.rs` (grants, revokes, stop deadlines), `coordinator.rs` (election,
+//! rebalance writes, resign), `plan.rs` (rebalance planning), `pending.rs` (operations in
+//! flight and reply dispatch), `events.rs` (the public events).
+
+mod claims;
+mod coordinator;
+mod events;
+mod leases;
+mod pending;
+mod plan;
+mod registration;
+mod session;
+mod view;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::config::{Config, Variant};
+use crate::ids::{Epoch, LeaseId, OpId, ResourceId, SessionId, Time, Token};
+use crate::layout::{Layout, View};
+use crate::store::{Key, StoreError, StoreOp, StoreResult};
+
+use claims::Gate;
+use coordinator::Coordinator;
+pub use events::{Event, RevokeReason};
+use leases::Lease;
+use pending::Pending;
+use registration::Registration;
+use session::{CloseRetry, Session};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Running,
+    Closing,
+    Closed,
+}
+
+/// One member of one group.
+#[derive(Debug, Clone)]
+pub struct Member {
+    cfg: Config,
+    layout: Layout,
+    phase: Phase,
+    next_op: u64,
+    next_lease: u64,
+    pending: BTreeMap<OpId, Pending>,
+    ops: VecDeque<(OpId, StoreOp)>,
+    events: VecDeque<Event>,
+
+    session: Option<Session>,
+    opening: bool,
+    reopen_at: Time,
+
+    view: View,
+    /// Store revision of `view`: a non-linearizable listing older than this is never applied.
+    view_rev: u64,
+    /// The next read must be linearizable (the last one was older than `view`).
+    want_linearizable: bool,
+    view_seq: u64,
+    reads_sent: u64,
+    read: Option<OpId>,
+    read_dirty: bool,
+    read_retry_at: Option<Time>,
+    next_resync: Time,
+    reported_bad: BTreeSet<Key>,
+
+    registration: Registration,
+    register_retry_at: Time,
+    draining: Option<OpId>,
+    leave_started: Option<Time>,
+
+    desired: BTreeSet<ResourceId>,
+    desired_epoch: Epoch,
+    /// Claims proved to belong to the current session, with their tokens.
+    claims: BTreeMap<ResourceId, Token>,
+    /// Claims whose ownership must be settled by a linearizable read before anything else.
+    unresolved: BTreeSet<ResourceId>,
+    /// One operation in flight per claim key (DESIGN §8 rule 5).
+    claim_op: BTreeMap<ResourceId, OpId>,
+    /// Claim instances whose delete had an unknown outcome. The delete may still be applied
+    /// later (after any read of ours), so the instance is never granted again, only deleted
+    /// again with the same guard until Ok or Conflict settles it (PITFALLS 12).
+    deleting: BTreeMap<ResourceId, Token>,
+    gates: BTreeMap<ResourceId, Gate>,
+    leases: BTreeMap<ResourceId, Lease>,
+    /// Validity limits of ended sessions that still have unreleased leases.
+    ended: BTreeMap<SessionId, Time>,
+
+    coord: Option<Coordinator>,
+    election: Option<OpId>,
+    election_gate: u64,
+    no_election_before: Time,
+    close_retry: Option<CloseRetry>,
+    last_step: Time,
+}
+
+impl Member {
+    /// Creates a member; call [`Member::start`] to open its session. The config must have
+    /// passed [`Config::validate`].
+    pub fn new(cfg: Config) -> Member {
+        let layout = Layout::new(&cfg.group);
+        Member {
+            cfg,
+            layout,
+            phase: Phase::Idle,
+            next_op: 0,
+            next_lease: 0,
+            pending: BTreeMap::new(),
+            ops: VecDeque::new(),
+            events: VecDeque::new(),
+            session: None,
+            opening: false,
+            reopen_at: Time::ZERO,
+            view: View::default(),
+            view_rev: 0,
+            want_linearizable: false,
+            view_seq: 0,
+            reads_sent: 0,
+            read: None,
+            read_dirty: false,
+            read_retry_at: None,
+            next_resync: Time::ZERO,
+            reported_bad: BTreeSet::new(),
+            registration: Registration::None,
+            register_retry_at: Time::ZERO,
+            draining: None,
+            leave_started: None,
+            desired: BTreeSet::new(),
+            desired_epoch: Epoch(0),
+            claims: BTreeMap::new(),
+            unresolved: BTreeSet::new(),
+            claim_op: BTreeMap::new(),
+            deleting: BTreeMap::new(),
+            gates: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            ended: BTreeMap::new(),
+            coord: None,
+            election: None,
+            election_gate: 0,
+            no_election_before: Time::ZERO,
+            close_retry: None,
+            last_step: Time::ZERO,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    // ----- inputs -------------------------------------------------------------------------
+
+    pub fn start(&mut self, now: Time) {
+        if self.phase == Phase::Idle {
+            self.phase = Phase::Running;
+            self.step(now);
+        }
+    }
+
+    /// Graceful leave: drain through the coordinator, then close the session.
+    pub fn leave(&mut self, now: Time) {
+        if matches!(self.phase, Phase::Idle | Phase::Running) && self.leave_started.is_none() {
+            if self.phase == Phase::Idle {
+                self.phase = Phase::Closed;
+                self.events.push_back(Event::Left);
+                return;
+            }
+            self.leave_started = Some(now);
+            self.step(now);
+        }
+    }
+
+    /// Something under the group changed (or may have): re-read.
+    pub fn handle_notify(&mut self, now: Time) {
+        self.read_dirty = true;
+        self.step(now);
+    }
+
+    /// A timer set from [`Member::poll_timeout`] fired (spurious calls are harmless).
+    pub fn handle_timeout(&mut self, now: Time) {
+        self.step(now);
+    }
+
+    /// The application stopped using `lease`.
+    pub fn handle_released(&mut self, now: Time, resource: &ResourceId, lease: LeaseId) {
+        if self.leases.get(resource).is_some_and(|l| l.id == lease) {
+            self.leases.remove(resource);
+            let leases = &self.leases;
+            self.ended
+                .retain(|s, _| leases.values().any(|l| l.session == *s));
+            if self.leases.is_empty() {
+                if let Some(s) = self.session.as_mut().and_then(|s| s.suspended.as_mut()) {
+                    s.released_at.get_or_insert(now);
+                }
+            }
+        }
+        self.step(now);
+    }
+
+    /// The reply to an operation emitted by [`Member::poll_op`]. The driver delivers exactly
+    /// one reply per operation; an operation that timed out is `Indeterminate` (writes) or
+    /// `Unavailable` (reads).
+    pub fn handle_reply(&mut self, now: Time, op: OpId, result: StoreResult) {
+        let Some(p) = self.pending.remove(&op) else {
+            return;
+        };
+        let current = self.session.as_ref().map(|s| s.id);
+        if let Some(s) = p.session() {
+            if Some(s) != current {
+                // Operations die with their session (DESIGN §8 rule 5): a reply for an old
+                // session changes nothing, except that a keepalive slot is no longer busy.
+                self.step(now);
+                return;
+            }
+        }
+        if matches!(result, Err(StoreError::SessionExpired)) && p.session().is_some() {
+            self.lose_session(now);
+            self.step(now);
+            return;
+        }
+        self.on_reply(now, op, p, result);
+        self.step(now);
+    }
+
+    // ----- outputs ------------------------------------------------------------------------
+
+    pub fn poll_op(&mut self) -> Option<(OpId, StoreOp)> {
+        self.ops.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next time [`Member::handle_timeout`] must be called, if any.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let mut t: Option<Time> = None;
+        // Whatever was due at the last step was acted on, or waits for a reply: only later
+        // times are timers (a past one would make the driver spin).
+        let last = self.last_step;
+        let mut at = |x: Time| {
+            if x > last {
+                t = Some(t.map_or(x, |t| t.min(x)))
+            }
+        };
+        match self.phase {
+            Phase::Running => {}
+            Phase::Closing => {
+                self.lease_deadlines(&mut at);
+                if let Some(r) = self.close_retry {
+                    at(r.at);
+                }
+                return t;
+            }
+            Phase::Idle | Phase::Closed => return None,
+        }
+        if self.session.is_none() && !self.opening {
+            at(self.reopen_at);
+        }
+        if let Some(s) = &self.session {
+            if s.keepalive.is_none() {
+                at(s.next_keepalive);
+            }
+            if s.suspended.is_none() && self.cfg.variant != Variant::IgnoreDeadline {
+                at(s.deadline - self.cfg.stop_timeout);
+            }
+        }
+        self.lease_deadlines(&mut at);
+        at(self.next_resync);
+        if let Some(r) = self.read_retry_at {
+            at(r);
+        }
+        for g in self.gates.values() {
+            at(g.at);
+        }
+        if let Some(r) = self.coord.as_ref().and_then(|c| c.rebalance_at) {
+            at(r);
+        }
+        if let Some(l) = self.leave_started {
+            at(l + self.cfg.leave_timeout);
+        }
+        if self.registration != Registration::Registered {
+            at(self.register_retry_at);
+        }
+        if self.view.leader.is_none() {
+            at(self.no_election_before);
+        }
+        t
+    }
+
+    /// The current session and its local lease deadline.
+    pub fn deadline(&self) -> Option<(SessionId, Time)> {
+        self.session
+            .as_ref()
+            .map(|s| (s.id, self.valid_until(s.id)))
+    }
+
+    /// Until when a lease granted under `session` is valid (local clock). `Time::ZERO` once
+    /// that session is no longer the current one.
+    pub fn valid_until(&self, session: SessionId) -> Time {
+        if self.cfg.variant == Variant::IgnoreDeadline {
+            return Time::MAX;
+        }
+        match &self.session {
+            Some(s) if s.id == session => s.deadline,
+            _ => self.ended.get(&session).copied().unwrap_or(Time::ZERO),
+        }
+    }
+
+    pub fn is_coordinator(&self) -> Option<Epoch> {
+        self.coord.as_ref().map(|c| c.epoch)
+    }
+
+    /// Registered in the group under the current session.
+    pub fn is_joined(&self) -> bool {
+        self.session.is_some() && self.registration == Registration::Registered
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    pub fn session(&self) -> Option<SessionId> {
+        self.session.as_ref().map(|s| s.id)
+    }
+
+    /// Resources this member currently has leases on (granted, not yet released).
+    pub fn leased(&self) -> impl Iterator<Item = (&ResourceId, LeaseId, Token)> {
+        self.leases.iter().map(|(r, l)| (r, l.id, l.token))
+    }
+
+    /// The last view of the group this member read.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    // ----- internals ----------------------------------------------------------------------
+
+    /// The one level-triggered pass run after every input.
+    fn step(&mut self, now: Time) {
+        self.last_step = self.last_step.max(now);
+        match self.phase {
+            Phase::Running => {}
+            Phase::Closing => {
+                self.check_stop_deadline(now);
+                if let Some(r) = self.close_retry.filter(|r| now >= r.at) {
+                    self.close_retry = None;
+                    self.send_close(r.session, r.give_up);
+                }
+                if self.leases.is_empty()
+                    && !self
+                        .pending
+                        .values()
+                        .any(|p| matches!(p, Pending::Close { .. }))
+                    && self.close_retry.is_none()
+                {
+                    self.phase = Phase::Closed;
+                    self.events.push_back(Event::Left);
+                }
+                return;
+            }
+            Phase::Idle | Phase::Closed => return,
+        }
+        if self.session.is_none() {
+            self.check_stop_deadline(now);
+            if self.leave_started.is_some() && !self.opening {
+                // Leaving without a session: nothing to hand over, nothing to close.
+                self.phase = Phase::Closing;
+                self.step(now);
+                return;
+            }
+            if !self.opening && now >= self.reopen_at {
+                self.opening = true;
+                self.send(
+                    Pending::Open { sent: now },
+                    StoreOp::OpenSession {
+                        ttl: self.cfg.session_ttl,
+                    },
+                );
+            }
+            return;
+        }
+        self.session_upkeep(now);
+        self.reads(now);
+        if self.session.is_none() {
+            return;
+        }
+        self.register(now);
+        if self.registration != Registration::Registered {
+            // Leaving before registration (e.g. blocked on a name in use): nothing was
+            // assigned, so close at once.
+            if self.leave_started.is_some() && self.leases.is_empty() {
+                if let Some(session) = self.session.as_ref().map(|s| s.id) {
+                    self.close_session(now, session);
+                }
+            }
+            return;
+        }
+        self.coordinate(now);
+        self.update_desired(now);
+        self.reconcile_claims(now);
+        self.finish_leave(now);
+    }
+}

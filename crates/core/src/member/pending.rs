@@ -1,0 +1,150 @@
+//! Operations in flight: the [`Pending`] record kept for every store operation sent (what to
+//! do with its reply), sending, reply dispatch to the concern that sent it, and the small
+//! store-op constructors the concerns share. Owns no protocol decision: each reply is handled
+//! by the file of the concern it belongs to.
+
+use crate::ids::{Epoch, OpId, ResourceId, SessionId, Time, Token};
+use crate::store::{Cond, Key, StoreOp, StoreResult, Write};
+
+use super::Member;
+
+#[derive(Debug, Clone)]
+pub(super) enum Pending {
+    Open {
+        sent: Time,
+    },
+    KeepAlive {
+        session: SessionId,
+        sent: Time,
+    },
+    Close {
+        session: SessionId,
+        /// Failures are retried until then.
+        give_up: Time,
+    },
+    Read {
+        number: u64,
+        linearizable: bool,
+    },
+    Register {
+        session: SessionId,
+    },
+    RegisterVerify {
+        session: SessionId,
+    },
+    Drain {
+        session: SessionId,
+    },
+    ClaimCreate {
+        session: SessionId,
+        r: ResourceId,
+    },
+    ClaimVerify {
+        session: SessionId,
+        r: ResourceId,
+    },
+    ClaimDelete {
+        session: SessionId,
+        r: ResourceId,
+        token: Token,
+    },
+    Elect {
+        session: SessionId,
+        epoch: Epoch,
+    },
+    ElectVerify {
+        session: SessionId,
+    },
+    Rebalance {
+        session: SessionId,
+        sent: Time,
+        /// More transactions must follow to reach the plan's target.
+        partial: bool,
+        moved: usize,
+        members: usize,
+        resources: usize,
+    },
+    Resign {
+        session: SessionId,
+    },
+}
+
+impl Pending {
+    pub(super) fn session(&self) -> Option<SessionId> {
+        match self {
+            Pending::Open { .. } | Pending::Close { .. } | Pending::Read { .. } => None,
+            Pending::KeepAlive { session, .. }
+            | Pending::Register { session }
+            | Pending::RegisterVerify { session }
+            | Pending::Drain { session }
+            | Pending::ClaimCreate { session, .. }
+            | Pending::ClaimVerify { session, .. }
+            | Pending::ClaimDelete { session, .. }
+            | Pending::Elect { session, .. }
+            | Pending::ElectVerify { session }
+            | Pending::Rebalance { session, .. }
+            | Pending::Resign { session } => Some(*session),
+        }
+    }
+}
+
+impl Member {
+    pub(super) fn send(&mut self, p: Pending, op: StoreOp) -> OpId {
+        let id = OpId(self.next_op);
+        self.next_op += 1;
+        self.pending.insert(id, p);
+        self.ops.push_back((id, op));
+        id
+    }
+
+    /// Routes a reply of the current session (or a session-less op) to the concern that sent
+    /// the operation. The caller runs `step` afterwards.
+    pub(super) fn on_reply(&mut self, now: Time, op: OpId, p: Pending, result: StoreResult) {
+        match p {
+            Pending::Open { sent } => self.on_open(now, sent, result),
+            Pending::KeepAlive { sent, .. } => self.on_keepalive(now, sent, result),
+            Pending::Close { session, give_up } => self.on_close(now, session, give_up, result),
+            Pending::Read {
+                number,
+                linearizable,
+            } => self.on_read(now, number, linearizable, result),
+            Pending::Register { session } => self.on_register(now, session, result),
+            Pending::RegisterVerify { session } => self.on_register_verify(now, session, result),
+            Pending::Drain { .. } => self.on_drain(result),
+            Pending::ClaimCreate { session, r } => self.on_claim_create(now, session, r, result),
+            Pending::ClaimVerify { session, r } => self.on_claim_verify(now, session, r, result),
+            Pending::ClaimDelete { r, token, .. } => self.on_claim_delete(now, r, token, result),
+            Pending::Elect { session, epoch } => self.on_elect(session, epoch, result),
+            Pending::ElectVerify { session } => self.on_elect_verify(session, result),
+            Pending::Rebalance {
+                sent,
+                partial,
+                moved,
+                members,
+                resources,
+                ..
+            } => self.on_rebalance(now, sent, partial, (moved, members, resources), result),
+            Pending::Resign { .. } => self.on_resign(op),
+        }
+    }
+}
+
+/// Deletes `key` only if it is still the instance `session` created at `create_rev`: safe
+/// to repeat, and never removes a later owner's key (PITFALLS 12).
+pub(super) fn owned_delete(key: Key, session: SessionId, create_rev: u64) -> StoreOp {
+    StoreOp::Txn {
+        conds: vec![Cond::Owned {
+            key: key.clone(),
+            session,
+            create_rev,
+        }],
+        writes: vec![Write::Delete { key }],
+    }
+}
+
+pub(super) fn get_lin(key: Key) -> StoreOp {
+    StoreOp::Get {
+        key,
+        linearizable: true,
+    }
+}

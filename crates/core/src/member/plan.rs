@@ -1,0 +1,244 @@
+//! Rebalance planning, a pure function of the view: the assignor's target, and the chunk
+//! writes (with their version conditions) that bring the stored assignment to it, batched
+//! under the transaction limits with removals before additions. Sends nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::assignor::{self, Assignment};
+use crate::ids::{Epoch, MemberId, ResourceId, SessionId};
+use crate::layout::{self, ChunkRec};
+use crate::store::{Cond, Write};
+
+use super::Member;
+
+impl Member {
+    /// The writes that bring the stored assignment to the assignor's target, or `None` when it
+    /// is already there. When they exceed `max_txn_writes`, only a first batch is returned and
+    /// the next plan (from a fresh read) continues: every removal is written before any
+    /// addition, so intermediate states have gaps, never a resource in two sets (PITFALLS 21).
+    pub(super) fn plan(&self, epoch: Epoch, seq: u64) -> Option<Plan> {
+        let v = &self.view;
+        let live = v.live_members();
+        let weights: BTreeMap<MemberId, u32> =
+            live.iter().map(|(m, mv)| (m.clone(), mv.weight)).collect();
+        let mut prev = Assignment::new();
+        for (m, mv) in &live {
+            if let Some((_, set)) = v.assignment_of(m, mv.session) {
+                prev.insert(m.clone(), set);
+            }
+        }
+        let next = assignor::assign(&weights, &v.resources, &prev);
+        let existing = |m: &MemberId| v.assign.get(m).map(Vec::as_slice).unwrap_or(&[]);
+        // Per changed member: the write of its final set, and, when it loses something, the
+        // write of what it keeps (the removal step).
+        let mut finals: Vec<WriteGroup> = Vec::new();
+        let mut removals: Vec<WriteGroup> = Vec::new();
+        for (m, set) in &next {
+            let unchanged = match prev.get(m) {
+                Some(p) => p == set,
+                None => set.is_empty() && existing(m).is_empty(),
+            };
+            if unchanged {
+                continue;
+            }
+            let session = live[m].session;
+            let write = |set: &BTreeSet<ResourceId>| {
+                self.member_writes(m, session, set, existing(m), (epoch, seq))
+            };
+            if let Some(p) = prev.get(m).filter(|p| !p.is_subset(set)) {
+                let keep: BTreeSet<ResourceId> = p.intersection(set).cloned().collect();
+                removals.push(write(&keep));
+            }
+            finals.push(write(set));
+        }
+        for (m, chunks) in &v.assign {
+            if live.contains_key(m) {
+                continue;
+            }
+            let mut g = WriteGroup {
+                age: chunks_age(chunks),
+                ..WriteGroup::default()
+            };
+            for c in chunks {
+                g.conds.push(Cond::Version(c.key.clone(), c.version));
+                g.writes.push(Write::Delete { key: c.key.clone() });
+            }
+            removals.push(g.clone());
+            finals.push(g);
+        }
+        let total: usize = finals.iter().map(|g| g.writes.len()).sum();
+        if total == 0 {
+            return None;
+        }
+        let total_bytes: usize = finals.iter().flat_map(|g| &g.writes).map(write_bytes).sum();
+        let fits = total <= self.cfg.max_txn_writes && total_bytes <= self.cfg.max_txn_bytes;
+        let mut partial = !fits;
+        let mut groups = if fits {
+            finals
+        } else if !removals.is_empty() {
+            removals
+        } else {
+            finals
+        };
+        // When a rebalance takes several transactions, the member whose stored assignment is
+        // oldest goes first: in name order, a steady trickle of changes to earlier members
+        // would starve later ones, and with them a dead member's resources (DESIGN §1.4).
+        groups.sort_by_key(|g| g.age);
+        let mut plan = Plan {
+            partial: false,
+            conds: Vec::new(),
+            writes: Vec::new(),
+            moved: assignor::moved(&prev, &next),
+            members: next.len(),
+            resources: v.resources.len(),
+        };
+        let mut bytes = 0;
+        for g in groups {
+            // One member's chunks are never split across transactions (that would tear it);
+            // a single oversized group still goes alone.
+            let size: usize = g.writes.iter().map(write_bytes).sum();
+            let full = plan.writes.len() + g.writes.len() > self.cfg.max_txn_writes
+                || bytes + size > self.cfg.max_txn_bytes;
+            if !plan.writes.is_empty() && full {
+                partial = true;
+                break;
+            }
+            bytes += size;
+            plan.conds.extend(g.conds);
+            plan.writes.extend(g.writes);
+        }
+        plan.partial = partial;
+        Some(plan)
+    }
+
+    /// The chunk writes that make `m`'s stored assignment `set` (no chunks for an empty set).
+    fn member_writes(
+        &self,
+        m: &MemberId,
+        session: SessionId,
+        set: &BTreeSet<ResourceId>,
+        existing: &[layout::ChunkView],
+        (epoch, seq): (Epoch, u64),
+    ) -> WriteGroup {
+        let mut g = WriteGroup {
+            age: chunks_age(existing),
+            ..WriteGroup::default()
+        };
+        let chunks = if set.is_empty() {
+            Vec::new()
+        } else {
+            split(set, self.cfg.assignment_chunk_bytes)
+        };
+        let n = chunks.len() as u32;
+        for (i, part) in chunks.into_iter().enumerate() {
+            let i = i as u32;
+            let key = self.layout.assign_chunk(m, i);
+            g.conds.push(version_cond(existing, &key));
+            let rec = ChunkRec {
+                session,
+                epoch,
+                seq,
+                i,
+                n,
+                resources: part,
+            };
+            g.writes.push(Write::Put {
+                key,
+                value: layout::encode(&rec),
+            });
+        }
+        for c in existing.iter().filter(|c| c.rec.i >= n) {
+            g.conds.push(Cond::Version(c.key.clone(), c.version));
+            g.writes.push(Write::Delete { key: c.key.clone() });
+        }
+        g
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct WriteGroup {
+    conds: Vec<Cond>,
+    writes: Vec<Write>,
+    /// (epoch, seq) of the oldest stored chunk it replaces; zero when there is none.
+    age: (Epoch, u64),
+}
+
+pub(super) struct Plan {
+    pub(super) partial: bool,
+    pub(super) conds: Vec<Cond>,
+    pub(super) writes: Vec<Write>,
+    pub(super) moved: usize,
+    pub(super) members: usize,
+    pub(super) resources: usize,
+}
+
+fn chunks_age(chunks: &[layout::ChunkView]) -> (Epoch, u64) {
+    chunks
+        .iter()
+        .map(|c| (c.rec.epoch, c.rec.seq))
+        .min()
+        .unwrap_or((Epoch(0), 0))
+}
+
+/// Encoded size of a write, for the transaction size limit.
+fn write_bytes(w: &Write) -> usize {
+    match w {
+        Write::Create { key, value, .. } | Write::Put { key, value } => key.len() + value.len(),
+        Write::Delete { key } => key.len(),
+    }
+}
+
+fn version_cond(existing: &[layout::ChunkView], key: &str) -> Cond {
+    match existing.iter().find(|c| c.key == key) {
+        Some(c) => Cond::Version(key.to_string(), c.version),
+        None => Cond::Absent(key.to_string()),
+    }
+}
+
+/// Splits a set into chunks whose encoded size stays under `max_bytes` (with room for the
+/// record's other fields).
+fn split(set: &BTreeSet<ResourceId>, max_bytes: usize) -> Vec<Vec<ResourceId>> {
+    let budget = max_bytes.saturating_sub(256).max(64);
+    let mut out = vec![Vec::new()];
+    let mut size = 0;
+    for r in set {
+        // Worst case of JSON escaping a string: 6 bytes per byte, plus quotes and a comma.
+        let cost = r.as_str().len() * 6 + 3;
+        if size + cost > budget && !out.last().is_some_and(Vec::is_empty) {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += cost;
+        if let Some(last) = out.last_mut() {
+            last.push(r.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_bounds_every_chunk() {
+        let set: BTreeSet<ResourceId> = (0..5000)
+            .map(|i| ResourceId::new(format!("resource-{i:06}")).unwrap())
+            .collect();
+        let chunks = split(&set, 4096);
+        assert!(chunks.len() > 1);
+        let total: usize = chunks.iter().map(Vec::len).sum();
+        assert_eq!(total, 5000);
+        for c in &chunks {
+            let rec = ChunkRec {
+                session: SessionId(u64::MAX),
+                epoch: Epoch(u64::MAX),
+                seq: u64::MAX,
+                i: u32::MAX,
+                n: u32::MAX,
+                resources: c.clone(),
+            };
+            assert!(layout::encode(&rec).len() <= 4096);
+        }
+    }
+}

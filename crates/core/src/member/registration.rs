@@ -1,0 +1,168 @@
+//! Membership: registering the member record `members/<name>` under the current session
+//! (waiting out another live session holding the name), and leaving (the draining mark, then
+//! closing the session once nothing is held). Never touches claims or leases.
+
+use crate::ids::{SessionId, Time};
+use crate::layout::{self, MemberRec};
+use crate::store::{StoreError, StoreOp, StoreReply, StoreResult, Write};
+
+use super::pending::get_lin;
+use super::{Event, Member, Pending};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Registration {
+    None,
+    Pending,
+    Registered,
+    /// Another session holds the name; retry when a newer view shows it gone.
+    Blocked {
+        after_view: u64,
+    },
+}
+
+impl Member {
+    pub(super) fn register(&mut self, now: Time) {
+        let Some(session) = self.session.as_ref().map(|s| s.id) else {
+            return;
+        };
+        if now < self.register_retry_at {
+            return;
+        }
+        let attempt = match self.registration {
+            Registration::None => self.view_seq > 0,
+            Registration::Blocked { after_view } => {
+                let holder = self.view.members.get(&self.cfg.name).map(|m| m.session);
+                if self.view_seq > after_view && holder == Some(session) {
+                    // Our own Register was applied after the read that found it absent.
+                    self.registration = Registration::Pending;
+                    let key = self.layout.member(&self.cfg.name);
+                    self.send(Pending::RegisterVerify { session }, get_lin(key));
+                    return;
+                }
+                self.view_seq > after_view && holder.is_none()
+            }
+            Registration::Pending | Registration::Registered => false,
+        };
+        if !attempt {
+            return;
+        }
+        self.registration = Registration::Pending;
+        let rec = MemberRec {
+            weight: self.cfg.weight,
+            joined_unix_ms: self.cfg.joined_unix_ms,
+        };
+        self.send(
+            Pending::Register { session },
+            StoreOp::Txn {
+                conds: vec![],
+                writes: vec![Write::Create {
+                    key: self.layout.member(&self.cfg.name),
+                    value: layout::encode(&rec),
+                    owner: Some(session),
+                }],
+            },
+        );
+    }
+
+    fn registered(&mut self, session: SessionId) {
+        if self.registration != Registration::Registered {
+            self.registration = Registration::Registered;
+            self.events.push_back(Event::Joined { session });
+        }
+    }
+
+    fn name_in_use(&mut self) {
+        let holder = self.view.members.get(&self.cfg.name).map(|m| m.session);
+        if let Some(holder) = holder {
+            self.events.push_back(Event::NameInUse { holder });
+        }
+        self.registration = Registration::Blocked {
+            after_view: self.view_seq,
+        };
+        self.read_dirty = true;
+    }
+
+    /// The reply to the member record's `Create`.
+    pub(super) fn on_register(&mut self, now: Time, session: SessionId, result: StoreResult) {
+        match result {
+            Ok(_) => self.registered(session),
+            Err(StoreError::Conflict(_)) => self.name_in_use(),
+            Err(StoreError::Indeterminate(_)) | Err(StoreError::Unavailable(_)) => {
+                let key = self.layout.member(&self.cfg.name);
+                self.send(Pending::RegisterVerify { session }, get_lin(key));
+            }
+            Err(e) => {
+                // Any other failure: report it and try again after a pause (a stuck
+                // `Pending` would never register).
+                self.registration = Registration::None;
+                self.register_retry_at = now + self.cfg.retry_delay;
+                self.events.push_back(Event::StoreError {
+                    op: "register",
+                    error: e,
+                });
+            }
+        }
+    }
+
+    /// The linearizable read that settles whether the member record is ours.
+    pub(super) fn on_register_verify(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        result: StoreResult,
+    ) {
+        match result {
+            Ok(StoreReply::Got(Some(e))) if e.owner == Some(session) => self.registered(session),
+            Ok(_) => self.name_in_use(),
+            Err(_) => {
+                // Start over after a pause: a Create that finds our own key gets a
+                // Conflict, and the next view then proves it ours.
+                self.registration = Registration::None;
+                self.register_retry_at = now + self.cfg.retry_delay;
+            }
+        }
+    }
+
+    pub(super) fn finish_leave(&mut self, now: Time) {
+        let Some(started) = self.leave_started else {
+            return;
+        };
+        let Some(session) = self.session.as_ref().map(|s| s.id) else {
+            return;
+        };
+        // Mark draining so the coordinator moves everything off (PITFALLS 26).
+        let marked = self.view.draining.get(&self.cfg.name) == Some(&session);
+        if !marked && self.draining.is_none() {
+            let op = self.send(
+                Pending::Drain { session },
+                StoreOp::Txn {
+                    conds: vec![],
+                    writes: vec![Write::Create {
+                        key: self.layout.draining(&self.cfg.name),
+                        value: b"{}".to_vec(),
+                        owner: Some(session),
+                    }],
+                },
+            );
+            self.draining = Some(op);
+        }
+        let timed_out = now >= started + self.cfg.leave_timeout;
+        let drained = self.desired.is_empty()
+            && self.claims.is_empty()
+            && self.unresolved.is_empty()
+            && self.deleting.is_empty()
+            && self.claim_op.is_empty();
+        if self.leases.is_empty() && (drained || timed_out) {
+            // Closing deletes whatever claims remain, after every lease was released.
+            self.close_session(now, session);
+        }
+    }
+
+    /// The reply to the draining mark's `Create`.
+    pub(super) fn on_drain(&mut self, result: StoreResult) {
+        self.draining = None;
+        if result.is_err() {
+            self.read_dirty = true;
+        }
+    }
+}

@@ -4,18 +4,42 @@
 //! proves, deletes, claims and grants. Never deletes a claim whose lease is outstanding, and
 //! never grants without a proved claim (through `grant`, in `leases.rs`).
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::config::Variant;
-use crate::ids::{ResourceId, SessionId, Time, Token};
+use crate::ids::{Epoch, OpId, ResourceId, SessionId, Time, Token};
 use crate::layout::{self, ClaimRec};
 use crate::store::{StoreError, StoreOp, StoreReply, StoreResult, Write};
 
 use super::pending::{get_lin, owned_delete};
 use super::{Event, Member, Pending, RevokeReason};
 
+/// The resources this member should hold and the claim keys that back them, per resource.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Claims {
+    /// Assigned to this member's current session by the last complete assignment read.
+    pub(super) desired: BTreeSet<ResourceId>,
+    /// Epoch of that assignment (reported with each grant).
+    pub(super) desired_epoch: Epoch,
+    /// Claims proved to belong to the current session, with their tokens.
+    pub(super) proved: BTreeMap<ResourceId, Token>,
+    /// Claims whose ownership must be settled by a linearizable read before anything else.
+    pub(super) unresolved: BTreeSet<ResourceId>,
+    /// One operation in flight per claim key (DESIGN §8 rule 5).
+    pub(super) in_flight: BTreeMap<ResourceId, OpId>,
+    /// Claim instances whose delete had an unknown outcome. The delete may still be applied
+    /// later (after any read of ours), so the instance is never granted again, only deleted
+    /// again with the same guard until Ok or Conflict settles it (PITFALLS 12).
+    pub(super) deleting: BTreeMap<ResourceId, Token>,
+    /// Per resource: when a claim operation may be tried again.
+    pub(super) gates: BTreeMap<ResourceId, Gate>,
+}
+
 /// When a claim operation may be tried again.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Gate {
-    pub(super) after_view: u64,
+    /// Not before a view newer than this one (by `ViewState::seq`), when set.
+    pub(super) after_view: Option<u64>,
     pub(super) at: Time,
 }
 
@@ -25,21 +49,22 @@ impl Member {
             return;
         };
         let leave_expired = self
-            .leave_started
-            .is_some_and(|t| now >= t + self.cfg.leave_timeout);
+            .leaving
+            .as_ref()
+            .is_some_and(|l| now >= l.started + self.cfg.leave_timeout);
         if leave_expired {
-            self.desired.clear();
+            self.claims.desired.clear();
             return;
         }
-        match self.view.assign.get(&self.cfg.name) {
-            None => self.desired.clear(),
+        match self.view.group.assign.get(&self.cfg.name) {
+            None => self.claims.desired.clear(),
             Some(chunks) => match layout::complete_set(chunks) {
                 Some((s, e, set)) if s == session => {
-                    self.desired = set;
-                    self.desired_epoch = e;
+                    self.claims.desired = set;
+                    self.claims.desired_epoch = e;
                 }
                 // An assignment for an earlier incarnation of this name.
-                Some(_) => self.desired.clear(),
+                Some(_) => self.claims.desired.clear(),
                 // Torn: keep acting on the last complete set (PITFALLS 21).
                 None => {}
             },
@@ -54,13 +79,13 @@ impl Member {
         else {
             return;
         };
-        let leaving = self.leave_started.is_some();
+        let leaving = self.leaving.is_some();
         // 1. Revoke leases that are no longer desired or no longer backed by a proved claim.
-        for (r, l) in self.leases.iter_mut() {
+        for (r, l) in self.leases.held.iter_mut() {
             if l.revoked {
                 continue;
             }
-            let reason = if !self.desired.contains(r) {
+            let reason = if !self.claims.desired.contains(r) {
                 Some(if leaving {
                     RevokeReason::Leaving
                 } else {
@@ -68,9 +93,10 @@ impl Member {
                 })
             } else if l.session != session {
                 Some(RevokeReason::SessionLost)
-            } else if !self.claims.contains_key(r)
+            } else if !self.claims.proved.contains_key(r)
                 && self.cfg.variant != Variant::GrantBeforeClaim
-                && !(self.cfg.variant == Variant::GrantOnClaimSent && self.claim_op.contains_key(r))
+                && !(self.cfg.variant == Variant::GrantOnClaimSent
+                    && self.claims.in_flight.contains_key(r))
             {
                 Some(RevokeReason::Reassigned)
             } else {
@@ -89,43 +115,46 @@ impl Member {
         //    from an Indeterminate create that was applied, PITFALLS 24).
         let mine: Vec<ResourceId> = self
             .view
+            .group
             .claims
             .iter()
             .filter(|(r, c)| {
                 c.session == session
-                    && !self.claims.contains_key(*r)
-                    && !self.deleting.contains_key(*r)
+                    && !self.claims.proved.contains_key(*r)
+                    && !self.claims.deleting.contains_key(*r)
             })
             .map(|(r, _)| r.clone())
             .collect();
-        self.unresolved.extend(mine);
-        let unresolved: Vec<ResourceId> = self.unresolved.iter().cloned().collect();
+        self.claims.unresolved.extend(mine);
+        let unresolved: Vec<ResourceId> = self.claims.unresolved.iter().cloned().collect();
         for r in unresolved {
-            if !self.claim_op.contains_key(&r) && self.gate_open(&r, now) {
+            if !self.claims.in_flight.contains_key(&r) && self.gate_open(&r, now) {
                 self.verify_claim(session, r);
             }
         }
         // 3. Delete claims that are not desired, once their lease is released.
         let mut to_delete: Vec<(ResourceId, Token)> = self
             .claims
+            .proved
             .iter()
             .filter(|(r, _)| {
-                !self.desired.contains(*r)
-                    && !self.leases.contains_key(*r)
-                    && !self.claim_op.contains_key(*r)
-                    && !self.unresolved.contains(*r)
+                !self.claims.desired.contains(*r)
+                    && !self.leases.held.contains_key(*r)
+                    && !self.claims.in_flight.contains_key(*r)
+                    && !self.claims.unresolved.contains(*r)
             })
             .map(|(r, t)| (r.clone(), *t))
             .collect();
         to_delete.extend(
-            self.deleting
+            self.claims
+                .deleting
                 .iter()
-                .filter(|(r, _)| !self.claim_op.contains_key(*r) && self.gate_open(r, now))
+                .filter(|(r, _)| !self.claims.in_flight.contains_key(*r) && self.gate_open(r, now))
                 .map(|(r, t)| (r.clone(), *t)),
         );
         for (r, t) in to_delete {
             // Paired assertion: a claim is deleted only after its lease was released.
-            debug_assert!(!self.leases.contains_key(&r));
+            debug_assert!(!self.leases.held.contains_key(&r));
             let key = self.layout.claim(&r);
             let op = self.send(
                 Pending::ClaimDelete {
@@ -135,7 +164,7 @@ impl Member {
                 },
                 owned_delete(key, session, t.revision),
             );
-            self.claim_op.insert(r, op);
+            self.claims.in_flight.insert(r, op);
         }
         // 4. Acquire desired resources: claim, then grant.
         let room =
@@ -143,25 +172,30 @@ impl Member {
         if suspended || !room {
             return;
         }
-        let desired: Vec<ResourceId> = self.desired.iter().cloned().collect();
+        let desired: Vec<ResourceId> = self.claims.desired.iter().cloned().collect();
         for r in desired {
-            if self.leases.contains_key(&r) {
+            if self.leases.held.contains_key(&r) {
                 // Granted, or an earlier lease is still being stopped (rule 14).
                 continue;
             }
-            if let Some(t) = self.claims.get(&r).copied() {
-                if !self.unresolved.contains(&r) && !self.claim_op.contains_key(&r) {
+            if let Some(t) = self.claims.proved.get(&r).copied() {
+                if !self.claims.unresolved.contains(&r) && !self.claims.in_flight.contains_key(&r) {
                     self.grant(now, session, r, t);
                 }
                 continue;
             }
             if self.cfg.variant == Variant::GrantBeforeClaim {
-                let t = self.view.claims.get(&r).map(|c| self.token(c.create_rev));
+                let t = self
+                    .view
+                    .group
+                    .claims
+                    .get(&r)
+                    .map(|c| self.token(c.create_rev));
                 self.grant(now, session, r.clone(), t.unwrap_or_default());
             }
-            if self.claim_op.contains_key(&r)
-                || self.unresolved.contains(&r)
-                || self.deleting.contains_key(&r)
+            if self.claims.in_flight.contains_key(&r)
+                || self.claims.unresolved.contains(&r)
+                || self.claims.deleting.contains_key(&r)
             {
                 continue;
             }
@@ -169,8 +203,8 @@ impl Member {
                 continue;
             }
             // Held by another session: wait for its owner to release it or expire.
-            if !self.view.claims.contains_key(&r) {
-                self.gates.remove(&r);
+            if !self.view.group.claims.contains_key(&r) {
+                self.claims.gates.remove(&r);
                 let key = self.layout.claim(&r);
                 let rec = ClaimRec {
                     member: self.cfg.name.clone(),
@@ -189,10 +223,10 @@ impl Member {
                         }],
                     },
                 );
-                self.claim_op.insert(r.clone(), op);
+                self.claims.in_flight.insert(r.clone(), op);
                 if self.cfg.variant == Variant::GrantOnClaimSent {
                     // Test-only mutation: grant before the create's reply, with a guessed token.
-                    let t = self.token(self.view_rev + 1);
+                    let t = self.token(self.view.rev.map_or(1, |rev| rev + 1));
                     self.grant(now, session, r, t);
                 }
             }
@@ -206,14 +240,14 @@ impl Member {
         r: ResourceId,
         res: StoreResult,
     ) {
-        self.claim_op.remove(&r);
+        self.claims.in_flight.remove(&r);
         match res {
             Ok(StoreReply::Committed { rev }) => {
-                self.claims.insert(r, self.token(rev));
+                self.claims.proved.insert(r, self.token(rev));
             }
             Err(StoreError::Indeterminate(_)) => {
                 // PITFALLS 11: settled by a linearizable read before anything else.
-                self.unresolved.insert(r.clone());
+                self.claims.unresolved.insert(r.clone());
                 self.verify_claim(session, r);
             }
             Err(StoreError::Unavailable(_)) | Ok(_) => {
@@ -227,7 +261,7 @@ impl Member {
                     });
                 }
                 self.gate(r, now + self.cfg.retry_delay, true);
-                self.read_dirty = true;
+                self.view.dirty = true;
             }
         }
     }
@@ -239,14 +273,15 @@ impl Member {
         r: ResourceId,
         res: StoreResult,
     ) {
-        self.claim_op.remove(&r);
+        self.claims.in_flight.remove(&r);
         match res {
             Ok(StoreReply::Got(entry)) => {
-                self.unresolved.remove(&r);
+                self.claims.unresolved.remove(&r);
                 match entry {
                     // An instance we are deleting is never adopted again.
                     Some(e)
                         if self
+                            .claims
                             .deleting
                             .get(&r)
                             .is_some_and(|t| t.revision == e.create_rev) => {}
@@ -255,10 +290,10 @@ impl Member {
                             || self.cfg.variant == Variant::AdoptAnyClaim =>
                     {
                         let t = self.token(e.create_rev);
-                        self.claims.insert(r, t);
+                        self.claims.proved.insert(r, t);
                     }
                     _ => {
-                        self.claims.remove(&r);
+                        self.claims.proved.remove(&r);
                         self.gate(r, now, true);
                     }
                 }
@@ -275,15 +310,15 @@ impl Member {
         token: Token,
         result: StoreResult,
     ) {
-        self.claim_op.remove(&r);
+        self.claims.in_flight.remove(&r);
         match result {
             Ok(_) | Err(StoreError::Conflict(_)) => {
-                self.claims.remove(&r);
-                self.deleting.remove(&r);
+                self.claims.proved.remove(&r);
+                self.claims.deleting.remove(&r);
             }
             Err(_) => {
-                self.claims.remove(&r);
-                self.deleting.insert(r.clone(), token);
+                self.claims.proved.remove(&r);
+                self.claims.deleting.insert(r.clone(), token);
                 self.gate(r, now + self.cfg.retry_delay, false);
             }
         }
@@ -291,20 +326,21 @@ impl Member {
 
     fn token(&self, rev: u64) -> Token {
         Token {
-            generation: self.view.generation,
+            generation: self.view.group.generation,
             revision: rev,
         }
     }
 
     fn gate(&mut self, r: ResourceId, at: Time, need_new_view: bool) {
-        let after_view = if need_new_view { self.view_seq } else { 0 };
-        self.gates.insert(r, Gate { after_view, at });
+        let after_view = need_new_view.then_some(self.view.seq);
+        self.claims.gates.insert(r, Gate { after_view, at });
     }
 
     fn gate_open(&self, r: &ResourceId, now: Time) -> bool {
-        self.gates
+        self.claims
+            .gates
             .get(r)
-            .is_none_or(|g| now >= g.at && (g.after_view == 0 || self.view_seq > g.after_view))
+            .is_none_or(|g| now >= g.at && g.after_view.is_none_or(|v| self.view.seq > v))
     }
 
     fn verify_claim(&mut self, session: SessionId, r: ResourceId) {
@@ -316,6 +352,6 @@ impl Member {
             },
             get_lin(key),
         );
-        self.claim_op.insert(r, op);
+        self.claims.in_flight.insert(r, op);
     }
 }

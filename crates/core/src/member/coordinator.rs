@@ -15,15 +15,37 @@ use super::{Event, Member, Pending};
 pub(super) struct Coordinator {
     pub(super) epoch: Epoch,
     pub(super) leader_rev: u64,
-    /// A view from a read sent at or after this number reflects the election.
-    pub(super) fresh_from_read: u64,
+    /// Set while the coordinator waits for a view that reflects its election or its last
+    /// write: one from a read sent at or after this number. It plans nothing before.
+    pub(super) fresh_from_read: Option<u64>,
     pub(super) last_rebalance: Option<Time>,
     pub(super) rebalance_at: Option<Time>,
     pub(super) txn: Option<OpId>,
     pub(super) failures: u32,
     pub(super) seq: u64,
     /// `Variant::DebounceRebalance` only: the view that last restarted the wait.
-    pub(super) debounce_view: u64,
+    pub(super) debounce_view: Option<u64>,
+}
+
+/// The election slot: at most one election, verification or resignation in flight, and when
+/// another may be tried.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Election {
+    /// The `Elect`, `ElectVerify` or `Resign` in flight.
+    pub(super) op: Option<OpId>,
+    /// After a failed or uncertain election: stand again only with a view newer than this
+    /// one (by `ViewState::seq`).
+    pub(super) after_view: Option<u64>,
+    /// After resigning: stand again only from this time on (the store may still show our
+    /// leader key until then).
+    pub(super) no_election_before: Option<Time>,
+}
+
+impl Election {
+    /// Resigned, and still within the hold-off.
+    fn resigned_until(&self, now: Time) -> bool {
+        self.no_election_before.is_some_and(|t| now < t)
+    }
 }
 
 impl Member {
@@ -35,27 +57,28 @@ impl Member {
             self.maybe_elect(now, session);
             return;
         };
-        if c.fresh_from_read != 0 || c.txn.is_some() {
+        if c.fresh_from_read.is_some() || c.txn.is_some() {
             return;
         }
         let leader_ok = self
             .view
+            .group
             .leader
             .as_ref()
             .is_some_and(|l| l.session == session && l.create_rev == c.leader_rev);
         if !leader_ok {
             self.step_down();
-            self.election_gate = self.view_seq;
-            self.read_dirty = true;
+            self.election.after_view = Some(self.view.seq);
+            self.view.dirty = true;
             return;
         }
-        let epoch_version = match self.view.epoch {
+        let epoch_version = match self.view.group.epoch {
             Some((e, v)) if e == c.epoch => v,
             // Deposed (a newer epoch exists) or the read is stale: fenced either way.
             _ => {
                 self.step_down();
-                self.election_gate = self.view_seq;
-                self.read_dirty = true;
+                self.election.after_view = Some(self.view.seq);
+                self.view.dirty = true;
                 return;
             }
         };
@@ -70,11 +93,11 @@ impl Member {
         };
         if self.cfg.variant == Variant::DebounceRebalance {
             // Test-only mutation: every new view restarts the wait.
-            let view_seq = self.view_seq;
+            let view_seq = self.view.seq;
             let interval = self.cfg.min_rebalance_interval;
             if let Some(c) = self.coord.as_mut() {
-                if c.debounce_view != view_seq {
-                    c.debounce_view = view_seq;
+                if c.debounce_view != Some(view_seq) {
+                    c.debounce_view = Some(view_seq);
                     c.rebalance_at = Some(now + interval);
                 }
                 if c.rebalance_at.is_some_and(|at| now < at) {
@@ -131,11 +154,13 @@ impl Member {
     }
 
     fn maybe_elect(&mut self, now: Time, session: SessionId) {
-        if self.election.is_some() || self.view_seq <= self.election_gate {
+        if self.election.op.is_some()
+            || self.election.after_view.is_some_and(|v| self.view.seq <= v)
+        {
             return;
         }
-        match &self.view.leader {
-            Some(l) if l.session == session && now < self.no_election_before => {
+        match &self.view.group.leader {
+            Some(l) if l.session == session && self.election.resigned_until(now) => {
                 // We resigned, but the view still shows our leader key (the Resign may not
                 // have landed yet): delete it again rather than take it back.
                 let key = self.layout.leader();
@@ -143,7 +168,7 @@ impl Member {
                     Pending::Resign { session },
                     owned_delete(key, session, l.create_rev),
                 );
-                self.election = Some(op);
+                self.election.op = Some(op);
             }
             Some(l) if l.session == session => {
                 // The view says we lead (an Indeterminate election that was applied, or a
@@ -152,17 +177,17 @@ impl Member {
                     Pending::ElectVerify { session },
                     get_lin(self.layout.leader()),
                 );
-                self.election = Some(op);
+                self.election.op = Some(op);
             }
             Some(_) => {}
             None => {
                 // A leaving member stands for election too: when every other member is gone
                 // or leaving, nobody else would move its resources and its leave would wait
                 // out leave_timeout. As coordinator it drains itself like any other member.
-                if now < self.no_election_before {
+                if self.election.resigned_until(now) {
                     return;
                 }
-                let (cond, epoch) = match self.view.epoch {
+                let (cond, epoch) = match self.view.group.epoch {
                     Some((e, v)) => (Cond::Version(self.layout.epoch(), v), Epoch(e.0 + 1)),
                     None => (Cond::Absent(self.layout.epoch()), Epoch(1)),
                 };
@@ -188,14 +213,14 @@ impl Member {
                         ],
                     },
                 );
-                self.election = Some(op);
+                self.election.op = Some(op);
             }
         }
     }
 
     /// The reply to the election transaction (leader key + epoch bump).
     pub(super) fn on_elect(&mut self, session: SessionId, epoch: Epoch, result: StoreResult) {
-        self.election = None;
+        self.election.op = None;
         match result {
             Ok(StoreReply::Committed { rev }) => self.become_coordinator(epoch, rev),
             Ok(_) => {}
@@ -204,28 +229,28 @@ impl Member {
                     Pending::ElectVerify { session },
                     get_lin(self.layout.leader()),
                 );
-                self.election = Some(op);
+                self.election.op = Some(op);
             }
             Err(_) => {
-                self.election_gate = self.view_seq;
-                self.read_dirty = true;
+                self.election.after_view = Some(self.view.seq);
+                self.view.dirty = true;
             }
         }
     }
 
     /// The linearizable read that settles whether the leader key is ours.
     pub(super) fn on_elect_verify(&mut self, session: SessionId, result: StoreResult) {
-        self.election = None;
+        self.election.op = None;
         match result {
             Ok(StoreReply::Got(Some(e))) if e.owner == Some(session) => {
                 match layout::decode::<LeaderRec>(&e.value) {
                     Some(l) => self.become_coordinator(l.epoch, e.create_rev),
-                    None => self.election_gate = self.view_seq,
+                    None => self.election.after_view = Some(self.view.seq),
                 }
             }
             _ => {
-                self.election_gate = self.view_seq;
-                self.read_dirty = true;
+                self.election.after_view = Some(self.view.seq);
+                self.view.dirty = true;
             }
         }
     }
@@ -234,15 +259,15 @@ impl Member {
         self.coord = Some(Coordinator {
             epoch,
             leader_rev,
-            fresh_from_read: self.reads_sent + 1,
+            fresh_from_read: Some(self.view.reads_sent + 1),
             last_rebalance: None,
             rebalance_at: None,
             txn: None,
             failures: 0,
             seq: 0,
-            debounce_view: 0,
+            debounce_view: None,
         });
-        self.read_dirty = true;
+        self.view.dirty = true;
         self.events.push_back(Event::BecameCoordinator { epoch });
     }
 
@@ -266,7 +291,7 @@ impl Member {
         };
         c.txn = None;
         c.last_rebalance = Some(sent);
-        self.read_dirty = true;
+        self.view.dirty = true;
         match result {
             Ok(_) => {
                 c.failures = 0;
@@ -277,7 +302,7 @@ impl Member {
                 }
                 // Plan the next rebalance from a view that includes this write, not from the
                 // one it was planned on (that would resend the same writes into a Conflict).
-                c.fresh_from_read = self.reads_sent + 1;
+                c.fresh_from_read = Some(self.view.reads_sent + 1);
                 let epoch = c.epoch;
                 self.events.push_back(Event::Rebalanced {
                     epoch,
@@ -289,7 +314,7 @@ impl Member {
             Err(e) => {
                 c.failures += 1;
                 // A failure may mean the base was stale: re-read before the next attempt.
-                c.fresh_from_read = self.reads_sent + 1;
+                c.fresh_from_read = Some(self.view.reads_sent + 1);
                 let give_up = c.failures >= max_failures;
                 if !matches!(e, StoreError::Conflict(_)) {
                     self.events.push_back(Event::StoreError {
@@ -314,17 +339,17 @@ impl Member {
         let session = s.id;
         // Held in `election` until answered, so that a view still showing our leader key
         // does not send a second delete (`maybe_elect`).
-        self.election = Some(self.send(Pending::Resign { session }, op));
+        self.election.op = Some(self.send(Pending::Resign { session }, op));
         self.step_down();
-        self.no_election_before = now + self.cfg.session_ttl;
+        self.election.no_election_before = Some(now + self.cfg.session_ttl);
     }
 
     /// The reply to the leader key's delete: the election slot is free again.
     pub(super) fn on_resign(&mut self, op: OpId) {
-        if self.election == Some(op) {
-            self.election = None;
-            self.election_gate = self.view_seq;
-            self.read_dirty = true;
+        if self.election.op == Some(op) {
+            self.election.op = None;
+            self.election.after_view = Some(self.view.seq);
+            self.view.dirty = true;
         }
     }
 }

@@ -2,10 +2,22 @@
 //! session, before the deadline), revoking, and the stop deadline past which a held lease must
 //! be force-stopped. Never sends a store operation.
 
+use std::collections::BTreeMap;
+
 use crate::config::Variant;
 use crate::ids::{LeaseId, ResourceId, SessionId, Time, Token};
 
 use super::{Event, Member, RevokeReason};
+
+/// The leases the application holds (granted and not yet released), per resource.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Leases {
+    /// The id of the next lease granted.
+    pub(super) next: u64,
+    pub(super) held: BTreeMap<ResourceId, Lease>,
+    /// Validity limits of ended sessions that still have unreleased leases.
+    pub(super) ended: BTreeMap<SessionId, Time>,
+}
 
 #[derive(Debug, Clone)]
 pub(super) struct Lease {
@@ -22,17 +34,17 @@ impl Member {
         // Paired assertions (L4): a lease only under a proved claim of the current session,
         // before the deadline, never two on one resource in one member.
         if self.cfg.variant == Variant::Correct {
-            debug_assert_eq!(self.claims.get(&r), Some(&token));
+            debug_assert_eq!(self.claims.proved.get(&r), Some(&token));
             debug_assert!(self
                 .session
                 .as_ref()
                 .is_some_and(|s| s.id == session && now < s.deadline));
         }
-        debug_assert!(!self.leases.contains_key(&r));
+        debug_assert!(!self.leases.held.contains_key(&r));
         let _ = now;
-        let id = LeaseId(self.next_lease);
-        self.next_lease += 1;
-        self.leases.insert(
+        let id = LeaseId(self.leases.next);
+        self.leases.next += 1;
+        self.leases.held.insert(
             r.clone(),
             Lease {
                 id,
@@ -46,13 +58,13 @@ impl Member {
             lease: id,
             resource: r,
             token,
-            epoch: self.desired_epoch,
+            epoch: self.claims.desired_epoch,
             session,
         });
     }
 
     pub(super) fn revoke_all(&mut self, reason: RevokeReason) {
-        for (r, l) in self.leases.iter_mut().filter(|(_, l)| !l.revoked) {
+        for (r, l) in self.leases.held.iter_mut().filter(|(_, l)| !l.revoked) {
             l.revoked = true;
             self.events.push_back(Event::Revoke {
                 lease: l.id,
@@ -67,6 +79,7 @@ impl Member {
     pub(super) fn check_stop_deadline(&mut self, now: Time) {
         let late: Vec<ResourceId> = self
             .leases
+            .held
             .iter()
             .filter(|(_, l)| !l.late && now >= self.abort_at(l.session))
             .map(|(r, _)| r.clone())
@@ -75,7 +88,7 @@ impl Member {
             return;
         }
         for r in &late {
-            if let Some(l) = self.leases.get_mut(r) {
+            if let Some(l) = self.leases.held.get_mut(r) {
                 l.late = true;
             }
         }
@@ -84,7 +97,7 @@ impl Member {
     }
 
     pub(super) fn lease_deadlines(&self, at: &mut impl FnMut(Time)) {
-        for l in self.leases.values().filter(|l| !l.late) {
+        for l in self.leases.held.values().filter(|l| !l.late) {
             at(self.abort_at(l.session));
         }
     }

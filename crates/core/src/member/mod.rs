@@ -32,26 +32,36 @@ mod registration;
 mod session;
 mod view;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::VecDeque;
 
 use crate::config::{Config, Variant};
 use crate::ids::{Epoch, LeaseId, OpId, ResourceId, SessionId, Time, Token};
 use crate::layout::{Layout, View};
-use crate::store::{Key, StoreError, StoreOp, StoreResult};
+use crate::store::{StoreError, StoreOp, StoreResult};
 
-use claims::Gate;
-use coordinator::Coordinator;
+use claims::Claims;
+use coordinator::{Coordinator, Election};
 pub use events::{Event, RevokeReason};
-use leases::Lease;
-use pending::Pending;
-use registration::Registration;
+use leases::Leases;
+use pending::{Ops, Pending};
+use registration::{Leave, Registration};
 use session::{CloseRetry, Session};
+use view::ViewState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The member's lifecycle.
+#[derive(Debug, Clone, Copy)]
 enum Phase {
+    /// Created, not started.
     Idle,
+    /// Started: sessions are opened (and reopened) and the protocol runs.
     Running,
-    Closing,
+    /// Closing the session or waiting for the application to release its last leases; no
+    /// new session is opened.
+    Closing {
+        /// A `CloseSession` that failed and is tried again.
+        retry: Option<CloseRetry>,
+    },
+    /// Left. Final.
     Closed,
 }
 
@@ -61,56 +71,22 @@ pub struct Member {
     cfg: Config,
     layout: Layout,
     phase: Phase,
-    next_op: u64,
-    next_lease: u64,
-    pending: BTreeMap<OpId, Pending>,
-    ops: VecDeque<(OpId, StoreOp)>,
+    ops: Ops,
     events: VecDeque<Event>,
 
     session: Option<Session>,
     opening: bool,
     reopen_at: Time,
 
-    view: View,
-    /// Store revision of `view`: a non-linearizable listing older than this is never applied.
-    view_rev: u64,
-    /// The next read must be linearizable (the last one was older than `view`).
-    want_linearizable: bool,
-    view_seq: u64,
-    reads_sent: u64,
-    read: Option<OpId>,
-    read_dirty: bool,
-    read_retry_at: Option<Time>,
-    next_resync: Time,
-    reported_bad: BTreeSet<Key>,
-
+    view: ViewState,
     registration: Registration,
     register_retry_at: Time,
-    draining: Option<OpId>,
-    leave_started: Option<Time>,
-
-    desired: BTreeSet<ResourceId>,
-    desired_epoch: Epoch,
-    /// Claims proved to belong to the current session, with their tokens.
-    claims: BTreeMap<ResourceId, Token>,
-    /// Claims whose ownership must be settled by a linearizable read before anything else.
-    unresolved: BTreeSet<ResourceId>,
-    /// One operation in flight per claim key (DESIGN §8 rule 5).
-    claim_op: BTreeMap<ResourceId, OpId>,
-    /// Claim instances whose delete had an unknown outcome. The delete may still be applied
-    /// later (after any read of ours), so the instance is never granted again, only deleted
-    /// again with the same guard until Ok or Conflict settles it (PITFALLS 12).
-    deleting: BTreeMap<ResourceId, Token>,
-    gates: BTreeMap<ResourceId, Gate>,
-    leases: BTreeMap<ResourceId, Lease>,
-    /// Validity limits of ended sessions that still have unreleased leases.
-    ended: BTreeMap<SessionId, Time>,
-
+    leaving: Option<Leave>,
+    claims: Claims,
+    leases: Leases,
     coord: Option<Coordinator>,
-    election: Option<OpId>,
-    election_gate: u64,
-    no_election_before: Time,
-    close_retry: Option<CloseRetry>,
+    election: Election,
+    /// The latest `now` a step ran at: timers at or before it are not timers any more.
     last_step: Time,
 }
 
@@ -123,42 +99,19 @@ impl Member {
             cfg,
             layout,
             phase: Phase::Idle,
-            next_op: 0,
-            next_lease: 0,
-            pending: BTreeMap::new(),
-            ops: VecDeque::new(),
+            ops: Ops::default(),
             events: VecDeque::new(),
             session: None,
             opening: false,
             reopen_at: Time::ZERO,
-            view: View::default(),
-            view_rev: 0,
-            want_linearizable: false,
-            view_seq: 0,
-            reads_sent: 0,
-            read: None,
-            read_dirty: false,
-            read_retry_at: None,
-            next_resync: Time::ZERO,
-            reported_bad: BTreeSet::new(),
+            view: ViewState::default(),
             registration: Registration::None,
             register_retry_at: Time::ZERO,
-            draining: None,
-            leave_started: None,
-            desired: BTreeSet::new(),
-            desired_epoch: Epoch(0),
-            claims: BTreeMap::new(),
-            unresolved: BTreeSet::new(),
-            claim_op: BTreeMap::new(),
-            deleting: BTreeMap::new(),
-            gates: BTreeMap::new(),
-            leases: BTreeMap::new(),
-            ended: BTreeMap::new(),
+            leaving: None,
+            claims: Claims::default(),
+            leases: Leases::default(),
             coord: None,
-            election: None,
-            election_gate: 0,
-            no_election_before: Time::ZERO,
-            close_retry: None,
+            election: Election::default(),
             last_step: Time::ZERO,
         }
     }
@@ -170,7 +123,7 @@ impl Member {
     // ----- inputs -------------------------------------------------------------------------
 
     pub fn start(&mut self, now: Time) {
-        if self.phase == Phase::Idle {
+        if matches!(self.phase, Phase::Idle) {
             self.phase = Phase::Running;
             self.step(now);
         }
@@ -178,20 +131,20 @@ impl Member {
 
     /// Graceful leave: drain through the coordinator, then close the session.
     pub fn leave(&mut self, now: Time) {
-        if matches!(self.phase, Phase::Idle | Phase::Running) && self.leave_started.is_none() {
-            if self.phase == Phase::Idle {
+        if matches!(self.phase, Phase::Idle | Phase::Running) && self.leaving.is_none() {
+            if matches!(self.phase, Phase::Idle) {
                 self.phase = Phase::Closed;
                 self.events.push_back(Event::Left);
                 return;
             }
-            self.leave_started = Some(now);
+            self.leaving = Some(Leave::new(now));
             self.step(now);
         }
     }
 
     /// Something under the group changed (or may have): re-read.
     pub fn handle_notify(&mut self, now: Time) {
-        self.read_dirty = true;
+        self.view.dirty = true;
         self.step(now);
     }
 
@@ -202,12 +155,18 @@ impl Member {
 
     /// The application stopped using `lease`.
     pub fn handle_released(&mut self, now: Time, resource: &ResourceId, lease: LeaseId) {
-        if self.leases.get(resource).is_some_and(|l| l.id == lease) {
-            self.leases.remove(resource);
-            let leases = &self.leases;
-            self.ended
+        if self
+            .leases
+            .held
+            .get(resource)
+            .is_some_and(|l| l.id == lease)
+        {
+            self.leases.held.remove(resource);
+            let leases = &self.leases.held;
+            self.leases
+                .ended
                 .retain(|s, _| leases.values().any(|l| l.session == *s));
-            if self.leases.is_empty() {
+            if self.leases.held.is_empty() {
                 if let Some(s) = self.session.as_mut().and_then(|s| s.suspended.as_mut()) {
                     s.released_at.get_or_insert(now);
                 }
@@ -220,7 +179,7 @@ impl Member {
     /// one reply per operation; an operation that timed out is `Indeterminate` (writes) or
     /// `Unavailable` (reads).
     pub fn handle_reply(&mut self, now: Time, op: OpId, result: StoreResult) {
-        let Some(p) = self.pending.remove(&op) else {
+        let Some(p) = self.ops.pending.remove(&op) else {
             return;
         };
         let current = self.session.as_ref().map(|s| s.id);
@@ -244,7 +203,7 @@ impl Member {
     // ----- outputs ------------------------------------------------------------------------
 
     pub fn poll_op(&mut self) -> Option<(OpId, StoreOp)> {
-        self.ops.pop_front()
+        self.ops.poll()
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -264,9 +223,9 @@ impl Member {
         };
         match self.phase {
             Phase::Running => {}
-            Phase::Closing => {
+            Phase::Closing { retry } => {
                 self.lease_deadlines(&mut at);
-                if let Some(r) = self.close_retry {
+                if let Some(r) = retry {
                     at(r.at);
                 }
                 return t;
@@ -285,24 +244,26 @@ impl Member {
             }
         }
         self.lease_deadlines(&mut at);
-        at(self.next_resync);
-        if let Some(r) = self.read_retry_at {
+        at(self.view.next_resync);
+        if let Some(r) = self.view.retry_at {
             at(r);
         }
-        for g in self.gates.values() {
+        for g in self.claims.gates.values() {
             at(g.at);
         }
         if let Some(r) = self.coord.as_ref().and_then(|c| c.rebalance_at) {
             at(r);
         }
-        if let Some(l) = self.leave_started {
-            at(l + self.cfg.leave_timeout);
+        if let Some(l) = &self.leaving {
+            at(l.started + self.cfg.leave_timeout);
         }
         if self.registration != Registration::Registered {
             at(self.register_retry_at);
         }
-        if self.view.leader.is_none() {
-            at(self.no_election_before);
+        if self.view.group.leader.is_none() {
+            if let Some(t) = self.election.no_election_before {
+                at(t);
+            }
         }
         t
     }
@@ -322,7 +283,12 @@ impl Member {
         }
         match &self.session {
             Some(s) if s.id == session => s.deadline,
-            _ => self.ended.get(&session).copied().unwrap_or(Time::ZERO),
+            _ => self
+                .leases
+                .ended
+                .get(&session)
+                .copied()
+                .unwrap_or(Time::ZERO),
         }
     }
 
@@ -336,7 +302,7 @@ impl Member {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.phase == Phase::Closed
+        matches!(self.phase, Phase::Closed)
     }
 
     pub fn session(&self) -> Option<SessionId> {
@@ -345,12 +311,12 @@ impl Member {
 
     /// Resources this member currently has leases on (granted, not yet released).
     pub fn leased(&self) -> impl Iterator<Item = (&ResourceId, LeaseId, Token)> {
-        self.leases.iter().map(|(r, l)| (r, l.id, l.token))
+        self.leases.held.iter().map(|(r, l)| (r, l.id, l.token))
     }
 
     /// The last view of the group this member read.
     pub fn view(&self) -> &View {
-        &self.view
+        &self.view.group
     }
 
     // ----- internals ----------------------------------------------------------------------
@@ -360,19 +326,15 @@ impl Member {
         self.last_step = self.last_step.max(now);
         match self.phase {
             Phase::Running => {}
-            Phase::Closing => {
+            Phase::Closing { retry } => {
                 self.check_stop_deadline(now);
-                if let Some(r) = self.close_retry.filter(|r| now >= r.at) {
-                    self.close_retry = None;
+                let mut retry = retry;
+                if let Some(r) = retry.filter(|r| now >= r.at) {
+                    retry = None;
+                    self.phase = Phase::Closing { retry };
                     self.send_close(r.session, r.give_up);
                 }
-                if self.leases.is_empty()
-                    && !self
-                        .pending
-                        .values()
-                        .any(|p| matches!(p, Pending::Close { .. }))
-                    && self.close_retry.is_none()
-                {
+                if self.leases.held.is_empty() && !self.ops.closing() && retry.is_none() {
                     self.phase = Phase::Closed;
                     self.events.push_back(Event::Left);
                 }
@@ -382,9 +344,9 @@ impl Member {
         }
         if self.session.is_none() {
             self.check_stop_deadline(now);
-            if self.leave_started.is_some() && !self.opening {
+            if self.leaving.is_some() && !self.opening {
                 // Leaving without a session: nothing to hand over, nothing to close.
-                self.phase = Phase::Closing;
+                self.enter_closing();
                 self.step(now);
                 return;
             }
@@ -408,7 +370,7 @@ impl Member {
         if self.registration != Registration::Registered {
             // Leaving before registration (e.g. blocked on a name in use): nothing was
             // assigned, so close at once.
-            if self.leave_started.is_some() && self.leases.is_empty() {
+            if self.leaving.is_some() && self.leases.held.is_empty() {
                 if let Some(session) = self.session.as_ref().map(|s| s.id) {
                     self.close_session(now, session);
                 }

@@ -3,10 +3,45 @@
 //! store-op constructors the concerns share. Owns no protocol decision: each reply is handled
 //! by the file of the concern it belongs to.
 
+use std::collections::{BTreeMap, VecDeque};
+
 use crate::ids::{Epoch, OpId, ResourceId, SessionId, Time, Token};
 use crate::store::{Cond, Key, StoreOp, StoreResult, Write};
 
 use super::Member;
+
+/// Store operations: those sent and not yet answered, and those queued for the driver.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Ops {
+    /// The id of the next operation.
+    next: u64,
+    /// Sent (or queued) and not yet answered.
+    pub(super) pending: BTreeMap<OpId, Pending>,
+    /// Not yet taken by the driver ([`Member::poll_op`]).
+    queue: VecDeque<(OpId, StoreOp)>,
+}
+
+impl Ops {
+    /// Records `p` for the reply and queues `op` for the driver.
+    fn send(&mut self, p: Pending, op: StoreOp) -> OpId {
+        let id = OpId(self.next);
+        self.next += 1;
+        self.pending.insert(id, p);
+        self.queue.push_back((id, op));
+        id
+    }
+
+    pub(super) fn poll(&mut self) -> Option<(OpId, StoreOp)> {
+        self.queue.pop_front()
+    }
+
+    /// A `CloseSession` is awaiting its reply.
+    pub(super) fn closing(&self) -> bool {
+        self.pending
+            .values()
+            .any(|p| matches!(p, Pending::Close { .. }))
+    }
+}
 
 #[derive(Debug, Clone)]
 pub(super) enum Pending {
@@ -89,12 +124,9 @@ impl Pending {
 }
 
 impl Member {
+    /// Sends `op`; its reply is handled as `p` says.
     pub(super) fn send(&mut self, p: Pending, op: StoreOp) -> OpId {
-        let id = OpId(self.next_op);
-        self.next_op += 1;
-        self.pending.insert(id, p);
-        self.ops.push_back((id, op));
-        id
+        self.ops.send(p, op)
     }
 
     /// Routes a reply of the current session (or a session-less op) to the concern that sent

@@ -17,7 +17,7 @@ impl Member {
     /// the next plan (from a fresh read) continues: every removal is written before any
     /// addition, so intermediate states have gaps, never a resource in two sets (PITFALLS 21).
     pub(super) fn plan(&self, epoch: Epoch, seq: u64) -> Option<Plan> {
-        let v = &self.view;
+        let v = &self.view.group;
         let live = v.live_members();
         let weights: BTreeMap<MemberId, u32> =
             live.iter().map(|(m, mv)| (m.clone(), mv.weight)).collect();

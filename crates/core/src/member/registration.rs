@@ -2,7 +2,7 @@
 //! (waiting out another live session holding the name), and leaving (the draining mark, then
 //! closing the session once nothing is held). Never touches claims or leases.
 
-use crate::ids::{SessionId, Time};
+use crate::ids::{OpId, SessionId, Time};
 use crate::layout::{self, MemberRec};
 use crate::store::{StoreError, StoreOp, StoreReply, StoreResult, Write};
 
@@ -20,6 +20,23 @@ pub(super) enum Registration {
     },
 }
 
+/// A graceful leave in progress (it never ends: the member closes).
+#[derive(Debug, Clone)]
+pub(super) struct Leave {
+    pub(super) started: Time,
+    /// The draining mark's `Create` in flight.
+    pub(super) drain_op: Option<OpId>,
+}
+
+impl Leave {
+    pub(super) fn new(started: Time) -> Leave {
+        Leave {
+            started,
+            drain_op: None,
+        }
+    }
+}
+
 impl Member {
     pub(super) fn register(&mut self, now: Time) {
         let Some(session) = self.session.as_ref().map(|s| s.id) else {
@@ -29,17 +46,22 @@ impl Member {
             return;
         }
         let attempt = match self.registration {
-            Registration::None => self.view_seq > 0,
+            Registration::None => self.view.seq > 0,
             Registration::Blocked { after_view } => {
-                let holder = self.view.members.get(&self.cfg.name).map(|m| m.session);
-                if self.view_seq > after_view && holder == Some(session) {
+                let holder = self
+                    .view
+                    .group
+                    .members
+                    .get(&self.cfg.name)
+                    .map(|m| m.session);
+                if self.view.seq > after_view && holder == Some(session) {
                     // Our own Register was applied after the read that found it absent.
                     self.registration = Registration::Pending;
                     let key = self.layout.member(&self.cfg.name);
                     self.send(Pending::RegisterVerify { session }, get_lin(key));
                     return;
                 }
-                self.view_seq > after_view && holder.is_none()
+                self.view.seq > after_view && holder.is_none()
             }
             Registration::Pending | Registration::Registered => false,
         };
@@ -72,14 +94,19 @@ impl Member {
     }
 
     fn name_in_use(&mut self) {
-        let holder = self.view.members.get(&self.cfg.name).map(|m| m.session);
+        let holder = self
+            .view
+            .group
+            .members
+            .get(&self.cfg.name)
+            .map(|m| m.session);
         if let Some(holder) = holder {
             self.events.push_back(Event::NameInUse { holder });
         }
         self.registration = Registration::Blocked {
-            after_view: self.view_seq,
+            after_view: self.view.seq,
         };
-        self.read_dirty = true;
+        self.view.dirty = true;
     }
 
     /// The reply to the member record's `Create`.
@@ -124,15 +151,15 @@ impl Member {
     }
 
     pub(super) fn finish_leave(&mut self, now: Time) {
-        let Some(started) = self.leave_started else {
+        let Some(started) = self.leaving.as_ref().map(|l| l.started) else {
             return;
         };
         let Some(session) = self.session.as_ref().map(|s| s.id) else {
             return;
         };
         // Mark draining so the coordinator moves everything off (PITFALLS 26).
-        let marked = self.view.draining.get(&self.cfg.name) == Some(&session);
-        if !marked && self.draining.is_none() {
+        let marked = self.view.group.draining.get(&self.cfg.name) == Some(&session);
+        if !marked && self.leaving.as_ref().is_some_and(|l| l.drain_op.is_none()) {
             let op = self.send(
                 Pending::Drain { session },
                 StoreOp::Txn {
@@ -144,15 +171,17 @@ impl Member {
                     }],
                 },
             );
-            self.draining = Some(op);
+            if let Some(l) = self.leaving.as_mut() {
+                l.drain_op = Some(op);
+            }
         }
         let timed_out = now >= started + self.cfg.leave_timeout;
-        let drained = self.desired.is_empty()
-            && self.claims.is_empty()
-            && self.unresolved.is_empty()
-            && self.deleting.is_empty()
-            && self.claim_op.is_empty();
-        if self.leases.is_empty() && (drained || timed_out) {
+        let drained = self.claims.desired.is_empty()
+            && self.claims.proved.is_empty()
+            && self.claims.unresolved.is_empty()
+            && self.claims.deleting.is_empty()
+            && self.claims.in_flight.is_empty();
+        if self.leases.held.is_empty() && (drained || timed_out) {
             // Closing deletes whatever claims remain, after every lease was released.
             self.close_session(now, session);
         }
@@ -160,9 +189,11 @@ impl Member {
 
     /// The reply to the draining mark's `Create`.
     pub(super) fn on_drain(&mut self, result: StoreResult) {
-        self.draining = None;
+        if let Some(l) = self.leaving.as_mut() {
+            l.drain_op = None;
+        }
         if result.is_err() {
-            self.read_dirty = true;
+            self.view.dirty = true;
         }
     }
 }

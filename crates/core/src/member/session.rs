@@ -10,6 +10,7 @@ use crate::config::Variant;
 use crate::ids::{OpId, ResourceId, SessionId, Time};
 use crate::store::{StoreError, StoreOp, StoreReply, StoreResult};
 
+use super::registration::Leave;
 use super::{Event, Member, Pending, Phase, Registration, RevokeReason};
 
 #[derive(Debug, Clone)]
@@ -46,7 +47,7 @@ impl Member {
         self.opening = false;
         match result {
             Ok(StoreReply::Session { session, ttl }) => {
-                if self.phase != Phase::Running || self.leave_started.is_some() {
+                if !matches!(self.phase, Phase::Running) || self.leaving.is_some() {
                     self.close_session(now, session);
                     return;
                 }
@@ -73,7 +74,7 @@ impl Member {
                 });
                 self.events.push_back(Event::SessionOpened { session, ttl });
                 self.registration = Registration::None;
-                self.read_dirty = true;
+                self.view.dirty = true;
             }
             Ok(_) => self.reopen_at = now + self.cfg.retry_delay,
             Err(e) => {
@@ -124,12 +125,12 @@ impl Member {
                     s.deadline = d;
                 }
                 let needed = self.cfg.timing_budget();
-                if lowered && s.ttl <= needed && self.leave_started.is_none() {
+                if lowered && s.ttl <= needed && self.leaving.is_none() {
                     let granted = s.ttl;
                     self.events
                         .push_back(Event::TtlTooShort { granted, needed });
                     // Leave at once: revoke everything, close after the application stopped.
-                    self.leave_started = Some(now - self.cfg.leave_timeout);
+                    self.leaving = Some(Leave::new(now - self.cfg.leave_timeout));
                     return;
                 }
                 s.next_keepalive = sent + interval;
@@ -142,9 +143,9 @@ impl Member {
                 if resume {
                     s.suspended = None;
                     // PITFALLS 6 (iii): every claim is re-proved by a linearizable read.
-                    let held: Vec<ResourceId> = self.claims.keys().cloned().collect();
-                    self.claims.clear();
-                    self.unresolved.extend(held);
+                    let held: Vec<ResourceId> = self.claims.proved.keys().cloned().collect();
+                    self.claims.proved.clear();
+                    self.claims.unresolved.extend(held);
                     self.events.push_back(Event::Resumed);
                 }
             }
@@ -184,7 +185,7 @@ impl Member {
         if variant != Variant::IgnoreDeadline && s.suspended.is_none() && now >= s.deadline - stop {
             // DESIGN §8 rule 3: revoke at deadline - stop budget.
             s.suspended = Some(Suspension {
-                released_at: self.leases.is_empty().then_some(now),
+                released_at: self.leases.held.is_empty().then_some(now),
             });
             let deadline = s.deadline;
             self.revoke_all(RevokeReason::SessionInDoubt);
@@ -198,26 +199,28 @@ impl Member {
             return;
         };
         // Its leases are invalid from now on (their claims may already be gone).
-        if self.leases.values().any(|l| l.session == s.id) {
-            self.ended.insert(s.id, s.deadline.min(now));
+        if self.leases.held.values().any(|l| l.session == s.id) {
+            self.leases.ended.insert(s.id, s.deadline.min(now));
         }
         self.revoke_all(RevokeReason::SessionLost);
-        self.claims.clear();
-        self.unresolved.clear();
-        self.claim_op.clear();
-        self.deleting.clear();
-        self.gates.clear();
+        self.claims.proved.clear();
+        self.claims.unresolved.clear();
+        self.claims.in_flight.clear();
+        self.claims.deleting.clear();
+        self.claims.gates.clear();
         self.step_down();
-        self.election = None;
-        self.draining = None;
+        self.election.op = None;
+        if let Some(l) = self.leaving.as_mut() {
+            l.drain_op = None;
+        }
         self.registration = Registration::None;
-        self.desired.clear();
+        self.claims.desired.clear();
         // Views are monotonic per session: a new session may follow a store restore, whose
         // revisions can restart lower (PITFALLS 18).
-        self.view_rev = 0;
+        self.view.rev = None;
         self.events.push_back(Event::SessionLost { session: s.id });
-        if self.leave_started.is_some() {
-            self.phase = Phase::Closing;
+        if self.leaving.is_some() {
+            self.enter_closing();
         } else {
             self.reopen_at = now;
         }
@@ -226,7 +229,15 @@ impl Member {
     /// Closes `session` (deleting whatever it still owns) and waits for the reply.
     pub(super) fn close_session(&mut self, now: Time, session: SessionId) {
         self.send_close(session, now + self.cfg.session_ttl);
-        self.phase = Phase::Closing;
+        self.enter_closing();
+    }
+
+    /// Enters `Closing`; a close retry already scheduled stays scheduled (a session lost
+    /// while its close is being retried is still closed).
+    pub(super) fn enter_closing(&mut self) {
+        if !matches!(self.phase, Phase::Closing { .. }) {
+            self.phase = Phase::Closing { retry: None };
+        }
     }
 
     pub(super) fn send_close(&mut self, session: SessionId, give_up: Time) {
@@ -252,11 +263,14 @@ impl Member {
                 });
                 if now < give_up {
                     // Until it is closed, its claims keep the resources from everyone else.
-                    self.close_retry = Some(CloseRetry {
-                        session,
-                        give_up,
-                        at: now + self.cfg.retry_delay,
-                    });
+                    // (A `Close` is answered only while closing.)
+                    if let Phase::Closing { retry } = &mut self.phase {
+                        *retry = Some(CloseRetry {
+                            session,
+                            give_up,
+                            at: now + self.cfg.retry_delay,
+                        });
+                    }
                     return;
                 }
             }

@@ -3,27 +3,55 @@
 //! back in time, and view monotonicity per session. Never writes to the store.
 
 use crate::config::Variant;
-use crate::ids::Time;
-use crate::layout;
-use crate::store::{StoreOp, StoreReply, StoreResult};
+use std::collections::BTreeSet;
+
+use crate::ids::{OpId, Time};
+use crate::layout::{self, View};
+use crate::store::{Key, StoreOp, StoreReply, StoreResult};
 
 use super::{Event, Member, Pending};
 
+/// The last view of the group and the reads that refresh it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ViewState {
+    /// The group as the last applied listing showed it.
+    pub(super) group: View,
+    /// Store revision of `group`, once one was applied in the current session: a
+    /// non-linearizable listing older than this is never applied.
+    pub(super) rev: Option<u64>,
+    /// The next read must be linearizable (the last one was older than `group`).
+    pub(super) want_linearizable: bool,
+    /// Number of listings applied so far (0: none yet); "a newer view" compares these.
+    pub(super) seq: u64,
+    /// Number of reads sent so far; the number of a read is its count.
+    pub(super) reads_sent: u64,
+    /// The read in flight (at most one).
+    pub(super) read: Option<OpId>,
+    /// Something may have changed since the last read was sent: read again.
+    pub(super) dirty: bool,
+    /// After a failed or refused read: the next one not before this time.
+    pub(super) retry_at: Option<Time>,
+    /// When the periodic re-read is due (the first at once).
+    pub(super) next_resync: Time,
+    /// Keys already reported as `Event::BadData`.
+    pub(super) reported_bad: BTreeSet<Key>,
+}
+
 impl Member {
     pub(super) fn reads(&mut self, now: Time) {
-        if now >= self.next_resync {
-            self.next_resync = now + self.cfg.resync_interval;
-            self.read_dirty = true;
+        if now >= self.view.next_resync {
+            self.view.next_resync = now + self.cfg.resync_interval;
+            self.view.dirty = true;
         }
-        let retry_ok = self.read_retry_at.is_none_or(|t| now >= t);
-        if self.read_dirty && self.read.is_none() && retry_ok {
-            self.read_dirty = false;
-            self.reads_sent += 1;
-            let number = self.reads_sent;
+        let retry_ok = self.view.retry_at.is_none_or(|t| now >= t);
+        if self.view.dirty && self.view.read.is_none() && retry_ok {
+            self.view.dirty = false;
+            self.view.reads_sent += 1;
+            let number = self.view.reads_sent;
             // The coordinator plans its writes from what it reads: only linearizable reads
             // (PITFALLS 20; DESIGN §8 rule 6: a stale read decides when, never what).
-            let linearizable = self.coord.is_some() || self.want_linearizable;
-            self.want_linearizable = false;
+            let linearizable = self.coord.is_some() || self.view.want_linearizable;
+            self.view.want_linearizable = false;
             let op = self.send(
                 Pending::Read {
                     number,
@@ -34,7 +62,7 @@ impl Member {
                     linearizable,
                 },
             );
-            self.read = Some(op);
+            self.view.read = Some(op);
         }
     }
 
@@ -45,44 +73,44 @@ impl Member {
         linearizable: bool,
         result: StoreResult,
     ) {
-        self.read = None;
+        self.view.read = None;
         match result {
             Ok(StoreReply::Listed { rev, .. })
-                if rev < self.view_rev
+                if self.view.rev.is_some_and(|v| rev < v)
                     && !linearizable
                     && self.cfg.variant != Variant::AcceptOlderViews =>
             {
                 // Older than what we already acted on (a lagging replica): never go back in
                 // time; ask the authority next. A linearizable listing is always current,
-                // even below `view_rev` (a store whose revisions went back after a restore).
-                self.want_linearizable = true;
-                self.read_dirty = true;
-                self.read_retry_at = Some(now + self.cfg.retry_delay);
+                // even below `rev` (a store whose revisions went back after a restore).
+                self.view.want_linearizable = true;
+                self.view.dirty = true;
+                self.view.retry_at = Some(now + self.cfg.retry_delay);
             }
             Ok(StoreReply::Listed { entries, rev }) => {
-                self.view_rev = rev;
+                self.view.rev = Some(rev);
                 let (view, bad) = layout::parse_view(&self.layout, &entries);
                 for b in bad {
-                    if self.reported_bad.insert(b.key.clone()) {
+                    if self.view.reported_bad.insert(b.key.clone()) {
                         self.events.push_back(Event::BadData(b));
                     }
                 }
-                self.view = view;
-                self.view_seq += 1;
+                self.view.group = view;
+                self.view.seq += 1;
                 if let Some(c) = self.coord.as_mut() {
-                    if number >= c.fresh_from_read {
-                        c.fresh_from_read = 0;
+                    if c.fresh_from_read.is_some_and(|n| number >= n) {
+                        c.fresh_from_read = None;
                     }
                 }
-                self.read_retry_at = None;
+                self.view.retry_at = None;
             }
             other => {
                 if let Err(error) = other {
                     self.events
                         .push_back(Event::StoreError { op: "read", error });
                 }
-                self.read_dirty = true;
-                self.read_retry_at = Some(now + self.cfg.retry_delay);
+                self.view.dirty = true;
+                self.view.retry_at = Some(now + self.cfg.retry_delay);
             }
         }
     }

@@ -44,6 +44,13 @@ pub(super) struct Gate {
 }
 
 impl Member {
+    /// Timers: the claim gates.
+    pub(super) fn claim_timers(&self, at: &mut impl FnMut(Time)) {
+        for g in self.claims.gates.values() {
+            at(g.at);
+        }
+    }
+
     pub(super) fn update_desired(&mut self, now: Time) {
         let Some(session) = self.session.as_ref().map(|s| s.id) else {
             return;
@@ -71,6 +78,9 @@ impl Member {
         }
     }
 
+    /// The reconcile pass: makes leases and claims follow the desired set. The steps run in
+    /// this order: a lease is revoked before its claim may be deleted (L2), and a claim is
+    /// proved before a lease is granted under it (L4).
     pub(super) fn reconcile_claims(&mut self, now: Time) {
         let Some((session, deadline, suspended)) = self
             .session
@@ -79,40 +89,71 @@ impl Member {
         else {
             return;
         };
-        let leaving = self.leaving.is_some();
-        // 1. Revoke leases that are no longer desired or no longer backed by a proved claim.
-        for (r, l) in self.leases.held.iter_mut() {
-            if l.revoked {
-                continue;
-            }
-            let reason = if !self.claims.desired.contains(r) {
-                Some(if leaving {
-                    RevokeReason::Leaving
-                } else {
-                    RevokeReason::Reassigned
-                })
-            } else if l.session != session {
-                Some(RevokeReason::SessionLost)
-            } else if !self.claims.proved.contains_key(r)
-                && self.cfg.variant != Variant::GrantBeforeClaim
-                && !(self.cfg.variant == Variant::GrantOnClaimSent
-                    && self.claims.in_flight.contains_key(r))
-            {
-                Some(RevokeReason::Reassigned)
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                l.revoked = true;
-                self.events.push_back(Event::Revoke {
-                    lease: l.id,
-                    resource: r.clone(),
-                    reason,
-                });
-            }
+        self.revoke_unbacked(session);
+        self.prove_unknown_claims(now, session);
+        self.delete_undesired_claims(now, session);
+        // 4. Acquire desired resources (claim, then grant), with room before the deadline.
+        let room =
+            now < deadline - self.cfg.stop_timeout || self.cfg.variant == Variant::IgnoreDeadline;
+        if suspended || !room {
+            return;
         }
-        // 2. Claims of this session the member does not track yet: prove them (they may come
-        //    from an Indeterminate create that was applied, PITFALLS 24).
+        let desired: Vec<ResourceId> = self.claims.desired.iter().cloned().collect();
+        for r in desired {
+            self.acquire(now, session, r);
+        }
+    }
+
+    /// Step 1: revokes leases that are no longer desired or no longer backed by a proved
+    /// claim of the current session.
+    fn revoke_unbacked(&mut self, session: SessionId) {
+        let leaving = self.leaving.is_some();
+        let revoke: Vec<(ResourceId, RevokeReason)> = self
+            .leases
+            .held
+            .iter()
+            .filter(|(_, l)| !l.revoked)
+            .filter_map(|(r, l)| {
+                let reason = self.revoke_reason(r, l.session, session, leaving)?;
+                Some((r.clone(), reason))
+            })
+            .collect();
+        for (r, reason) in revoke {
+            self.revoke(&r, reason);
+        }
+    }
+
+    /// Why the lease on `r`, granted under `lease_session`, must stop, if it must.
+    fn revoke_reason(
+        &self,
+        r: &ResourceId,
+        lease_session: SessionId,
+        session: SessionId,
+        leaving: bool,
+    ) -> Option<RevokeReason> {
+        if !self.claims.desired.contains(r) {
+            Some(if leaving {
+                RevokeReason::Leaving
+            } else {
+                RevokeReason::Reassigned
+            })
+        } else if lease_session != session {
+            Some(RevokeReason::SessionLost)
+        } else if !self.claims.proved.contains_key(r)
+            && self.cfg.variant != Variant::GrantBeforeClaim
+            && !(self.cfg.variant == Variant::GrantOnClaimSent
+                && self.claims.in_flight.contains_key(r))
+        {
+            Some(RevokeReason::Reassigned)
+        } else {
+            None
+        }
+    }
+
+    /// Step 2: claims of this session the member does not track yet are unresolved (they may
+    /// come from an Indeterminate create that was applied, PITFALLS 24); every unresolved
+    /// claim is settled by a linearizable read.
+    fn prove_unknown_claims(&mut self, now: Time, session: SessionId) {
         let mine: Vec<ResourceId> = self
             .view
             .group
@@ -132,7 +173,11 @@ impl Member {
                 self.verify_claim(session, r);
             }
         }
-        // 3. Delete claims that are not desired, once their lease is released.
+    }
+
+    /// Step 3: deletes claims that are not desired, once their lease is released, and
+    /// repeats deletes whose outcome was unknown.
+    fn delete_undesired_claims(&mut self, now: Time, session: SessionId) {
         let mut to_delete: Vec<(ResourceId, Token)> = self
             .claims
             .proved
@@ -153,83 +198,89 @@ impl Member {
                 .map(|(r, t)| (r.clone(), *t)),
         );
         for (r, t) in to_delete {
-            // Paired assertion: a claim is deleted only after its lease was released.
-            debug_assert!(!self.leases.held.contains_key(&r));
-            let key = self.layout.claim(&r);
-            let op = self.send(
-                Pending::ClaimDelete {
-                    session,
-                    r: r.clone(),
-                    token: t,
-                },
-                owned_delete(key, session, t.revision),
-            );
-            self.claims.in_flight.insert(r, op);
+            self.delete_claim(session, r, t);
         }
-        // 4. Acquire desired resources: claim, then grant.
-        let room =
-            now < deadline - self.cfg.stop_timeout || self.cfg.variant == Variant::IgnoreDeadline;
-        if suspended || !room {
+    }
+
+    /// L2: deletes the claim instance of `session` created at `t.revision`, and nothing else.
+    fn delete_claim(&mut self, session: SessionId, r: ResourceId, t: Token) {
+        // Paired assertion: a claim is deleted only after its lease was released.
+        debug_assert!(!self.leases.held.contains_key(&r));
+        let key = self.layout.claim(&r);
+        let op = self.send(
+            Pending::ClaimDelete {
+                session,
+                r: r.clone(),
+                token: t,
+            },
+            owned_delete(key, session, t.revision),
+        );
+        self.claims.in_flight.insert(r, op);
+    }
+
+    /// Step 4, for one desired resource: grants it under a proved claim, or claims it when
+    /// no session holds it and nothing about its claim is pending.
+    fn acquire(&mut self, now: Time, session: SessionId, r: ResourceId) {
+        if self.leases.held.contains_key(&r) {
+            // Granted, or an earlier lease is still being stopped (rule 14).
             return;
         }
-        let desired: Vec<ResourceId> = self.claims.desired.iter().cloned().collect();
-        for r in desired {
-            if self.leases.held.contains_key(&r) {
-                // Granted, or an earlier lease is still being stopped (rule 14).
-                continue;
+        if let Some(t) = self.claims.proved.get(&r).copied() {
+            if !self.claims.unresolved.contains(&r) && !self.claims.in_flight.contains_key(&r) {
+                self.grant(now, session, r, t);
             }
-            if let Some(t) = self.claims.proved.get(&r).copied() {
-                if !self.claims.unresolved.contains(&r) && !self.claims.in_flight.contains_key(&r) {
-                    self.grant(now, session, r, t);
-                }
-                continue;
-            }
-            if self.cfg.variant == Variant::GrantBeforeClaim {
-                let t = self
-                    .view
-                    .group
-                    .claims
-                    .get(&r)
-                    .map(|c| self.token(c.create_rev));
-                self.grant(now, session, r.clone(), t.unwrap_or_default());
-            }
-            if self.claims.in_flight.contains_key(&r)
-                || self.claims.unresolved.contains(&r)
-                || self.claims.deleting.contains_key(&r)
-            {
-                continue;
-            }
-            if !self.gate_open(&r, now) {
-                continue;
-            }
-            // Held by another session: wait for its owner to release it or expire.
-            if !self.view.group.claims.contains_key(&r) {
-                self.claims.gates.remove(&r);
-                let key = self.layout.claim(&r);
-                let rec = ClaimRec {
-                    member: self.cfg.name.clone(),
-                };
-                let op = self.send(
-                    Pending::ClaimCreate {
-                        session,
-                        r: r.clone(),
-                    },
-                    StoreOp::Txn {
-                        conds: vec![],
-                        writes: vec![Write::Create {
-                            key,
-                            value: layout::encode(&rec),
-                            owner: Some(session),
-                        }],
-                    },
-                );
-                self.claims.in_flight.insert(r.clone(), op);
-                if self.cfg.variant == Variant::GrantOnClaimSent {
-                    // Test-only mutation: grant before the create's reply, with a guessed token.
-                    let t = self.token(self.view.rev.map_or(1, |rev| rev + 1));
-                    self.grant(now, session, r, t);
-                }
-            }
+            return;
+        }
+        if self.cfg.variant == Variant::GrantBeforeClaim {
+            let t = self
+                .view
+                .group
+                .claims
+                .get(&r)
+                .map(|c| self.token(c.create_rev));
+            self.grant(now, session, r.clone(), t.unwrap_or_default());
+        }
+        if self.claims.in_flight.contains_key(&r)
+            || self.claims.unresolved.contains(&r)
+            || self.claims.deleting.contains_key(&r)
+        {
+            return;
+        }
+        if !self.gate_open(&r, now) {
+            return;
+        }
+        // Held by another session: wait for its owner to release it or expire.
+        if !self.view.group.claims.contains_key(&r) {
+            self.create_claim(now, session, r);
+        }
+    }
+
+    /// L1: creates the claim of `r` for `session` (create-if-absent, never rewritten).
+    fn create_claim(&mut self, now: Time, session: SessionId, r: ResourceId) {
+        self.claims.gates.remove(&r);
+        let key = self.layout.claim(&r);
+        let rec = ClaimRec {
+            member: self.cfg.name.clone(),
+        };
+        let op = self.send(
+            Pending::ClaimCreate {
+                session,
+                r: r.clone(),
+            },
+            StoreOp::Txn {
+                conds: vec![],
+                writes: vec![Write::Create {
+                    key,
+                    value: layout::encode(&rec),
+                    owner: Some(session),
+                }],
+            },
+        );
+        self.claims.in_flight.insert(r.clone(), op);
+        if self.cfg.variant == Variant::GrantOnClaimSent {
+            // Test-only mutation: grant before the create's reply, with a guessed token.
+            let t = self.token(self.view.rev.map_or(1, |rev| rev + 1));
+            self.grant(now, session, r, t);
         }
     }
 

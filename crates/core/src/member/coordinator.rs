@@ -9,6 +9,7 @@ use crate::layout::{self, CounterRec, LeaderRec};
 use crate::store::{Cond, StoreError, StoreOp, StoreReply, StoreResult, Write};
 
 use super::pending::{get_lin, owned_delete};
+use super::plan::Plan;
 use super::{Event, Member, Pending};
 
 #[derive(Debug, Clone)]
@@ -49,6 +50,21 @@ impl Election {
 }
 
 impl Member {
+    /// Timers: a rate-limited rebalance, the end of a resignation's hold-off.
+    pub(super) fn coordinator_timers(&self, at: &mut impl FnMut(Time)) {
+        if let Some(r) = self.coord.as_ref().and_then(|c| c.rebalance_at) {
+            at(r);
+        }
+        if self.view.group.leader.is_none() {
+            if let Some(t) = self.election.no_election_before {
+                at(t);
+            }
+        }
+    }
+
+    /// The coordinator's part of a step: stand for election when nobody leads; as
+    /// coordinator, check that the view still shows this member leading in its epoch, then
+    /// plan from it and write the rebalance, at most at the configured rate.
     pub(super) fn coordinate(&mut self, now: Time) {
         let Some(session) = self.session.as_ref().map(|s| s.id) else {
             return;
@@ -60,29 +76,13 @@ impl Member {
         if c.fresh_from_read.is_some() || c.txn.is_some() {
             return;
         }
-        let leader_ok = self
-            .view
-            .group
-            .leader
-            .as_ref()
-            .is_some_and(|l| l.session == session && l.create_rev == c.leader_rev);
-        if !leader_ok {
+        let (epoch, seq) = (c.epoch, c.seq);
+        let Some(epoch_version) = self.still_leading(session) else {
             self.step_down();
-            self.election.after_view = Some(self.view.seq);
-            self.view.dirty = true;
+            self.wait_for_newer_view();
             return;
-        }
-        let epoch_version = match self.view.group.epoch {
-            Some((e, v)) if e == c.epoch => v,
-            // Deposed (a newer epoch exists) or the read is stale: fenced either way.
-            _ => {
-                self.step_down();
-                self.election.after_view = Some(self.view.seq);
-                self.view.dirty = true;
-                return;
-            }
         };
-        let Some(plan) = self.plan(c.epoch, c.seq + 1) else {
+        let Some(plan) = self.plan(epoch, seq + 1) else {
             if let Some(c) = self.coord.as_mut() {
                 c.rebalance_at = None;
                 // A fresh view with nothing to write: earlier failures were races, not a
@@ -91,40 +91,68 @@ impl Member {
             }
             return;
         };
-        if self.cfg.variant == Variant::DebounceRebalance {
+        if self.rate_limited(now) {
+            return;
+        }
+        self.send_rebalance(now, session, epoch_version, plan);
+    }
+
+    /// The version of the epoch key when the view shows our leader key and our epoch; `None`
+    /// when deposed (a newer epoch exists) or the read is stale: fenced either way.
+    fn still_leading(&self, session: SessionId) -> Option<u64> {
+        let c = self.coord.as_ref()?;
+        let view = &self.view.group;
+        let leader_ok = view
+            .leader
+            .as_ref()
+            .is_some_and(|l| l.session == session && l.create_rev == c.leader_rev);
+        match view.epoch {
+            Some((e, v)) if leader_ok && e == c.epoch => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Whether the rebalance must wait (and until when: `Coordinator::rebalance_at`).
+    fn rate_limited(&mut self, now: Time) -> bool {
+        let view_seq = self.view.seq;
+        let interval = self.cfg.min_rebalance_interval;
+        let debounce = self.cfg.variant == Variant::DebounceRebalance;
+        let Some(c) = self.coord.as_mut() else {
+            return true;
+        };
+        if debounce {
             // Test-only mutation: every new view restarts the wait.
-            let view_seq = self.view.seq;
-            let interval = self.cfg.min_rebalance_interval;
-            if let Some(c) = self.coord.as_mut() {
-                if c.debounce_view != Some(view_seq) {
-                    c.debounce_view = Some(view_seq);
-                    c.rebalance_at = Some(now + interval);
-                }
-                if c.rebalance_at.is_some_and(|at| now < at) {
-                    return;
-                }
+            if c.debounce_view != Some(view_seq) {
+                c.debounce_view = Some(view_seq);
+                c.rebalance_at = Some(now + interval);
+            }
+            if c.rebalance_at.is_some_and(|at| now < at) {
+                return true;
             }
         }
-        let Some(c) = self.coord.as_ref() else {
-            return;
-        };
         // PITFALLS 22: a rate limit with a trailing edge, never a debounce.
         if let Some(last) = c.last_rebalance {
-            let at = last + self.cfg.min_rebalance_interval;
+            let at = last + interval;
             if now < at {
-                if let Some(c) = self.coord.as_mut() {
-                    c.rebalance_at = Some(at);
-                }
-                return;
+                c.rebalance_at = Some(at);
+                return true;
             }
         }
+        false
+    }
+
+    /// Writes `plan` in one transaction, fenced by the leader key and the epoch.
+    fn send_rebalance(&mut self, now: Time, session: SessionId, epoch_version: u64, plan: Plan) {
+        let Some(leader_rev) = self.coord.as_ref().map(|c| c.leader_rev) else {
+            return;
+        };
         // DESIGN §8 rule 10: the write is fenced by the leader key and the epoch, so a deposed
         // coordinator's late write cannot land.
         let mut conds = vec![
             Cond::Owned {
                 key: self.layout.leader(),
                 session,
-                create_rev: c.leader_rev,
+                create_rev: leader_rev,
             },
             Cond::Version(self.layout.epoch(), epoch_version),
         ];
@@ -153,6 +181,8 @@ impl Member {
         }
     }
 
+    /// Not coordinator: stand for election when the view shows no leader, prove a leader key
+    /// of ours the view shows, or delete it again after resigning. One at a time.
     fn maybe_elect(&mut self, now: Time, session: SessionId) {
         if self.election.op.is_some()
             || self.election.after_view.is_some_and(|v| self.view.seq <= v)
@@ -163,21 +193,13 @@ impl Member {
             Some(l) if l.session == session && self.election.resigned_until(now) => {
                 // We resigned, but the view still shows our leader key (the Resign may not
                 // have landed yet): delete it again rather than take it back.
-                let key = self.layout.leader();
-                let op = self.send(
-                    Pending::Resign { session },
-                    owned_delete(key, session, l.create_rev),
-                );
-                self.election.op = Some(op);
+                let create_rev = l.create_rev;
+                self.send_resign(session, create_rev);
             }
             Some(l) if l.session == session => {
                 // The view says we lead (an Indeterminate election that was applied, or a
                 // false step-down): prove it before acting.
-                let op = self.send(
-                    Pending::ElectVerify { session },
-                    get_lin(self.layout.leader()),
-                );
-                self.election.op = Some(op);
+                self.verify_election(session);
             }
             Some(_) => {}
             None => {
@@ -187,35 +209,66 @@ impl Member {
                 if self.election.resigned_until(now) {
                     return;
                 }
-                let (cond, epoch) = match self.view.group.epoch {
-                    Some((e, v)) => (Cond::Version(self.layout.epoch(), v), Epoch(e.0 + 1)),
-                    None => (Cond::Absent(self.layout.epoch()), Epoch(1)),
-                };
-                let rec = LeaderRec {
-                    member: self.cfg.name.clone(),
-                    epoch,
-                };
-                // DESIGN §8 rule 10: election and epoch bump in one transaction.
-                let op = self.send(
-                    Pending::Elect { session, epoch },
-                    StoreOp::Txn {
-                        conds: vec![Cond::Absent(self.layout.leader()), cond],
-                        writes: vec![
-                            Write::Create {
-                                key: self.layout.leader(),
-                                value: layout::encode(&rec),
-                                owner: Some(session),
-                            },
-                            Write::Put {
-                                key: self.layout.epoch(),
-                                value: layout::encode(&CounterRec { value: epoch.0 }),
-                            },
-                        ],
-                    },
-                );
-                self.election.op = Some(op);
+                self.stand_for_election(session);
             }
         }
+    }
+
+    /// DESIGN §8 rule 10: the leader key and the epoch bump in one transaction.
+    fn stand_for_election(&mut self, session: SessionId) {
+        let (cond, epoch) = match self.view.group.epoch {
+            Some((e, v)) => (Cond::Version(self.layout.epoch(), v), Epoch(e.0 + 1)),
+            None => (Cond::Absent(self.layout.epoch()), Epoch(1)),
+        };
+        let rec = LeaderRec {
+            member: self.cfg.name.clone(),
+            epoch,
+        };
+        let op = self.send(
+            Pending::Elect { session, epoch },
+            StoreOp::Txn {
+                conds: vec![Cond::Absent(self.layout.leader()), cond],
+                writes: vec![
+                    Write::Create {
+                        key: self.layout.leader(),
+                        value: layout::encode(&rec),
+                        owner: Some(session),
+                    },
+                    Write::Put {
+                        key: self.layout.epoch(),
+                        value: layout::encode(&CounterRec { value: epoch.0 }),
+                    },
+                ],
+            },
+        );
+        self.election.op = Some(op);
+    }
+
+    /// Settles by a linearizable read whether the leader key is ours.
+    fn verify_election(&mut self, session: SessionId) {
+        let op = self.send(
+            Pending::ElectVerify { session },
+            get_lin(self.layout.leader()),
+        );
+        self.election.op = Some(op);
+    }
+
+    /// Deletes our leader key (the instance created at `create_rev`). Held in the election
+    /// slot until answered, so that a view still showing the key does not send a second
+    /// delete (`maybe_elect`).
+    fn send_resign(&mut self, session: SessionId, create_rev: u64) {
+        let key = self.layout.leader();
+        let op = self.send(
+            Pending::Resign { session },
+            owned_delete(key, session, create_rev),
+        );
+        self.election.op = Some(op);
+    }
+
+    /// No election before a newer view; ask for one.
+    fn wait_for_newer_view(&mut self) {
+        self.election.after_view = Some(self.view.seq);
+        self.view.dirty = true;
     }
 
     /// The reply to the election transaction (leader key + epoch bump).
@@ -224,17 +277,8 @@ impl Member {
         match result {
             Ok(StoreReply::Committed { rev }) => self.become_coordinator(epoch, rev),
             Ok(_) => {}
-            Err(StoreError::Indeterminate(_)) => {
-                let op = self.send(
-                    Pending::ElectVerify { session },
-                    get_lin(self.layout.leader()),
-                );
-                self.election.op = Some(op);
-            }
-            Err(_) => {
-                self.election.after_view = Some(self.view.seq);
-                self.view.dirty = true;
-            }
+            Err(StoreError::Indeterminate(_)) => self.verify_election(session),
+            Err(_) => self.wait_for_newer_view(),
         }
     }
 
@@ -248,10 +292,7 @@ impl Member {
                     None => self.election.after_view = Some(self.view.seq),
                 }
             }
-            _ => {
-                self.election.after_view = Some(self.view.seq);
-                self.view.dirty = true;
-            }
+            _ => self.wait_for_newer_view(),
         }
     }
 
@@ -330,16 +371,14 @@ impl Member {
         }
     }
 
+    /// PITFALLS 23: a coordinator that keeps failing resigns (and stays a member); no
+    /// election for one session TTL.
     fn resign(&mut self, now: Time) {
         let (Some(c), Some(s)) = (self.coord.as_ref(), self.session.as_ref()) else {
             return;
         };
-        let key = self.layout.leader();
-        let op = owned_delete(key, s.id, c.leader_rev);
-        let session = s.id;
-        // Held in `election` until answered, so that a view still showing our leader key
-        // does not send a second delete (`maybe_elect`).
-        self.election.op = Some(self.send(Pending::Resign { session }, op));
+        let (session, leader_rev) = (s.id, c.leader_rev);
+        self.send_resign(session, leader_rev);
         self.step_down();
         self.election.no_election_before = Some(now + self.cfg.session_ttl);
     }
@@ -348,8 +387,7 @@ impl Member {
     pub(super) fn on_resign(&mut self, op: OpId) {
         if self.election.op == Some(op) {
             self.election.op = None;
-            self.election.after_view = Some(self.view.seq);
-            self.view.dirty = true;
+            self.wait_for_newer_view();
         }
     }
 }

@@ -63,6 +63,18 @@ impl Member {
         });
     }
 
+    /// Revokes the lease on `r`, if there is one.
+    pub(super) fn revoke(&mut self, r: &ResourceId, reason: RevokeReason) {
+        if let Some(l) = self.leases.held.get_mut(r) {
+            l.revoked = true;
+            self.events.push_back(Event::Revoke {
+                lease: l.id,
+                resource: r.clone(),
+                reason,
+            });
+        }
+    }
+
     pub(super) fn revoke_all(&mut self, reason: RevokeReason) {
         for (r, l) in self.leases.held.iter_mut().filter(|(_, l)| !l.revoked) {
             l.revoked = true;

@@ -232,39 +232,12 @@ impl Member {
             }
             Phase::Idle | Phase::Closed => return None,
         }
-        if self.session.is_none() && !self.opening {
-            at(self.reopen_at);
-        }
-        if let Some(s) = &self.session {
-            if s.keepalive.is_none() {
-                at(s.next_keepalive);
-            }
-            if s.suspended.is_none() && self.cfg.variant != Variant::IgnoreDeadline {
-                at(s.deadline - self.cfg.stop_timeout);
-            }
-        }
+        self.session_timers(&mut at);
         self.lease_deadlines(&mut at);
-        at(self.view.next_resync);
-        if let Some(r) = self.view.retry_at {
-            at(r);
-        }
-        for g in self.claims.gates.values() {
-            at(g.at);
-        }
-        if let Some(r) = self.coord.as_ref().and_then(|c| c.rebalance_at) {
-            at(r);
-        }
-        if let Some(l) = &self.leaving {
-            at(l.started + self.cfg.leave_timeout);
-        }
-        if self.registration != Registration::Registered {
-            at(self.register_retry_at);
-        }
-        if self.view.group.leader.is_none() {
-            if let Some(t) = self.election.no_election_before {
-                at(t);
-            }
-        }
+        self.view_timers(&mut at);
+        self.claim_timers(&mut at);
+        self.coordinator_timers(&mut at);
+        self.registration_timers(&mut at);
         t
     }
 
@@ -327,38 +300,13 @@ impl Member {
         match self.phase {
             Phase::Running => {}
             Phase::Closing { retry } => {
-                self.check_stop_deadline(now);
-                let mut retry = retry;
-                if let Some(r) = retry.filter(|r| now >= r.at) {
-                    retry = None;
-                    self.phase = Phase::Closing { retry };
-                    self.send_close(r.session, r.give_up);
-                }
-                if self.leases.held.is_empty() && !self.ops.closing() && retry.is_none() {
-                    self.phase = Phase::Closed;
-                    self.events.push_back(Event::Left);
-                }
+                self.step_closing(now, retry);
                 return;
             }
             Phase::Idle | Phase::Closed => return,
         }
         if self.session.is_none() {
-            self.check_stop_deadline(now);
-            if self.leaving.is_some() && !self.opening {
-                // Leaving without a session: nothing to hand over, nothing to close.
-                self.enter_closing();
-                self.step(now);
-                return;
-            }
-            if !self.opening && now >= self.reopen_at {
-                self.opening = true;
-                self.send(
-                    Pending::Open { sent: now },
-                    StoreOp::OpenSession {
-                        ttl: self.cfg.session_ttl,
-                    },
-                );
-            }
+            self.step_without_session(now);
             return;
         }
         self.session_upkeep(now);
@@ -368,13 +316,7 @@ impl Member {
         }
         self.register(now);
         if self.registration != Registration::Registered {
-            // Leaving before registration (e.g. blocked on a name in use): nothing was
-            // assigned, so close at once.
-            if self.leaving.is_some() && self.leases.held.is_empty() {
-                if let Some(session) = self.session.as_ref().map(|s| s.id) {
-                    self.close_session(now, session);
-                }
-            }
+            self.leave_unregistered(now);
             return;
         }
         self.coordinate(now);

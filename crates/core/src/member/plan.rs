@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::assignor::{self, Assignment};
 use crate::ids::{Epoch, MemberId, ResourceId, SessionId};
-use crate::layout::{self, ChunkRec};
+use crate::layout::{self, ChunkRec, MemberView};
 use crate::store::{Cond, Write};
 
 use super::Member;
@@ -28,12 +28,50 @@ impl Member {
             }
         }
         let next = assignor::assign(&weights, &v.resources, &prev);
+        let (finals, removals) = self.write_groups(&live, &prev, &next, (epoch, seq));
+        let total: usize = finals.iter().map(|g| g.writes.len()).sum();
+        if total == 0 {
+            return None;
+        }
+        let total_bytes: usize = finals.iter().flat_map(|g| &g.writes).map(write_bytes).sum();
+        let fits = total <= self.cfg.max_txn_writes && total_bytes <= self.cfg.max_txn_bytes;
+        let mut groups = if fits {
+            finals
+        } else if !removals.is_empty() {
+            removals
+        } else {
+            finals
+        };
+        // When a rebalance takes several transactions, the member whose stored assignment is
+        // oldest goes first: in name order, a steady trickle of changes to earlier members
+        // would starve later ones, and with them a dead member's resources (DESIGN §1.4).
+        groups.sort_by_key(|g| g.age);
+        let (conds, writes, partial) = self.batch(groups, !fits);
+        Some(Plan {
+            partial,
+            conds,
+            writes,
+            moved: assignor::moved(&prev, &next),
+            members: next.len(),
+            resources: v.resources.len(),
+        })
+    }
+
+    /// Per member whose stored assignment differs from `next`: the writes of its final set
+    /// (`finals`), and, when it loses something, the writes of what it keeps (`removals`, the
+    /// removal step). Assignments of members no longer live are deleted in both.
+    fn write_groups(
+        &self,
+        live: &BTreeMap<MemberId, MemberView>,
+        prev: &Assignment,
+        next: &Assignment,
+        (epoch, seq): (Epoch, u64),
+    ) -> (Vec<WriteGroup>, Vec<WriteGroup>) {
+        let v = &self.view.group;
         let existing = |m: &MemberId| v.assign.get(m).map(Vec::as_slice).unwrap_or(&[]);
-        // Per changed member: the write of its final set, and, when it loses something, the
-        // write of what it keeps (the removal step).
         let mut finals: Vec<WriteGroup> = Vec::new();
         let mut removals: Vec<WriteGroup> = Vec::new();
-        for (m, set) in &next {
+        for (m, set) in next {
             let unchanged = match prev.get(m) {
                 Some(p) => p == set,
                 None => set.is_empty() && existing(m).is_empty(),
@@ -41,6 +79,7 @@ impl Member {
             if unchanged {
                 continue;
             }
+            // `next` assigns exactly the live members (they are the assignor's weights).
             let session = live[m].session;
             let write = |set: &BTreeSet<ResourceId>| {
                 self.member_writes(m, session, set, existing(m), (epoch, seq))
@@ -66,49 +105,30 @@ impl Member {
             removals.push(g.clone());
             finals.push(g);
         }
-        let total: usize = finals.iter().map(|g| g.writes.len()).sum();
-        if total == 0 {
-            return None;
-        }
-        let total_bytes: usize = finals.iter().flat_map(|g| &g.writes).map(write_bytes).sum();
-        let fits = total <= self.cfg.max_txn_writes && total_bytes <= self.cfg.max_txn_bytes;
-        let mut partial = !fits;
-        let mut groups = if fits {
-            finals
-        } else if !removals.is_empty() {
-            removals
-        } else {
-            finals
-        };
-        // When a rebalance takes several transactions, the member whose stored assignment is
-        // oldest goes first: in name order, a steady trickle of changes to earlier members
-        // would starve later ones, and with them a dead member's resources (DESIGN §1.4).
-        groups.sort_by_key(|g| g.age);
-        let mut plan = Plan {
-            partial: false,
-            conds: Vec::new(),
-            writes: Vec::new(),
-            moved: assignor::moved(&prev, &next),
-            members: next.len(),
-            resources: v.resources.len(),
-        };
+        (finals, removals)
+    }
+
+    /// The first transaction's worth of `groups`, in order, within the transaction limits:
+    /// `(conds, writes, partial)`, `partial` when groups were left out (or already `partial`).
+    fn batch(&self, groups: Vec<WriteGroup>, partial: bool) -> (Vec<Cond>, Vec<Write>, bool) {
+        let mut partial = partial;
+        let (mut conds, mut writes) = (Vec::new(), Vec::new());
         let mut bytes = 0;
         for g in groups {
             // One member's chunks are never split across transactions (that would tear it);
             // a single oversized group still goes alone.
             let size: usize = g.writes.iter().map(write_bytes).sum();
-            let full = plan.writes.len() + g.writes.len() > self.cfg.max_txn_writes
+            let full = writes.len() + g.writes.len() > self.cfg.max_txn_writes
                 || bytes + size > self.cfg.max_txn_bytes;
-            if !plan.writes.is_empty() && full {
+            if !writes.is_empty() && full {
                 partial = true;
                 break;
             }
             bytes += size;
-            plan.conds.extend(g.conds);
-            plan.writes.extend(g.writes);
+            conds.extend(g.conds);
+            writes.extend(g.writes);
         }
-        plan.partial = partial;
-        Some(plan)
+        (conds, writes, partial)
     }
 
     /// The chunk writes that make `m`'s stored assignment `set` (no chunks for an empty set).

@@ -38,6 +38,26 @@ impl Leave {
 }
 
 impl Member {
+    /// Timers: the end of the leave timeout, a registration retry.
+    pub(super) fn registration_timers(&self, at: &mut impl FnMut(Time)) {
+        if let Some(l) = &self.leaving {
+            at(l.started + self.cfg.leave_timeout);
+        }
+        if self.registration != Registration::Registered {
+            at(self.register_retry_at);
+        }
+    }
+
+    /// Leaving before registration (e.g. blocked on a name in use): nothing was assigned,
+    /// so close at once.
+    pub(super) fn leave_unregistered(&mut self, now: Time) {
+        if self.leaving.is_some() && self.leases.held.is_empty() {
+            if let Some(session) = self.session.as_ref().map(|s| s.id) {
+                self.close_session(now, session);
+            }
+        }
+    }
+
     pub(super) fn register(&mut self, now: Time) {
         let Some(session) = self.session.as_ref().map(|s| s.id) else {
             return;

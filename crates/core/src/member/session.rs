@@ -87,68 +87,21 @@ impl Member {
         }
     }
 
+    /// The reply to a keepalive sent at `sent`.
     pub(super) fn on_keepalive(&mut self, now: Time, sent: Time, result: StoreResult) {
-        let margin = self.cfg.margin();
         // Test-only mutation: the deadline counted from the reply's arrival.
         let sent = if self.cfg.variant == Variant::DeadlineFromReply {
             now
         } else {
             sent
         };
-        let stop = self.cfg.stop_timeout;
-        let interval = self.cfg.keepalive_interval;
         let retry = self.cfg.retry_delay;
         let Some(s) = self.session.as_mut() else {
             return;
         };
         s.keepalive = None;
         match result {
-            Ok(StoreReply::KeptAlive { ttl }) => {
-                // L3: the store saw this keepalive no earlier than `sent`, so it cannot
-                // expire the session before `sent + ttl`.
-                let lowered = ttl < s.ttl;
-                s.ttl = s.ttl.min(ttl);
-                // On ZooKeeper a follower may answer before the leader, which decides expiry,
-                // has heard of the touch; only the previous success is then proven (PITFALLS 1).
-                let proven = if self.cfg.count_from_previous_keepalive
-                    && self.cfg.variant != Variant::TrustLastKeepalive
-                {
-                    s.last_ok_sent
-                } else {
-                    sent
-                };
-                s.last_ok_sent = sent;
-                let d = proven + s.ttl - margin;
-                // A lower timeout in force also shortens what earlier keepalives proved
-                // (PITFALLS 2): the deadline may move back.
-                if d > s.deadline || lowered {
-                    s.deadline = d;
-                }
-                let needed = self.cfg.timing_budget();
-                if lowered && s.ttl <= needed && self.leaving.is_none() {
-                    let granted = s.ttl;
-                    self.events
-                        .push_back(Event::TtlTooShort { granted, needed });
-                    // Leave at once: revoke everything, close after the application stopped.
-                    self.leaving = Some(Leave::new(now - self.cfg.leave_timeout));
-                    return;
-                }
-                s.next_keepalive = sent + interval;
-                let resume = match &s.suspended {
-                    Some(Suspension {
-                        released_at: Some(t),
-                    }) => proven >= *t && now < s.deadline - stop,
-                    _ => false,
-                };
-                if resume {
-                    s.suspended = None;
-                    // PITFALLS 6 (iii): every claim is re-proved by a linearizable read.
-                    let held: Vec<ResourceId> = self.claims.proved.keys().cloned().collect();
-                    self.claims.proved.clear();
-                    self.claims.unresolved.extend(held);
-                    self.events.push_back(Event::Resumed);
-                }
-            }
+            Ok(StoreReply::KeptAlive { ttl }) => self.kept_alive(now, sent, ttl),
             Err(error) => {
                 s.next_keepalive = now + retry;
                 self.events.push_back(Event::StoreError {
@@ -157,6 +110,129 @@ impl Member {
                 });
             }
             Ok(_) => s.next_keepalive = now + retry,
+        }
+    }
+
+    /// A keepalive sent at `sent` succeeded, the store granting `ttl`: move the deadline
+    /// (L3), leave if the TTL became too short, schedule the next keepalive, and resume a
+    /// suspended session if this keepalive proves it alive since the last release.
+    fn kept_alive(&mut self, now: Time, sent: Time, ttl: Duration) {
+        let Some((proven, lowered)) = self.prove_deadline(sent, ttl) else {
+            return;
+        };
+        if lowered && self.ttl_too_short(now) {
+            return;
+        }
+        let interval = self.cfg.keepalive_interval;
+        let stop = self.cfg.stop_timeout;
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        s.next_keepalive = sent + interval;
+        let resume = match &s.suspended {
+            Some(Suspension {
+                released_at: Some(t),
+            }) => proven >= *t && now < s.deadline - stop,
+            _ => false,
+        };
+        if resume {
+            s.suspended = None;
+            // PITFALLS 6 (iii): every claim is re-proved by a linearizable read.
+            let held: Vec<ResourceId> = self.claims.proved.keys().cloned().collect();
+            self.claims.proved.clear();
+            self.claims.unresolved.extend(held);
+            self.events.push_back(Event::Resumed);
+        }
+    }
+
+    /// L3: the store saw the keepalive sent at `sent` no earlier than `sent`, so it cannot
+    /// expire the session before `sent + ttl`. Moves the deadline; returns the send time
+    /// proved alive and whether the store lowered the TTL.
+    fn prove_deadline(&mut self, sent: Time, ttl: Duration) -> Option<(Time, bool)> {
+        let margin = self.cfg.margin();
+        // On ZooKeeper a follower may answer before the leader, which decides expiry, has
+        // heard of the touch; only the previous success is then proven (PITFALLS 1).
+        let previous_only = self.cfg.count_from_previous_keepalive
+            && self.cfg.variant != Variant::TrustLastKeepalive;
+        let s = self.session.as_mut()?;
+        let lowered = ttl < s.ttl;
+        s.ttl = s.ttl.min(ttl);
+        let proven = if previous_only { s.last_ok_sent } else { sent };
+        s.last_ok_sent = sent;
+        let d = proven + s.ttl - margin;
+        // A lower timeout in force also shortens what earlier keepalives proved
+        // (PITFALLS 2): the deadline may move back.
+        if d > s.deadline || lowered {
+            s.deadline = d;
+        }
+        Some((proven, lowered))
+    }
+
+    /// PITFALLS 2: the store lowered the TTL below what the timings need. Reports it and
+    /// leaves at once (revoke everything, close after the application stopped); `false` when
+    /// the TTL still fits or the member is already leaving.
+    fn ttl_too_short(&mut self, now: Time) -> bool {
+        let needed = self.cfg.timing_budget();
+        let Some(granted) = self.session.as_ref().map(|s| s.ttl) else {
+            return false;
+        };
+        if granted > needed || self.leaving.is_some() {
+            return false;
+        }
+        self.events
+            .push_back(Event::TtlTooShort { granted, needed });
+        self.leaving = Some(Leave::new(now - self.cfg.leave_timeout));
+        true
+    }
+
+    /// A step while closing: force-stop late leases, retry a failed close when due, and end
+    /// (`Left`) once the application released everything and the session is closed.
+    pub(super) fn step_closing(&mut self, now: Time, retry: Option<CloseRetry>) {
+        self.check_stop_deadline(now);
+        let mut retry = retry;
+        if let Some(r) = retry.filter(|r| now >= r.at) {
+            retry = None;
+            self.phase = Phase::Closing { retry };
+            self.send_close(r.session, r.give_up);
+        }
+        if self.leases.held.is_empty() && !self.ops.closing() && retry.is_none() {
+            self.phase = Phase::Closed;
+            self.events.push_back(Event::Left);
+        }
+    }
+
+    /// A step while running without a session: open one when due, or close if leaving.
+    pub(super) fn step_without_session(&mut self, now: Time) {
+        self.check_stop_deadline(now);
+        if self.leaving.is_some() && !self.opening {
+            // Leaving without a session: nothing to hand over, nothing to close.
+            self.enter_closing();
+            self.step(now);
+            return;
+        }
+        if !self.opening && now >= self.reopen_at {
+            self.opening = true;
+            self.send(
+                Pending::Open { sent: now },
+                StoreOp::OpenSession {
+                    ttl: self.cfg.session_ttl,
+                },
+            );
+        }
+    }
+
+    /// Timers while running: reopening, the next keepalive, the suspension point.
+    pub(super) fn session_timers(&self, at: &mut impl FnMut(Time)) {
+        if self.session.is_none() && !self.opening {
+            at(self.reopen_at);
+        }
+        if let Some(s) = &self.session {
+            if s.keepalive.is_none() {
+                at(s.next_keepalive);
+            }
+            if s.suspended.is_none() && self.cfg.variant != Variant::IgnoreDeadline {
+                at(s.deadline - self.cfg.stop_timeout);
+            }
         }
     }
 

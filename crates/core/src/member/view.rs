@@ -38,6 +38,14 @@ pub(super) struct ViewState {
 }
 
 impl Member {
+    /// Timers: the periodic resync and a read retry.
+    pub(super) fn view_timers(&self, at: &mut impl FnMut(Time)) {
+        at(self.view.next_resync);
+        if let Some(r) = self.view.retry_at {
+            at(r);
+        }
+    }
+
     pub(super) fn reads(&mut self, now: Time) {
         if now >= self.view.next_resync {
             self.view.next_resync = now + self.cfg.resync_interval;

@@ -52,7 +52,7 @@ impl Member {
     }
 
     pub(super) fn update_desired(&mut self, now: Time) {
-        let Some(session) = self.session.as_ref().map(|s| s.id) else {
+        let Some(session) = self.session.id() else {
             return;
         };
         let leave_expired = self
@@ -84,7 +84,7 @@ impl Member {
     pub(super) fn reconcile_claims(&mut self, now: Time) {
         let Some((session, deadline, suspended)) = self
             .session
-            .as_ref()
+            .current()
             .map(|s| (s.id, s.deadline, s.suspended.is_some()))
         else {
             return;

@@ -66,7 +66,7 @@ impl Member {
     /// coordinator, check that the view still shows this member leading in its epoch, then
     /// plan from it and write the rebalance, at most at the configured rate.
     pub(super) fn coordinate(&mut self, now: Time) {
-        let Some(session) = self.session.as_ref().map(|s| s.id) else {
+        let Some(session) = self.session.id() else {
             return;
         };
         let Some(c) = self.coord.as_ref() else {
@@ -374,7 +374,7 @@ impl Member {
     /// PITFALLS 23: a coordinator that keeps failing resigns (and stays a member); no
     /// election for one session TTL.
     fn resign(&mut self, now: Time) {
-        let (Some(c), Some(s)) = (self.coord.as_ref(), self.session.as_ref()) else {
+        let (Some(c), Some(s)) = (self.coord.as_ref(), self.session.current()) else {
             return;
         };
         let (session, leader_rev) = (s.id, c.leader_rev);

@@ -37,7 +37,7 @@ impl Member {
             debug_assert_eq!(self.claims.proved.get(&r), Some(&token));
             debug_assert!(self
                 .session
-                .as_ref()
+                .current()
                 .is_some_and(|s| s.id == session && now < s.deadline));
         }
         debug_assert!(!self.leases.held.contains_key(&r));

@@ -45,7 +45,7 @@ pub use events::{Event, RevokeReason};
 use leases::Leases;
 use pending::{Ops, Pending};
 use registration::{Leave, Registration};
-use session::{CloseRetry, Session};
+use session::{CloseRetry, SessionState};
 use view::ViewState;
 
 /// The member's lifecycle.
@@ -74,13 +74,10 @@ pub struct Member {
     ops: Ops,
     events: VecDeque<Event>,
 
-    session: Option<Session>,
-    opening: bool,
-    reopen_at: Time,
+    session: SessionState,
 
     view: ViewState,
     registration: Registration,
-    register_retry_at: Time,
     leaving: Option<Leave>,
     claims: Claims,
     leases: Leases,
@@ -101,12 +98,9 @@ impl Member {
             phase: Phase::Idle,
             ops: Ops::default(),
             events: VecDeque::new(),
-            session: None,
-            opening: false,
-            reopen_at: Time::ZERO,
+            session: SessionState::Absent { reopen_at: None },
             view: ViewState::default(),
-            registration: Registration::None,
-            register_retry_at: Time::ZERO,
+            registration: Registration::Unregistered { retry_at: None },
             leaving: None,
             claims: Claims::default(),
             leases: Leases::default(),
@@ -167,7 +161,11 @@ impl Member {
                 .ended
                 .retain(|s, _| leases.values().any(|l| l.session == *s));
             if self.leases.held.is_empty() {
-                if let Some(s) = self.session.as_mut().and_then(|s| s.suspended.as_mut()) {
+                if let Some(s) = self
+                    .session
+                    .current_mut()
+                    .and_then(|s| s.suspended.as_mut())
+                {
                     s.released_at.get_or_insert(now);
                 }
             }
@@ -182,7 +180,7 @@ impl Member {
         let Some(p) = self.ops.pending.remove(&op) else {
             return;
         };
-        let current = self.session.as_ref().map(|s| s.id);
+        let current = self.session.id();
         if let Some(s) = p.session() {
             if Some(s) != current {
                 // Operations die with their session (DESIGN §8 rule 5): a reply for an old
@@ -244,7 +242,7 @@ impl Member {
     /// The current session and its local lease deadline.
     pub fn deadline(&self) -> Option<(SessionId, Time)> {
         self.session
-            .as_ref()
+            .current()
             .map(|s| (s.id, self.valid_until(s.id)))
     }
 
@@ -254,7 +252,7 @@ impl Member {
         if self.cfg.variant == Variant::IgnoreDeadline {
             return Time::MAX;
         }
-        match &self.session {
+        match self.session.current() {
             Some(s) if s.id == session => s.deadline,
             _ => self
                 .leases
@@ -271,7 +269,7 @@ impl Member {
 
     /// Registered in the group under the current session.
     pub fn is_joined(&self) -> bool {
-        self.session.is_some() && self.registration == Registration::Registered
+        self.session.current().is_some() && self.registration == Registration::Registered
     }
 
     pub fn is_closed(&self) -> bool {
@@ -279,7 +277,7 @@ impl Member {
     }
 
     pub fn session(&self) -> Option<SessionId> {
-        self.session.as_ref().map(|s| s.id)
+        self.session.id()
     }
 
     /// Resources this member currently has leases on (granted, not yet released).
@@ -305,13 +303,13 @@ impl Member {
             }
             Phase::Idle | Phase::Closed => return,
         }
-        if self.session.is_none() {
+        if self.session.current().is_none() {
             self.step_without_session(now);
             return;
         }
         self.session_upkeep(now);
         self.reads(now);
-        if self.session.is_none() {
+        if self.session.current().is_none() {
             return;
         }
         self.register(now);

@@ -9,9 +9,15 @@ use crate::store::{StoreError, StoreOp, StoreReply, StoreResult, Write};
 use super::pending::get_lin;
 use super::{Event, Member, Pending};
 
+/// The member record `members/<name>` of the current session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Registration {
-    None,
+    /// Not registered: register once a view was read, and not before `retry_at` (set after
+    /// a failed attempt; it holds across sessions).
+    Unregistered {
+        retry_at: Option<Time>,
+    },
+    /// A `Create` or a verifying read of the record is in flight.
     Pending,
     Registered,
     /// Another session holds the name; retry when a newer view shows it gone.
@@ -43,8 +49,8 @@ impl Member {
         if let Some(l) = &self.leaving {
             at(l.started + self.cfg.leave_timeout);
         }
-        if self.registration != Registration::Registered {
-            at(self.register_retry_at);
+        if let Registration::Unregistered { retry_at: Some(t) } = self.registration {
+            at(t);
         }
     }
 
@@ -52,21 +58,30 @@ impl Member {
     /// so close at once.
     pub(super) fn leave_unregistered(&mut self, now: Time) {
         if self.leaving.is_some() && self.leases.held.is_empty() {
-            if let Some(session) = self.session.as_ref().map(|s| s.id) {
+            if let Some(session) = self.session.id() {
                 self.close_session(now, session);
             }
         }
     }
 
+    /// Back to unregistered (a new or lost session); a retry time already set still holds.
+    pub(super) fn unregister(&mut self) {
+        if !matches!(self.registration, Registration::Unregistered { .. }) {
+            self.registration = Registration::Unregistered { retry_at: None };
+        }
+    }
+
     pub(super) fn register(&mut self, now: Time) {
-        let Some(session) = self.session.as_ref().map(|s| s.id) else {
+        let Some(session) = self.session.id() else {
             return;
         };
-        if now < self.register_retry_at {
-            return;
-        }
         let attempt = match self.registration {
-            Registration::None => self.view.seq > 0,
+            Registration::Unregistered { retry_at } => {
+                if retry_at.is_some_and(|t| now < t) {
+                    return;
+                }
+                self.view.seq > 0
+            }
             Registration::Blocked { after_view } => {
                 let holder = self
                     .view
@@ -141,8 +156,9 @@ impl Member {
             Err(e) => {
                 // Any other failure: report it and try again after a pause (a stuck
                 // `Pending` would never register).
-                self.registration = Registration::None;
-                self.register_retry_at = now + self.cfg.retry_delay;
+                self.registration = Registration::Unregistered {
+                    retry_at: Some(now + self.cfg.retry_delay),
+                };
                 self.events.push_back(Event::StoreError {
                     op: "register",
                     error: e,
@@ -164,8 +180,9 @@ impl Member {
             Err(_) => {
                 // Start over after a pause: a Create that finds our own key gets a
                 // Conflict, and the next view then proves it ours.
-                self.registration = Registration::None;
-                self.register_retry_at = now + self.cfg.retry_delay;
+                self.registration = Registration::Unregistered {
+                    retry_at: Some(now + self.cfg.retry_delay),
+                };
             }
         }
     }
@@ -174,7 +191,7 @@ impl Member {
         let Some(started) = self.leaving.as_ref().map(|l| l.started) else {
             return;
         };
-        let Some(session) = self.session.as_ref().map(|s| s.id) else {
+        let Some(session) = self.session.id() else {
             return;
         };
         // Mark draining so the coordinator moves everything off (PITFALLS 26).

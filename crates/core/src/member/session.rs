@@ -11,7 +11,7 @@ use crate::ids::{OpId, ResourceId, SessionId, Time};
 use crate::store::{StoreError, StoreOp, StoreReply, StoreResult};
 
 use super::registration::Leave;
-use super::{Event, Member, Pending, Phase, Registration, RevokeReason};
+use super::{Event, Member, Pending, Phase, RevokeReason};
 
 #[derive(Debug, Clone)]
 pub(super) struct Session {
@@ -42,9 +42,53 @@ pub(super) struct CloseRetry {
     pub(super) at: Time,
 }
 
+/// The store session, as far as this member knows.
+#[derive(Debug, Clone)]
+pub(super) enum SessionState {
+    /// None: open one (while running) from `reopen_at` on; at once when `None`.
+    Absent { reopen_at: Option<Time> },
+    /// An `OpenSession` is in flight.
+    Opening,
+    /// Open (and possibly being closed).
+    Open(Session),
+}
+
+impl SessionState {
+    pub(super) fn current(&self) -> Option<&Session> {
+        match self {
+            SessionState::Open(s) => Some(s),
+            SessionState::Absent { .. } | SessionState::Opening => None,
+        }
+    }
+
+    pub(super) fn current_mut(&mut self) -> Option<&mut Session> {
+        match self {
+            SessionState::Open(s) => Some(s),
+            SessionState::Absent { .. } | SessionState::Opening => None,
+        }
+    }
+
+    pub(super) fn id(&self) -> Option<SessionId> {
+        self.current().map(|s| s.id)
+    }
+
+    /// Ends the open session, if any (the next one opens at once), and returns it.
+    fn take(&mut self) -> Option<Session> {
+        if !matches!(self, SessionState::Open(_)) {
+            return None;
+        }
+        match std::mem::replace(self, SessionState::Absent { reopen_at: None }) {
+            SessionState::Open(s) => Some(s),
+            SessionState::Absent { .. } | SessionState::Opening => None,
+        }
+    }
+}
+
 impl Member {
+    /// The reply to `OpenSession`, sent at `sent`.
     pub(super) fn on_open(&mut self, now: Time, sent: Time, result: StoreResult) {
-        self.opening = false;
+        // No longer opening, whatever the outcome.
+        self.session = SessionState::Absent { reopen_at: None };
         match result {
             Ok(StoreReply::Session { session, ttl }) => {
                 if !matches!(self.phase, Phase::Running) || self.leaving.is_some() {
@@ -63,7 +107,7 @@ impl Member {
                     return;
                 }
                 // The store started the session's clock no earlier than `sent`.
-                self.session = Some(Session {
+                self.session = SessionState::Open(Session {
                     id: session,
                     ttl,
                     deadline: sent + ttl - self.cfg.margin(),
@@ -73,12 +117,18 @@ impl Member {
                     last_ok_sent: sent,
                 });
                 self.events.push_back(Event::SessionOpened { session, ttl });
-                self.registration = Registration::None;
+                self.unregister();
                 self.view.dirty = true;
             }
-            Ok(_) => self.reopen_at = now + self.cfg.retry_delay,
+            Ok(_) => {
+                self.session = SessionState::Absent {
+                    reopen_at: Some(now + self.cfg.retry_delay),
+                }
+            }
             Err(e) => {
-                self.reopen_at = now + self.cfg.retry_delay;
+                self.session = SessionState::Absent {
+                    reopen_at: Some(now + self.cfg.retry_delay),
+                };
                 self.events.push_back(Event::StoreError {
                     op: "open_session",
                     error: e,
@@ -96,7 +146,7 @@ impl Member {
             sent
         };
         let retry = self.cfg.retry_delay;
-        let Some(s) = self.session.as_mut() else {
+        let Some(s) = self.session.current_mut() else {
             return;
         };
         s.keepalive = None;
@@ -125,7 +175,7 @@ impl Member {
         }
         let interval = self.cfg.keepalive_interval;
         let stop = self.cfg.stop_timeout;
-        let Some(s) = self.session.as_mut() else {
+        let Some(s) = self.session.current_mut() else {
             return;
         };
         s.next_keepalive = sent + interval;
@@ -154,7 +204,7 @@ impl Member {
         // heard of the touch; only the previous success is then proven (PITFALLS 1).
         let previous_only = self.cfg.count_from_previous_keepalive
             && self.cfg.variant != Variant::TrustLastKeepalive;
-        let s = self.session.as_mut()?;
+        let s = self.session.current_mut()?;
         let lowered = ttl < s.ttl;
         s.ttl = s.ttl.min(ttl);
         let proven = if previous_only { s.last_ok_sent } else { sent };
@@ -173,7 +223,7 @@ impl Member {
     /// the TTL still fits or the member is already leaving.
     fn ttl_too_short(&mut self, now: Time) -> bool {
         let needed = self.cfg.timing_budget();
-        let Some(granted) = self.session.as_ref().map(|s| s.ttl) else {
+        let Some(granted) = self.session.current().map(|s| s.ttl) else {
             return false;
         };
         if granted > needed || self.leaving.is_some() {
@@ -204,14 +254,18 @@ impl Member {
     /// A step while running without a session: open one when due, or close if leaving.
     pub(super) fn step_without_session(&mut self, now: Time) {
         self.check_stop_deadline(now);
-        if self.leaving.is_some() && !self.opening {
+        if self.leaving.is_some() && !matches!(self.session, SessionState::Opening) {
             // Leaving without a session: nothing to hand over, nothing to close.
             self.enter_closing();
             self.step(now);
             return;
         }
-        if !self.opening && now >= self.reopen_at {
-            self.opening = true;
+        let due = match self.session {
+            SessionState::Absent { reopen_at } => reopen_at.is_none_or(|t| now >= t),
+            SessionState::Opening | SessionState::Open(_) => false,
+        };
+        if due {
+            self.session = SessionState::Opening;
             self.send(
                 Pending::Open { sent: now },
                 StoreOp::OpenSession {
@@ -223,10 +277,10 @@ impl Member {
 
     /// Timers while running: reopening, the next keepalive, the suspension point.
     pub(super) fn session_timers(&self, at: &mut impl FnMut(Time)) {
-        if self.session.is_none() && !self.opening {
-            at(self.reopen_at);
+        if let SessionState::Absent { reopen_at: Some(t) } = self.session {
+            at(t);
         }
-        if let Some(s) = &self.session {
+        if let Some(s) = self.session.current() {
             if s.keepalive.is_none() {
                 at(s.next_keepalive);
             }
@@ -239,7 +293,7 @@ impl Member {
     pub(super) fn session_upkeep(&mut self, now: Time) {
         let stop = self.cfg.stop_timeout;
         let variant = self.cfg.variant;
-        let Some(s) = self.session.as_mut() else {
+        let Some(s) = self.session.current_mut() else {
             return;
         };
         if s.keepalive.is_none() && now >= s.next_keepalive {
@@ -251,11 +305,11 @@ impl Member {
                 },
                 StoreOp::KeepAlive { session: id },
             );
-            if let Some(s) = self.session.as_mut() {
+            if let Some(s) = self.session.current_mut() {
                 s.keepalive = Some(op);
             }
         }
-        let Some(s) = self.session.as_mut() else {
+        let Some(s) = self.session.current_mut() else {
             return;
         };
         if variant != Variant::IgnoreDeadline && s.suspended.is_none() && now >= s.deadline - stop {
@@ -289,7 +343,7 @@ impl Member {
         if let Some(l) = self.leaving.as_mut() {
             l.drain_op = None;
         }
-        self.registration = Registration::None;
+        self.unregister();
         self.claims.desired.clear();
         // Views are monotonic per session: a new session may follow a store restore, whose
         // revisions can restart lower (PITFALLS 18).
@@ -297,9 +351,8 @@ impl Member {
         self.events.push_back(Event::SessionLost { session: s.id });
         if self.leaving.is_some() {
             self.enter_closing();
-        } else {
-            self.reopen_at = now;
         }
+        // Otherwise the next session opens at once (`SessionState::take`).
     }
 
     /// Closes `session` (deleting whatever it still owns) and waits for the reply.
@@ -355,7 +408,7 @@ impl Member {
                 error: e,
             }),
         }
-        self.session = None;
+        self.session = SessionState::Absent { reopen_at: None };
         self.phase = Phase::Closed;
         self.events.push_back(Event::Left);
     }

@@ -51,6 +51,8 @@ impl Member {
         }
     }
 
+    /// The desired set: the complete assignment of this name for the current session (none
+    /// once the leave timed out; the last complete one while the stored one is torn).
     pub(super) fn update_desired(&mut self, now: Time) {
         let Some(session) = self.session.id() else {
             return;
@@ -284,6 +286,8 @@ impl Member {
         }
     }
 
+    /// The reply to a claim's `Create`: proved ours on success (L1); an unknown outcome is
+    /// settled by a read; otherwise the claim is tried again after its gate.
     pub(super) fn on_claim_create(
         &mut self,
         now: Time,
@@ -317,6 +321,8 @@ impl Member {
         }
     }
 
+    /// The linearizable read that settles whose a claim is: adopted only when it is ours and
+    /// not an instance we are deleting.
     pub(super) fn on_claim_verify(
         &mut self,
         now: Time,
@@ -375,6 +381,7 @@ impl Member {
         }
     }
 
+    /// The token of a claim created at store revision `rev`.
     fn token(&self, rev: u64) -> Token {
         Token {
             generation: self.view.group.generation,
@@ -382,11 +389,13 @@ impl Member {
         }
     }
 
+    /// No claim operation on `r` before `at` (and, with `need_new_view`, before a newer view).
     fn gate(&mut self, r: ResourceId, at: Time, need_new_view: bool) {
         let after_view = need_new_view.then_some(self.view.seq);
         self.claims.gates.insert(r, Gate { after_view, at });
     }
 
+    /// Whether `r`'s gate lets a claim operation through now.
     fn gate_open(&self, r: &ResourceId, now: Time) -> bool {
         self.claims
             .gates
@@ -394,6 +403,7 @@ impl Member {
             .is_none_or(|g| now >= g.at && g.after_view.is_none_or(|v| self.view.seq > v))
     }
 
+    /// Settles by a linearizable read whether the claim of `r` is ours.
     fn verify_claim(&mut self, session: SessionId, r: ResourceId) {
         let key = self.layout.claim(&r);
         let op = self.send(

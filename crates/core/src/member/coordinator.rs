@@ -296,6 +296,8 @@ impl Member {
         }
     }
 
+    /// Elected (or proved elected): coordinator of `epoch`, planning only from a view read
+    /// after this.
     fn become_coordinator(&mut self, epoch: Epoch, leader_rev: u64) {
         self.coord = Some(Coordinator {
             epoch,
@@ -312,12 +314,15 @@ impl Member {
         self.events.push_back(Event::BecameCoordinator { epoch });
     }
 
+    /// No longer coordinator (deposed, fenced, resigning or session lost).
     pub(super) fn step_down(&mut self) {
         if let Some(c) = self.coord.take() {
             self.events.push_back(Event::SteppedDown { epoch: c.epoch });
         }
     }
 
+    /// The reply to a rebalance transaction sent at `sent`: re-read before planning again;
+    /// resign after `max_failed_rebalances` failures in a row.
     pub(super) fn on_rebalance(
         &mut self,
         now: Time,

@@ -21,6 +21,7 @@ pub enum RevokeReason {
 }
 
 impl RevokeReason {
+    /// The reason as a fixed lower-case string (for logs).
     pub fn as_str(self) -> &'static str {
         match self {
             RevokeReason::Reassigned => "reassigned",

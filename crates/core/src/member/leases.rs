@@ -30,6 +30,8 @@ pub(super) struct Lease {
 }
 
 impl Member {
+    /// L4: grants the lease on `r` to the application, under the proved claim `token` of the
+    /// current `session`, before the deadline (the callers, in `claims.rs`, check both).
     pub(super) fn grant(&mut self, now: Time, session: SessionId, r: ResourceId, token: Token) {
         // Paired assertions (L4): a lease only under a proved claim of the current session,
         // before the deadline, never two on one resource in one member.
@@ -63,6 +65,28 @@ impl Member {
         });
     }
 
+    /// The application stopped using `lease` on `resource` (a stale release changes nothing).
+    /// Once nothing is held, a suspended session may resume with a keepalive sent after now.
+    pub(super) fn release(&mut self, now: Time, resource: &ResourceId, lease: LeaseId) {
+        if self.leases.held.get(resource).map(|l| l.id) != Some(lease) {
+            return;
+        }
+        self.leases.held.remove(resource);
+        let leases = &self.leases.held;
+        self.leases
+            .ended
+            .retain(|s, _| leases.values().any(|l| l.session == *s));
+        if self.leases.held.is_empty() {
+            if let Some(s) = self
+                .session
+                .current_mut()
+                .and_then(|s| s.suspended.as_mut())
+            {
+                s.released_at.get_or_insert(now);
+            }
+        }
+    }
+
     /// Revokes the lease on `r`, if there is one.
     pub(super) fn revoke(&mut self, r: &ResourceId, reason: RevokeReason) {
         if let Some(l) = self.leases.held.get_mut(r) {
@@ -75,6 +99,7 @@ impl Member {
         }
     }
 
+    /// Revokes every lease not yet revoked.
     pub(super) fn revoke_all(&mut self, reason: RevokeReason) {
         for (r, l) in self.leases.held.iter_mut().filter(|(_, l)| !l.revoked) {
             l.revoked = true;
@@ -108,6 +133,7 @@ impl Member {
             .push_back(Event::StopDeadlineMissed { resources: late });
     }
 
+    /// Timers: the stop deadline of every lease not yet reported late.
     pub(super) fn lease_deadlines(&self, at: &mut impl FnMut(Time)) {
         for l in self.leases.held.values().filter(|l| !l.late) {
             at(self.abort_at(l.session));

@@ -6,21 +6,23 @@
 //!
 //! The safety argument, and where each leg lives:
 //! - L1 a claim has one owner session: claims are `Create`d (create-if-absent), never
-//!   rewritten (`claims.rs`, `reconcile_claims`).
+//!   rewritten (`claims.rs`, `create_claim`).
 //! - L2 a claim of S vanishes only by S's delete after release, or S's expiry: the claim
-//!   delete in `claims.rs` (`reconcile_claims`, step 3) runs only when no lease on the resource
-//!   is outstanding, guarded by `Cond::Owned` (`pending::owned_delete`).
-//! - L3 the store expires S only after S's local deadline: `session.rs`, `on_keepalive`
+//!   delete (`claims.rs`, `delete_undesired_claims` / `delete_claim`, step 3 of
+//!   `reconcile_claims`, after step 1 revoked) runs only when no lease on the resource is
+//!   outstanding, guarded by `Cond::Owned` (`pending::owned_delete`).
+//! - L3 the store expires S only after S's local deadline: `session.rs`, `prove_deadline`
 //!   computes the deadline from the *send* time of a successful keepalive and the smallest
-//!   TTL granted.
+//!   TTL granted; `session_upkeep` revokes a stop budget before it.
 //! - L4 a lease is granted only under a proved claim of the current session, before the
-//!   deadline: `leases.rs`, `grant` asserts both.
+//!   deadline: `claims.rs`, `acquire` decides, and `leases.rs`, `grant` asserts both.
 //!
 //! One file per concern: `session.rs` (session, keepalives, deadline, suspension, close),
-//! `registration.rs` (member record, leaving), `view.rs` (reads), `claims.rs` (claims and the
-//! reconcile pass), `leases.rs` (grants, revokes, stop deadlines), `coordinator.rs` (election,
-//! rebalance writes, resign), `plan.rs` (rebalance planning), `pending.rs` (operations in
-//! flight and reply dispatch), `events.rs` (the public events).
+//! `registration.rs` (member record, leaving), `view.rs` (reads), `claims.rs` (the desired
+//! set, claims and the reconcile pass), `leases.rs` (grants, revokes, stop deadlines),
+//! `coordinator.rs` (election, rebalance writes, resign), `plan.rs` (rebalance planning),
+//! `pending.rs` (operations in flight and reply dispatch), `events.rs` (the public events).
+//! The test-only `Variant`s are checked where the behaviour they break lives.
 
 mod claims;
 mod coordinator;
@@ -71,17 +73,25 @@ pub struct Member {
     cfg: Config,
     layout: Layout,
     phase: Phase,
+    /// Operations in flight and queued (`pending.rs`).
     ops: Ops,
+    /// Events not yet polled.
     events: VecDeque<Event>,
-
+    /// The store session and its deadline (`session.rs`).
     session: SessionState,
-
+    /// The last view of the group and the reads that refresh it (`view.rs`).
     view: ViewState,
+    /// The member record (`registration.rs`).
     registration: Registration,
+    /// A graceful leave in progress (`registration.rs`).
     leaving: Option<Leave>,
+    /// The desired set and the claims behind it (`claims.rs`).
     claims: Claims,
+    /// The application's leases (`leases.rs`).
     leases: Leases,
+    /// The coordinator role, while this member holds it (`coordinator.rs`).
     coord: Option<Coordinator>,
+    /// The election slot (`coordinator.rs`).
     election: Election,
     /// The latest `now` a step ran at: timers at or before it are not timers any more.
     last_step: Time,
@@ -110,12 +120,14 @@ impl Member {
         }
     }
 
+    /// The configuration the member was created with.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
 
     // ----- inputs -------------------------------------------------------------------------
 
+    /// Starts the member: opens a session, registers, and takes part in the group.
     pub fn start(&mut self, now: Time) {
         if matches!(self.phase, Phase::Idle) {
             self.phase = Phase::Running;
@@ -149,27 +161,7 @@ impl Member {
 
     /// The application stopped using `lease`.
     pub fn handle_released(&mut self, now: Time, resource: &ResourceId, lease: LeaseId) {
-        if self
-            .leases
-            .held
-            .get(resource)
-            .is_some_and(|l| l.id == lease)
-        {
-            self.leases.held.remove(resource);
-            let leases = &self.leases.held;
-            self.leases
-                .ended
-                .retain(|s, _| leases.values().any(|l| l.session == *s));
-            if self.leases.held.is_empty() {
-                if let Some(s) = self
-                    .session
-                    .current_mut()
-                    .and_then(|s| s.suspended.as_mut())
-                {
-                    s.released_at.get_or_insert(now);
-                }
-            }
-        }
+        self.release(now, resource, lease);
         self.step(now);
     }
 
@@ -200,10 +192,12 @@ impl Member {
 
     // ----- outputs ------------------------------------------------------------------------
 
+    /// The next store operation to execute; feed its reply to [`Member::handle_reply`].
     pub fn poll_op(&mut self) -> Option<(OpId, StoreOp)> {
         self.ops.poll()
     }
 
+    /// The next event for the application or the driver.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -263,6 +257,7 @@ impl Member {
         }
     }
 
+    /// The epoch this member coordinates, if it is the coordinator.
     pub fn is_coordinator(&self) -> Option<Epoch> {
         self.coord.as_ref().map(|c| c.epoch)
     }
@@ -272,10 +267,12 @@ impl Member {
         self.session.current().is_some() && self.registration == Registration::Registered
     }
 
+    /// Left the group (or never started and asked to leave). Final.
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
     }
 
+    /// The current session, if one is open.
     pub fn session(&self) -> Option<SessionId> {
         self.session.id()
     }

@@ -31,6 +31,7 @@ impl Ops {
         id
     }
 
+    /// The next operation for the driver.
     pub(super) fn poll(&mut self) -> Option<(OpId, StoreOp)> {
         self.queue.pop_front()
     }
@@ -105,6 +106,7 @@ pub(super) enum Pending {
 }
 
 impl Pending {
+    /// The session the operation belongs to; it dies with it (DESIGN §8 rule 5).
     pub(super) fn session(&self) -> Option<SessionId> {
         match self {
             Pending::Open { .. } | Pending::Close { .. } | Pending::Read { .. } => None,

@@ -35,6 +35,7 @@ pub(super) struct Leave {
 }
 
 impl Leave {
+    /// A leave that started at `started`.
     pub(super) fn new(started: Time) -> Leave {
         Leave {
             started,
@@ -71,6 +72,8 @@ impl Member {
         }
     }
 
+    /// Registers under the current session once a view was read (after a failure, from the
+    /// retry time on); when blocked, waits for a newer view without the other holder.
     pub(super) fn register(&mut self, now: Time) {
         let Some(session) = self.session.id() else {
             return;
@@ -121,6 +124,7 @@ impl Member {
         );
     }
 
+    /// The member record is ours.
     fn registered(&mut self, session: SessionId) {
         if self.registration != Registration::Registered {
             self.registration = Registration::Registered;
@@ -128,6 +132,7 @@ impl Member {
         }
     }
 
+    /// Another session holds the name: wait for a newer view.
     fn name_in_use(&mut self) {
         let holder = self
             .view
@@ -187,6 +192,9 @@ impl Member {
         }
     }
 
+    /// Leaving: marks the member draining so the coordinator moves everything off (PITFALLS
+    /// 26), then closes the session once everything is released and deleted, or the leave
+    /// timed out.
     pub(super) fn finish_leave(&mut self, now: Time) {
         let Some(started) = self.leaving.as_ref().map(|l| l.started) else {
             return;

@@ -54,6 +54,7 @@ pub(super) enum SessionState {
 }
 
 impl SessionState {
+    /// The open session.
     pub(super) fn current(&self) -> Option<&Session> {
         match self {
             SessionState::Open(s) => Some(s),
@@ -61,6 +62,7 @@ impl SessionState {
         }
     }
 
+    /// The open session, mutably.
     pub(super) fn current_mut(&mut self) -> Option<&mut Session> {
         match self {
             SessionState::Open(s) => Some(s),
@@ -68,6 +70,7 @@ impl SessionState {
         }
     }
 
+    /// The open session's id.
     pub(super) fn id(&self) -> Option<SessionId> {
         self.current().map(|s| s.id)
     }
@@ -290,6 +293,8 @@ impl Member {
         }
     }
 
+    /// Sends the keepalive when due; suspends (revoking every lease) at the deadline minus
+    /// the stop budget (DESIGN §8 rule 3); force-stops leases held at their deadline.
     pub(super) fn session_upkeep(&mut self, now: Time) {
         let stop = self.cfg.stop_timeout;
         let variant = self.cfg.variant;
@@ -324,6 +329,9 @@ impl Member {
         self.check_stop_deadline(now);
     }
 
+    /// The store says the session expired: its leases are revoked and valid until its
+    /// deadline at most, everything tied to it is dropped, and a new session opens (or the
+    /// member closes, when leaving).
     pub(super) fn lose_session(&mut self, now: Time) {
         let Some(s) = self.session.take() else {
             return;
@@ -369,6 +377,7 @@ impl Member {
         }
     }
 
+    /// Sends `CloseSession`; failures are retried until `give_up`.
     pub(super) fn send_close(&mut self, session: SessionId, give_up: Time) {
         self.send(
             Pending::Close { session, give_up },
@@ -376,6 +385,8 @@ impl Member {
         );
     }
 
+    /// The reply to `CloseSession`: closed (or expired), or retried until `give_up`; `Left`
+    /// when done.
     pub(super) fn on_close(
         &mut self,
         now: Time,

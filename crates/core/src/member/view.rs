@@ -46,6 +46,8 @@ impl Member {
         }
     }
 
+    /// Sends a listing read when one is wanted (notified, resync due, retry) and none is in
+    /// flight; linearizable for the coordinator or after a listing that went back in time.
     pub(super) fn reads(&mut self, now: Time) {
         if now >= self.view.next_resync {
             self.view.next_resync = now + self.cfg.resync_interval;
@@ -74,6 +76,8 @@ impl Member {
         }
     }
 
+    /// A listing: applied unless it is older than the view already acted on and not
+    /// linearizable (then the next read is linearizable); failures are retried after a pause.
     pub(super) fn on_read(
         &mut self,
         now: Time,

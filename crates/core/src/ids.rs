@@ -233,4 +233,16 @@ mod tests {
         assert!(serde_json::from_str::<ResourceId>("\"\"").is_err());
         assert!(serde_json::from_str::<ResourceId>("\"ok\"").is_ok());
     }
+
+    #[test]
+    fn ids_display_as_logged() {
+        // Log lines and `status` output carry these forms; tools parse them.
+        assert_eq!(SessionId(0x2a).to_string(), "s2a");
+        assert_eq!(Epoch(7).to_string(), "7");
+        let t = Token {
+            generation: 0,
+            revision: 58,
+        };
+        assert_eq!(t.to_string(), "0.58");
+    }
 }

@@ -245,4 +245,18 @@ mod tests {
         };
         assert_eq!(t.to_string(), "0.58");
     }
+
+    #[test]
+    fn time_arithmetic_saturates_and_round_trips() {
+        let d = Duration::from_millis(1500);
+        let t = Time::from_duration(d);
+        assert_eq!(t, Time(1_500_000_000));
+        assert_eq!(t.as_duration(), d);
+        assert_eq!(Time::from_duration(Duration::MAX), Time::MAX);
+        assert_eq!((t + d).saturating_since(t), d);
+        assert_eq!(t.saturating_since(t + d), Duration::ZERO);
+        assert_eq!(Time::MAX + d, Time::MAX);
+        assert_eq!(Time::ZERO - d, Time::ZERO);
+        assert_eq!((t + d) - d, t);
+    }
 }

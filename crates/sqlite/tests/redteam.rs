@@ -164,7 +164,10 @@ async fn redteam_pin_keepalive_racing_takeover_never_gives_two_owners() {
         }
     }
     println!("keepalive races: {ok} renewed, {expired} found expired, {skipped} skipped");
-    assert!(skipped < 60, "{skipped} of 120 sessions expired before their first claim");
+    assert!(
+        skipped < 60,
+        "{skipped} of 120 sessions expired before their first claim"
+    );
     assert!(
         ok > 0 && expired > 0,
         "both outcomes exercised: {ok} / {expired}"

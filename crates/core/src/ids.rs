@@ -244,6 +244,7 @@ mod tests {
             revision: 58,
         };
         assert_eq!(t.to_string(), "0.58");
+        assert_eq!(Time(61_234_567_890).to_string(), "61.234s");
     }
 
     #[test]

@@ -411,6 +411,8 @@ mod tests {
             assert_eq!(decode_component(&e).as_deref(), Some(s));
         }
         assert_eq!(decode_component("%41"), None, "escaped safe byte");
+        assert_eq!(decode_component("%5F"), None, "escaped underscore");
+        assert_eq!(decode_component("%2D"), None, "escaped dash");
         assert_eq!(decode_component("%2e"), None, "lower-case hex");
         assert_eq!(decode_component("a.b"), None, "raw dot");
         assert_ne!(

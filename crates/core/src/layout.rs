@@ -404,6 +404,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_counter_keys_are_where_the_parser_reads_them() {
+        // The runtime's admin (which keeps the generation across a group's deletion) and the
+        // parser must agree on the key.
+        let layout = Layout::new(&crate::ids::GroupId::new("g").unwrap());
+        let entry = |value: u64| Entry {
+            value: encode(&CounterRec { value }),
+            version: 0,
+            create_rev: 1,
+            mod_rev: 1,
+            owner: None,
+        };
+        let (v, bad) = parse_view(
+            &layout,
+            &[(layout.generation(), entry(5)), (layout.epoch(), entry(9))],
+        );
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(v.generation, 5);
+        assert_eq!(v.epoch.map(|(e, _)| e), Some(crate::ids::Epoch(9)));
+    }
+
+    #[test]
     fn encoding_round_trips_and_is_canonical() {
         for s in ["a", "café", "a/b", "x y.z", "..", "%41", "日本", "-_-"] {
             let e = encode_component(s);

@@ -14,6 +14,7 @@
 //! and once faults stop, that within [`convergence_bound`] every resource is leased exactly
 //! once and lease counts differ by at most one (c).
 
+pub mod access;
 mod rng;
 mod world;
 

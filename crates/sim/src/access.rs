@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use rebalanser_core::layout::Layout;
+use rebalanser_core::layout::{self, Layout, View};
 use rebalanser_core::{Event, LeaseId, ResourceId, SessionId, Time, Token};
 use rebalanser_store::MemModel;
 
@@ -340,4 +340,14 @@ pub fn judge<'a, W: Copy, S>(
 /// The end of an access at the one instant `now`, for [`judge`].
 pub fn just_after(now: Time) -> Time {
     Time(now.0.saturating_add(1))
+}
+
+/// The group as the store holds it now (for convergence checks: which resources exist).
+pub fn store_view(store: &MemModel, layout: &Layout) -> View {
+    let entries: Vec<_> = store
+        .entries()
+        .iter()
+        .map(|(k, e)| (k.clone(), e.clone()))
+        .collect();
+    layout::parse_view(layout, &entries).0
 }

@@ -11,6 +11,7 @@ use rebalanser_core::store::{StoreOp, StoreResult, Write};
 use rebalanser_core::{ResourceId, SessionId};
 
 use super::World;
+use crate::access::store_view;
 
 impl World {
     pub(super) fn admin(&mut self, op: StoreOp) {
@@ -28,13 +29,7 @@ impl World {
 
     /// The group as the store holds it now.
     pub(super) fn store_view(&self) -> View {
-        let entries: Vec<_> = self
-            .store
-            .entries()
-            .iter()
-            .map(|(k, e)| (k.clone(), e.clone()))
-            .collect();
-        layout::parse_view(&self.layout, &entries).0
+        store_view(&self.store, &self.layout)
     }
 
     /// The resources of the group, as the store holds them now.

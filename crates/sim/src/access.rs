@@ -267,6 +267,18 @@ pub enum ClaimProblem {
     WrongToken { create_rev: u64 },
 }
 
+impl ClaimProblem {
+    /// In words, for a lease of `session`.
+    pub fn why(self, session: SessionId) -> String {
+        let (owner, create_rev) = match self {
+            ClaimProblem::Absent => return "the store has no claim for it".into(),
+            ClaimProblem::Foreign { owner, create_rev } => (owner, create_rev),
+            ClaimProblem::WrongToken { create_rev } => (Some(session), create_rev),
+        };
+        format!("the store's claim is {owner:?}'s, created at revision {create_rev}")
+    }
+}
+
 /// Why the store's claim of `resource` does not back a lease of `session` with `token`, if
 /// not.
 pub fn claim_problem(
@@ -301,6 +313,49 @@ pub enum Finding<'a, W, S = ()> {
     /// One resource accessed by several applications (or under several leases of one) at
     /// once, in the order given.
     Double(Vec<Access<'a, W, S>>),
+}
+
+impl<W: Copy, S> Finding<'_, W, S> {
+    /// The finding in words, each access named by `who`, with a key that names it apart from
+    /// when it was seen (an access that breaks a rule does so at every check: report it once
+    /// per key). The simulator's wording; the model checker words its own per property.
+    pub fn describe(&self, who: impl Fn(&Access<'_, W, S>) -> String) -> (String, String) {
+        match self {
+            Finding::SessionGone(a) => (
+                format!("gone {} {}", a.resource, a.held.session),
+                format!(
+                    "{} accesses {} under a session the store no longer has",
+                    who(a),
+                    a.resource
+                ),
+            ),
+            Finding::SessionExpires(a, e) => (
+                format!("expired {} {}", a.resource, a.held.session),
+                format!(
+                    "{} accesses {} past its session's expiry in the store at {e}",
+                    who(a),
+                    a.resource
+                ),
+            ),
+            Finding::Claim(a, p) => (
+                format!("claim {} {} {}", a.resource, a.held.session, a.held.token),
+                format!(
+                    "{} accesses {} but {}",
+                    who(a),
+                    a.resource,
+                    p.why(a.held.session)
+                ),
+            ),
+            Finding::Double(v) => {
+                let r = v[0].resource;
+                let v: Vec<String> = v.iter().map(who).collect();
+                (
+                    format!("double {r} {}", v.join(" ")),
+                    format!("double access on {r}: {}", v.join(" and ")),
+                )
+            }
+        }
+    }
 }
 
 /// Judges `accesses`, each lasting until `until` (exclusive), against the store. A session

@@ -15,7 +15,7 @@ use rebalanser_core::admin;
 use rebalanser_core::layout::Layout;
 use rebalanser_core::store::{Cond, StoreError, StoreOp, StoreResult, Write};
 use rebalanser_core::{Config, Epoch, Event, LeaseId, Member, OpId, ResourceId, Time, Variant};
-use rebalanser_sim::access::{judge, just_after, Access, App, AppEffect, Finding, Tokens};
+use rebalanser_sim::access::{judge, just_after, Access, App, AppEffect, Tokens};
 use rebalanser_store::{MemModel, ModelConfig};
 
 mod common;
@@ -295,41 +295,8 @@ impl H {
         };
         let accesses = self.app.iter().enumerate().flat_map(|(i, a)| a.accesses(i));
         let found: Vec<(String, String)> = judge(&self.store, &self.layout, accesses, until)
-            .into_iter()
-            .map(|f| match f {
-                Finding::SessionGone(a) => (
-                    format!("gone {} {}", a.resource, a.held.session),
-                    format!(
-                        "{} accesses {} under a session the store no longer has",
-                        who(&a),
-                        a.resource
-                    ),
-                ),
-                Finding::SessionExpires(a, e) => (
-                    format!("expired {} {}", a.resource, a.held.session),
-                    format!(
-                        "{} accesses {} past its session's expiry in the store at {e}",
-                        who(&a),
-                        a.resource
-                    ),
-                ),
-                Finding::Claim(a, p) => (
-                    format!("claim {} {} {}", a.resource, a.held.session, a.held.token),
-                    format!(
-                        "{} accesses {} but the store's claim: {p:?}",
-                        who(&a),
-                        a.resource
-                    ),
-                ),
-                Finding::Double(v) => {
-                    let r = v[0].resource;
-                    let v: Vec<String> = v.iter().map(who).collect();
-                    (
-                        format!("double {r} {}", v.join(" ")),
-                        format!("DOUBLE ACCESS on {r}: {}", v.join(" and ")),
-                    )
-                }
-            })
+            .iter()
+            .map(|f| f.describe(who))
             .collect();
         for (key, what) in found {
             self.flag(key, what);

@@ -9,10 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use rebalanser_core::{ResourceId, SessionId, Time};
+use rebalanser_core::{ResourceId, Time};
 
 use super::{State, World};
-use crate::access::{judge, Access, ClaimProblem, Finding};
+use crate::access::{judge, Access};
 use crate::convergence_bound;
 
 /// Who accesses, for the findings: the slot and incarnation of the process.
@@ -39,42 +39,8 @@ impl World {
             .filter(|(_, s)| s.state == State::Running && s.paused_until.is_none_or(|u| u <= now))
             .flat_map(|(i, s)| s.app.accesses((i, s.inc)));
         let found: Vec<(String, String)> = judge(&self.store, &self.layout, accesses, until)
-            .into_iter()
-            .map(|f| match f {
-                Finding::SessionGone(a) => (
-                    format!("gone {} {}", a.resource, a.held.session),
-                    format!(
-                        "{} accesses {} under a session the store no longer has",
-                        who(&a),
-                        a.resource
-                    ),
-                ),
-                Finding::SessionExpires(a, e) => (
-                    format!("expired {} {}", a.resource, a.held.session),
-                    format!(
-                        "{} accesses {} past its session's expiry in the store at {e}",
-                        who(&a),
-                        a.resource
-                    ),
-                ),
-                Finding::Claim(a, p) => (
-                    format!("claim {} {} {}", a.resource, a.held.session, a.held.token),
-                    format!(
-                        "{} accesses {} but {}",
-                        who(&a),
-                        a.resource,
-                        claim_why(p, a.held.session)
-                    ),
-                ),
-                Finding::Double(v) => {
-                    let r = v[0].resource;
-                    let v: Vec<String> = v.iter().map(who).collect();
-                    (
-                        format!("double {r} {}", v.join(" ")),
-                        format!("double access on {r}: {}", v.join(" and ")),
-                    )
-                }
-            })
+            .iter()
+            .map(|f| f.describe(who))
             .collect();
         for (key, what) in found {
             if self.reported.insert(key) {
@@ -152,14 +118,4 @@ fn who(a: &Access<'_, Who, Time>) -> String {
         "m{}#{} (token {}, {}, since {})",
         a.who.0, a.who.1, a.held.token, a.held.session, a.held.since
     )
-}
-
-/// Why the store's claim does not back a lease of `session`, in words.
-pub(super) fn claim_why(p: ClaimProblem, session: SessionId) -> String {
-    let (owner, create_rev) = match p {
-        ClaimProblem::Absent => return "the store has no claim for it".into(),
-        ClaimProblem::Foreign { owner, create_rev } => (owner, create_rev),
-        ClaimProblem::WrongToken { create_rev } => (Some(session), create_rev),
-    };
-    format!("the store's claim is {owner:?}'s, created at revision {create_rev}")
 }

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use rebalanser_core::{Event, Time};
 
-use super::oracle::claim_why;
 use super::run::Ev;
 use super::trace::short_event;
 use super::{ms, State, World};
@@ -124,7 +123,7 @@ impl World {
                 {
                     self.violation(format!(
                         "m{i}#{inc} granted {resource} (token {token}, {session}) but {}",
-                        claim_why(p, session)
+                        p.why(session)
                     ));
                 }
                 if others > 0 {

@@ -105,14 +105,6 @@ impl Layout {
     pub fn resource(&self, r: &ResourceId) -> Key {
         format!("{}/resources/{}", self.root, encode_component(r.as_str()))
     }
-    /// Prefix of every resource key, with a trailing `/`.
-    pub fn resources_prefix(&self) -> Key {
-        format!("{}/resources/", self.root)
-    }
-    /// Prefix of every claim key, with a trailing `/`.
-    pub fn claims_prefix(&self) -> Key {
-        format!("{}/claims/", self.root)
-    }
     pub fn claim(&self, r: &ResourceId) -> Key {
         format!("{}/claims/{}", self.root, encode_component(r.as_str()))
     }

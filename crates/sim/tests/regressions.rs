@@ -746,3 +746,38 @@ fn a_deposed_coordinators_late_write_is_rejected() {
         "the unguarded write was rejected anyway ({res:?}): the test proves nothing"
     );
 }
+
+/// A graceful leave marks the member draining, so the coordinator moves its resources at once:
+/// the leaver closes within a few round trips, not after `leave_timeout` (3 s here), and
+/// every resource ends with the member that stays.
+#[test]
+fn a_graceful_leave_hands_over_before_its_timeout() {
+    let mut h = H::new(&["r1", "r2", "r3", "r4"]);
+    let a = h.add(cfg("a"));
+    h.advance(t(500));
+    let b = h.add(cfg("b"));
+    h.advance(t(2000));
+    for r in ["r1", "r2", "r3", "r4"] {
+        assert_eq!(h.holders(r).len(), 1, "{r} settled before the leave");
+    }
+    assert!(
+        ["r1", "r2", "r3", "r4"].iter().any(|r| h.holders(r) == [b]),
+        "b holds something to hand over"
+    );
+    h.m[b].leave(h.now);
+    h.pump();
+    let left_at = h.now;
+    while !h.m[b].is_closed() && h.now < left_at + ms(5000) {
+        h.release_all(a);
+        h.release_all(b);
+        h.advance(h.now + ms(20));
+    }
+    assert!(h.m[b].is_closed(), "never closed");
+    let took = h.now.saturating_since(left_at);
+    assert!(took < ms(1000), "the leave took {took:?} (leave_timeout 3 s)");
+    h.advance(h.now + ms(1000));
+    for r in ["r1", "r2", "r3", "r4"] {
+        assert_eq!(h.holders(r), [a], "{r} after the leave");
+    }
+    assert!(h.violations.is_empty(), "{:?}", h.violations);
+}

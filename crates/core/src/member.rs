@@ -315,6 +315,8 @@ pub struct Member {
     registration: Registration,
     register_retry_at: Time,
     draining: Option<OpId>,
+    /// After a failed draining mark, the next try waits until then (no retry at one instant).
+    drain_retry_at: Option<Time>,
     leave_started: Option<Time>,
 
     desired: BTreeSet<ResourceId>,
@@ -372,6 +374,7 @@ impl Member {
             registration: Registration::None,
             register_retry_at: Time::ZERO,
             draining: None,
+            drain_retry_at: None,
             leave_started: None,
             desired: BTreeSet::new(),
             desired_epoch: Epoch(0),
@@ -505,8 +508,13 @@ impl Member {
             },
             Pending::Drain { .. } => {
                 self.draining = None;
-                if result.is_err() {
+                if let Err(e) = result {
                     self.read_dirty = true;
+                    self.drain_retry_at = Some(now + self.cfg.retry_delay);
+                    self.events.push_back(Event::StoreError {
+                        op: "drain",
+                        error: e,
+                    });
                 }
             }
             Pending::ClaimCreate { session, r } => self.on_claim_create(now, session, r, result),
@@ -623,6 +631,9 @@ impl Member {
         self.lease_deadlines(&mut at);
         at(self.next_resync);
         if let Some(r) = self.read_retry_at {
+            at(r);
+        }
+        if let Some(r) = self.drain_retry_at {
             at(r);
         }
         for g in self.gates.values() {
@@ -1563,7 +1574,9 @@ impl Member {
         };
         // Mark draining so the coordinator moves everything off (PITFALLS 26).
         let marked = self.view.draining.get(&self.cfg.name) == Some(&session);
-        if !marked && self.draining.is_none() {
+        let may_retry = self.drain_retry_at.is_none_or(|t| now >= t);
+        if !marked && self.draining.is_none() && may_retry {
+            self.drain_retry_at = None;
             let op = self.send(
                 Pending::Drain { session },
                 StoreOp::Txn {

@@ -562,3 +562,34 @@ fn a_resigning_coordinator_sends_one_delete_of_its_leader_key_at_a_time() {
         .count();
     assert_eq!(deletes, 1, "{}", h.log.join("\n"));
 }
+
+fn is_drain_mark(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::Txn { writes, .. }
+        if writes.iter().any(|w| matches!(w, Write::Create { key, .. } if key.contains("/draining/"))))
+}
+
+#[test]
+fn a_failed_draining_mark_is_retried_after_a_pause_not_at_once() {
+    // It was re-sent at the same instant it failed: against a store that refuses at once, a
+    // hot loop (the fate below gives in after 50 tries so that the old code terminates).
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    h.member.leave(h.now);
+    let mut tries = 0;
+    let mut fate = |op: &StoreOp| {
+        if is_drain_mark(op) && tries < 50 {
+            tries += 1;
+            Fate::Unavailable
+        } else {
+            Fate::Normal
+        }
+    };
+    h.pump(&mut fate);
+    let at_once = h.ops.iter().filter(|op| is_drain_mark(op)).count();
+    assert_eq!(at_once, 1, "re-sent at the instant it failed");
+    h.release_all_revoked();
+    h.run_for(ms(100), &mut fate);
+    let tries = h.ops.iter().filter(|op| is_drain_mark(op)).count();
+    // retry_delay is 40 ms.
+    assert!((2..=4).contains(&tries), "{tries} marks in 100 ms");
+}

@@ -774,7 +774,10 @@ fn a_graceful_leave_hands_over_before_its_timeout() {
     }
     assert!(h.m[b].is_closed(), "never closed");
     let took = h.now.saturating_since(left_at);
-    assert!(took < ms(1000), "the leave took {took:?} (leave_timeout 3 s)");
+    assert!(
+        took < ms(1000),
+        "the leave took {took:?} (leave_timeout 3 s)"
+    );
     h.advance(h.now + ms(1000));
     for r in ["r1", "r2", "r3", "r4"] {
         assert_eq!(h.holders(r), [a], "{r} after the leave");

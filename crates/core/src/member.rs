@@ -511,10 +511,14 @@ impl Member {
                 if let Err(e) = result {
                     self.read_dirty = true;
                     self.drain_retry_at = Some(now + self.cfg.retry_delay);
-                    self.events.push_back(Event::StoreError {
-                        op: "drain",
-                        error: e,
-                    });
+                    // A Conflict is a mark already there (ours, from an attempt whose reply
+                    // was lost): the re-read shows it. Anything else is worth reporting.
+                    if !matches!(e, StoreError::Conflict(_)) {
+                        self.events.push_back(Event::StoreError {
+                            op: "drain",
+                            error: e,
+                        });
+                    }
                 }
             }
             Pending::ClaimCreate { session, r } => self.on_claim_create(now, session, r, result),

@@ -1,7 +1,7 @@
 ----------------------------- MODULE Rebalanser -----------------------------
 (***************************************************************************)
-(* The Rebalanser protocol of DESIGN.md section 4, at the granularity of   *)
-(* store transactions.                                                     *)
+(* The Rebalanser protocol of docs/design.md section 4, at the granularity *)
+(* of store transactions.                                                  *)
 (*                                                                         *)
 (* A *process* is one incarnation of a member name and is identified with *)
 (* its store session: Procs = {<<m, i>>}.  Incarnation i+1 of name m is a *)

@@ -311,8 +311,8 @@ fn tmpdir(name: &str) -> Result<PathBuf> {
 /// *restarts* the child under a new guard: two processes for r inside one member; on a later
 /// revoke the claim is released while the first one still runs, and another member starts r.
 /// The guard's module docs list "a guard that is itself SIGKILLed takes only its direct child
-/// down" as not covered; rule 17 ("kills the whole process group (or cgroup) ... when the
-/// member dies ... only then is the claim released") has no such exception.
+/// down" as not covered; DESIGN §8 rule 17 (the stop kills every process the child started,
+/// and only then is the claim released) has no such exception.
 ///
 /// Suggested fix: make the member itself a child subreaper (`PR_SET_CHILD_SUBREAPER` at
 /// start-up: a dead guard's orphans are then re-parented to the member, which kills and reaps

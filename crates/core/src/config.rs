@@ -288,4 +288,33 @@ mod tests {
         c.weight = 0;
         assert_eq!(c.validate(), Err(ConfigError::Zero { field: "weight" }));
     }
+
+    #[test]
+    fn limits_are_inclusive() {
+        let day = Duration::from_secs(86_400);
+        let mut c = cfg();
+        c.leave_timeout = day;
+        assert_eq!(c.validate(), Ok(()), "a day is allowed");
+        c.leave_timeout = day + Duration::from_nanos(1);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::TooLarge {
+                field: "leave_timeout",
+                ..
+            })
+        ));
+        // One chunk and its key fit exactly; a byte less does not.
+        let mut c = cfg();
+        c.max_txn_bytes = c.assignment_chunk_bytes + crate::store::MAX_KEY_BYTES;
+        assert_eq!(c.validate(), Ok(()));
+        c.max_txn_bytes -= 1;
+        assert!(matches!(c.validate(), Err(ConfigError::TxnBytes { .. })));
+        // The store's transaction limit, exactly, and one byte beyond it (each condition on
+        // its own is enough to refuse).
+        let mut c = cfg();
+        c.max_txn_bytes = crate::store::MAX_TXN_BYTES;
+        assert_eq!(c.validate(), Ok(()));
+        c.max_txn_bytes += 1;
+        assert!(matches!(c.validate(), Err(ConfigError::TxnBytes { .. })));
+    }
 }

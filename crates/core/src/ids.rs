@@ -233,4 +233,31 @@ mod tests {
         assert!(serde_json::from_str::<ResourceId>("\"\"").is_err());
         assert!(serde_json::from_str::<ResourceId>("\"ok\"").is_ok());
     }
+
+    #[test]
+    fn ids_display_as_logged() {
+        // Log lines and `status` output carry these forms; tools parse them.
+        assert_eq!(SessionId(0x2a).to_string(), "s2a");
+        assert_eq!(Epoch(7).to_string(), "7");
+        let t = Token {
+            generation: 0,
+            revision: 58,
+        };
+        assert_eq!(t.to_string(), "0.58");
+        assert_eq!(Time(61_234_567_890).to_string(), "61.234s");
+    }
+
+    #[test]
+    fn time_arithmetic_saturates_and_round_trips() {
+        let d = Duration::from_millis(1500);
+        let t = Time::from_duration(d);
+        assert_eq!(t, Time(1_500_000_000));
+        assert_eq!(t.as_duration(), d);
+        assert_eq!(Time::from_duration(Duration::MAX), Time::MAX);
+        assert_eq!((t + d).saturating_since(t), d);
+        assert_eq!(t.saturating_since(t + d), Duration::ZERO);
+        assert_eq!(Time::MAX + d, Time::MAX);
+        assert_eq!(Time::ZERO - d, Time::ZERO);
+        assert_eq!((t + d) - d, t);
+    }
 }

@@ -105,14 +105,6 @@ impl Layout {
     pub fn resource(&self, r: &ResourceId) -> Key {
         format!("{}/resources/{}", self.root, encode_component(r.as_str()))
     }
-    /// Prefix of every resource key, with a trailing `/`.
-    pub fn resources_prefix(&self) -> Key {
-        format!("{}/resources/", self.root)
-    }
-    /// Prefix of every claim key, with a trailing `/`.
-    pub fn claims_prefix(&self) -> Key {
-        format!("{}/claims/", self.root)
-    }
     pub fn claim(&self, r: &ResourceId) -> Key {
         format!("{}/claims/{}", self.root, encode_component(r.as_str()))
     }
@@ -404,6 +396,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_counter_keys_are_where_the_parser_reads_them() {
+        // The runtime's admin (which keeps the generation across a group's deletion) and the
+        // parser must agree on the key.
+        let layout = Layout::new(&crate::ids::GroupId::new("g").unwrap());
+        let entry = |value: u64| Entry {
+            value: encode(&CounterRec { value }),
+            version: 0,
+            create_rev: 1,
+            mod_rev: 1,
+            owner: None,
+        };
+        let (v, bad) = parse_view(
+            &layout,
+            &[(layout.generation(), entry(5)), (layout.epoch(), entry(9))],
+        );
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(v.generation, 5);
+        assert_eq!(v.epoch.map(|(e, _)| e), Some(crate::ids::Epoch(9)));
+    }
+
+    #[test]
     fn encoding_round_trips_and_is_canonical() {
         for s in ["a", "café", "a/b", "x y.z", "..", "%41", "日本", "-_-"] {
             let e = encode_component(s);
@@ -411,6 +424,8 @@ mod tests {
             assert_eq!(decode_component(&e).as_deref(), Some(s));
         }
         assert_eq!(decode_component("%41"), None, "escaped safe byte");
+        assert_eq!(decode_component("%5F"), None, "escaped underscore");
+        assert_eq!(decode_component("%2D"), None, "escaped dash");
         assert_eq!(decode_component("%2e"), None, "lower-case hex");
         assert_eq!(decode_component("a.b"), None, "raw dot");
         assert_ne!(

@@ -7,13 +7,20 @@
 //! serves stale reads, cuts members off, pauses them past their TTL, crashes and restarts them,
 //! drifts their clocks, and churns members and resources.
 //!
-//! After every event it checks:
-//! - (a) no two members hold a valid lease on one resource;
+//! As time advances it checks, from what the applications did and what the store holds (never
+//! from what a member believes):
+//! - (a) no two applications access one resource at once, and every access is under a session
+//!   the store still has and does not expire meanwhile, under that session's claim, with the
+//!   claim's revision as its token;
 //! - (b) fencing tokens per resource strictly increase across owners;
 //!
 //! and once faults stop, that within [`convergence_bound`] every resource is leased exactly
 //! once and lease counts differ by at most one (c).
+//!
+//! The applications' side of those checks is [`access`], shared with the model checker
+//! (`rebalanser-model`) and the hand-driven tests.
 
+pub mod access;
 mod rng;
 mod world;
 

@@ -451,6 +451,19 @@ fn a_registration_refused_once_is_retried() {
     assert_eq!(h.grants().len(), 1);
 }
 
+/// Answers the first `n` ops matching `pred` with `Unavailable`; runs everything else.
+fn fail_first(n: usize, pred: fn(&StoreOp) -> bool) -> impl FnMut(&StoreOp) -> Fate {
+    let mut left = n;
+    move |op| {
+        if pred(op) && left > 0 {
+            left -= 1;
+            Fate::Unavailable
+        } else {
+            Fate::Normal
+        }
+    }
+}
+
 fn is_close(op: &StoreOp) -> bool {
     matches!(op, StoreOp::CloseSession { .. })
 }
@@ -464,15 +477,7 @@ fn a_failed_close_is_retried_until_the_session_is_gone() {
     assert_eq!(h.grants().len(), 2);
     let session = h.member.session().expect("a session");
     h.member.leave(h.now);
-    let mut failures = 0;
-    let mut fate = |op: &StoreOp| {
-        if is_close(op) && failures < 3 {
-            failures += 1;
-            Fate::Unavailable
-        } else {
-            Fate::Normal
-        }
-    };
+    let mut fate = fail_first(3, is_close);
     h.pump(&mut fate);
     h.release_all_revoked();
     h.run_for(ms(500), &mut fate);
@@ -494,13 +499,7 @@ fn a_close_that_keeps_failing_gives_up_once_the_store_has_expired_the_session() 
     let mut h = Harness::new(&["q1"]);
     h.run_for(ms(500), &mut |_| Fate::Normal);
     h.member.leave(h.now);
-    let mut fate = |op: &StoreOp| {
-        if is_close(op) {
-            Fate::Unavailable
-        } else {
-            Fate::Normal
-        }
-    };
+    let mut fate = fail_first(usize::MAX, is_close);
     h.pump(&mut fate);
     h.release_all_revoked();
     h.run_for(ms(1500), &mut fate);
@@ -561,4 +560,27 @@ fn a_resigning_coordinator_sends_one_delete_of_its_leader_key_at_a_time() {
         .filter(|op| is_leader_delete(op, &leader))
         .count();
     assert_eq!(deletes, 1, "{}", h.log.join("\n"));
+}
+
+fn is_drain_mark(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::Txn { writes, .. }
+        if writes.iter().any(|w| matches!(w, Write::Create { key, .. } if key.contains("/draining/"))))
+}
+
+#[test]
+fn a_failed_draining_mark_is_retried_after_a_pause_not_at_once() {
+    // It was re-sent at the same instant it failed: against a store that refuses at once, a
+    // hot loop (the fate below gives in after 50 tries so that the old code terminates).
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    h.member.leave(h.now);
+    let mut fate = fail_first(50, is_drain_mark);
+    h.pump(&mut fate);
+    let at_once = h.ops.iter().filter(|op| is_drain_mark(op)).count();
+    assert_eq!(at_once, 1, "re-sent at the instant it failed");
+    h.release_all_revoked();
+    h.run_for(ms(100), &mut fate);
+    let tries = h.ops.iter().filter(|op| is_drain_mark(op)).count();
+    // retry_delay is 40 ms.
+    assert!((2..=4).contains(&tries), "{tries} marks in 100 ms");
 }

@@ -1,14 +1,21 @@
 //! Regression scenarios found by a red-team review: real `Member`s driven by hand against
 //! `MemModel`, with chosen operations held, applied late or failed. Each test asserts the fixed
 //! behaviour; the comment above it says what used to go wrong.
-use std::collections::BTreeMap;
+//!
+//! The harness judges access like the simulator and the model checker, with their shared
+//! oracle ([`rebalanser_sim::access`]), never from what a member believes: an application
+//! accesses a resource from the `Grant` it received until it released it or its process was
+//! aborted (`StopDeadlineMissed`; the aborted member is driven no further). Violations: two
+//! accesses to one resource at once; an access under a session the store no longer has or
+//! expires before the access ends; an access the store's claim of its session does not back,
+//! or whose token is not that claim's create revision; a token that does not grow.
+use std::collections::BTreeSet;
 
 use rebalanser_core::admin;
 use rebalanser_core::layout::Layout;
 use rebalanser_core::store::{Cond, StoreError, StoreOp, StoreResult, Write};
-use rebalanser_core::{
-    Config, Epoch, Event, LeaseId, Member, OpId, ResourceId, SessionId, Time, Variant,
-};
+use rebalanser_core::{Config, Epoch, Event, LeaseId, Member, OpId, ResourceId, Time, Variant};
+use rebalanser_sim::access::{judge, just_after, Access, App, AppEffect, Tokens};
 use rebalanser_store::{MemModel, ModelConfig};
 
 mod common;
@@ -38,7 +45,11 @@ pub struct H {
     pub layout: Layout,
     pub m: Vec<Member>,
     pub now: Time,
-    pub app: Vec<BTreeMap<ResourceId, (LeaseId, SessionId, bool)>>,
+    /// What each member's application accesses (stamped with the grant's time).
+    pub app: Vec<App<Time>>,
+    /// The member missed a stop deadline and its process was aborted: driven no further.
+    pub aborted: Vec<bool>,
+    pub tokens: Tokens,
     pub slow_release: Vec<bool>,
     pub partitioned: Vec<bool>,
     pub held: Vec<(usize, StoreOp)>,
@@ -46,6 +57,8 @@ pub struct H {
     pub filter: Filter,
     pub log: Vec<String>,
     pub violations: Vec<String>,
+    /// Findings already reported (an access that breaks a rule does so at every check).
+    reported: BTreeSet<String>,
     pub reply_hook: ReplyHook,
 }
 
@@ -69,6 +82,8 @@ impl H {
             m: vec![],
             now: Time::ZERO,
             app: vec![],
+            aborted: vec![],
+            tokens: Tokens::default(),
             slow_release: vec![],
             partitioned: vec![],
             held: vec![],
@@ -76,6 +91,7 @@ impl H {
             filter: Box::new(|_, _| Act::Deliver),
             log: vec![],
             violations: vec![],
+            reported: BTreeSet::new(),
             reply_hook: Box::new(|_, _, r| r),
         }
     }
@@ -83,7 +99,8 @@ impl H {
         let mut m = Member::new(c);
         m.start(self.now);
         self.m.push(m);
-        self.app.push(BTreeMap::new());
+        self.app.push(App::new());
+        self.aborted.push(false);
         self.slow_release.push(false);
         self.partitioned.push(false);
         let i = self.m.len() - 1;
@@ -92,19 +109,29 @@ impl H {
     }
     fn notify_all(&mut self) {
         for i in 0..self.m.len() {
-            if !self.partitioned[i] {
+            if !self.partitioned[i] && !self.aborted[i] {
                 self.m[i].handle_notify(self.now);
             }
         }
     }
-    /// Executes every queued op of every member (at `now`), feeds replies, handles events.
+    /// Executes every queued op of every member (at `now`), feeds replies, handles events;
+    /// then judges the applications' access at this instant.
     pub fn pump(&mut self) {
         for _round in 0..300 {
             let mut progress = false;
             for i in 0..self.m.len() {
+                if self.aborted[i] {
+                    continue;
+                }
                 while let Some(e) = self.m[i].poll_event() {
                     progress = true;
                     self.event(i, e);
+                    if self.aborted[i] {
+                        break;
+                    }
+                }
+                if self.aborted[i] {
+                    continue;
                 }
                 let mut k = 0;
                 while let Some((id, op)) = self.m[i].poll_op() {
@@ -120,8 +147,8 @@ impl H {
                     }
                 }
             }
-            self.check();
             if !progress {
+                self.check(just_after(self.now));
                 return;
             }
         }
@@ -214,64 +241,73 @@ impl H {
     }
     fn event(&mut self, i: usize, e: Event) {
         self.log.push(format!("{} m{} event {:?}", self.now, i, e));
-        match e {
-            Event::Grant {
-                lease,
+        match self.app[i].on_event(&e, self.now) {
+            AppEffect::Granted {
                 resource,
+                token,
                 session,
                 ..
             } => {
-                self.app[i].insert(resource, (lease, session, false));
-            }
-            Event::Revoke {
-                lease, resource, ..
-            } => {
-                if let Some(l) = self.app[i].get_mut(&resource) {
-                    if l.0 == lease {
-                        l.2 = true;
+                if let Some(p) = self.tokens.grant(&resource, i, session, token) {
+                    if p.regressed {
+                        let (j, t) = (p.owner, p.token);
+                        self.flag(
+                            format!("token {resource} {token}"),
+                            format!("token for {resource} went from {t} (m{j}) to {token} (m{i})"),
+                        );
                     }
                 }
+            }
+            AppEffect::Revoked { resource, lease } => {
                 if !self.slow_release[i] {
-                    self.app[i].remove(&resource);
+                    self.app[i].release(&resource, lease);
                     self.m[i].handle_released(self.now, &resource, lease);
                 }
             }
-            _ => {}
+            AppEffect::Abort => {
+                // The runtime aborts the process: its application stops with it.
+                self.log.push(format!("{} m{} ABORTED", self.now, i));
+                self.aborted[i] = true;
+            }
+            AppEffect::None => {}
         }
     }
     pub fn release_all(&mut self, i: usize) {
-        let ls: Vec<(ResourceId, LeaseId, bool)> = self.app[i]
-            .iter()
-            .map(|(r, l)| (r.clone(), l.0, l.2))
+        let ls: Vec<(ResourceId, LeaseId)> = self.app[i]
+            .leases()
+            .filter(|(_, _, l)| l.revoked)
+            .map(|(r, l, _)| (r.clone(), l))
             .collect();
-        for (r, l, revoked) in ls {
-            if revoked {
-                self.app[i].remove(&r);
-                self.m[i].handle_released(self.now, &r, l);
-            }
+        for (r, l) in ls {
+            self.app[i].release(&r, l);
+            self.m[i].handle_released(self.now, &r, l);
         }
         self.pump();
     }
-    pub fn check(&mut self) {
-        let mut holders: BTreeMap<ResourceId, Vec<usize>> = BTreeMap::new();
-        for i in 0..self.m.len() {
-            if self.m[i].is_closed() {
-                continue;
-            }
-            for (r, l) in &self.app[i] {
-                if self.now < self.m[i].valid_until(l.1) {
-                    holders.entry(r.clone()).or_default().push(i);
-                }
-            }
+    /// Judges the applications' access from now until `until` (exclusive) against the store
+    /// (the shared oracle; never what a member believes).
+    pub fn check(&mut self, until: Time) {
+        let who = |a: &Access<'_, usize, Time>| {
+            format!(
+                "m{} (token {}, {}, since {})",
+                a.who, a.held.token, a.held.session, a.held.since
+            )
+        };
+        let accesses = self.app.iter().enumerate().flat_map(|(i, a)| a.accesses(i));
+        let found: Vec<(String, String)> = judge(&self.store, &self.layout, accesses, until)
+            .iter()
+            .map(|f| f.describe(who))
+            .collect();
+        for (key, what) in found {
+            self.flag(key, what);
         }
-        for (r, v) in holders {
-            if v.len() > 1 {
-                let s = format!("{} DOUBLE LEASE on {} by {:?}", self.now, r, v);
-                if !self.violations.contains(&s) {
-                    self.log.push(s.clone());
-                    self.violations.push(s);
-                }
-            }
+    }
+    /// Reports a violation once per `key`.
+    fn flag(&mut self, key: String, what: String) {
+        if self.reported.insert(key) {
+            let s = format!("{} {what}", self.now);
+            self.log.push(s.clone());
+            self.violations.push(s);
         }
     }
     /// Advances virtual time to `to`, firing member timers and store expiry.
@@ -280,7 +316,9 @@ impl H {
             let next = self
                 .m
                 .iter()
-                .filter_map(|m| m.poll_timeout())
+                .zip(&self.aborted)
+                .filter(|(_, aborted)| !**aborted)
+                .filter_map(|(m, _)| m.poll_timeout())
                 .filter(|x| *x > self.now)
                 .min();
             let step = match next {
@@ -288,6 +326,8 @@ impl H {
                 _ => to,
             };
             let step = step.min(self.now + ms(20)); // store tick
+                                                    // Nothing happens before `step`: the access goes on until then.
+            self.check(step);
             self.now = step;
             if std::env::var("RT_DBG").is_ok() {
                 eprintln!("advance {}", self.now);
@@ -298,11 +338,17 @@ impl H {
                 self.log
                     .push(format!("{} store expired {:?}", self.now, dead));
             }
+            // The store's expiry comes first at this instant: an application still accessing
+            // under an expired session overlaps whoever claims next, even if its member stops
+            // it at this same instant (a real stop is not instantaneous; as in the model).
+            self.check(just_after(self.now));
             if self.store.rev() != before {
                 self.notify_all();
             }
             for i in 0..self.m.len() {
-                self.m[i].handle_timeout(self.now);
+                if !self.aborted[i] {
+                    self.m[i].handle_timeout(self.now);
+                }
             }
             self.pump();
             if self.now >= to {
@@ -313,7 +359,7 @@ impl H {
     pub fn holders(&self, r: &str) -> Vec<usize> {
         let r = ResourceId::new(r).unwrap();
         (0..self.m.len())
-            .filter(|i| self.app[*i].contains_key(&r))
+            .filter(|i| self.app[*i].accesses_resource(&r))
             .collect()
     }
     pub fn dump(&self) {
@@ -446,8 +492,8 @@ fn late_applied_register_does_not_block_the_member() {
     let leased: usize = (0..h.m.len()).map(|i| h.app[i].len()).sum();
     println!(
         "a leases: {:?}; b leases: {:?}; total {leased}",
-        h.app[a].keys().collect::<Vec<_>>(),
-        h.app[0].keys().collect::<Vec<_>>()
+        h.app[a].resources().collect::<Vec<_>>(),
+        h.app[0].resources().collect::<Vec<_>>()
     );
     for l in h
         .log
@@ -465,6 +511,9 @@ fn late_applied_register_does_not_block_the_member() {
 impl H {
     pub fn deliver_late_replies(&mut self) {
         for (i, id, res) in std::mem::take(&mut self.late_replies) {
+            if self.aborted[i] {
+                continue;
+            }
             self.log.push(format!(
                 "{} m{} LATE reply op{} {:?}",
                 self.now,
@@ -499,6 +548,9 @@ fn ttl_lowered_mid_session_lowers_the_deadline() {
         h.store.expires_at(sa)
     );
     h.partitioned[a] = true;
+    // Its application ignores the revoke: only the member's forced stop at its deadline ends
+    // the access, and it must come before the store expires the session.
+    h.slow_release[a] = true;
     h.advance(h.now + ms(1500));
     for l in h
         .log
@@ -537,9 +589,12 @@ fn open_reply_handled_late_does_not_inflate_the_deadline() {
         "a's local deadline {} ; store expiry {:?}; a leases {:?}",
         dl,
         h.store.expires_at(sa),
-        h.app[a].keys().collect::<Vec<_>>()
+        h.app[a].resources().collect::<Vec<_>>()
     );
     h.partitioned[a] = true;
+    // Its application ignores the revoke: only the member's forced stop at its deadline ends
+    // the access, and it must come before the store expires the session.
+    h.slow_release[a] = true;
     h.advance(t(3500));
     for l in h
         .log
@@ -690,4 +745,42 @@ fn a_deposed_coordinators_late_write_is_rejected() {
         res.is_ok(),
         "the unguarded write was rejected anyway ({res:?}): the test proves nothing"
     );
+}
+
+/// A graceful leave marks the member draining, so the coordinator moves its resources at once:
+/// the leaver closes within a few round trips, not after `leave_timeout` (3 s here), and
+/// every resource ends with the member that stays.
+#[test]
+fn a_graceful_leave_hands_over_before_its_timeout() {
+    let mut h = H::new(&["r1", "r2", "r3", "r4"]);
+    let a = h.add(cfg("a"));
+    h.advance(t(500));
+    let b = h.add(cfg("b"));
+    h.advance(t(2000));
+    for r in ["r1", "r2", "r3", "r4"] {
+        assert_eq!(h.holders(r).len(), 1, "{r} settled before the leave");
+    }
+    assert!(
+        ["r1", "r2", "r3", "r4"].iter().any(|r| h.holders(r) == [b]),
+        "b holds something to hand over"
+    );
+    h.m[b].leave(h.now);
+    h.pump();
+    let left_at = h.now;
+    while !h.m[b].is_closed() && h.now < left_at + ms(5000) {
+        h.release_all(a);
+        h.release_all(b);
+        h.advance(h.now + ms(20));
+    }
+    assert!(h.m[b].is_closed(), "never closed");
+    let took = h.now.saturating_since(left_at);
+    assert!(
+        took < ms(1000),
+        "the leave took {took:?} (leave_timeout 3 s)"
+    );
+    h.advance(h.now + ms(1000));
+    for r in ["r1", "r2", "r3", "r4"] {
+        assert_eq!(h.holders(r), [a], "{r} after the leave");
+    }
+    assert!(h.violations.is_empty(), "{:?}", h.violations);
 }

@@ -115,11 +115,20 @@ async fn redteam_pin_keepalive_racing_takeover_never_gives_two_owners() {
     let b = std::sync::Arc::new(SqliteStore::open_with(&path, opts).unwrap());
     let sb = open_session(&b, Duration::from_secs(600)).await;
     let ttl = Duration::from_millis(20);
-    let (mut ok, mut expired) = (0, 0);
+    let (mut ok, mut expired, mut skipped) = (0, 0, 0);
     for i in 0..120u64 {
         let key = format!("g/claims/r{i}");
         let sa = open_session(&a, ttl).await;
-        create(&a, &key, Some(sa)).await.unwrap();
+        match create(&a, &key, Some(sa)).await {
+            Ok(_) => {}
+            // A loaded machine can take longer than the 20 ms TTL between the two calls:
+            // there is no race to judge in this round.
+            Err(StoreError::SessionExpired) => {
+                skipped += 1;
+                continue;
+            }
+            Err(e) => panic!("round {i}: claim create: {e:?}"),
+        }
         let a2 = a.clone();
         let ka = tokio::spawn(async move {
             // Spread the keepalive over [0, 2·TTL): before, around and after the expiry.
@@ -154,7 +163,11 @@ async fn redteam_pin_keepalive_racing_takeover_never_gives_two_owners() {
             other => panic!("round {i}: {other:?}"),
         }
     }
-    println!("keepalive races: {ok} renewed, {expired} found expired");
+    println!("keepalive races: {ok} renewed, {expired} found expired, {skipped} skipped");
+    assert!(
+        skipped < 60,
+        "{skipped} of 120 sessions expired before their first claim"
+    );
     assert!(
         ok > 0 && expired > 0,
         "both outcomes exercised: {ok} / {expired}"

@@ -238,8 +238,8 @@ async fn fixed_create_then_delete_in_one_txn_is_reported_indeterminate() {
 /// electing a leader) nothing expires, and a restarted or newly elected leader re-arms every
 /// session for a full timeout. The backend then (a) answers `KeepAlive` with `SessionExpired`
 /// ("its keys are gone too") although the keys are there, and (b) has dropped the session's
-/// credentials (`session_client` removes a terminal handle), so `CloseSession` — which the
-/// runtime sends to abandon the session, PITFALLS 25b — answers `Closed` at once without
+/// credentials (`session_client` removes a terminal handle), so a `CloseSession` for it — as a
+/// caller abandoning the session sends (PITFALLS 25b) — answers `Closed` at once without
 /// contacting the server. The claims and `members/<name>` of the dead incarnation then stay
 /// for up to a full session timeout after the ensemble is back: the new incarnation waits on
 /// its own name (NameInUse) and every resource it held is blocked for everyone.

@@ -32,6 +32,8 @@ pub(super) struct Leave {
     pub(super) started: Time,
     /// The draining mark's `Create` in flight.
     pub(super) drain_op: Option<OpId>,
+    /// After a failed draining mark, the next try waits until then (no retry at one instant).
+    pub(super) drain_retry_at: Option<Time>,
 }
 
 impl Leave {
@@ -40,6 +42,7 @@ impl Leave {
         Leave {
             started,
             drain_op: None,
+            drain_retry_at: None,
         }
     }
 }
@@ -49,6 +52,9 @@ impl Member {
     pub(super) fn registration_timers(&self, at: &mut impl FnMut(Time)) {
         if let Some(l) = &self.leaving {
             at(l.started + self.cfg.leave_timeout);
+            if let Some(r) = l.drain_retry_at {
+                at(r);
+            }
         }
         if let Registration::Unregistered { retry_at: Some(t) } = self.registration {
             at(t);
@@ -204,7 +210,11 @@ impl Member {
         };
         // Mark draining so the coordinator moves everything off (PITFALLS 26).
         let marked = self.view.group.draining.get(&self.cfg.name) == Some(&session);
-        if !marked && self.leaving.as_ref().is_some_and(|l| l.drain_op.is_none()) {
+        let may_send = self
+            .leaving
+            .as_ref()
+            .is_some_and(|l| l.drain_op.is_none() && l.drain_retry_at.is_none_or(|t| now >= t));
+        if !marked && may_send {
             let op = self.send(
                 Pending::Drain { session },
                 StoreOp::Txn {
@@ -218,6 +228,7 @@ impl Member {
             );
             if let Some(l) = self.leaving.as_mut() {
                 l.drain_op = Some(op);
+                l.drain_retry_at = None;
             }
         }
         let timed_out = now >= started + self.cfg.leave_timeout;
@@ -233,12 +244,24 @@ impl Member {
     }
 
     /// The reply to the draining mark's `Create`.
-    pub(super) fn on_drain(&mut self, result: StoreResult) {
+    pub(super) fn on_drain(&mut self, now: Time, result: StoreResult) {
+        let retry_at = now + self.cfg.retry_delay;
         if let Some(l) = self.leaving.as_mut() {
             l.drain_op = None;
+            if result.is_err() {
+                l.drain_retry_at = Some(retry_at);
+            }
         }
-        if result.is_err() {
+        if let Err(e) = result {
             self.view.dirty = true;
+            // A Conflict is a mark already there (ours, from an attempt whose reply was
+            // lost): the re-read shows it. Anything else is worth reporting.
+            if !matches!(e, StoreError::Conflict(_)) {
+                self.events.push_back(Event::StoreError {
+                    op: "drain",
+                    error: e,
+                });
+            }
         }
     }
 }

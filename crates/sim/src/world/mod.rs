@@ -1,107 +1,52 @@
-//! The simulated world: members, their applications, the network, the store and the chaos.
+//! The simulated world: its state and set-up. A [`World`] holds the members (the real core,
+//! each in a [`Slot`] with its process, clock and application), the store model, the event
+//! queue and what the checks found; this module builds it from a seed and starts, crashes and
+//! stops member processes.
+//!
+//! The rest of the world, by concern:
+//! - `run`: the event queue and the main loop (what each event does, in virtual time);
+//! - `process`: a member process and its application (moving ops, events and timers out of the
+//!   core; what the application does on a grant or revoke, through [`crate::access::App`]);
+//! - `network`: requests and replies between members and the store (latency, loss,
+//!   `Indeterminate`, late writes, notifications);
+//! - `store`: every change to the store model goes through here, and is checked;
+//! - `chaos`: the random faults of a seed, and stopping them (`quiesce`);
+//! - `oracle`: the checks, from the applications' access and the store only;
+//! - `scenarios`: scripted faults; `trace`: one-line renderings of ops, replies and events.
+//!
+//! **Never** let anything here depend on wall time, `HashMap` iteration or thread order: a
+//! seed replays exactly.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use rebalanser_core::admin;
-use rebalanser_core::layout::{self, Layout};
-use rebalanser_core::store::{StoreError, StoreOp, StoreReply, StoreResult};
-use rebalanser_core::{
-    Config, Event, GroupId, LeaseId, Member, MemberId, OpId, ResourceId, SessionId, Time, Token,
-};
+use rebalanser_core::layout::Layout;
+use rebalanser_core::{Config, GroupId, Member, MemberId, ResourceId, SessionId, Time};
 use rebalanser_store::{MemModel, ModelConfig};
 
+use crate::access::{App, Tokens};
 use crate::rng::Rng;
 use crate::Scenario;
 
+mod chaos;
+mod network;
 mod oracle;
+mod process;
+mod run;
 mod scenarios;
-use crate::{convergence_bound, SimConfig, SimReport, SESSION_TTL};
+mod store;
+mod trace;
+use crate::{SimConfig, SimReport, SESSION_TTL};
+use chaos::{Faults, QUIET};
+use run::Ev;
 
 const MS: u64 = 1_000_000;
-const MAX_MEMBERS: usize = 6;
 const STORE_TICK: Duration = Duration::from_millis(20);
-/// How late a timer may fire on a loaded machine: below the members' safety margin (150 ms)
-/// less clock drift.
-const MAX_TIMER_LATENESS_MS: u64 = 100;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-#[derive(Debug, Clone)]
-enum Ev {
-    /// A request reaches the store.
-    Arrive {
-        slot: usize,
-        inc: u32,
-        op: OpId,
-        req: StoreOp,
-        sent: Time,
-    },
-    Reply {
-        slot: usize,
-        inc: u32,
-        op: OpId,
-        res: StoreResult,
-    },
-    /// A keepalive that went through a reconnect renegotiating a lower TTL: the store applies
-    /// the new TTL when the member learns it (see `reneg` in `arrive`).
-    RenegotiatedReply {
-        slot: usize,
-        inc: u32,
-        op: OpId,
-        session: SessionId,
-        ttl: Duration,
-    },
-    /// A write the client gave up on (it got `Indeterminate`) reaches the store late.
-    LateApply {
-        req: StoreOp,
-    },
-    Notify {
-        slot: usize,
-        inc: u32,
-    },
-    Timer {
-        slot: usize,
-        inc: u32,
-        /// The time it was set for (it fires later when the member was paused).
-        at: Time,
-    },
-    /// The application finished stopping a revoked lease.
-    Release {
-        slot: usize,
-        inc: u32,
-        resource: ResourceId,
-        lease: LeaseId,
-    },
-    StoreTick,
-    Chaos,
-    /// A supervisor restarts a crashed member (quiet phase only).
-    Restart {
-        slot: usize,
-    },
-    Heal {
-        slot: usize,
-    },
-    /// A step of a scripted scenario.
-    Script(scenarios::Script),
-    /// A degraded link fails: partition `slot` until `heal_after` from now.
-    Cut {
-        slot: usize,
-        heal_after: Duration,
-    },
-    /// Re-add a resource removed a moment ago (remove + re-add faster than a handover).
-    ReAdd {
-        resource: ResourceId,
-    },
-    /// Make a member leave (shortly after joining: assignment flips A→B→A).
-    QuickLeave {
-        slot: usize,
-        inc: u32,
-    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,18 +54,6 @@ enum State {
     Running,
     Crashed,
     Left,
-}
-
-/// What the application of one member does with one resource: it accesses it from the
-/// `Grant` until it has stopped (its release, or its process's crash or abort), whatever the
-/// member believes about its deadline. A paused process accesses nothing while paused.
-#[derive(Debug)]
-struct AppLease {
-    lease: LeaseId,
-    token: Token,
-    session: SessionId,
-    revoked: bool,
-    since: Time,
 }
 
 #[derive(Debug)]
@@ -137,7 +70,10 @@ struct Slot {
     ppm: i64,
     offset: u64,
     timer: Option<Time>,
-    app: BTreeMap<ResourceId, AppLease>,
+    /// What the application accesses: from each `Grant` until it has stopped (its release,
+    /// or its process's crash or abort), whatever the member believes about its deadline. A
+    /// paused process accesses nothing while paused. Stamped with the grant's (true) time.
+    app: App<Time>,
     leaving: bool,
     /// The application ignores revokes (stuck in a call): only an abort stops it.
     stuck: bool,
@@ -163,41 +99,7 @@ impl Slot {
     }
 }
 
-/// Fault probabilities of one seed (zero in the quiet phase).
-#[derive(Debug, Clone, Copy)]
-struct Faults {
-    lost_request: f64,
-    lost_reply: f64,
-    fast_fail: f64,
-    slow: f64,
-    stale_read: f64,
-    lost_notify: f64,
-    dup_notify: f64,
-    slow_stop: f64,
-    late_write: f64,
-    renegotiate: f64,
-    /// A keepalive answered OK that never reached the expiry authority (never two in a row
-    /// for one session: the server that lied is then cut off and stops answering).
-    keepalive_lie: f64,
-    /// A member's timer fires late (scheduling delay on a loaded machine).
-    late_timer: f64,
-}
-
-const QUIET: Faults = Faults {
-    lost_request: 0.0,
-    lost_reply: 0.0,
-    fast_fail: 0.0,
-    slow: 0.0,
-    stale_read: 0.0,
-    lost_notify: 0.0,
-    dup_notify: 0.0,
-    slow_stop: 0.0,
-    late_write: 0.0,
-    renegotiate: 0.0,
-    keepalive_lie: 0.0,
-    late_timer: 0.0,
-};
-
+/// One seed's world (see the module docs); [`World::run`] runs it to its report.
 pub struct World {
     cfg: SimConfig,
     rng: Rng,
@@ -215,8 +117,8 @@ pub struct World {
     op_timeout: Duration,
     next_resource: u32,
     removed: Vec<ResourceId>,
-    /// Last (session, token) granted per resource, for check (b).
-    last_token: BTreeMap<ResourceId, (SessionId, Token)>,
+    /// The last token granted per resource, for check (b).
+    tokens: Tokens,
     /// Sessions whose last keepalive was answered without being seen.
     lied: BTreeSet<SessionId>,
     violations: Vec<String>,
@@ -313,7 +215,7 @@ impl World {
             op_timeout,
             next_resource: 0,
             removed: Vec::new(),
-            last_token: BTreeMap::new(),
+            tokens: Tokens::default(),
             lied: BTreeSet::new(),
             violations: Vec::new(),
             reported: BTreeSet::new(),
@@ -374,14 +276,6 @@ impl World {
         self.queue.push(Reverse((at.max(self.now), self.seq, id)));
     }
 
-    fn admin(&mut self, op: StoreOp) {
-        let before = self.store.rev();
-        let _ = self.store.apply(self.now, &op);
-        if self.store.rev() != before {
-            self.notify_all();
-        }
-    }
-
     fn add_member(&mut self) -> usize {
         let i = self.slots.len();
         let name = MemberId::new(format!("m{i}")).unwrap_or_else(|_| unreachable!());
@@ -398,7 +292,7 @@ impl World {
             ppm,
             offset,
             timer: None,
-            app: BTreeMap::new(),
+            app: App::new(),
             leaving: false,
             stuck: false,
         });
@@ -442,585 +336,6 @@ impl World {
         }
     }
 
-    // ----- main loop ------------------------------------------------------------------
-
-    pub fn run(mut self) -> SimReport {
-        if self.cfg.scenario != Scenario::Chaos {
-            return self.run_scenario();
-        }
-        let mut fault_steps = 0;
-        while fault_steps < self.cfg.steps {
-            if !self.step() {
-                break;
-            }
-            fault_steps += 1;
-        }
-        self.quiesce();
-        let end = self.now + convergence_bound();
-        self.run_until(end);
-        self.check_converged();
-        if self.violations.is_empty() {
-            // Converged is not enough: it must stay put. Another bound with nothing changing
-            // (stale reads and notification loss go on) must not move, grant or revoke
-            // anything, nor change the coordinator.
-            let before = self.counters.clone();
-            let end = self.now + convergence_bound();
-            self.run_until(end);
-            let changed: Vec<String> = [
-                "grant",
-                "revoke",
-                "coordinator",
-                "stepped_down",
-                "rebalance",
-                "suspended",
-                "session_lost",
-            ]
-            .iter()
-            .filter_map(|k| {
-                let n = self.counters.get(k).unwrap_or(&0) - before.get(k).unwrap_or(&0);
-                (n > 0).then(|| format!("{n} {k}"))
-            })
-            .collect();
-            if !changed.is_empty() {
-                self.violation(format!(
-                    "not stable after convergence: {}",
-                    changed.join(", ")
-                ));
-            }
-            self.check_converged();
-        }
-        self.into_report()
-    }
-
-    fn into_report(self) -> SimReport {
-        SimReport {
-            seed: self.cfg.seed,
-            steps: self.steps,
-            violations: self.violations,
-            trace: self.trace,
-            counters: self.counters,
-        }
-    }
-
-    fn run_until(&mut self, end: Time) {
-        while self.peek_time().is_some_and(|t| t <= end) {
-            self.step();
-        }
-        if end > self.now {
-            self.check_access(end);
-        }
-        self.now = end;
-    }
-
-    fn peek_time(&self) -> Option<Time> {
-        self.queue.peek().map(|Reverse((t, _, _))| *t)
-    }
-
-    fn step(&mut self) -> bool {
-        let Some(Reverse((t, seq, id))) = self.queue.pop() else {
-            return false;
-        };
-        let Some(ev) = self.evs.remove(&id) else {
-            return true;
-        };
-        if t == self.now {
-            self.same_instant += 1;
-            if self.same_instant > 100_000 {
-                self.violation("livelock: 100000 events at one instant".into());
-                self.queue.clear();
-                return false;
-            }
-        } else {
-            self.same_instant = 0;
-        }
-        if t > self.now {
-            self.check_access(t);
-        }
-        self.now = t;
-        self.steps += 1;
-        // A paused process handles nothing until it wakes; its inbox keeps the order. Its
-        // requests already on the wire still reach the store (and do not wake it).
-        if let Some(slot) = ev_slot(&ev) {
-            if let Some(until) = self.slots[slot].paused_until {
-                if until > self.now {
-                    if !matches!(ev, Ev::Arrive { .. }) {
-                        self.evs.insert(id, ev);
-                        self.queue.push(Reverse((until, seq, id)));
-                        return true;
-                    }
-                } else {
-                    self.slots[slot].paused_until = None;
-                }
-            }
-        }
-        self.handle(ev);
-        true
-    }
-
-    fn handle(&mut self, ev: Ev) {
-        match ev {
-            Ev::Arrive {
-                slot,
-                inc,
-                op,
-                req,
-                sent,
-            } => self.arrive(slot, inc, op, req, sent),
-            Ev::Reply { slot, inc, op, res } => {
-                if self.live(slot, inc) {
-                    self.log(|| format!("m{slot}#{inc} op{} <- {}", op.0, short_res(&res)));
-                    let local = self.slots[slot].local(self.now);
-                    if let Some(m) = self.slots[slot].core.as_mut() {
-                        m.handle_reply(local, op, res);
-                    }
-                    self.drain(slot);
-                }
-            }
-            Ev::RenegotiatedReply {
-                slot,
-                inc,
-                op,
-                session,
-                ttl,
-            } => {
-                // The store lowers the TTL at the instant the member learns it: a member that
-                // is paused meanwhile is not modelled (see the closing note of issue 2: the
-                // ZooKeeper backend must report a renegotiated timeout at once).
-                self.store.renegotiate(session, ttl, self.now);
-                self.log(|| format!("store renegotiates {session} ttl to {ttl:?}"));
-                if self.live(slot, inc) {
-                    let res = Ok(StoreReply::KeptAlive { ttl });
-                    self.log(|| format!("m{slot}#{inc} op{} <- {}", op.0, short_res(&res)));
-                    let local = self.slots[slot].local(self.now);
-                    if let Some(m) = self.slots[slot].core.as_mut() {
-                        m.handle_reply(local, op, res);
-                    }
-                    self.drain(slot);
-                }
-            }
-            Ev::LateApply { req } => {
-                let before = self.store.rev();
-                let res = self.store_apply(&req);
-                self.log(|| format!("store LATE {} {}", short_op(&req), short_res(&res)));
-                if self.store.rev() != before {
-                    self.notify_all();
-                }
-            }
-            Ev::Notify { slot, inc } => {
-                if self.live(slot, inc) {
-                    let local = self.slots[slot].local(self.now);
-                    if let Some(m) = self.slots[slot].core.as_mut() {
-                        m.handle_notify(local);
-                    }
-                    self.drain(slot);
-                }
-            }
-            Ev::Timer { slot, inc, at } => {
-                if self.live(slot, inc) && self.slots[slot].timer == Some(at) {
-                    self.slots[slot].timer = None;
-                    let local = self.slots[slot].local(self.now);
-                    if let Some(m) = self.slots[slot].core.as_mut() {
-                        m.handle_timeout(local);
-                    }
-                    self.drain(slot);
-                }
-            }
-            Ev::Release {
-                slot,
-                inc,
-                resource,
-                lease,
-            } => {
-                if self.live(slot, inc)
-                    && self.slots[slot]
-                        .app
-                        .get(&resource)
-                        .is_some_and(|l| l.lease == lease)
-                {
-                    self.slots[slot].app.remove(&resource);
-                    self.log(|| format!("m{slot}#{inc} app released {resource}"));
-                    let local = self.slots[slot].local(self.now);
-                    if let Some(m) = self.slots[slot].core.as_mut() {
-                        m.handle_released(local, &resource, lease);
-                    }
-                    self.drain(slot);
-                }
-            }
-            Ev::StoreTick => {
-                let before = self.store.rev();
-                let expired = self.store.expire(self.now);
-                if !expired.is_empty() {
-                    self.log(|| format!("store expired {expired:?}"));
-                }
-                if self.store.rev() != before {
-                    self.notify_all();
-                }
-                self.schedule(self.now + STORE_TICK, Ev::StoreTick);
-            }
-            Ev::Chaos => {
-                if self.chaos {
-                    self.chaos();
-                    let next = self.rng.range(30, 500);
-                    self.schedule(self.now + ms(next), Ev::Chaos);
-                }
-            }
-            Ev::Restart { slot } => {
-                if self.slots[slot].state == State::Crashed {
-                    self.start_member(slot);
-                }
-            }
-            Ev::Heal { slot } => {
-                self.slots[slot].degraded = false;
-                if self.slots[slot].partitioned {
-                    self.slots[slot].partitioned = false;
-                    self.log(|| format!("m{slot} healed"));
-                }
-            }
-            Ev::Script(what) => self.script(what),
-            Ev::Cut { slot, heal_after } => {
-                if self.chaos {
-                    self.slots[slot].partitioned = true;
-                    self.log(|| format!("m{slot} cut off for {heal_after:?}"));
-                    self.schedule(self.now + heal_after, Ev::Heal { slot });
-                }
-            }
-            Ev::ReAdd { resource } => {
-                if self.chaos {
-                    self.log(|| format!("admin re-add {resource}"));
-                    self.removed.retain(|r| *r != resource);
-                    self.admin(admin::add_resources(&self.layout, &[resource]));
-                }
-            }
-            Ev::QuickLeave { slot, inc } => {
-                if self.chaos && self.live(slot, inc) {
-                    self.leave(slot);
-                }
-            }
-        }
-    }
-
-    fn live(&self, slot: usize, inc: u32) -> bool {
-        let s = &self.slots[slot];
-        s.inc == inc && s.core.is_some() && s.state == State::Running
-    }
-
-    /// Moves ops, events and the timer out of a member after an input.
-    fn drain(&mut self, i: usize) {
-        loop {
-            let Some(m) = self.slots[i].core.as_mut() else {
-                return;
-            };
-            let op = m.poll_op();
-            let ev = if op.is_none() { m.poll_event() } else { None };
-            match (op, ev) {
-                (Some((id, req)), _) => self.send(i, id, req),
-                (None, Some(e)) => self.member_event(i, e),
-                (None, None) => break,
-            }
-        }
-        let Some(m) = self.slots[i].core.as_ref() else {
-            return;
-        };
-        if m.is_closed() {
-            let inc = self.slots[i].inc;
-            self.log(|| format!("m{i}#{inc} left"));
-            let still: Vec<String> = self.slots[i].app.keys().map(|r| r.to_string()).collect();
-            if !still.is_empty() {
-                self.violation(format!(
-                    "m{i}#{inc} left while its application still accesses {}",
-                    still.join(", ")
-                ));
-            }
-            self.slots[i].state = State::Left;
-            self.slots[i].core = None;
-            self.slots[i].timer = None;
-            self.slots[i].app.clear();
-            return;
-        }
-        let want = m
-            .poll_timeout()
-            .map(|l| self.slots[i].true_time(l).max(self.now));
-        if want != self.slots[i].timer {
-            self.slots[i].timer = want;
-            if let Some(t) = want {
-                if t != Time::MAX {
-                    let inc = self.slots[i].inc;
-                    // A busy machine runs a timer late (the safety margin covers it).
-                    let late = if self.rng.chance(self.faults.late_timer) {
-                        ms(self.rng.range(1, MAX_TIMER_LATENESS_MS))
-                    } else {
-                        Duration::ZERO
-                    };
-                    self.schedule(
-                        t + late,
-                        Ev::Timer {
-                            slot: i,
-                            inc,
-                            at: t,
-                        },
-                    );
-                }
-            }
-        }
-    }
-
-    fn member_event(&mut self, i: usize, e: Event) {
-        let inc = self.slots[i].inc;
-        let kind = match &e {
-            Event::Grant { .. } => "grant",
-            Event::Revoke { .. } => "revoke",
-            Event::Suspended { .. } => "suspended",
-            Event::Resumed => "resumed",
-            Event::SessionLost { .. } => "session_lost",
-            Event::StopDeadlineMissed { .. } => "abort",
-            Event::BecameCoordinator { .. } => "coordinator",
-            Event::SteppedDown { .. } => "stepped_down",
-            Event::NameInUse { .. } => "name_in_use",
-            Event::Rebalanced { .. } => "rebalance",
-            Event::Left => "left",
-            _ => "other",
-        };
-        *self.counters.entry(kind).or_default() += 1;
-        match &e {
-            Event::Grant {
-                lease,
-                resource,
-                token,
-                session,
-                ..
-            } => {
-                if let Some((s, t)) = self.last_token.get(resource) {
-                    let bad = if s == session { token < t } else { token <= t };
-                    if bad {
-                        self.violation(format!(
-                            "token for {resource} went from {t} ({s}) to {token} ({session}) at m{i}"
-                        ));
-                    }
-                }
-                self.last_token.insert(resource.clone(), (*session, *token));
-                if let Some(why) = self.claim_problem(resource, *session, *token) {
-                    self.violation(format!(
-                        "m{i}#{inc} granted {resource} (token {token}, {session}) but {why}"
-                    ));
-                }
-                let prev = self.slots[i].app.insert(
-                    resource.clone(),
-                    AppLease {
-                        lease: *lease,
-                        token: *token,
-                        session: *session,
-                        revoked: false,
-                        since: self.now,
-                    },
-                );
-                if prev.is_some() {
-                    self.violation(format!("m{i} got two leases on {resource}"));
-                }
-            }
-            Event::Revoke {
-                lease, resource, ..
-            } => {
-                if let Some(l) = self.slots[i].app.get_mut(resource) {
-                    if l.lease == *lease && !l.revoked {
-                        l.revoked = true;
-                        if self.slots[i].stuck {
-                            self.log(|| format!("m{i}#{inc} {}", short_event(&e)));
-                            return;
-                        }
-                        let budget = self.member_cfg.stop_timeout.as_millis() as u64;
-                        let stop = if self.rng.chance(self.faults.slow_stop) {
-                            self.rng.range(budget, budget * 3)
-                        } else {
-                            // Well-behaved: stops within its budget, sometimes only just.
-                            self.rng.range(0, budget)
-                        };
-                        self.schedule(
-                            self.now + ms(stop),
-                            Ev::Release {
-                                slot: i,
-                                inc,
-                                resource: resource.clone(),
-                                lease: *lease,
-                            },
-                        );
-                    }
-                }
-            }
-            Event::StopDeadlineMissed { .. } => {
-                self.log(|| format!("m{i}#{inc} {e:?}"));
-                // The runtime aborts the process: the only stop a library can force.
-                self.crash(i, "stop deadline missed: abort");
-                return;
-            }
-            _ => {}
-        }
-        self.log(|| format!("m{i}#{inc} {}", short_event(&e)));
-    }
-
-    fn send(&mut self, i: usize, op: OpId, req: StoreOp) {
-        let inc = self.slots[i].inc;
-        self.log(|| format!("m{i}#{inc} op{} -> {}", op.0, short_op(&req)));
-        let f = self.faults;
-        let timeout_at = self.now + self.op_timeout;
-        let failed = timeout_error(&req);
-        if self.slots[i].partitioned || self.rng.chance(f.lost_request) {
-            self.reply(timeout_at, i, inc, op, failed);
-            return;
-        }
-        if self.rng.chance(f.fast_fail) {
-            let at = self.now + ms(self.rng.range(0, 5));
-            let res = Err(StoreError::Unavailable("injected".into()));
-            self.reply(at, i, inc, op, res);
-            return;
-        }
-        if req.is_write() && self.rng.chance(f.late_write) {
-            // The request is stuck in a queue: the client times out, the store applies it
-            // later (etcd, PostgreSQL; PITFALLS 12).
-            self.reply(timeout_at, i, inc, op, failed);
-            let late = self.rng.range(1, 400);
-            self.schedule(timeout_at + ms(late), Ev::LateApply { req });
-            return;
-        }
-        let d1 = self.latency();
-        if self.now + d1 >= timeout_at {
-            self.reply(timeout_at, i, inc, op, failed);
-            return;
-        }
-        let sent = self.now;
-        self.schedule(
-            self.now + d1,
-            Ev::Arrive {
-                slot: i,
-                inc,
-                op,
-                req,
-                sent,
-            },
-        );
-    }
-
-    fn reply(&mut self, at: Time, slot: usize, inc: u32, op: OpId, res: StoreResult) {
-        self.schedule(at, Ev::Reply { slot, inc, op, res });
-    }
-
-    fn latency(&mut self) -> Duration {
-        if self.rng.chance(self.faults.slow) {
-            ms(self.rng.range(50, 400))
-        } else {
-            Duration::from_micros(self.rng.range(200, 5000))
-        }
-    }
-
-    fn arrive(&mut self, i: usize, inc: u32, op: OpId, req: StoreOp, sent: Time) {
-        let timeout_at = sent + self.op_timeout;
-        if self.slots[i].partitioned {
-            let res = timeout_error(&req);
-            self.reply(timeout_at, i, inc, op, res);
-            return;
-        }
-        if let StoreOp::KeepAlive { session } = &req {
-            let session = *session;
-            let lied_last = !self.lied.insert(session);
-            if lied_last
-                || !self.model_alive(session)
-                || !self.rng.chance(self.faults.keepalive_lie)
-            {
-                self.lied.remove(&session);
-            } else if let Some(ttl) = self.store.session_ttl(session) {
-                // Answered by a server cut off from the one that decides expiry.
-                self.log(|| format!("store op{} m{i}#{inc} keepalive answered, not seen", op.0));
-                let d2 = self.latency();
-                let res = Ok(StoreReply::KeptAlive { ttl });
-                self.reply(self.now + d2.min(ms(1)), i, inc, op, res);
-                return;
-            }
-        }
-        if let StoreOp::KeepAlive { session } = &req {
-            if self.model_alive(*session) && self.rng.chance(self.faults.renegotiate) {
-                // Mostly still above the timing budget; sometimes below it, which the member
-                // must refuse.
-                let budget = self.member_cfg.timing_budget().as_millis() as u64;
-                let ttl = if self.rng.chance(0.1) {
-                    ms(self.rng.range(500, budget))
-                } else {
-                    ms(self.rng.range(budget + 50, 1900))
-                };
-                let session = *session;
-                self.schedule(
-                    self.now + ms(1),
-                    Ev::RenegotiatedReply {
-                        slot: i,
-                        inc,
-                        op,
-                        session,
-                        ttl,
-                    },
-                );
-                return;
-            }
-        }
-        let stale = match &req {
-            StoreOp::Get {
-                linearizable: false,
-                ..
-            }
-            | StoreOp::List {
-                linearizable: false,
-                ..
-            } if self.rng.chance(self.faults.stale_read) => {
-                let age = self.rng.range(1, 4) as usize;
-                self.store.apply_stale_read(&req, age)
-            }
-            _ => None,
-        };
-        let before = self.store.rev();
-        let res = match stale {
-            Some(r) => r,
-            None => self.store_apply(&req),
-        };
-        self.log(|| format!("store op{} m{i}#{inc} {}", op.0, short_res(&res)));
-        if self.store.rev() != before {
-            self.notify_all();
-        }
-        let mut d2 = self.latency();
-        if self.slots[i].degraded {
-            let room = timeout_at.0.saturating_sub(self.now.0);
-            d2 = Duration::from_nanos(room / 100 * self.rng.range(60, 99));
-        }
-        let lost = self.slots[i].partitioned || self.rng.chance(self.faults.lost_reply);
-        if lost || self.now + d2 >= timeout_at {
-            // Applied, but the client never learns it: the Indeterminate case.
-            let res = timeout_error(&req);
-            self.reply(timeout_at, i, inc, op, res);
-        } else {
-            self.reply(self.now + d2, i, inc, op, res);
-        }
-    }
-
-    fn model_alive(&mut self, s: SessionId) -> bool {
-        self.store.expire(self.now);
-        self.store.session_alive(s)
-    }
-
-    fn notify_all(&mut self) {
-        for i in 0..self.slots.len() {
-            let s = &self.slots[i];
-            if s.core.is_none() || s.partitioned {
-                continue;
-            }
-            let inc = s.inc;
-            if self.rng.chance(self.faults.lost_notify) {
-                continue;
-            }
-            let d = self.latency();
-            self.schedule(self.now + d, Ev::Notify { slot: i, inc });
-            if self.rng.chance(self.faults.dup_notify) {
-                let d = self.latency();
-                self.schedule(self.now + d, Ev::Notify { slot: i, inc });
-            }
-        }
-    }
-
     fn leave(&mut self, i: usize) {
         let local = self.slots[i].local(self.now);
         let inc = self.slots[i].inc;
@@ -1032,315 +347,18 @@ impl World {
         self.drain(i);
     }
 
-    // ----- chaos ----------------------------------------------------------------------
-
-    fn chaos(&mut self) {
-        let running: Vec<usize> = (0..self.slots.len())
-            .filter(|i| self.slots[*i].state == State::Running)
-            .collect();
-        let down: Vec<usize> = (0..self.slots.len())
-            .filter(|i| self.slots[*i].state != State::Running)
-            .collect();
-        let ttl = SESSION_TTL.as_millis() as u64;
-        match self.rng.below(13) {
-            0 if self.slots.len() < MAX_MEMBERS => {
-                let i = self.add_member();
-                self.log(|| format!("chaos: join m{i}"));
-            }
-            1 | 2 => {
-                if let Some(&i) = self.rng.pick(&running) {
-                    self.crash(i, "chaos");
-                }
-            }
-            3 => {
-                if let Some(&i) = self.rng.pick(&down) {
-                    self.log(|| format!("chaos: restart m{i}"));
-                    self.start_member(i);
-                }
-            }
-            4 => {
-                if let Some(&i) = self.rng.pick(&running) {
-                    // Through the member's inbox: a paused process learns of it on waking.
-                    let inc = self.slots[i].inc;
-                    self.schedule(self.now, Ev::QuickLeave { slot: i, inc });
-                }
-            }
-            5 => {
-                if let Some(&i) = self.rng.pick(&running) {
-                    let d = self.rng.range(100, ttl * 3);
-                    self.slots[i].partitioned = true;
-                    self.log(|| format!("chaos: partition m{i} for {d}ms"));
-                    self.schedule(self.now + ms(d), Ev::Heal { slot: i });
-                }
-            }
-            6 => {
-                if let Some(&i) = self.rng.pick(&running) {
-                    let d = self.rng.range(100, ttl * 3);
-                    // A second pause of a paused process can only extend it: its deferred
-                    // inbox wakes at the later time.
-                    let until = self.now + ms(d);
-                    let until = self.slots[i].paused_until.map_or(until, |u| u.max(until));
-                    self.slots[i].paused_until = Some(until);
-                    self.log(|| format!("chaos: pause m{i} for {d}ms"));
-                }
-            }
-            7 => {
-                let r = match self.rng.pick(&self.removed).cloned() {
-                    Some(r) if self.rng.chance(0.5) => r,
-                    _ => self.new_resource(),
-                };
-                self.removed.retain(|x| *x != r);
-                self.log(|| format!("chaos: admin add {r}"));
-                self.admin(admin::add_resources(&self.layout, &[r]));
-            }
-            8 | 9 => {
-                let all = self.resources();
-                if let Some(r) = self.rng.pick(&all).cloned() {
-                    self.log(|| format!("chaos: admin remove {r}"));
-                    let op = admin::remove_resources_variant(
-                        &self.layout,
-                        std::slice::from_ref(&r),
-                        self.cfg.variant,
-                    );
-                    self.admin(op);
-                    if self.rng.chance(0.5) {
-                        let d = self.rng.range(1, 200);
-                        self.schedule(self.now + ms(d), Ev::ReAdd { resource: r });
-                    } else {
-                        self.removed.push(r);
-                    }
-                }
-            }
-            10 if self.slots.len() < MAX_MEMBERS => {
-                let i = self.add_member();
-                let inc = self.slots[i].inc;
-                let d = self.rng.range(20, 400);
-                self.log(|| format!("chaos: join m{i}, leave in {d}ms"));
-                self.schedule(self.now + ms(d), Ev::QuickLeave { slot: i, inc });
-            }
-            11 => {
-                // Restart with the same name while the old session may still live (PITFALLS 10).
-                if let Some(&i) = self.rng.pick(&running) {
-                    self.crash(i, "chaos: replaced");
-                    self.start_member(i);
-                }
-            }
-            12 => {
-                // A link that degrades before it fails: replies arrive just before their
-                // timeout (a keepalive's reply much later than its send), then nothing.
-                if let Some(&i) = self.rng.pick(&running) {
-                    self.slots[i].degraded = true;
-                    let cut = ms(self.rng.range(150, 450));
-                    let heal_after = ms(self.rng.range(ttl / 2, ttl * 3));
-                    self.log(|| format!("chaos: degrade m{i}, cut in {cut:?}"));
-                    self.schedule(
-                        self.now + cut,
-                        Ev::Cut {
-                            slot: i,
-                            heal_after,
-                        },
-                    );
-                }
-            }
-            _ => {}
-        }
+    fn live(&self, slot: usize, inc: u32) -> bool {
+        let s = &self.slots[slot];
+        s.inc == inc && s.core.is_some() && s.state == State::Running
     }
 
-    fn resources(&self) -> Vec<ResourceId> {
-        let entries: Vec<_> = self
-            .store
-            .entries()
-            .iter()
-            .map(|(k, e)| (k.clone(), e.clone()))
-            .collect();
-        layout::parse_view(&self.layout, &entries)
-            .0
-            .resources
-            .into_iter()
-            .collect()
-    }
-
-    /// Stops every fault: heal, wake, restart, no more churn or message loss.
-    fn quiesce(&mut self) {
-        self.chaos = false;
-        // Stale reads and lost or duplicated notifications are how real stores behave when
-        // nothing is wrong (follower reads, reconnects): they stay on.
-        self.faults = Faults {
-            stale_read: self.faults.stale_read,
-            lost_notify: self.faults.lost_notify,
-            dup_notify: self.faults.dup_notify,
-            ..QUIET
-        };
-        self.log(|| "faults stop".to_string());
-        for i in 0..self.slots.len() {
-            self.slots[i].partitioned = false;
-            self.slots[i].degraded = false;
-            if let Some(u) = self.slots[i].paused_until {
-                if u > self.now {
-                    self.slots[i].paused_until = Some(self.now);
-                }
-            }
+    fn into_report(self) -> SimReport {
+        SimReport {
+            seed: self.cfg.seed,
+            steps: self.steps,
+            violations: self.violations,
+            trace: self.trace,
+            counters: self.counters,
         }
-        for i in 0..self.slots.len() {
-            if self.slots[i].state == State::Crashed {
-                self.start_member(i);
-            }
-        }
-        if !self
-            .slots
-            .iter()
-            .any(|s| s.state == State::Running && !s.leaving)
-        {
-            let i = self.add_member();
-            self.log(|| format!("m{i} started so the group has a member"));
-        }
-        // Wake paused members: the events deferred to their wake-up are due now.
-        let paused: BTreeSet<usize> = (0..self.slots.len())
-            .filter(|i| self.slots[*i].paused_until.is_some())
-            .collect();
-        let queued: Vec<(Time, u64, usize)> = self.queue.drain().map(|Reverse(x)| x).collect();
-        for (t, seq, id) in queued {
-            let wakes = self
-                .evs
-                .get(&id)
-                .and_then(ev_slot)
-                .is_some_and(|s| paused.contains(&s));
-            let t = if wakes { t.min(self.now) } else { t };
-            self.queue.push(Reverse((t, seq, id)));
-        }
-    }
-
-    // ----- checks ---------------------------------------------------------------------
-
-    /// (c) once faults stopped and the bound passed: every resource leased exactly once,
-    /// counts within one of each other.
-    fn check_converged(&mut self) {
-        let resources: BTreeSet<ResourceId> = self.resources().into_iter().collect();
-        let mut owner: BTreeMap<ResourceId, Vec<usize>> = BTreeMap::new();
-        let mut counts = Vec::new();
-        let mut problems = Vec::new();
-        for (i, s) in self.slots.iter().enumerate() {
-            if s.state != State::Running {
-                continue;
-            }
-            let Some(m) = s.core.as_ref() else { continue };
-            if !s.leaving && !m.is_joined() {
-                problems.push(format!("m{i} is running but not joined"));
-            }
-            let mut n = 0;
-            for (r, l) in &s.app {
-                if !l.revoked {
-                    owner.entry(r.clone()).or_default().push(i);
-                    n += 1;
-                }
-            }
-            counts.push((i, n));
-        }
-        for r in &resources {
-            match owner.get(r).map(Vec::len).unwrap_or(0) {
-                1 => {}
-                n => problems.push(format!("{r} leased {n} times")),
-            }
-        }
-        for r in owner.keys().filter(|r| !resources.contains(*r)) {
-            problems.push(format!("removed resource {r} still leased"));
-        }
-        let coordinators = self
-            .slots
-            .iter()
-            .filter(|s| {
-                s.core
-                    .as_ref()
-                    .is_some_and(|m| m.is_coordinator().is_some())
-            })
-            .count();
-        if !counts.is_empty() && coordinators != 1 {
-            problems.push(format!("{coordinators} coordinators"));
-        }
-        let max = counts.iter().map(|c| c.1).max().unwrap_or(0);
-        let min = counts.iter().map(|c| c.1).min().unwrap_or(0);
-        if max > min + 1 {
-            problems.push(format!("unbalanced: {counts:?}"));
-        }
-        if !problems.is_empty() {
-            let mut s = format!(
-                "no convergence within {:?} after faults stopped:",
-                convergence_bound()
-            );
-            for p in problems.iter().take(8) {
-                let _ = write!(s, " {p};");
-            }
-            self.violation(s);
-        }
-    }
-}
-
-fn ev_slot(ev: &Ev) -> Option<usize> {
-    match ev {
-        Ev::Arrive { slot, .. }
-        | Ev::Reply { slot, .. }
-        | Ev::RenegotiatedReply { slot, .. }
-        | Ev::Notify { slot, .. }
-        | Ev::Timer { slot, .. }
-        | Ev::Release { slot, .. }
-        | Ev::QuickLeave { slot, .. } => Some(*slot),
-        _ => None,
-    }
-}
-
-fn timeout_error(op: &StoreOp) -> StoreResult {
-    if op.is_write() {
-        Err(StoreError::Indeterminate("timed out".into()))
-    } else {
-        Err(StoreError::Unavailable("timed out".into()))
-    }
-}
-
-fn short_op(op: &StoreOp) -> String {
-    match op {
-        StoreOp::OpenSession { ttl } => format!("open(ttl={ttl:?})"),
-        StoreOp::KeepAlive { session } => format!("keepalive({session})"),
-        StoreOp::CloseSession { session } => format!("close({session})"),
-        StoreOp::Get { key, linearizable } => format!("get({key}, lin={linearizable})"),
-        StoreOp::List { linearizable, .. } => format!("list(lin={linearizable})"),
-        StoreOp::Txn { conds, writes } => {
-            let w: Vec<String> = writes
-                .iter()
-                .map(|w| match w {
-                    rebalanser_core::store::Write::Create { key, owner, .. } => {
-                        format!(
-                            "create {key}{}",
-                            owner.map(|o| format!(" by {o}")).unwrap_or_default()
-                        )
-                    }
-                    rebalanser_core::store::Write::Put { key, .. } => format!("put {key}"),
-                    rebalanser_core::store::Write::Delete { key } => format!("delete {key}"),
-                })
-                .collect();
-            format!("txn[{} conds] {}", conds.len(), w.join(", "))
-        }
-    }
-}
-
-fn short_res(res: &StoreResult) -> String {
-    match res {
-        Ok(StoreReply::Listed { entries, rev }) => {
-            format!("ok listed {} keys at rev {rev}", entries.len())
-        }
-        Ok(StoreReply::Got(Some(e))) => format!("ok got owner={:?} rev={}", e.owner, e.create_rev),
-        Ok(r) => format!("ok {r:?}"),
-        Err(e) => format!("err {e}"),
-    }
-}
-
-fn short_event(e: &Event) -> String {
-    match e {
-        Event::Grant {
-            resource, token, ..
-        } => format!("GRANT {resource} token {token}"),
-        Event::Revoke {
-            resource, reason, ..
-        } => format!("REVOKE {resource} ({})", reason.as_str()),
-        other => format!("{other:?}"),
     }
 }

@@ -1,12 +1,22 @@
 //! The oracle: judges access by what the applications did and what the store holds, never by
-//! what a member believes (its deadline, its claims, its role).
+//! what a member believes (its deadline, its claims, its role). The judgement itself is shared
+//! with the model checker and the hand-driven tests ([`crate::access::judge`]); this module
+//! decides when it runs, which processes access (running ones, not while paused), and words
+//! and deduplicates the findings. Also the convergence check once faults stopped.
+//!
+//! **Never** consult `Member::valid_until`, a member's leases or claims here.
 
-use rebalanser_core::layout;
-use rebalanser_core::store::{StoreOp, StoreResult, Write};
-use rebalanser_core::{ResourceId, SessionId, Time, Token};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use rebalanser_core::{ResourceId, Time};
 
 use super::{State, World};
+use crate::access::{judge, Access};
+use crate::convergence_bound;
+
+/// Who accesses, for the findings: the slot and incarnation of the process.
+type Who = (usize, u32);
 
 impl World {
     /// The oracle (a), judged only from what the applications did and what the store holds,
@@ -21,43 +31,17 @@ impl World {
     /// Checked only when time advances, so what happens at one instant (a paused process
     /// woken past its deadline and aborted at once) is judged by where it ends up.
     pub(super) fn check_access(&mut self, until: Time) {
-        let mut holders: BTreeMap<ResourceId, Vec<String>> = BTreeMap::new();
-        let mut found: Vec<(String, String)> = Vec::new();
-        for (i, s) in self.slots.iter().enumerate() {
-            if s.state != State::Running || s.paused_until.is_some_and(|u| u > self.now) {
-                continue;
-            }
-            for (r, l) in &s.app {
-                let who = format!(
-                    "m{i}#{} (token {}, {}, since {})",
-                    s.inc, l.token, l.session, l.since
-                );
-                match self.store.expires_at(l.session) {
-                    None => found.push((
-                        format!("gone {r} {}", l.session),
-                        format!("{who} accesses {r} under a session the store no longer has"),
-                    )),
-                    Some(e) if e < until => found.push((
-                        format!("expired {r} {}", l.session),
-                        format!("{who} accesses {r} past its session's expiry in the store at {e}"),
-                    )),
-                    Some(_) => {}
-                }
-                if let Some(why) = self.claim_problem(r, l.session, l.token) {
-                    found.push((
-                        format!("claim {r} {} {}", l.session, l.token),
-                        format!("{who} accesses {r} but {why}"),
-                    ));
-                }
-                holders.entry(r.clone()).or_default().push(who);
-            }
-        }
-        for (r, v) in holders.into_iter().filter(|(_, v)| v.len() > 1) {
-            found.push((
-                format!("double {r} {}", v.join(" ")),
-                format!("double access on {r}: {}", v.join(" and ")),
-            ));
-        }
+        let now = self.now;
+        let accesses = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state == State::Running && s.paused_until.is_none_or(|u| u <= now))
+            .flat_map(|(i, s)| s.app.accesses((i, s.inc)));
+        let found: Vec<(String, String)> = judge(&self.store, &self.layout, accesses, until)
+            .iter()
+            .map(|f| f.describe(who))
+            .collect();
         for (key, what) in found {
             if self.reported.insert(key) {
                 self.violation(what);
@@ -66,62 +50,72 @@ impl World {
         self.check_failover(until);
     }
 
-    /// Why the store's claim of `r` does not back a lease of `session` with `token`, if not.
-    pub(super) fn claim_problem(
-        &self,
-        r: &ResourceId,
-        session: SessionId,
-        token: Token,
-    ) -> Option<String> {
-        match self.store.entries().get(&self.layout.claim(r)) {
-            None => Some("the store has no claim for it".into()),
-            Some(e) if e.owner != Some(session) || e.create_rev != token.revision => Some(format!(
-                "the store's claim is {:?}'s, created at revision {}",
-                e.owner, e.create_rev
-            )),
-            Some(_) => None,
+    /// (c) once faults stopped and the bound passed: every resource leased exactly once,
+    /// counts within one of each other.
+    pub(super) fn check_converged(&mut self) {
+        let resources: BTreeSet<ResourceId> = self.resources().into_iter().collect();
+        let mut owner: BTreeMap<ResourceId, Vec<usize>> = BTreeMap::new();
+        let mut counts = Vec::new();
+        let mut problems = Vec::new();
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.state != State::Running {
+                continue;
+            }
+            let Some(m) = s.core.as_ref() else { continue };
+            if !s.leaving && !m.is_joined() {
+                problems.push(format!("m{i} is running but not joined"));
+            }
+            let mut n = 0;
+            for (r, _, l) in s.app.leases() {
+                if !l.revoked {
+                    owner.entry(r.clone()).or_default().push(i);
+                    n += 1;
+                }
+            }
+            counts.push((i, n));
+        }
+        for r in &resources {
+            match owner.get(r).map(Vec::len).unwrap_or(0) {
+                1 => {}
+                n => problems.push(format!("{r} leased {n} times")),
+            }
+        }
+        for r in owner.keys().filter(|r| !resources.contains(*r)) {
+            problems.push(format!("removed resource {r} still leased"));
+        }
+        let coordinators = self
+            .slots
+            .iter()
+            .filter(|s| {
+                s.core
+                    .as_ref()
+                    .is_some_and(|m| m.is_coordinator().is_some())
+            })
+            .count();
+        if !counts.is_empty() && coordinators != 1 {
+            problems.push(format!("{coordinators} coordinators"));
+        }
+        let max = counts.iter().map(|c| c.1).max().unwrap_or(0);
+        let min = counts.iter().map(|c| c.1).min().unwrap_or(0);
+        if max > min + 1 {
+            problems.push(format!("unbalanced: {counts:?}"));
+        }
+        if !problems.is_empty() {
+            let mut s = format!(
+                "no convergence within {:?} after faults stopped:",
+                convergence_bound()
+            );
+            for p in problems.iter().take(8) {
+                let _ = write!(s, " {p};");
+            }
+            self.violation(s);
         }
     }
+}
 
-    /// Applies a member's request to the store and checks what the store then holds: an
-    /// assignment is written only under the epoch in force and the leader that owns it
-    /// (DESIGN §8 rule 10), judged from the store's own leader and epoch keys.
-    pub(super) fn store_apply(&mut self, req: &StoreOp) -> StoreResult {
-        let res = self.store.apply(self.now, req);
-        let (StoreOp::Txn { writes, .. }, Ok(_)) = (req, &res) else {
-            return res;
-        };
-        let assign_prefix = format!("{}assign/", self.layout.prefix());
-        let epoch = self
-            .store
-            .entries()
-            .get(&self.layout.epoch())
-            .and_then(|e| layout::decode::<layout::CounterRec>(&e.value))
-            .map(|c| c.value);
-        let leader = self
-            .store
-            .entries()
-            .get(&self.layout.leader())
-            .and_then(|e| layout::decode::<layout::LeaderRec>(&e.value))
-            .map(|l| l.epoch.0);
-        for w in writes {
-            let Write::Put { key, value } = w else {
-                continue;
-            };
-            if !key.starts_with(&assign_prefix) {
-                continue;
-            }
-            let Some(rec) = layout::decode::<layout::ChunkRec>(value) else {
-                continue;
-            };
-            if Some(rec.epoch.0) != epoch || Some(rec.epoch.0) != leader {
-                self.violation(format!(
-                    "assignment {key} written at epoch {} while the store's epoch is {epoch:?} \
-                     and its leader's {leader:?}",
-                    rec.epoch.0
-                ));
-            }
-        }
-        res
-    }
+fn who(a: &Access<'_, Who, Time>) -> String {
+    format!(
+        "m{}#{} (token {}, {}, since {})",
+        a.who.0, a.who.1, a.held.token, a.held.session, a.held.since
+    )
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use rebalanser_core::admin;
 use rebalanser_core::{Config, ResourceId, Time};
 
-use super::{ms, Ev, Faults, State, World, QUIET, STORE_TICK};
+use super::run::Ev;
+use super::{ms, Faults, State, World, QUIET, STORE_TICK};
 use crate::{Scenario, SimReport, SESSION_TTL};
 
 /// When the scripted fault strikes.
@@ -99,7 +100,7 @@ impl World {
             Script::Crash => {
                 let Some(i) = self.busiest() else { return };
                 let session = self.slots[i].core.as_ref().and_then(|m| m.session());
-                let orphans: Vec<ResourceId> = self.slots[i].app.keys().cloned().collect();
+                let orphans: Vec<ResourceId> = self.slots[i].app.resources().cloned().collect();
                 let expiry = session.and_then(|s| self.store.expires_at(s));
                 self.crash(i, "script");
                 let (Some(expiry), false) = (expiry, orphans.is_empty()) else {
@@ -156,7 +157,7 @@ impl World {
         f.orphans.retain(|r| {
             !slots
                 .iter()
-                .any(|s| s.state == State::Running && s.app.get(r).is_some_and(|l| !l.revoked))
+                .any(|s| s.state == State::Running && s.app.holds(r))
         });
         if f.orphans.is_empty() {
             self.failover = None;
@@ -173,13 +174,7 @@ impl World {
             );
             self.failover = None;
             if self.cfg.trace {
-                let entries: Vec<_> = self
-                    .store
-                    .entries()
-                    .iter()
-                    .map(|(k, e)| (k.clone(), e.clone()))
-                    .collect();
-                let view = rebalanser_core::layout::parse_view(&self.layout, &entries).0;
+                let view = self.store_view();
                 for (m, mv) in &view.members {
                     let set = view.assignment_of(m, mv.session);
                     self.log(|| format!("store: {m} ({}) assigned {set:?}", mv.session));

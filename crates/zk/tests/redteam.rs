@@ -253,7 +253,7 @@ async fn fixed_write_in_flight_at_idle_timeout_is_reported_unavailable_but_appli
 }
 
 /// PIN (was a finding during this review — liveness, permanent — and fixed concurrently by
-/// `shared_expiry` in lib.rs; this test pins the fix).
+/// `shared_expiry`, now in src/error.rs; this test pins the fix).
 ///
 /// Reads and unowned writes run on the store's shared connection, whose ZooKeeper session
 /// (10 s) owns nothing. When *that* session expires (a network stall longer than 10 s but

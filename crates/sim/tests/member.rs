@@ -33,6 +33,8 @@ struct Harness {
     now: Time,
     events: Vec<Event>,
     ops: Vec<StoreOp>,
+    /// When each of `ops` was sent.
+    sent_at: Vec<Time>,
     /// Ops sent and not answered (`Fate::Held`).
     held: Vec<(OpId, StoreOp)>,
     /// Ops and events in the order they happened.
@@ -55,6 +57,7 @@ impl Harness {
             now: Time::ZERO,
             events: Vec::new(),
             ops: Vec::new(),
+            sent_at: Vec::new(),
             held: Vec::new(),
             log: Vec::new(),
         }
@@ -67,6 +70,7 @@ impl Harness {
                 Fate::Held => {
                     self.log.push(format!("op {op:?} (held)"));
                     self.ops.push(op.clone());
+                    self.sent_at.push(self.now);
                     self.held.push((id, op));
                     continue;
                 }
@@ -81,6 +85,7 @@ impl Harness {
             };
             self.log.push(format!("op {op:?}"));
             self.ops.push(op);
+            self.sent_at.push(self.now);
             self.member.handle_reply(self.now, id, res);
             self.drain_events();
         }
@@ -112,6 +117,24 @@ impl Harness {
             self.pump(fate);
         }
         self.now = end;
+    }
+
+    /// When the ops matching `pred` were sent.
+    fn times_of(&self, pred: impl Fn(&StoreOp) -> bool) -> Vec<Time> {
+        self.ops
+            .iter()
+            .zip(&self.sent_at)
+            .filter(|(op, _)| pred(op))
+            .map(|(_, t)| *t)
+            .collect()
+    }
+
+    /// The revoke events so far.
+    fn revokes(&self) -> usize {
+        self.events
+            .iter()
+            .filter(|e| matches!(e, Event::Revoke { .. }))
+            .count()
     }
 
     fn grants(&self) -> Vec<(String, u64)> {
@@ -478,7 +501,7 @@ fn a_failed_close_is_retried_until_the_session_is_gone() {
     let session = h.member.session().expect("a session");
     h.member.leave(h.now);
     let mut fate = fail_first(3, is_close);
-    h.pump(&mut fate);
+    h.run_for(ms(100), &mut fate);
     h.release_all_revoked();
     h.run_for(ms(500), &mut fate);
     let closes = h.ops.iter().filter(|op| is_close(op)).count();
@@ -500,7 +523,7 @@ fn a_close_that_keeps_failing_gives_up_once_the_store_has_expired_the_session() 
     h.run_for(ms(500), &mut |_| Fate::Normal);
     h.member.leave(h.now);
     let mut fate = fail_first(usize::MAX, is_close);
-    h.pump(&mut fate);
+    h.run_for(ms(100), &mut fate);
     h.release_all_revoked();
     h.run_for(ms(1500), &mut fate);
     assert!(
@@ -583,4 +606,82 @@ fn a_failed_draining_mark_is_retried_after_a_pause_not_at_once() {
     let tries = h.ops.iter().filter(|op| is_drain_mark(op)).count();
     // retry_delay is 40 ms.
     assert!((2..=4).contains(&tries), "{tries} marks in 100 ms");
+}
+
+#[test]
+fn a_refused_claim_is_tried_again_after_retry_delay_not_at_the_next_keepalive() {
+    // The claim's retry gate must be a timer of its own (mutant: `claim_timers` emptied, the
+    // retry then waited for the next keepalive, 200 ms here).
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(500), &mut fail_first(1, is_claim_create));
+    let times = h.times_of(is_claim_create);
+    assert_eq!(times.len(), 2, "{}", h.log.join("\n"));
+    assert_eq!(
+        times[1].saturating_since(times[0]),
+        ms(40),
+        "retry_delay is 40 ms"
+    );
+    assert_eq!(h.grants().len(), 1);
+}
+
+/// Any write to the assignment (a rewrite, or a delete when nothing is left to assign).
+fn is_assign_change(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::Txn { writes, .. }
+        if writes.iter().any(|w| matches!(w, Write::Put { key, .. } | Write::Create { key, .. } | Write::Delete { key } if key.contains("/assign/"))))
+}
+
+/// Index of the first op matching `pred`, or `usize::MAX`.
+fn first(h: &Harness, pred: impl Fn(&StoreOp) -> bool) -> usize {
+    h.ops.iter().position(pred).unwrap_or(usize::MAX)
+}
+
+#[test]
+fn a_leaving_member_serves_until_the_coordinator_has_moved_its_resources() {
+    // Leaving is a hand-over: the member marks itself draining and keeps its leases until
+    // the coordinator rewrites the assignment (alone in the group, to nobody). Mutants of the
+    // leave timeout's comparison and sum dropped everything at the leave.
+    let mut h = Harness::new(&["q1", "q2"]);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    assert_eq!(h.grants().len(), 2);
+    let before = h.ops.len();
+    h.member.leave(h.now);
+    h.drain_events();
+    assert_eq!(h.revokes(), 0, "revoked at the leave: {}", h.log.join("\n"));
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    assert_eq!(h.revokes(), 2, "{}", h.log.join("\n"));
+    let mark = first(&h, is_drain_mark);
+    let rewrite = before + h.ops[before..].iter().position(is_assign_change).unwrap();
+    assert!(mark < rewrite, "{}", h.log.join("\n"));
+    // One mark: its success is remembered until the view shows it.
+    assert_eq!(h.times_of(is_drain_mark).len(), 1, "{}", h.log.join("\n"));
+}
+
+#[test]
+fn a_leave_that_cannot_hand_over_stops_at_its_timeout() {
+    // The coordinator cannot write the new assignment: the leaver keeps serving until
+    // `leave_timeout` (3 s here), then stops everything and closes.
+    let mut h = Harness::new(&["q1", "q2"]);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    h.member.leave(h.now);
+    let left = h.now;
+    let mut fate = |op: &StoreOp| {
+        if is_assign_change(op) {
+            Fate::Unavailable
+        } else {
+            Fate::Normal
+        }
+    };
+    h.run_for(ms(2950), &mut fate);
+    assert_eq!(
+        h.revokes(),
+        0,
+        "revoked before the timeout: {}",
+        h.log.join("\n")
+    );
+    h.run_for(ms(100), &mut fate);
+    assert_eq!(h.revokes(), 2, "{}", h.log.join("\n"));
+    h.release_all_revoked();
+    h.run_for(ms(100), &mut fate);
+    assert!(h.member.is_closed(), "{}", h.log.join("\n"));
+    assert!(h.now.saturating_since(left) < ms(3200));
 }

@@ -94,12 +94,17 @@ impl Member {
         self.revoke_unbacked(session);
         self.prove_unknown_claims(now, session);
         self.delete_undesired_claims(now, session);
-        // 4. Acquire desired resources (claim, then grant), with room before the deadline.
-        let room =
-            now < deadline - self.cfg.stop_timeout || self.cfg.variant == Variant::IgnoreDeadline;
-        if suspended || !room {
+        // 4. Acquire desired resources (claim, then grant). Not while suspended: suspension
+        // begins at the deadline minus the stop budget (`session_upkeep`, earlier in this
+        // step), so a session that is not suspended leaves a whole stop budget to any lease
+        // granted now. (A second check of that room was redundant: its mutants survived.)
+        if suspended {
             return;
         }
+        debug_assert!(
+            now < deadline - self.cfg.stop_timeout || self.cfg.variant == Variant::IgnoreDeadline,
+            "not suspended within a stop budget of the deadline"
+        );
         let desired: Vec<ResourceId> = self.claims.desired.iter().cloned().collect();
         for r in desired {
             self.acquire(now, session, r);
@@ -141,13 +146,20 @@ impl Member {
             })
         } else if lease_session != session {
             Some(RevokeReason::SessionLost)
-        } else if !self.claims.proved.contains_key(r)
-            && self.cfg.variant != Variant::GrantBeforeClaim
-            && !(self.cfg.variant == Variant::GrantOnClaimSent
-                && self.claims.in_flight.contains_key(r))
-        {
-            Some(RevokeReason::Reassigned)
         } else {
+            // L4 holds for as long as the lease does: `proved` loses a claim only when it is
+            // deleted (after its lease was revoked and released) or when a verification finds
+            // it not ours (only unresolved claims, which no lease stands on); a new session
+            // clears it, caught above. (A branch revoking here was dead code: mutants of it
+            // survived every test, docs/mutants.md.) The broken variants grant without proof.
+            debug_assert!(
+                self.claims.proved.contains_key(r)
+                    || matches!(
+                        self.cfg.variant,
+                        Variant::GrantBeforeClaim | Variant::GrantOnClaimSent
+                    ),
+                "a live lease on {r} without a proved claim"
+            );
             None
         }
     }

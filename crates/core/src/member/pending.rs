@@ -144,7 +144,7 @@ impl Member {
             } => self.on_read(now, number, linearizable, result),
             Pending::Register { session } => self.on_register(now, session, result),
             Pending::RegisterVerify { session } => self.on_register_verify(now, session, result),
-            Pending::Drain { .. } => self.on_drain(now, result),
+            Pending::Drain { session } => self.on_drain(now, session, result),
             Pending::ClaimCreate { session, r } => self.on_claim_create(now, session, r, result),
             Pending::ClaimVerify { session, r } => self.on_claim_verify(now, session, r, result),
             Pending::ClaimDelete { r, token, .. } => self.on_claim_delete(now, r, token, result),

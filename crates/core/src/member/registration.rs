@@ -34,6 +34,9 @@ pub(super) struct Leave {
     pub(super) drain_op: Option<OpId>,
     /// After a failed draining mark, the next try waits until then (no retry at one instant).
     pub(super) drain_retry_at: Option<Time>,
+    /// The session whose draining mark the store confirmed (the view may not show it yet:
+    /// without this, the mark was sent a second time, and refused).
+    pub(super) marked: Option<SessionId>,
 }
 
 impl Leave {
@@ -43,6 +46,7 @@ impl Leave {
             started,
             drain_op: None,
             drain_retry_at: None,
+            marked: None,
         }
     }
 }
@@ -209,7 +213,11 @@ impl Member {
             return;
         };
         // Mark draining so the coordinator moves everything off (PITFALLS 26).
-        let marked = self.view.group.draining.get(&self.cfg.name) == Some(&session);
+        let marked = self.view.group.draining.get(&self.cfg.name) == Some(&session)
+            || self
+                .leaving
+                .as_ref()
+                .is_some_and(|l| l.marked == Some(session));
         let may_send = self
             .leaving
             .as_ref()
@@ -244,12 +252,13 @@ impl Member {
     }
 
     /// The reply to the draining mark's `Create`.
-    pub(super) fn on_drain(&mut self, now: Time, result: StoreResult) {
+    pub(super) fn on_drain(&mut self, now: Time, session: SessionId, result: StoreResult) {
         let retry_at = now + self.cfg.retry_delay;
         if let Some(l) = self.leaving.as_mut() {
             l.drain_op = None;
-            if result.is_err() {
-                l.drain_retry_at = Some(retry_at);
+            match result {
+                Ok(_) => l.marked = Some(session),
+                Err(_) => l.drain_retry_at = Some(retry_at),
             }
         }
         if let Err(e) = result {

@@ -242,13 +242,7 @@ fn start_member_running(
     vars: &[(&str, &str)],
     what: &[&str],
 ) -> Result<MemberProc> {
-    let spec = MemberSpec {
-        dir: &env.dir,
-        store: &env.store,
-        group: &env.group,
-        name,
-        session_ttl: TTL,
-    };
+    let spec = MemberSpec::new(&env.dir, &env.store, &env.group, name, TTL);
     common::spawn_member(&spec, what, |cmd| {
         cmd.envs(vars.iter().copied()).current_dir(&env.dir);
     })

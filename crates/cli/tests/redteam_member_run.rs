@@ -105,13 +105,7 @@ async fn setup(name: &str, resources: &[&str]) -> Result<Env> {
 }
 
 fn start_member(env: &Env, name: &str, exec: &str) -> Result<MemberProc> {
-    let spec = MemberSpec {
-        dir: &env.dir,
-        store: &env.store,
-        group: &env.group,
-        name,
-        session_ttl: TTL,
-    };
+    let spec = MemberSpec::new(&env.dir, &env.store, &env.group, name, TTL);
     common::spawn_member(&spec, &["--exec", exec], |_| {})
 }
 

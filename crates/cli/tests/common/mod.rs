@@ -143,6 +143,24 @@ pub struct MemberSpec<'a> {
     pub session_ttl: Duration,
 }
 
+impl<'a> MemberSpec<'a> {
+    pub fn new(
+        dir: &'a Path,
+        store: &'a str,
+        group: &'a str,
+        name: &'a str,
+        session_ttl: Duration,
+    ) -> MemberSpec<'a> {
+        MemberSpec {
+            dir,
+            store,
+            group,
+            name,
+            session_ttl,
+        }
+    }
+}
+
 /// Starts `rebalanser --log-format json member run` (RUST_LOG=info) as `spec` says; `what`
 /// says what to run (`--exec CMD` or `-- CMD ARG...`); `configure` adds to the command
 /// (environment, working directory) before it is spawned.

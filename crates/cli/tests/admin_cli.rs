@@ -89,6 +89,23 @@ fn sqlite_url(test: &str) -> (tempfile::TempDir, String) {
     (dir, url)
 }
 
+/// Two tests of one scenario (a `fn(&str)` taking a store URL): `$zk` runs it on a chroot of
+/// the shared ZooKeeper server, `$sqlite` on a SQLite file; `$tag` names both stores.
+macro_rules! on_zookeeper_and_sqlite {
+    ($scenario:ident($tag:literal), $zk:ident, $sqlite:ident) => {
+        #[test]
+        fn $zk() {
+            $scenario(&zk_url($tag));
+        }
+
+        #[test]
+        fn $sqlite() {
+            let (_dir, url) = sqlite_url($tag);
+            $scenario(&url);
+        }
+    };
+}
+
 /// Timings that suit ZooKeeper (and SQLite) in tests.
 fn fast(b: MemberBuilder, ttl: Duration) -> MemberBuilder {
     b.session_ttl(ttl)
@@ -217,41 +234,20 @@ fn an_unreachable_store_is_a_bounded_one_line_error() {
     // The default --timeout is 5 s.
     assert!(took < Duration::from_secs(12), "took {took:?}");
     let start = Instant::now();
+    let unreachable = [
+        "--store",
+        "zk://127.0.0.1:1/x",
+        "-g",
+        "g",
+        "--timeout",
+        "1s",
+    ];
     for cmd in [
-        &[
-            "resource",
-            "add",
-            "--store",
-            "zk://127.0.0.1:1/x",
-            "-g",
-            "g",
-            "--timeout",
-            "1s",
-            "q",
-        ][..],
-        &[
-            "resource",
-            "list",
-            "--store",
-            "zk://127.0.0.1:1/x",
-            "-g",
-            "g",
-            "--timeout",
-            "1s",
-        ],
-        &[
-            "watch",
-            "--store",
-            "zk://127.0.0.1:1/x",
-            "-g",
-            "g",
-            "--timeout",
-            "1s",
-            "--frames",
-            "2",
-        ],
+        [&["resource", "add"][..], &unreachable, &["q"]].concat(),
+        [&["resource", "list"][..], &unreachable].concat(),
+        [&["watch"][..], &unreachable, &["--frames", "2"]].concat(),
     ] {
-        fails_with(cmd);
+        fails_with(&cmd);
     }
     assert!(
         start.elapsed() < Duration::from_secs(12),
@@ -415,16 +411,11 @@ fn round_trip(url: &str) {
     assert_eq!(list.lines().collect::<Vec<_>>(), want);
 }
 
-#[test]
-fn resources_round_trip_on_zookeeper() {
-    round_trip(&zk_url("round-trip"));
-}
-
-#[test]
-fn resources_round_trip_on_sqlite() {
-    let (_dir, url) = sqlite_url("round-trip");
-    round_trip(&url);
-}
+on_zookeeper_and_sqlite!(
+    round_trip("round-trip"),
+    resources_round_trip_on_zookeeper,
+    resources_round_trip_on_sqlite
+);
 
 #[test]
 fn resources_from_a_file_and_from_stdin() {
@@ -437,17 +428,8 @@ fn resources_from_a_file_and_from_stdin() {
     )
     .unwrap();
     let f = file.to_str().unwrap();
-    let out = ok(&[
-        "resource",
-        "add",
-        "--store",
-        &url,
-        "-g",
-        "jobs",
-        "--from-file",
-        f,
-        "extra",
-    ]);
+    let g = ["--store", &url, "-g", "jobs"];
+    let out = ok(&[&["resource", "add"][..], &g, &["--from-file", f, "extra"]].concat());
     assert_eq!(
         out,
         "added 4 resource(s) to group jobs (0 already present)\n"
@@ -474,16 +456,14 @@ fn resources_from_a_file_and_from_stdin() {
     let list = ok(&["resource", "list", "--store", &url, "-g", "jobs"]);
     assert!(!list.contains("ok1"), "{list}");
     // A missing file.
-    let line = fails_with(&[
-        "resource",
-        "add",
-        "--store",
-        &url,
-        "-g",
-        "jobs",
-        "-f",
-        "/nonexistent/ids.txt",
-    ]);
+    let line = fails_with(
+        &[
+            &["resource", "add"][..],
+            &g,
+            &["-f", "/nonexistent/ids.txt"],
+        ]
+        .concat(),
+    );
     assert!(line.contains("/nonexistent/ids.txt"), "{line}");
     // Removal from a file.
     std::fs::write(&file, "q1\n# keep q2\nextra\n").unwrap();
@@ -602,16 +582,11 @@ fn status_with_members(url: &str) {
     drop(rt);
 }
 
-#[test]
-fn status_shows_members_owners_and_tokens_on_zookeeper() {
-    status_with_members(&zk_url("status"));
-}
-
-#[test]
-fn status_shows_members_owners_and_tokens_on_sqlite() {
-    let (_dir, url) = sqlite_url("status");
-    status_with_members(&url);
-}
+on_zookeeper_and_sqlite!(
+    status_with_members("status"),
+    status_shows_members_owners_and_tokens_on_zookeeper,
+    status_shows_members_owners_and_tokens_on_sqlite
+);
 
 // ---------------------------------------------------------------------------------------------
 // watch
@@ -728,16 +703,11 @@ fn watch_marks_changes(url: &str) {
     assert!(!out.contains("frame 2"), "{out}");
 }
 
-#[test]
-fn watch_draws_frames_and_marks_changes_on_zookeeper() {
-    watch_marks_changes(&zk_url("watch"));
-}
-
-#[test]
-fn watch_draws_frames_and_marks_changes_on_sqlite() {
-    let (_dir, url) = sqlite_url("watch");
-    watch_marks_changes(&url);
-}
+on_zookeeper_and_sqlite!(
+    watch_marks_changes("watch"),
+    watch_draws_frames_and_marks_changes_on_zookeeper,
+    watch_draws_frames_and_marks_changes_on_sqlite
+);
 
 /// Members joining show up as ownership changes: marked rows and a `claim` change.
 #[test]

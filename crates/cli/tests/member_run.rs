@@ -36,13 +36,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rebalanser::Admin;
 
-const BIN: &str = env!("CARGO_BIN_EXE_rebalanser");
+mod common;
+use common::{
+    boot_to_unix, boottime_ns, group_alive, proc_running, unix_ns, GuardProc, MemberProc,
+    MemberSpec, BIN,
+};
 /// Session TTL of every member in these tests.
 const TTL: Duration = Duration::from_secs(2);
 /// What `member run` derives from it: the safety margin (TTL/8) and the stop timeout (TTL/5).
@@ -77,13 +80,6 @@ while :; do
     read -t 0.02 -u "$sl"
 done
 "#;
-
-fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_nanos() as u64
-}
 
 fn ms(ns: i128) -> String {
     format!("{:.1}ms", ns as f64 / 1e6)
@@ -229,53 +225,6 @@ struct Env {
     exec: String,
 }
 
-/// A `member run` process; SIGKILLed on drop (its guards then kill its children).
-struct MemberProc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl MemberProc {
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(self.pid(), sig) };
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait()? {
-                return Ok(s);
-            }
-            if Instant::now() > end {
-                bail!("member {} did not exit within {timeout:?}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The JSON log lines of the member and its guards.
-    fn log_lines(&self) -> Vec<serde_json::Value> {
-        fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-}
-
-impl Drop for MemberProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_member(env: &Env, name: &str) -> Result<MemberProc> {
     start_member_with(env, name, &[])
 }
@@ -293,49 +242,15 @@ fn start_member_running(
     vars: &[(&str, &str)],
     what: &[&str],
 ) -> Result<MemberProc> {
-    let log = env.dir.join(format!("{name}.log"));
-    let out = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)?;
-    let child = Command::new(BIN)
-        .args(["--log-format", "json", "member", "run", "--store"])
-        .arg(&env.store)
-        .args(["--group", &env.group, "--name", name])
-        .args(["--session-ttl", &format!("{}ms", TTL.as_millis())])
-        .args(what)
-        .env("RUST_LOG", "info")
-        .envs(vars.iter().copied())
-        .current_dir(&env.dir)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
-        .context("spawning rebalanser member run")?;
-    Ok(MemberProc {
-        name: name.to_string(),
-        child,
-        log,
+    let spec = MemberSpec::new(&env.dir, &env.store, &env.group, name, TTL);
+    common::spawn_member(&spec, what, |cmd| {
+        cmd.envs(vars.iter().copied()).current_dir(&env.dir);
     })
 }
 
-fn group_alive(pgid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    let r = unsafe { libc::kill(-pgid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let end = Instant::now() + timeout;
-    loop {
-        if f()? {
-            return Ok(());
-        }
-        if Instant::now() > end {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+/// [`common::wait_until`], polling every 25 ms.
+fn wait_until(what: &str, timeout: Duration, f: impl FnMut() -> Result<bool>) -> Result<()> {
+    common::wait_until(what, timeout, Duration::from_millis(25), f)
 }
 
 /// Every resource ticked in the last 300 ms, and the owners hold `per_member` each.
@@ -366,12 +281,7 @@ fn owned_by(ticks: &[Tick], member: &str) -> BTreeMap<String, Tick> {
 }
 
 async fn setup(name: &str, resources: &[String], exit_after: Option<u32>) -> Result<Env> {
-    let dir = std::env::temp_dir().join(format!(
-        "rb-member-run-{name}-{}-{}",
-        std::process::id(),
-        unix_ns()
-    ));
-    fs::create_dir_all(&dir)?;
+    let dir = common::temp_dir("rb-member-run", name)?;
     let store = match std::env::var("MEMBER_RUN_STORE").as_deref() {
         Ok("zk") => {
             let zk = rebalanser_testkit::ZkEnsemble::shared();
@@ -384,10 +294,8 @@ async fn setup(name: &str, resources: &[String], exit_after: Option<u32>) -> Res
         _ => format!("sqlite://{}", dir.join("rb.db").display()),
     };
     let group = format!("mr-{name}");
-    let admin = Admin::connect(&store, &group)?;
-    admin.create_group().await?;
     let ids: Vec<&str> = resources.iter().map(String::as_str).collect();
-    admin.add_resources(&ids).await?;
+    common::create_group(&store, &group, &ids).await?;
     let script = dir.join("tick.sh");
     fs::write(&script, TICK_SH)?;
     let ticks = dir.join("ticks");
@@ -940,123 +848,8 @@ async fn member_run_argv_form_runs_no_shell() -> Result<()> {
 // The guard alone, driven over its socket as `member run` drives it.
 // ---------------------------------------------------------------------------------------------
 
-fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    assert_eq!(rc, 0);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// A CLOCK_BOOTTIME instant as Unix time (ns).
-fn boot_to_unix(boot: u64) -> u64 {
-    (boot as i128 + unix_ns() as i128 - boottime_ns() as i128) as u64
-}
-
-struct GuardProc {
-    child: Child,
-    sock: Option<std::os::unix::net::UnixStream>,
-    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
-}
-
-impl GuardProc {
-    fn start(
-        command: &str,
-        term_before_ms: u64,
-        kill_after_ms: u64,
-        vars: &[(&str, &str)],
-    ) -> Result<GuardProc> {
-        use std::os::fd::AsRawFd as _;
-        use std::os::unix::process::CommandExt as _;
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        let fd = theirs.as_raw_fd();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["guard", "--fd", &fd.to_string()])
-            .args([
-                "--group",
-                "g",
-                "--member",
-                "m",
-                "--resource",
-                "r",
-                "--token",
-                "0.1",
-            ])
-            .args(["--kill-after-ms", &kill_after_ms.to_string()])
-            .args(["--term-before-ms", &term_before_ms.to_string()])
-            .args(["--command", command])
-            .envs(vars.iter().copied())
-            .env("RUST_LOG", "off")
-            .stdin(Stdio::null());
-        // SAFETY: async-signal-safe calls only.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setsid() < 0 || libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn()?;
-        drop(theirs);
-        let reader = std::io::BufReader::new(ours.try_clone()?);
-        Ok(GuardProc {
-            child,
-            sock: Some(ours),
-            reader,
-        })
-    }
-
-    fn send(&mut self, line: &str) -> Result<()> {
-        use std::io::Write as _;
-        let s = self.sock.as_mut().context("closed")?;
-        s.write_all(format!("{line}\n").as_bytes())?;
-        Ok(())
-    }
-
-    fn deadline_in(&mut self, d: Duration) -> Result<u64> {
-        let at = boottime_ns() + d.as_nanos() as u64;
-        self.send(&format!("D {at}"))?;
-        Ok(at)
-    }
-
-    /// The next line, `None` at EOF; an error after `timeout`.
-    fn recv(&mut self, timeout: Duration) -> Result<Option<String>> {
-        use std::io::BufRead as _;
-        self.reader.get_ref().set_read_timeout(Some(timeout))?;
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => Ok(None),
-            Ok(_) => Ok(Some(line.trim_end().to_string())),
-            Err(e) => bail!("no message from the guard within {timeout:?}: {e}"),
-        }
-    }
-
-    fn started(&mut self) -> Result<i32> {
-        let l = self.recv(Duration::from_secs(5))?.context("EOF before P")?;
-        l.strip_prefix("P ")
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("expected P <pid>, got {l:?}"))
-    }
-}
-
-impl Drop for GuardProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn guard_env(name: &str) -> Result<(PathBuf, String, PathBuf)> {
-    let dir = std::env::temp_dir().join(format!(
-        "rb-guard-{name}-{}-{}",
-        std::process::id(),
-        unix_ns()
-    ));
-    fs::create_dir_all(&dir)?;
+    let dir = common::temp_dir("rb-guard", name)?;
     let script = dir.join("tick.sh");
     fs::write(&script, TICK_SH)?;
     let ticks = dir.join("ticks");
@@ -1167,17 +960,6 @@ fn guard_kills_at_once_when_the_member_is_gone() -> Result<()> {
     Ok(())
 }
 
-/// Running (not a zombie: with its guard dead, the child's zombie waits for init).
-fn proc_running(pid: i32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    !matches!(state, Some("Z" | "X") | None)
-}
-
 /// A SIGKILLed guard takes its direct child down (PDEATHSIG).
 #[test]
 fn guard_killed_takes_its_child_down() -> Result<()> {
@@ -1206,12 +988,7 @@ fn guard_killed_takes_its_child_down() -> Result<()> {
 /// with setsid (adopted by the guard, a subreaper, once its parent died).
 #[test]
 fn guard_reports_only_when_every_descendant_is_gone() -> Result<()> {
-    let dir = std::env::temp_dir().join(format!(
-        "rb-guard-desc-{}-{}",
-        std::process::id(),
-        unix_ns()
-    ));
-    fs::create_dir_all(&dir)?;
+    let dir = common::temp_dir("rb-guard", "desc")?;
     let esc = dir.join("escapee");
     let script = dir.join("desc.sh");
     fs::write(

@@ -11,13 +11,14 @@
 use std::fs;
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use rebalanser::Admin;
+use anyhow::{Context, Result};
 
-const BIN: &str = env!("CARGO_BIN_EXE_rebalanser");
+mod common;
+use common::{boottime_ns, group_alive, proc_running, GuardProc, MemberProc, MemberSpec};
+
 /// Session TTL of every member here; `member run` derives margin TTL/8 and stop TTL/5.
 const TTL: Duration = Duration::from_secs(2);
 const MARGIN: Duration = Duration::from_millis(250);
@@ -25,41 +26,6 @@ const MARGIN: Duration = Duration::from_millis(250);
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 // ---------------------------------------------------------------------------------------------
-
-fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
-fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid, writable timespec.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    assert_eq!(rc, 0);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn group_alive(pgid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    let r = unsafe { libc::kill(-pgid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-}
-
-/// Running (not a zombie, not gone).
-fn proc_running(pid: i32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    !matches!(state, Some("Z" | "X") | None)
-}
 
 fn ppid_of(pid: i32) -> Option<i32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -86,17 +52,9 @@ fn children_with_arg(parent: i32, word: &str) -> Vec<i32> {
     out
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let end = Instant::now() + timeout;
-    loop {
-        if f()? {
-            return Ok(());
-        }
-        if Instant::now() > end {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// [`common::wait_until`], polling every 10 ms.
+fn wait_until(what: &str, timeout: Duration, f: impl FnMut() -> Result<bool>) -> Result<()> {
+    common::wait_until(what, timeout, Duration::from_millis(10), f)
 }
 
 /// SIGKILLs every pid listed in the file on drop (processes the tests let escape).
@@ -119,6 +77,12 @@ fn read_pids(p: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Waits (at most `timeout`) for a pid in `file`; returns the first one.
+fn first_pid(what: &str, file: &Path, timeout: Duration) -> Result<i32> {
+    wait_until(what, timeout, || Ok(!read_pids(file).is_empty()))?;
+    Ok(read_pids(file)[0])
+}
+
 struct Env {
     dir: PathBuf,
     db: PathBuf,
@@ -127,18 +91,11 @@ struct Env {
 }
 
 async fn setup(name: &str, resources: &[&str]) -> Result<Env> {
-    let dir = std::env::temp_dir().join(format!(
-        "rb-redteam-{name}-{}-{}",
-        std::process::id(),
-        unix_ns()
-    ));
-    fs::create_dir_all(&dir)?;
+    let dir = common::temp_dir("rb-redteam", name)?;
     let db = dir.join("rb.db");
     let store = format!("sqlite://{}", db.display());
     let group = format!("rt-{name}");
-    let admin = Admin::connect(&store, &group)?;
-    admin.create_group().await?;
-    admin.add_resources(resources).await?;
+    common::create_group(&store, &group, resources).await?;
     Ok(Env {
         dir,
         db,
@@ -147,47 +104,9 @@ async fn setup(name: &str, resources: &[&str]) -> Result<Env> {
     })
 }
 
-struct MemberProc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl MemberProc {
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-    fn signal(&self, sig: i32) {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(self.pid(), sig) };
-    }
-}
-
-impl Drop for MemberProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_member(env: &Env, name: &str, exec: &str) -> Result<MemberProc> {
-    let log = env.dir.join(format!("{name}.log"));
-    let out = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)?;
-    let child = Command::new(BIN)
-        .args(["--log-format", "json", "member", "run", "--store"])
-        .arg(&env.store)
-        .args(["--group", &env.group, "--name", name])
-        .args(["--session-ttl", &format!("{}ms", TTL.as_millis())])
-        .args(["--exec", exec])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
-        .context("spawning rebalanser member run")?;
-    Ok(MemberProc { child, log })
+    let spec = MemberSpec::new(&env.dir, &env.store, &env.group, name, TTL);
+    common::spawn_member(&spec, &["--exec", exec], |_| {})
 }
 
 /// The member's guard processes (children of the member running `rebalanser guard`).
@@ -195,84 +114,13 @@ fn guards_of(m: &MemberProc) -> Vec<i32> {
     children_with_arg(m.pid(), "guard")
 }
 
-// ---------------------------------------------------------------------------------------------
-// The guard alone, driven over its socket the way `member run` drives it.
-// ---------------------------------------------------------------------------------------------
-
-struct GuardProc {
-    child: Child,
-    sock: Option<std::os::unix::net::UnixStream>,
-    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
-}
-
-impl GuardProc {
-    fn start(command: &str, term_before_ms: u64, kill_after_ms: u64) -> Result<GuardProc> {
-        use std::os::fd::AsRawFd as _;
-        use std::os::unix::process::CommandExt as _;
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        let fd = theirs.as_raw_fd();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["guard", "--fd", &fd.to_string()])
-            .args(["--group", "g", "--member", "m", "--resource", "r"])
-            .args(["--token", "0.1"])
-            .args(["--kill-after-ms", &kill_after_ms.to_string()])
-            .args(["--term-before-ms", &term_before_ms.to_string()])
-            .args(["--command", command])
-            .env("RUST_LOG", "off")
-            .stdin(Stdio::null());
-        // SAFETY: async-signal-safe calls only.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setsid() < 0 || libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn()?;
-        drop(theirs);
-        let reader = std::io::BufReader::new(ours.try_clone()?);
-        Ok(GuardProc {
-            child,
-            sock: Some(ours),
-            reader,
-        })
-    }
-
-    fn send(&mut self, line: &str) -> Result<()> {
-        use std::io::Write as _;
-        let s = self.sock.as_mut().context("closed")?;
-        s.write_all(format!("{line}\n").as_bytes())?;
-        Ok(())
-    }
-
-    fn deadline_at(&mut self, at: u64) -> Result<()> {
-        self.send(&format!("D {at}"))
-    }
-
-    fn recv(&mut self, timeout: Duration) -> Result<Option<String>> {
-        self.reader.get_ref().set_read_timeout(Some(timeout))?;
-        let mut line = String::new();
-        match self.reader.read_line(&mut line) {
-            Ok(0) => Ok(None),
-            Ok(_) => Ok(Some(line.trim_end().to_string())),
-            Err(e) => bail!("no message from the guard within {timeout:?}: {e}"),
-        }
-    }
-
-    fn started(&mut self) -> Result<i32> {
-        let l = self.recv(Duration::from_secs(5))?.context("EOF before P")?;
-        l.strip_prefix("P ")
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("expected P <pid>, got {l:?}"))
-    }
-}
-
-impl Drop for GuardProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A command whose child starts a descendant that leaves its process group with `setsid`,
+/// appends its pid to `escapees` and runs on; the child itself runs on too.
+fn setsid_escapee_cmd(escapees: &Path) -> String {
+    format!(
+        "setsid sh -c 'echo $$ >> \"$1\"; exec sleep 1000' sh '{}' & exec sleep 1000",
+        escapees.display()
+    )
 }
 
 /// A command that records its own pid on start and then just runs (the "resource access").
@@ -282,16 +130,6 @@ fn marker_cmd(dir: &Path) -> (String, PathBuf) {
         format!("echo $$ >> '{}'; exec sleep 1000", pids.display()),
         pids,
     )
-}
-
-fn tmpdir(name: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "rb-redteam-g-{name}-{}-{}",
-        std::process::id(),
-        unix_ns()
-    ));
-    fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -324,15 +162,8 @@ async fn redteam_finding_guard_sigkilled_setsid_descendant_survives_and_child_re
     let env = setup("guardkill", &["r1"]).await?;
     let escapees = env.dir.join("escapees");
     let _reaper = Reaper(escapees.clone());
-    let exec = format!(
-        "setsid sh -c 'echo $$ >> \"$1\"; exec sleep 1000' sh '{}' & exec sleep 1000",
-        escapees.display()
-    );
-    let m = start_member(&env, "a", &exec)?;
-    wait_until("the first escapee", Duration::from_secs(15), || {
-        Ok(!read_pids(&escapees).is_empty())
-    })?;
-    let first = read_pids(&escapees)[0];
+    let m = start_member(&env, "a", &setsid_escapee_cmd(&escapees))?;
+    let first = first_pid("the first escapee", &escapees, Duration::from_secs(15))?;
     let guards = guards_of(&m);
     assert_eq!(guards.len(), 1, "one guard: {guards:?}");
     // SAFETY: kill(2) on the guard this test's member started.
@@ -390,10 +221,7 @@ async fn redteam_finding_stopped_guard_lets_child_run_past_member_deadline() -> 
     let (exec, started) = marker_cmd(&env.dir);
     let _reaper = Reaper(started.clone());
     let m = start_member(&env, "a", &exec)?;
-    wait_until("the child", Duration::from_secs(15), || {
-        Ok(!read_pids(&started).is_empty())
-    })?;
-    let child = read_pids(&started)[0];
+    let child = first_pid("the child", &started, Duration::from_secs(15))?;
     let guards = guards_of(&m);
     assert_eq!(guards.len(), 1, "one guard: {guards:?}");
     let guard = guards[0];
@@ -456,14 +284,14 @@ async fn redteam_finding_stopped_guard_lets_child_run_past_member_deadline() -> 
 /// child: the report is `E deadline none` and no `P` comes first.
 #[test]
 fn redteam_pin_guard_never_starts_a_child_at_or_past_the_deadline() -> Result<()> {
-    let dir = tmpdir("late")?;
+    let dir = common::temp_dir("rb-redteam-g", "late")?;
     let (cmd, started) = marker_cmd(&dir);
     for (name, offset_ms, term_before) in [
         ("past", -1_000i64, 0u64),
         ("now", 0, 0),
         ("inside the TERM lead", 300, 400),
     ] {
-        let mut g = GuardProc::start(&cmd, term_before, 100)?;
+        let mut g = GuardProc::start(&cmd, term_before, 100, &[])?;
         let at = (boottime_ns() as i64 + offset_ms * 1_000_000) as u64;
         g.deadline_at(at)?;
         let r = g.recv(Duration::from_secs(5))?;
@@ -479,9 +307,9 @@ fn redteam_pin_guard_never_starts_a_child_at_or_past_the_deadline() -> Result<()
 /// lease deadline back, PITFALLS 2): the child is killed by the new, earlier deadline.
 #[test]
 fn redteam_pin_guard_obeys_a_deadline_moved_back() -> Result<()> {
-    let dir = tmpdir("moveback")?;
+    let dir = common::temp_dir("rb-redteam-g", "moveback")?;
     let (cmd, _) = marker_cmd(&dir);
-    let mut g = GuardProc::start(&cmd, 0, 60_000)?;
+    let mut g = GuardProc::start(&cmd, 0, 60_000, &[])?;
     g.deadline_at(boottime_ns() + 60_000_000_000)?;
     let pid = g.started()?;
     std::thread::sleep(Duration::from_millis(100));
@@ -506,7 +334,7 @@ fn redteam_pin_guard_obeys_a_deadline_moved_back() -> Result<()> {
 /// grandchild: on `S` the whole tree is gone before `E`, within the kill grace.
 #[test]
 fn redteam_pin_guard_stop_kills_stubborn_stopped_tree() -> Result<()> {
-    let dir = tmpdir("stubborn")?;
+    let dir = common::temp_dir("rb-redteam-g", "stubborn")?;
     let esc = dir.join("esc");
     let _reaper = Reaper(esc.clone());
     let cmd = format!(
@@ -514,14 +342,11 @@ fn redteam_pin_guard_stop_kills_stubborn_stopped_tree() -> Result<()> {
          while :; do sleep 0.05; done' sh '{}' & sleep 0.2; kill -STOP $$; wait",
         esc.display()
     );
-    let mut g = GuardProc::start(&cmd, 100, 300)?;
+    let mut g = GuardProc::start(&cmd, 100, 300, &[])?;
     g.deadline_at(boottime_ns() + 60_000_000_000)?;
     let pid = g.started()?;
-    wait_until("the grandchild", Duration::from_secs(5), || {
-        Ok(!read_pids(&esc).is_empty())
-    })?;
+    let gc = first_pid("the grandchild", &esc, Duration::from_secs(5))?;
     std::thread::sleep(Duration::from_millis(300));
-    let gc = read_pids(&esc)[0];
     let t = Instant::now();
     g.send("S")?;
     let r = g.recv(Duration::from_secs(5))?;
@@ -544,15 +369,8 @@ async fn redteam_pin_member_sigkill_takes_setsid_descendants_down() -> Result<()
     let env = setup("memberkill", &["r1"]).await?;
     let escapees = env.dir.join("escapees");
     let _reaper = Reaper(escapees.clone());
-    let exec = format!(
-        "setsid sh -c 'echo $$ >> \"$1\"; exec sleep 1000' sh '{}' & exec sleep 1000",
-        escapees.display()
-    );
-    let mut m = start_member(&env, "a", &exec)?;
-    wait_until("the escapee", Duration::from_secs(15), || {
-        Ok(!read_pids(&escapees).is_empty())
-    })?;
-    let first = read_pids(&escapees)[0];
+    let mut m = start_member(&env, "a", &setsid_escapee_cmd(&escapees))?;
+    let first = first_pid("the escapee", &escapees, Duration::from_secs(15))?;
     let t = Instant::now();
     m.signal(libc::SIGKILL);
     let _ = m.child.wait();
@@ -578,12 +396,9 @@ async fn redteam_pin_member_sigstop_child_dies_before_deadline() -> Result<()> {
     let (exec, started) = marker_cmd(&env.dir);
     let _reaper = Reaper(started.clone());
     let m = start_member(&env, "a", &exec)?;
-    wait_until("the child", Duration::from_secs(15), || {
-        Ok(!read_pids(&started).is_empty())
-    })?;
+    let child = first_pid("the child", &started, Duration::from_secs(15))?;
     // Wait for a couple of ticks so the guard holds a recent deadline.
     std::thread::sleep(Duration::from_millis(300));
-    let child = read_pids(&started)[0];
     let t = Instant::now();
     m.signal(libc::SIGSTOP);
     let bound = TTL - MARGIN;

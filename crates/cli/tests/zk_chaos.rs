@@ -36,6 +36,9 @@ use anyhow::{bail, Context, Result};
 use rebalanser::Admin;
 use rebalanser_testkit::{ZkEnsemble, ZkOptions};
 
+mod common;
+use common::{boottime_ns, BIN};
+
 // ---------------------------------------------------------------------------------------------
 // The checker.
 // ---------------------------------------------------------------------------------------------
@@ -430,17 +433,6 @@ r2 a 1.6r1 b 1.5 1110
 // The harness.
 // ---------------------------------------------------------------------------------------------
 
-fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec that outlives the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    assert_eq!(rc, 0);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// SplitMix64: the fault order is a function of the seed.
 struct Rng(u64);
 
@@ -688,7 +680,7 @@ enum ZkFault<'s> {
 
 fn run_chaos(cfg: &ChaosConfig) -> Result<Outcome> {
     let run_start = Instant::now();
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_rebalanser"));
+    let bin = PathBuf::from(BIN);
     let dir = match &cfg.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!(

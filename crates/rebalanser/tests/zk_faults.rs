@@ -83,6 +83,18 @@ async fn start_group(test: &str, admin_url: &str, urls: &[String]) -> Group {
     }
 }
 
+/// [`start_group`] on the shared server, m0 through a fault proxy (returned), the other members
+/// and the admin directly.
+async fn start_group_with_m0_proxied(test: &str) -> (Group, FaultProxy) {
+    let zk = blocking(ZkEnsemble::shared);
+    let proxy = FaultProxy::start(zk.client_addr(0)).expect("proxy");
+    let direct = url(&zk.connect_string(), test);
+    let mut urls = vec![url(&proxy.addr().to_string(), test)];
+    urls.extend((1..MEMBERS).map(|_| direct.clone()));
+    let g = start_group(test, &direct, &urls).await;
+    (g, proxy)
+}
+
 fn count(log: &EventLog, since: Instant, f: impl Fn(&Status) -> bool) -> usize {
     log.since(since).iter().filter(|s| f(s)).count()
 }
@@ -151,6 +163,86 @@ async fn observe(
     o
 }
 
+/// When the member cut off had lost everything, each relative to the start of the fault: its
+/// leases all invalid, its session expired at the server, all its resources held by others,
+/// and the first of them re-granted.
+#[derive(Debug, Clone, Copy)]
+struct Isolation {
+    invalid: Duration,
+    expired: Duration,
+    taken: Duration,
+    regrant: Duration,
+}
+
+impl Isolation {
+    /// First of all: no takeover while one of m0's leases was still valid (`mon` saw no double
+    /// lease); then, each of them happened.
+    fn checked(mon: &Monitor, o: &Observed, regrant: Option<Duration>) -> Isolation {
+        mon.assert_clean();
+        Isolation {
+            invalid: o.invalid.expect("m0's leases never turned invalid"),
+            expired: o.expired.expect("m0's session never expired"),
+            taken: o.taken.expect("m0's resources were not taken over"),
+            regrant: regrant.expect("no re-grant"),
+        }
+    }
+
+    /// The member stopped before the server expired its session and before anything of it was
+    /// re-granted; the others took all of it over within TTL + 3 s.
+    fn assert_stopped_first(&self) {
+        let Isolation {
+            invalid,
+            expired,
+            taken,
+            regrant,
+        } = *self;
+        assert!(
+            invalid < expired,
+            "m0's leases ended after {invalid:?}, its session expired after {expired:?}"
+        );
+        assert!(
+            invalid < regrant,
+            "re-granted after {regrant:?}, m0's leases ended after {invalid:?}"
+        );
+        assert!(
+            taken < TTL + Duration::from_secs(3),
+            "takeover after {taken:?}"
+        );
+    }
+}
+
+/// m0 lost its session in the fault (`what`) that began at `t0` and rejoined after the heal
+/// at `healed`, and the group was balanced over every member again after `back`: once the
+/// group is settled, m0's events show a suspension, exactly one lost session since `t0`, and
+/// exactly one join since the heal.
+async fn assert_m0_rejoined(
+    g: &Group,
+    test: &str,
+    what: &str,
+    back: Duration,
+    t0: Instant,
+    healed: Instant,
+) {
+    let all = names(MEMBERS);
+    wait_settled(&g.admin, &g.mon, &refs(&all), RESOURCES, LIMIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log = g.log("m0");
+    println!(
+        "zk[{test}]: after heal m0 rejoined and the group rebalanced over {MEMBERS} in {back:?}; \
+         m0 events since the {what}: {:?}",
+        log.since(t0)
+    );
+    assert!(count(log, t0, suspended) >= 1, "{:?}", log.since(t0));
+    assert_eq!(count(log, t0, session_lost), 1, "{:?}", log.since(t0));
+    assert_eq!(
+        count(log, healed, joined),
+        1,
+        "rejoined once: {:?}",
+        log.since(t0)
+    );
+}
+
 /// First grant after `since` of any of `resources`, relative to `t0`.
 fn first_regrant(mon: &Monitor, resources: &BTreeSet<String>, since: Instant) -> Option<Duration> {
     mon.grant_log()
@@ -171,12 +263,7 @@ fn first_regrant(mon: &Monitor, resources: &BTreeSet<String>, since: Instant) ->
 async fn zk_blackhole_shorter_than_the_ttl_keeps_the_session_and_the_resources() {
     let _serial = SERIAL.lock().await;
     let test = "blip";
-    let zk = blocking(ZkEnsemble::shared);
-    let proxy = FaultProxy::start(zk.client_addr(0)).expect("proxy");
-    let direct = url(&zk.connect_string(), test);
-    let mut urls = vec![url(&proxy.addr().to_string(), test)];
-    urls.extend((1..MEMBERS).map(|_| direct.clone()));
-    let g = start_group(test, &direct, &urls).await;
+    let (g, proxy) = start_group_with_m0_proxied(test).await;
     let all = names(MEMBERS);
     let coordinator = g.worker("m0").is_coordinator().await;
 
@@ -275,12 +362,7 @@ async fn zk_blackhole_shorter_than_the_ttl_keeps_the_session_and_the_resources()
 async fn zk_blackhole_longer_than_the_ttl_stops_the_member_before_its_session_expires() {
     let _serial = SERIAL.lock().await;
     let test = "blackout";
-    let zk = blocking(ZkEnsemble::shared);
-    let proxy = FaultProxy::start(zk.client_addr(0)).expect("proxy");
-    let direct = url(&zk.connect_string(), test);
-    let mut urls = vec![url(&proxy.addr().to_string(), test)];
-    urls.extend((1..MEMBERS).map(|_| direct.clone()));
-    let g = start_group(test, &direct, &urls).await;
+    let (g, proxy) = start_group_with_m0_proxied(test).await;
     let all = names(MEMBERS);
     let others: Vec<String> = all[1..].to_vec();
     let coordinator = g.worker("m0").is_coordinator().await;
@@ -311,28 +393,13 @@ async fn zk_blackhole_longer_than_the_ttl_stops_the_member_before_its_session_ex
         resources.len(),
         o.taken
     );
-    // First of all: no takeover while one of m0's leases was still valid.
-    g.mon.assert_clean();
-    let invalid = o.invalid.expect("m0's leases never turned invalid");
-    let expired = o.expired.expect("m0's session never expired");
-    let taken = o.taken.expect("m0's resources were not taken over");
-    let regrant = regrant.expect("no re-grant");
+    let isolation = Isolation::checked(&g.mon, &o, regrant);
+    let invalid = isolation.invalid;
     assert!(
         invalid <= deadline,
         "released after {invalid:?}, deadline {deadline:?}"
     );
-    assert!(
-        invalid < expired,
-        "m0's leases ended after {invalid:?}, its session expired after {expired:?}"
-    );
-    assert!(
-        invalid < regrant,
-        "re-granted after {regrant:?}, released after {invalid:?}"
-    );
-    assert!(
-        taken < TTL + Duration::from_secs(3),
-        "takeover after {taken:?}"
-    );
+    isolation.assert_stopped_first();
     assert!(
         balanced4,
         "not balanced over the others during the blackhole"
@@ -354,23 +421,7 @@ async fn zk_blackhole_longer_than_the_ttl_stops_the_member_before_its_session_ex
     let back = wait_even(&g.mon, &refs(&all), RESOURCES, LIMIT)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    wait_settled(&g.admin, &g.mon, &refs(&all), RESOURCES, LIMIT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let log = g.log("m0");
-    println!(
-        "zk[{test}]: after heal m0 rejoined and the group rebalanced over {MEMBERS} in {back:?}; \
-         m0 events since the blackhole: {:?}",
-        log.since(t0)
-    );
-    assert!(count(log, t0, suspended) >= 1, "{:?}", log.since(t0));
-    assert_eq!(count(log, t0, session_lost), 1, "{:?}", log.since(t0));
-    assert_eq!(
-        count(log, healed, joined),
-        1,
-        "rejoined once: {:?}",
-        log.since(t0)
-    );
+    assert_m0_rejoined(&g, test, "blackhole", back, t0, healed).await;
     finish(&g.mon, g.workers).await;
 }
 
@@ -533,12 +584,8 @@ async fn zk_member_on_a_cut_off_follower_stops_before_the_leader_expires_it() {
         resources.len(),
         o.taken
     );
-    // First of all: no takeover while one of m0's leases was still valid.
-    g.mon.assert_clean();
-    let invalid = o.invalid.expect("m0's leases never turned invalid");
-    let expired = o.expired.expect("m0's session never expired");
-    let taken = o.taken.expect("m0's resources were not taken over");
-    let regrant = regrant.expect("no re-grant");
+    let isolation = Isolation::checked(&g.mon, &o, regrant);
+    let invalid = isolation.invalid;
     assert_eq!(
         still_follower.as_deref(),
         Some("follower"),
@@ -549,18 +596,7 @@ async fn zk_member_on_a_cut_off_follower_stops_before_the_leader_expires_it() {
         invalid <= deadline + Duration::from_millis(50),
         "leases valid until {invalid:?}, deadline {deadline:?}"
     );
-    assert!(
-        invalid < expired,
-        "invalid after {invalid:?}, expired after {expired:?}"
-    );
-    assert!(
-        invalid < regrant,
-        "re-granted after {regrant:?}, invalid after {invalid:?}"
-    );
-    assert!(
-        taken < TTL + Duration::from_secs(3),
-        "takeover after {taken:?}"
-    );
+    isolation.assert_stopped_first();
     assert!(
         !g.mon.per_holder().contains_key("m0"),
         "m0 still holds a valid lease: {:?}",
@@ -574,17 +610,6 @@ async fn zk_member_on_a_cut_off_follower_stops_before_the_leader_expires_it() {
     let back = wait_even(&g.mon, &refs(&all), RESOURCES, Duration::from_secs(30))
         .await
         .unwrap_or_else(|e| panic!("{e}; m0's events: {:?}", g.log("m0").since(t0)));
-    wait_settled(&g.admin, &g.mon, &refs(&all), RESOURCES, LIMIT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let log = g.log("m0");
-    println!(
-        "zk[{test}]: after heal m0 rejoined and the group rebalanced over {MEMBERS} in {back:?}; \
-         m0 events since the cut: {:?}",
-        log.since(t0)
-    );
-    assert!(count(log, t0, suspended) >= 1, "{:?}", log.since(t0));
-    assert_eq!(count(log, t0, session_lost), 1, "{:?}", log.since(t0));
-    assert_eq!(count(log, healed, joined), 1, "{:?}", log.since(t0));
+    assert_m0_rejoined(&g, test, "cut", back, t0, healed).await;
     finish(&g.mon, g.workers).await;
 }

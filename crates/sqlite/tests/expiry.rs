@@ -17,60 +17,21 @@ use std::time::Duration;
 use futures::StreamExt;
 use rebalanser_core::SessionId;
 use rebalanser_sqlite::SqliteStore;
-use rebalanser_store::{Store, StoreError, StoreOp, StoreReply, WatchEvent, Write};
+use rebalanser_store::{Store, StoreError, StoreOp, StoreReply, WatchEvent};
 use rusqlite::Connection;
 
-fn boottime_ns() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) },
-        0
-    );
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-}
+mod common;
+use common::{boottime_ns, create, expires_ns, get, keepalive, new_store};
 
+/// Opens a session, and checks that the TTL granted is the one asked.
 async fn open_session(store: &SqliteStore, ttl: Duration) -> SessionId {
-    match store.execute(StoreOp::OpenSession { ttl }).await {
-        Ok(StoreReply::Session { session, ttl: t }) => {
-            assert_eq!(t, ttl, "the TTL granted is the one asked");
-            session
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
-async fn create(
-    store: &SqliteStore,
-    key: &str,
-    owner: Option<SessionId>,
-) -> Result<StoreReply, StoreError> {
-    store
-        .execute(StoreOp::Txn {
-            conds: vec![],
-            writes: vec![Write::Create {
-                key: key.into(),
-                value: b"v".to_vec(),
-                owner,
-            }],
-        })
-        .await
+    let (session, t) = common::open_session_granted(store, ttl).await;
+    assert_eq!(t, ttl, "the TTL granted is the one asked");
+    session
 }
 
 async fn present(store: &SqliteStore, key: &str) -> bool {
-    match store
-        .execute(StoreOp::Get {
-            key: key.into(),
-            linearizable: true,
-        })
-        .await
-    {
-        Ok(StoreReply::Got(e)) => e.is_some(),
-        other => panic!("{other:?}"),
-    }
+    get(store, key).await.is_some()
 }
 
 fn raw(path: &Path, sql: &str) {
@@ -86,9 +47,7 @@ fn session_rows(path: &Path) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_is_a_boottime_instant() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.db");
-    let store = SqliteStore::open(&path).unwrap();
+    let (_dir, path, store) = new_store("t.db");
     let ttl = Duration::from_secs(7);
     let before = boottime_ns();
     let s = open_session(&store, ttl).await;
@@ -116,9 +75,7 @@ async fn expiry_is_a_boottime_instant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewriting_the_stored_wall_time_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.db");
-    let store = SqliteStore::open(&path).unwrap();
+    let (_dir, path, store) = new_store("t.db");
     let ttl = Duration::from_millis(600);
     let s = open_session(&store, ttl).await;
     create(&store, "ns/k", Some(s)).await.unwrap();
@@ -133,7 +90,7 @@ async fn rewriting_the_stored_wall_time_changes_nothing() {
             present(&store, "ns/k").await,
             "expired after wall time {wall}"
         );
-        let r = store.execute(StoreOp::KeepAlive { session: s }).await;
+        let r = keepalive(&store, s).await;
         assert!(matches!(r, Ok(StoreReply::KeptAlive { .. })), "{r:?}");
     }
     // Far-future wall time does not keep the session alive either: it expires on BOOTTIME.
@@ -143,15 +100,13 @@ async fn rewriting_the_stored_wall_time_changes_nothing() {
     );
     tokio::time::sleep(ttl + Duration::from_millis(100)).await;
     assert!(!present(&store, "ns/k").await, "alive past its TTL");
-    let r = store.execute(StoreOp::KeepAlive { session: s }).await;
+    let r = keepalive(&store, s).await;
     assert_eq!(r, Err(StoreError::SessionExpired));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_of_another_boot_is_expired_at_once_and_notified() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.db");
-    let store = SqliteStore::open(&path).unwrap();
+    let (_dir, path, store) = new_store("t.db");
     let s = open_session(&store, Duration::from_secs(600)).await;
     let keep = open_session(&store, Duration::from_secs(600)).await;
     create(&store, "ns/old", Some(s)).await.unwrap();
@@ -175,7 +130,7 @@ async fn a_session_of_another_boot_is_expired_at_once_and_notified() {
     let ev = tokio::time::timeout(Duration::from_secs(1), watch.next()).await;
     assert_eq!(ev, Ok(Some(WatchEvent::Changed)));
     assert_eq!(session_rows(&path), 1, "reaped");
-    let r = store.execute(StoreOp::KeepAlive { session: s }).await;
+    let r = keepalive(&store, s).await;
     assert_eq!(r, Err(StoreError::SessionExpired));
     assert_eq!(
         create(&store, "ns/late", Some(s)).await,
@@ -185,9 +140,7 @@ async fn a_session_of_another_boot_is_expired_at_once_and_notified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_session_is_never_revived() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.db");
-    let store = SqliteStore::open(&path).unwrap();
+    let (_dir, path, store) = new_store("t.db");
     let s = open_session(&store, Duration::from_millis(100)).await;
     create(&store, "ns/k", Some(s)).await.unwrap();
     // No watch, no writes: nobody reaps, the row stays, and reads already hide its key.
@@ -195,7 +148,7 @@ async fn an_expired_session_is_never_revived() {
     assert_eq!(session_rows(&path), 1, "not reaped yet");
     assert!(!present(&store, "ns/k").await);
     // A late keepalive finds it expired (the conditional UPDATE), and reaps it.
-    let r = store.execute(StoreOp::KeepAlive { session: s }).await;
+    let r = keepalive(&store, s).await;
     assert_eq!(r, Err(StoreError::SessionExpired));
     assert_eq!(session_rows(&path), 0);
     // Even a row that is somehow still there but expired is not renewed: only the
@@ -206,24 +159,17 @@ async fn an_expired_session_is_never_revived() {
         "CREATE TRIGGER no_reap BEFORE DELETE ON sessions BEGIN SELECT RAISE(IGNORE); END;",
     );
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let r = store.execute(StoreOp::KeepAlive { session: t }).await;
+    let r = keepalive(&store, t).await;
     assert_eq!(r, Err(StoreError::SessionExpired));
-    let expires: i64 = Connection::open(&path)
-        .unwrap()
-        .query_row(
-            "SELECT expires_ns FROM sessions WHERE id = ?1",
-            [t.0 as i64],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert!(expires < boottime_ns(), "the expired row was renewed");
+    assert!(
+        expires_ns(&path, t) < boottime_ns(),
+        "the expired row was renewed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_and_keepalive_of_unknown_sessions_match_the_model() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.db");
-    let store = SqliteStore::open(&path).unwrap();
+    let (_dir, path, store) = new_store("t.db");
     for session in [SessionId(424242), SessionId(u64::MAX)] {
         assert_eq!(
             store.execute(StoreOp::KeepAlive { session }).await,

@@ -6,61 +6,14 @@
 //!
 //! Run: `cargo test -p rebalanser-sqlite --test redteam -- --nocapture`
 
-use std::path::Path;
 use std::time::Duration;
 
-use rebalanser_core::SessionId;
 use rebalanser_sqlite::{SqliteOptions, SqliteStore};
-use rebalanser_store::{Store, StoreError, StoreOp, StoreReply, Write};
+use rebalanser_store::{Store, StoreError, StoreOp, StoreReply};
 use rusqlite::Connection;
 
-fn boottime_ns() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) },
-        0
-    );
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-}
-
-async fn open_session(store: &SqliteStore, ttl: Duration) -> SessionId {
-    match store.execute(StoreOp::OpenSession { ttl }).await {
-        Ok(StoreReply::Session { session, .. }) => session,
-        other => panic!("{other:?}"),
-    }
-}
-
-async fn create(
-    store: &SqliteStore,
-    key: &str,
-    owner: Option<SessionId>,
-) -> Result<StoreReply, StoreError> {
-    store
-        .execute(StoreOp::Txn {
-            conds: vec![],
-            writes: vec![Write::Create {
-                key: key.into(),
-                value: b"v".to_vec(),
-                owner,
-            }],
-        })
-        .await
-}
-
-fn expires_ns(path: &Path, s: SessionId) -> i64 {
-    Connection::open(path)
-        .unwrap()
-        .query_row(
-            "SELECT expires_ns FROM sessions WHERE id = ?1",
-            [s.0 as i64],
-            |r| r.get(0),
-        )
-        .unwrap()
-}
+mod common;
+use common::{boottime_ns, create, expires_ns, new_store, open_session};
 
 // ---------------------------------------------------------------------------------------------
 // Findings. S1 (a backup restored while members run re-issues session ids and revisions, so
@@ -77,9 +30,7 @@ fn expires_ns(path: &Path, s: SessionId) -> i64 {
 /// expiry, because the store reads its clock under the write lock, after the send.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redteam_pin_keepalive_expiry_never_before_send_plus_ttl() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rb.db");
-    let store = SqliteStore::open(&path).unwrap();
+    let (_dir, path, store) = new_store("rb.db");
     let ttl = Duration::from_secs(5);
     let t0 = boottime_ns();
     let s = open_session(&store, ttl).await;

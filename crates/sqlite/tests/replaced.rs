@@ -12,48 +12,20 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
-use rebalanser_core::SessionId;
 use rebalanser_sqlite::SqliteStore;
-use rebalanser_store::{Store, StoreError, StoreOp, StoreReply, StoreResult, WatchEvent, Write};
+use rebalanser_store::{Store, StoreError, StoreOp, StoreReply, WatchEvent};
+
+mod common;
+use common::{create, get, keepalive, new_store, open_session};
 
 const TTL: Duration = Duration::from_secs(30);
 
-async fn open_session(store: &SqliteStore) -> SessionId {
-    match store.execute(StoreOp::OpenSession { ttl: TTL }).await {
-        Ok(StoreReply::Session { session, .. }) => session,
-        other => panic!("open session: {other:?}"),
-    }
-}
-
-async fn claim(store: &SqliteStore, key: &str, owner: SessionId) -> StoreResult {
-    store
-        .execute(StoreOp::Txn {
-            conds: vec![],
-            writes: vec![Write::Create {
-                key: key.into(),
-                value: b"v".to_vec(),
-                owner: Some(owner),
-            }],
-        })
-        .await
-}
-
 /// The creation revision of `key` as `store` lists it.
 async fn create_rev(store: &SqliteStore, key: &str) -> u64 {
-    match store
-        .execute(StoreOp::Get {
-            key: key.into(),
-            linearizable: true,
-        })
-        .await
-    {
-        Ok(StoreReply::Got(Some(e))) => e.create_rev,
-        other => panic!("get {key}: {other:?}"),
+    match get(store, key).await {
+        Some(e) => e.create_rev,
+        None => panic!("get {key}: no entry"),
     }
-}
-
-async fn keepalive(store: &SqliteStore, s: SessionId) -> StoreResult {
-    store.execute(StoreOp::KeepAlive { session: s }).await
 }
 
 fn remove(path: &Path) {
@@ -115,11 +87,9 @@ fn change(path: &Path, how: Change) -> Option<SqliteStore> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_or_replaced_file_expires_the_old_files_sessions() {
     for how in [Change::Delete, Change::Recreate, Change::RenameOver] {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("g.db");
-        let old = SqliteStore::open(&path).unwrap();
-        let s = open_session(&old).await;
-        claim(&old, "g/claim/r", s)
+        let (_dir, path, old) = new_store("g.db");
+        let s = open_session(&old, TTL).await;
+        create(&old, "g/claim/r", Some(s))
             .await
             .expect("claim on the old file");
         keepalive(&old, s).await.expect("keepalive on the old file");
@@ -131,7 +101,7 @@ async fn a_deleted_or_replaced_file_expires_the_old_files_sessions() {
             matches!(ka, Err(StoreError::SessionExpired)),
             "{how:?}: keepalive of an old file's session: {ka:?}"
         );
-        let c = claim(&old, "g/claim/q", s).await;
+        let c = create(&old, "g/claim/q", Some(s)).await;
         assert!(
             matches!(c, Err(StoreError::SessionExpired)),
             "{how:?}: claim of an old file's session: {c:?}"
@@ -156,9 +126,9 @@ async fn a_deleted_or_replaced_file_expires_the_old_files_sessions() {
                 matches!(got, Ok(StoreReply::Got(None))),
                 "{how:?}: the old file's key is gone: {got:?}"
             );
-            let s2 = open_session(&old).await;
+            let s2 = open_session(&old, TTL).await;
             assert_ne!(s2, s, "{how:?}: a new session id");
-            claim(&old, "g/claim/r", s2)
+            create(&old, "g/claim/r", Some(s2))
                 .await
                 .unwrap_or_else(|e| panic!("{how:?}: claim on the new file: {e}"));
             // Both stores see the same file now.
@@ -177,21 +147,19 @@ async fn a_deleted_or_replaced_file_expires_the_old_files_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recreated_file_never_issues_an_old_files_revisions() {
     for how in [Change::Recreate, Change::RenameOver] {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("g.db");
-        let old = SqliteStore::open(&path).unwrap();
-        let s = open_session(&old).await;
+        let (_dir, path, old) = new_store("g.db");
+        let s = open_session(&old, TTL).await;
         // Some history on the old file, so its revision is not just the initial one.
         for i in 0..20 {
-            claim(&old, &format!("g/claim/r{i}"), s)
+            create(&old, &format!("g/claim/r{i}"), Some(s))
                 .await
                 .unwrap_or_else(|e| panic!("{how:?}: {e}"));
         }
         let old_rev = create_rev(&old, "g/claim/r19").await;
 
         let new = change(&path, how).expect("a new file");
-        let s2 = open_session(&new).await;
-        claim(&new, "g/claim/r19", s2)
+        let s2 = open_session(&new, TTL).await;
+        create(&new, "g/claim/r19", Some(s2))
             .await
             .unwrap_or_else(|e| panic!("{how:?}: claim on the new file: {e}"));
         let new_rev = create_rev(&new, "g/claim/r19").await;
@@ -208,9 +176,7 @@ async fn a_recreated_file_never_issues_an_old_files_revisions() {
 /// a `Reset`) instead of watching a dead file; a new watch follows the new file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_end_when_the_file_is_replaced_and_follow_the_new_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("g.db");
-    let old = SqliteStore::open(&path).unwrap();
+    let (_dir, path, old) = new_store("g.db");
     let mut w = old.watch("g/".into());
     let first = tokio::time::timeout(Duration::from_secs(5), w.next()).await;
     assert_eq!(first, Ok(Some(WatchEvent::Reset)));
@@ -232,8 +198,8 @@ async fn watches_end_when_the_file_is_replaced_and_follow_the_new_one() {
     let mut w = old.watch("g/".into());
     let first = tokio::time::timeout(Duration::from_secs(5), w.next()).await;
     assert_eq!(first, Ok(Some(WatchEvent::Reset)));
-    let s = open_session(&new).await;
-    claim(&new, "g/claim/r", s).await.unwrap();
+    let s = open_session(&new, TTL).await;
+    create(&new, "g/claim/r", Some(s)).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(5), w.next()).await;
     assert_eq!(
         next,

@@ -10,11 +10,13 @@
 //! Requirements (all Debian packages): `zookeeper` (with Java), `nftables` and `iproute2` for
 //! [`ZkEnsemble::cut_from_leader`], and root for nftables.
 
+mod clock;
 mod nft;
 mod proxy;
 mod spawn;
 mod zk;
 
+pub use clock::boottime_ns;
 pub use proxy::FaultProxy;
 pub use spawn::pid_alive;
 pub use zk::{zkcli, ZkEnsemble, ZkOptions};

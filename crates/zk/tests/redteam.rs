@@ -12,41 +12,21 @@
 //! two polls. Anchors (a key that must still exist, or already be gone) check that the stepping
 //! is where the comment says it is.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rebalanser_core::SessionId;
-use rebalanser_store::{
-    BoxFuture, Cond, Entry, Store, StoreError, StoreOp, StoreReply, StoreResult, WatchEvent, Write,
-};
+use rebalanser_store::{Cond, Store, StoreError, StoreOp, StoreReply, WatchEvent, Write};
 use rebalanser_testkit::{FaultProxy, ZkEnsemble, ZkOptions};
 use rebalanser_zk::{ZkStore, ZkUrl};
 
+mod common;
+use common::{
+    chroot, committed, create, delete, direct, exec, get, list, open, proxied, put, steps,
+};
+
 // ----- fixtures ---------------------------------------------------------------------------------
-
-fn chroot(tag: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "/redteam-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// A store straight to the shared server (tickTime 200 ms, sessions 0.4 s ..= 4 s).
-fn direct(chroot: &str) -> ZkStore {
-    let zk = ZkEnsemble::shared();
-    ZkStore::from_url(&format!("zk://{}{chroot}", zk.connect_string())).expect("url")
-}
-
-/// A store through a fault proxy in front of the shared server.
-fn proxied(chroot: &str) -> (ZkStore, Arc<FaultProxy>) {
-    let zk = ZkEnsemble::shared();
-    let proxy = Arc::new(FaultProxy::start(zk.client_addr(0)).expect("proxy"));
-    let store = ZkStore::from_url(&format!("zk://{}{chroot}", proxy.addr())).expect("url");
-    (store, proxy)
-}
 
 /// A second server that grants sessions up to 40 s, for scenarios in which the store's shared
 /// connection (10 s) must expire while a member session (30 s) survives.
@@ -61,34 +41,6 @@ fn long_sessions() -> &'static ZkEnsemble {
     })
 }
 
-async fn exec(s: &ZkStore, op: StoreOp) -> StoreResult {
-    s.execute(op).await
-}
-
-fn create(key: &str, owner: Option<SessionId>) -> StoreOp {
-    StoreOp::Txn {
-        conds: vec![],
-        writes: vec![Write::Create {
-            key: key.to_string(),
-            value: b"v".to_vec(),
-            owner,
-        }],
-    }
-}
-
-fn put(key: &str, value: &[u8]) -> Write {
-    Write::Put {
-        key: key.to_string(),
-        value: value.to_vec(),
-    }
-}
-
-fn delete(key: &str) -> Write {
-    Write::Delete {
-        key: key.to_string(),
-    }
-}
-
 fn owned_delete(key: &str, session: SessionId, create_rev: u64) -> StoreOp {
     StoreOp::Txn {
         conds: vec![Cond::Owned {
@@ -98,68 +50,6 @@ fn owned_delete(key: &str, session: SessionId, create_rev: u64) -> StoreOp {
         }],
         writes: vec![delete(key)],
     }
-}
-
-async fn open(s: &ZkStore, ttl: Duration) -> (SessionId, Duration) {
-    match exec(s, StoreOp::OpenSession { ttl }).await {
-        Ok(StoreReply::Session { session, ttl }) => (session, ttl),
-        other => panic!("OpenSession: {other:?}"),
-    }
-}
-
-async fn get(s: &ZkStore, key: &str) -> Option<Entry> {
-    match exec(
-        s,
-        StoreOp::Get {
-            key: key.to_string(),
-            linearizable: true,
-        },
-    )
-    .await
-    {
-        Ok(StoreReply::Got(e)) => e,
-        other => panic!("Get {key}: {other:?}"),
-    }
-}
-
-async fn list(s: &ZkStore, prefix: &str) -> StoreResult {
-    exec(
-        s,
-        StoreOp::List {
-            prefix: prefix.to_string(),
-            linearizable: true,
-        },
-    )
-    .await
-}
-
-fn committed(r: &StoreResult, what: &str) -> u64 {
-    match r {
-        Ok(StoreReply::Committed { rev }) => *rev,
-        other => panic!("{what}: expected a commit, got {other:?}"),
-    }
-}
-
-/// One round trip of a hand-driven `execute`: poll once; if it is still pending, give the
-/// request it just sent time to be answered. Returns the result once it is ready.
-async fn step(f: &mut BoxFuture<'_, StoreResult>) -> Option<StoreResult> {
-    match futures::poll!(f) {
-        std::task::Poll::Ready(r) => Some(r),
-        std::task::Poll::Pending => {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            None
-        }
-    }
-}
-
-/// Drives `f` `n` rounds trips (or until it completes).
-async fn steps(f: &mut BoxFuture<'_, StoreResult>, n: usize) -> Option<StoreResult> {
-    for _ in 0..n {
-        if let Some(r) = step(f).await {
-            return Some(r);
-        }
-    }
-    None
 }
 
 // ----- findings ---------------------------------------------------------------------------------

@@ -10,103 +10,19 @@
 //! As in `redteam.rs`, some tests drive `execute`'s future by hand (`step`): the client library
 //! sends a request when the call is made, so each poll advances the backend by one round trip.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use rebalanser_core::SessionId;
-use rebalanser_store::{
-    BoxFuture, Entry, Store, StoreError, StoreOp, StoreReply, StoreResult, WatchEvent, Write,
-};
-use rebalanser_testkit::{FaultProxy, ZkEnsemble, ZkOptions};
+use rebalanser_store::{Entry, Store, StoreError, StoreOp, StoreReply, WatchEvent};
+use rebalanser_testkit::{ZkEnsemble, ZkOptions};
 use rebalanser_zk::{ZkStore, ZkUrl};
 
+mod common;
+use common::{
+    chroot, committed, create, delete, direct, exec, get, open, proxied, put, steps, try_get, txn,
+};
+
 // ----- fixtures ---------------------------------------------------------------------------------
-
-fn chroot(tag: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "/redteam2-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-/// A store straight to the shared server (tickTime 200 ms, sessions 0.4 s ..= 4 s).
-fn direct(chroot: &str) -> ZkStore {
-    let zk = ZkEnsemble::shared();
-    ZkStore::from_url(&format!("zk://{}{chroot}", zk.connect_string())).expect("url")
-}
-
-/// A store through a fault proxy in front of the shared server.
-fn proxied(chroot: &str) -> (ZkStore, Arc<FaultProxy>) {
-    let zk = ZkEnsemble::shared();
-    let proxy = Arc::new(FaultProxy::start(zk.client_addr(0)).expect("proxy"));
-    let store = ZkStore::from_url(&format!("zk://{}{chroot}", proxy.addr())).expect("url");
-    (store, proxy)
-}
-
-async fn exec(s: &ZkStore, op: StoreOp) -> StoreResult {
-    s.execute(op).await
-}
-
-fn txn(writes: Vec<Write>) -> StoreOp {
-    StoreOp::Txn {
-        conds: vec![],
-        writes,
-    }
-}
-
-fn create_w(key: &str, owner: Option<SessionId>) -> Write {
-    Write::Create {
-        key: key.to_string(),
-        value: b"v".to_vec(),
-        owner,
-    }
-}
-
-fn create(key: &str, owner: Option<SessionId>) -> StoreOp {
-    txn(vec![create_w(key, owner)])
-}
-
-fn put(key: &str, value: &[u8]) -> Write {
-    Write::Put {
-        key: key.to_string(),
-        value: value.to_vec(),
-    }
-}
-
-fn delete(key: &str) -> Write {
-    Write::Delete {
-        key: key.to_string(),
-    }
-}
-
-async fn open(s: &ZkStore, ttl: Duration) -> (SessionId, Duration) {
-    match exec(s, StoreOp::OpenSession { ttl }).await {
-        Ok(StoreReply::Session { session, ttl }) => (session, ttl),
-        other => panic!("OpenSession: {other:?}"),
-    }
-}
-
-async fn try_get(s: &ZkStore, key: &str) -> StoreResult {
-    exec(
-        s,
-        StoreOp::Get {
-            key: key.to_string(),
-            linearizable: true,
-        },
-    )
-    .await
-}
-
-async fn get(s: &ZkStore, key: &str) -> Option<Entry> {
-    match try_get(s, key).await {
-        Ok(StoreReply::Got(e)) => e,
-        other => panic!("Get {key}: {other:?}"),
-    }
-}
 
 /// `get`, retrying while the store reconnects (after a server restart).
 async fn get_eventually(s: &ZkStore, key: &str, within: Duration) -> Option<Entry> {
@@ -120,33 +36,6 @@ async fn get_eventually(s: &ZkStore, key: &str, within: Duration) -> Option<Entr
             other => panic!("Get {key}: {other:?}"),
         }
     }
-}
-
-fn committed(r: &StoreResult, what: &str) -> u64 {
-    match r {
-        Ok(StoreReply::Committed { rev }) => *rev,
-        other => panic!("{what}: expected a commit, got {other:?}"),
-    }
-}
-
-/// One round trip of a hand-driven `execute` (see the module docs).
-async fn step(f: &mut BoxFuture<'_, StoreResult>) -> Option<StoreResult> {
-    match futures::poll!(f) {
-        std::task::Poll::Ready(r) => Some(r),
-        std::task::Poll::Pending => {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            None
-        }
-    }
-}
-
-async fn steps(f: &mut BoxFuture<'_, StoreResult>, n: usize) -> Option<StoreResult> {
-    for _ in 0..n {
-        if let Some(r) = step(f).await {
-            return Some(r);
-        }
-    }
-    None
 }
 
 // ----- findings ---------------------------------------------------------------------------------

@@ -784,3 +784,52 @@ fn a_graceful_leave_hands_over_before_its_timeout() {
     }
     assert!(h.violations.is_empty(), "{:?}", h.violations);
 }
+
+/// After its session expired, a member's name is still assigned resources under the old
+/// session until the coordinator rewrites the assignment. The member must not act on it under
+/// its new session: those resources may already be planned for someone else (mutant: the
+/// session check of the assignment replaced by `true` survived every other test).
+#[test]
+fn an_assignment_to_an_earlier_session_of_the_name_is_not_acted_on() {
+    let mut h = H::new(&["r1", "r2", "r3", "r4"]);
+    let a = h.add(cfg("a"));
+    h.advance(t(500));
+    let b = h.add(cfg("b"));
+    h.advance(t(2000));
+    let mine: Vec<&str> = ["r1", "r2", "r3", "r4"]
+        .into_iter()
+        .filter(|r| h.holders(r) == [b])
+        .collect();
+    assert!(!mine.is_empty(), "b holds something");
+    assert!(h.m[a].is_coordinator().is_some());
+    // The coordinator's rewrite is slow (sent, not answered): it stays coordinator.
+    h.filter = Box::new(move |i, op| {
+        if i == a && is_assign_write(op) {
+            Act::Drop
+        } else {
+            Act::Deliver
+        }
+    });
+    let old = h.m[b].session().expect("b's session");
+    h.partitioned[b] = true;
+    let cut = h.now;
+    while h.store.session_alive(old) && h.now < cut + ms(5000) {
+        h.release_all(b);
+        h.advance(h.now + ms(20));
+    }
+    assert!(!h.store.session_alive(old), "the store expired b's session");
+    h.partitioned[b] = false;
+    let healed = h.now;
+    while h.now < healed + ms(1500) {
+        h.release_all(b);
+        h.advance(h.now + ms(20));
+        let new = h.m[b].session();
+        assert!(
+            new.is_none() || new == Some(old) || mine.iter().all(|r| h.holders(r).is_empty()),
+            "b granted its old session's assignment under {new:?}"
+        );
+    }
+    assert_ne!(h.m[b].session(), Some(old), "b reopened a session");
+    assert!(h.m[a].is_coordinator().is_some());
+    assert!(h.violations.is_empty(), "{:?}", h.violations);
+}

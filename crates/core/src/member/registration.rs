@@ -96,12 +96,7 @@ impl Member {
                 self.view.seq > 0
             }
             Registration::Blocked { after_view } => {
-                let holder = self
-                    .view
-                    .group
-                    .members
-                    .get(&self.cfg.name)
-                    .map(|m| m.session);
+                let holder = self.name_holder();
                 if self.view.seq > after_view && holder == Some(session) {
                     // Our own Register was applied after the read that found it absent.
                     self.registration = Registration::Pending;
@@ -142,14 +137,18 @@ impl Member {
         }
     }
 
-    /// Another session holds the name: wait for a newer view.
-    fn name_in_use(&mut self) {
-        let holder = self
-            .view
+    /// The session holding this member's name in the last view.
+    fn name_holder(&self) -> Option<SessionId> {
+        self.view
             .group
             .members
             .get(&self.cfg.name)
-            .map(|m| m.session);
+            .map(|m| m.session)
+    }
+
+    /// Another session holds the name: wait for a newer view.
+    fn name_in_use(&mut self) {
+        let holder = self.name_holder();
         if let Some(holder) = holder {
             self.events.push_back(Event::NameInUse { holder });
         }

@@ -685,3 +685,101 @@ fn a_leave_that_cannot_hand_over_stops_at_its_timeout() {
     assert!(h.member.is_closed(), "{}", h.log.join("\n"));
     assert!(h.now.saturating_since(left) < ms(3200));
 }
+
+fn is_claim_delete(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::Txn { writes, .. }
+        if writes.iter().any(|w| matches!(w, Write::Delete { key } if key.contains("/claims/"))))
+}
+
+/// The member of `h` holds q1 and q2; q2 is removed from the group and its lease released:
+/// what follows is the claim's delete.
+fn remove_q2(h: &mut Harness, fate: &mut dyn FnMut(&StoreOp) -> Fate) {
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    assert_eq!(h.grants().len(), 2);
+    let q2 = ResourceId::new("q2").unwrap();
+    h.model
+        .apply(h.now, &admin::remove_resources(&h.layout, &[q2]))
+        .unwrap();
+    h.member.handle_notify(h.now);
+    h.pump(fate);
+    assert_eq!(h.revokes(), 1, "{}", h.log.join("\n"));
+    h.release_all_revoked();
+    h.pump(fate);
+}
+
+#[test]
+fn a_failed_claim_delete_is_retried_after_retry_delay() {
+    // Mutants: the retry sent at the instant it failed (a hot loop against a refusing
+    // store), or never (the claim then keeps the resource from everyone until the session
+    // ends).
+    let mut fate = fail_first(1, is_claim_delete);
+    let mut h = Harness::new(&["q1", "q2"]);
+    remove_q2(&mut h, &mut fate);
+    assert_eq!(h.times_of(is_claim_delete).len(), 1, "{}", h.log.join("\n"));
+    h.run_for(ms(300), &mut fate);
+    let times = h.times_of(is_claim_delete);
+    assert_eq!(times.len(), 2, "{}", h.log.join("\n"));
+    assert_eq!(times[1].saturating_since(times[0]), ms(40));
+    let claim = h.layout.claim(&ResourceId::new("q2").unwrap());
+    let got = h.model.apply(
+        h.now,
+        &StoreOp::Get {
+            key: claim,
+            linearizable: true,
+        },
+    );
+    assert!(matches!(got, Ok(StoreReply::Got(None))), "{got:?}");
+}
+
+#[test]
+fn a_claim_create_in_flight_is_not_sent_again() {
+    // Mutant: the in-flight check of `acquire` weakened; every new view sent another create.
+    let mut h = Harness::new(&["q1"]);
+    let mut fate = |op: &StoreOp| {
+        if is_claim_create(op) {
+            Fate::Held
+        } else {
+            Fate::Normal
+        }
+    };
+    h.run_for(ms(500), &mut fate);
+    for _ in 0..3 {
+        h.notify();
+    }
+    assert_eq!(h.times_of(is_claim_create).len(), 1, "{}", h.log.join("\n"));
+}
+
+#[test]
+fn a_refused_claim_is_reported_and_retried_after_retry_delay_and_a_new_view() {
+    // A create refused as invalid (not Conflict: that is someone else's claim) is a store
+    // error worth reporting; the retry waits for the delay even when views keep coming
+    // (mutants: the report's condition inverted; the gate's time `now - retry_delay`).
+    let mut h = Harness::new(&["q1"]);
+    let mut refused = 0;
+    let mut fate = |op: &StoreOp| {
+        if is_claim_create(op) && refused == 0 {
+            refused += 1;
+            Fate::Invalid
+        } else {
+            Fate::Normal
+        }
+    };
+    h.run_for(ms(10), &mut fate);
+    let first = h.times_of(is_claim_create);
+    assert_eq!(first.len(), 1, "{}", h.log.join("\n"));
+    for _ in 0..3 {
+        h.notify();
+    }
+    assert_eq!(h.times_of(is_claim_create).len(), 1, "retried at once");
+    h.run_for(ms(500), &mut fate);
+    let times = h.times_of(is_claim_create);
+    assert!(times.len() >= 2, "{}", h.log.join("\n"));
+    assert!(times[1].saturating_since(times[0]) >= ms(40));
+    let errors = h
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::StoreError { op: "claim", .. }))
+        .count();
+    assert_eq!(errors, 1);
+    assert_eq!(h.grants().len(), 1);
+}

@@ -783,3 +783,90 @@ fn a_refused_claim_is_reported_and_retried_after_retry_delay_and_a_new_view() {
     assert_eq!(errors, 1);
     assert_eq!(h.grants().len(), 1);
 }
+
+fn is_keepalive(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::KeepAlive { .. })
+}
+
+#[test]
+fn a_claim_instance_being_deleted_is_never_adopted_again() {
+    // The path (seen in about 1% of chaos seeds): a claim's delete is in flight when the
+    // session is suspended and resumes, so the claim is queued for re-proof; the delete then
+    // fails, and the resource is assigned back. The re-proof finds the instance still there
+    // and ours, but it is being deleted: adopting it would grant a lease that the retried
+    // delete then pulls from under the application (L2). Without the guard the pass still
+    // re-sends the delete (step 3) before it would grant (step 4), so the guard's mutants
+    // survive; this pins the path and its outcome (docs/mutants.md).
+    let q2 = ResourceId::new("q2").unwrap();
+    let mut h = Harness::new(&["q1", "q2"]);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    let mut hold_delete = |op: &StoreOp| {
+        if is_claim_delete(op) {
+            Fate::Held
+        } else {
+            Fate::Normal
+        }
+    };
+    h.model
+        .apply(h.now, &admin::remove_resources(&h.layout, &[q2.clone()]))
+        .unwrap();
+    h.member.handle_notify(h.now);
+    h.pump(&mut hold_delete);
+    h.release_all_revoked();
+    h.pump(&mut hold_delete);
+    assert_eq!(h.held.len(), 1, "{}", h.log.join("\n"));
+    // Keepalives fail until the session is suspended; the application stops everything.
+    let mut no_keepalive = |op: &StoreOp| {
+        if is_keepalive(op) {
+            Fate::Unavailable
+        } else {
+            hold_delete(op)
+        }
+    };
+    h.run_for(ms(1700), &mut no_keepalive);
+    assert!(
+        h.events
+            .iter()
+            .any(|e| matches!(e, Event::Suspended { .. })),
+        "{}",
+        h.log.join("\n")
+    );
+    h.release_all_revoked();
+    h.run_for(ms(400), &mut hold_delete);
+    assert!(
+        h.events.iter().any(|e| matches!(e, Event::Resumed)),
+        "{}",
+        h.log.join("\n")
+    );
+    // q2 comes back (assigned to the member again), then the delete fails unapplied.
+    h.model
+        .apply(h.now, &admin::add_resources(&h.layout, &[q2.clone()]))
+        .unwrap();
+    h.member.handle_notify(h.now);
+    h.pump(&mut hold_delete);
+    let (id, _) = h.held.pop().expect("the delete");
+    h.member
+        .handle_reply(h.now, id, Err(StoreError::Unavailable("down".into())));
+    h.run_for(ms(1000), &mut |_| Fate::Normal);
+    // q2 is held again, under a claim instance that exists and carries the lease's token.
+    let last = h
+        .grants()
+        .into_iter()
+        .filter(|(r, _)| r == "q2")
+        .last()
+        .expect("q2 granted again");
+    let got = h.model.apply(
+        h.now,
+        &StoreOp::Get {
+            key: h.layout.claim(&q2),
+            linearizable: true,
+        },
+    );
+    match got {
+        Ok(StoreReply::Got(Some(e))) => assert_eq!(e.create_rev, last.1, "{}", h.log.join("\n")),
+        other => panic!(
+            "no claim under the lease on q2: {other:?}\n{}",
+            h.log.join("\n")
+        ),
+    }
+}

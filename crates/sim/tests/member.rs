@@ -808,7 +808,10 @@ fn a_claim_instance_being_deleted_is_never_adopted_again() {
         }
     };
     h.model
-        .apply(h.now, &admin::remove_resources(&h.layout, &[q2.clone()]))
+        .apply(
+            h.now,
+            &admin::remove_resources(&h.layout, std::slice::from_ref(&q2)),
+        )
         .unwrap();
     h.member.handle_notify(h.now);
     h.pump(&mut hold_delete);
@@ -840,7 +843,10 @@ fn a_claim_instance_being_deleted_is_never_adopted_again() {
     );
     // q2 comes back (assigned to the member again), then the delete fails unapplied.
     h.model
-        .apply(h.now, &admin::add_resources(&h.layout, &[q2.clone()]))
+        .apply(
+            h.now,
+            &admin::add_resources(&h.layout, std::slice::from_ref(&q2)),
+        )
         .unwrap();
     h.member.handle_notify(h.now);
     h.pump(&mut hold_delete);

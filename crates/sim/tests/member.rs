@@ -875,3 +875,102 @@ fn a_claim_instance_being_deleted_is_never_adopted_again() {
         ),
     }
 }
+
+#[test]
+fn a_stale_release_does_not_end_a_newer_lease_on_the_same_resource() {
+    // Every grant has its own lease id: a release of an earlier lease on the resource (the
+    // application answering late) must not end the lease granted after it (mutant: the id
+    // counter not advancing).
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    let q1 = ResourceId::new("q1").unwrap();
+    // Suspended and resumed: the lease is revoked, released and granted again.
+    let mut no_keepalive = |op: &StoreOp| {
+        if is_keepalive(op) {
+            Fate::Unavailable
+        } else {
+            Fate::Normal
+        }
+    };
+    h.run_for(ms(1700), &mut no_keepalive);
+    h.release_all_revoked();
+    h.run_for(ms(400), &mut |_| Fate::Normal);
+    let leases: Vec<_> = h
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Grant { lease, .. } => Some(*lease),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(leases.len(), 2, "{}", h.log.join("\n"));
+    assert_ne!(leases[0], leases[1]);
+    // The first lease's release arrives again, late.
+    h.member.handle_released(h.now, &q1, leases[0]);
+    h.pump(&mut |_| Fate::Normal);
+    let revokes_before = h.revokes();
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    assert_eq!(h.revokes(), revokes_before, "{}", h.log.join("\n"));
+    // The newer lease is still held: removing q1 revokes it.
+    h.model
+        .apply(h.now, &admin::remove_resources(&h.layout, &[q1]))
+        .unwrap();
+    h.notify();
+    assert_eq!(h.revokes(), revokes_before + 1, "{}", h.log.join("\n"));
+}
+
+#[test]
+fn a_refused_open_is_tried_again_after_retry_delay() {
+    // Mutants: the reopen time `now - retry_delay` (a hot loop against a refusing store).
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(200), &mut fail_first(1, is_open));
+    let times = h.times_of(is_open);
+    assert_eq!(times.len(), 2, "{}", h.log.join("\n"));
+    assert_eq!(times[1].saturating_since(times[0]), ms(40));
+    assert!(h.member.session().is_some());
+}
+
+#[test]
+fn the_first_keepalive_goes_one_interval_after_the_open() {
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(250), &mut |_| Fate::Normal);
+    let opened = h.times_of(is_open)[0];
+    let first = h.times_of(is_keepalive)[0];
+    assert_eq!(
+        first.saturating_since(opened),
+        ms(200),
+        "keepalive_interval"
+    );
+}
+
+#[test]
+fn a_leave_while_the_session_is_opening_closes_it_when_it_opens() {
+    // Mutant: `||` → `&&` in the open reply's check kept the session of a leaving member.
+    let mut h = Harness::new(&["q1"]);
+    let mut hold_open = |op: &StoreOp| {
+        if is_open(op) {
+            Fate::Held
+        } else {
+            Fate::Normal
+        }
+    };
+    h.pump(&mut hold_open);
+    h.member.leave(h.now);
+    let (id, op) = h.held.pop().expect("the open");
+    let res = h.model.apply(h.now, &op);
+    h.member.handle_reply(h.now, id, res);
+    h.run_for(ms(100), &mut |_| Fate::Normal);
+    // Closed at once: nothing else is done with a session opened for a member that left.
+    let after: Vec<&StoreOp> = h.ops.iter().skip(1).collect();
+    assert!(
+        after.len() == 1 && is_close(after[0]),
+        "{}",
+        h.log.join("\n")
+    );
+    assert!(h.member.is_closed(), "{}", h.log.join("\n"));
+    assert!(h.grants().is_empty());
+}
+
+fn is_open(op: &StoreOp) -> bool {
+    matches!(op, StoreOp::OpenSession { .. })
+}

@@ -15,8 +15,6 @@ pub(super) struct Leases {
     /// The id of the next lease granted.
     pub(super) next: u64,
     pub(super) held: BTreeMap<ResourceId, Lease>,
-    /// Validity limits of ended sessions that still have unreleased leases.
-    pub(super) ended: BTreeMap<SessionId, Time>,
 }
 
 #[derive(Debug, Clone)]
@@ -72,10 +70,6 @@ impl Member {
             return;
         }
         self.leases.held.remove(resource);
-        let leases = &self.leases.held;
-        self.leases
-            .ended
-            .retain(|s, _| leases.values().any(|l| l.session == *s));
         if self.leases.held.is_empty() {
             if let Some(s) = self
                 .session

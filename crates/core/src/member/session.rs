@@ -329,17 +329,15 @@ impl Member {
         self.check_stop_deadline(now);
     }
 
-    /// The store says the session expired: its leases are revoked and valid until its
-    /// deadline at most, everything tied to it is dropped, and a new session opens (or the
-    /// member closes, when leaving).
-    pub(super) fn lose_session(&mut self, now: Time) {
+    /// The store says the session expired: its leases are revoked and invalid at once,
+    /// everything tied to it is dropped, and a new session opens (or the member closes, when
+    /// leaving).
+    pub(super) fn lose_session(&mut self) {
         let Some(s) = self.session.take() else {
             return;
         };
-        // Its leases are invalid from now on (their claims may already be gone).
-        if self.leases.held.values().any(|l| l.session == s.id) {
-            self.leases.ended.insert(s.id, s.deadline.min(now));
-        }
+        // Its leases are invalid from now on (their claims may already be gone):
+        // `valid_until` of a session that is not the current one is `Time::ZERO`.
         self.revoke_all(RevokeReason::SessionLost);
         self.claims.proved.clear();
         self.claims.unresolved.clear();

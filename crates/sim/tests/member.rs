@@ -24,6 +24,8 @@ enum Fate {
     Invalid,
     /// Sent, but neither applied nor answered yet: kept in `Harness::held`.
     Held,
+    /// Answered with a success of the wrong kind (a backend's bug the core must survive).
+    WrongKind,
 }
 
 struct Harness {
@@ -82,6 +84,7 @@ impl Harness {
                 Fate::LostUnknown => Err(StoreError::Indeterminate("request lost".into())),
                 Fate::Unavailable => Err(StoreError::Unavailable("down".into())),
                 Fate::Invalid => Err(StoreError::Invalid("refused".into())),
+                Fate::WrongKind => Ok(StoreReply::Closed),
             };
             self.log.push(format!("op {op:?}"));
             self.ops.push(op);
@@ -476,11 +479,16 @@ fn a_registration_refused_once_is_retried() {
 
 /// Answers the first `n` ops matching `pred` with `Unavailable`; runs everything else.
 fn fail_first(n: usize, pred: fn(&StoreOp) -> bool) -> impl FnMut(&StoreOp) -> Fate {
+    first_n(n, pred, Fate::Unavailable)
+}
+
+/// Gives the first `n` ops matching `pred` the fate `fate`; runs everything else.
+fn first_n(n: usize, pred: fn(&StoreOp) -> bool, fate: Fate) -> impl FnMut(&StoreOp) -> Fate {
     let mut left = n;
     move |op| {
         if pred(op) && left > 0 {
             left -= 1;
-            Fate::Unavailable
+            fate
         } else {
             Fate::Normal
         }
@@ -973,4 +981,96 @@ fn a_leave_while_the_session_is_opening_closes_it_when_it_opens() {
 
 fn is_open(op: &StoreOp) -> bool {
     matches!(op, StoreOp::OpenSession { .. })
+}
+
+/// The member of `h` holds q1; keepalives fail until the session is suspended and the
+/// application has released everything; then one keepalive is sent and held. Returns when it
+/// was sent.
+fn suspend_then_hold_a_keepalive(h: &mut Harness, release_before_it: bool) -> Time {
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    let mut no_keepalive = |op: &StoreOp| {
+        if is_keepalive(op) {
+            Fate::Unavailable
+        } else {
+            Fate::Normal
+        }
+    };
+    h.run_for(ms(1700), &mut no_keepalive);
+    assert!(
+        h.events
+            .iter()
+            .any(|e| matches!(e, Event::Suspended { .. })),
+        "{}",
+        h.log.join("\n")
+    );
+    if release_before_it {
+        h.release_all_revoked();
+    }
+    let mut hold_keepalive = |op: &StoreOp| {
+        if is_keepalive(op) {
+            Fate::Held
+        } else {
+            Fate::Normal
+        }
+    };
+    h.run_for(ms(100), &mut hold_keepalive);
+    assert_eq!(h.held.len(), 1, "{}", h.log.join("\n"));
+    *h.times_of(is_keepalive).last().unwrap()
+}
+
+fn resumed(h: &Harness) -> bool {
+    h.events.iter().any(|e| matches!(e, Event::Resumed))
+}
+
+/// The store applies the held keepalive now; its reply reaches the member at `at`.
+fn answer_keepalive(h: &mut Harness, at: Time) {
+    let (id, op) = h.held.pop().expect("the keepalive");
+    let res = h.model.apply(h.now, &op);
+    assert!(res.is_ok(), "{res:?}");
+    h.now = at;
+    // Only this reply's effect: the ops it leads to (a next keepalive) are not run yet.
+    h.member.handle_reply(h.now, id, res);
+    h.drain_events();
+}
+
+#[test]
+fn a_keepalive_sent_before_the_last_release_does_not_resume_the_session() {
+    // DESIGN §8 rule 3: after a suspension the session resumes only on a keepalive sent after
+    // the application released everything (mutant: `proven >= released && room` → `||`).
+    let mut h = Harness::new(&["q1"]);
+    let sent = suspend_then_hold_a_keepalive(&mut h, false);
+    h.release_all_revoked();
+    answer_keepalive(&mut h, sent + ms(50));
+    assert!(
+        !resumed(&h),
+        "resumed on a keepalive sent before the release"
+    );
+    h.run_for(ms(400), &mut |_| Fate::Normal);
+    assert!(resumed(&h), "{}", h.log.join("\n"));
+}
+
+#[test]
+fn a_keepalive_answered_within_a_stop_budget_of_its_deadline_does_not_resume() {
+    // The reply proves the session only until `sent + ttl - margin`: answered at that time
+    // minus the stop budget, there is no room for a lease (mutants of `now < deadline - stop`).
+    let mut h = Harness::new(&["q1"]);
+    let sent = suspend_then_hold_a_keepalive(&mut h, true);
+    // ttl 2000, margin 150, stop 300.
+    answer_keepalive(&mut h, sent + ms(2000 - 150 - 300));
+    assert!(!resumed(&h), "{}", h.log.join("\n"));
+}
+
+#[test]
+fn a_reply_of_the_wrong_kind_to_an_open_or_a_keepalive_is_retried_after_retry_delay() {
+    // A backend answering with the wrong kind of success is a bug, but the core must neither
+    // stall nor spin on it (mutants: the retry times `now - retry_delay` in both arms).
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(100), &mut first_n(1, is_open, Fate::WrongKind));
+    let opens = h.times_of(is_open);
+    assert_eq!(opens.len(), 2, "{}", h.log.join("\n"));
+    assert_eq!(opens[1].saturating_since(opens[0]), ms(40));
+    h.run_for(ms(300), &mut first_n(1, is_keepalive, Fate::WrongKind));
+    let keepalives = h.times_of(is_keepalive);
+    assert!(keepalives.len() >= 2, "{}", h.log.join("\n"));
+    assert_eq!(keepalives[1].saturating_since(keepalives[0]), ms(40));
 }

@@ -177,13 +177,7 @@ fn is_claim_create(op: &StoreOp) -> bool {
 #[test]
 fn applied_but_indeterminate_claim_is_proved_by_a_read_before_the_grant() {
     let mut h = Harness::new(&["q1"]);
-    let mut fate = |op: &StoreOp| {
-        if is_claim_create(op) {
-            Fate::AppliedUnknown
-        } else {
-            Fate::Normal
-        }
-    };
+    let mut fate = only(is_claim_create, Fate::AppliedUnknown);
     h.run_for(ms(100), &mut fate);
     let grants = h.grants();
     assert_eq!(grants.len(), 1, "{:?}", h.events);
@@ -239,13 +233,7 @@ fn lost_indeterminate_claim_held_by_another_session_is_never_granted() {
             },
         )
         .unwrap();
-    let mut fate = |op: &StoreOp| {
-        if is_claim_create(op) {
-            Fate::LostUnknown
-        } else {
-            Fate::Normal
-        }
-    };
+    let mut fate = only(is_claim_create, Fate::LostUnknown);
     // Keep the other session alive while the member runs for a while.
     for _ in 0..20 {
         h.run_for(ms(100), &mut fate);
@@ -482,6 +470,18 @@ fn fail_first(n: usize, pred: fn(&StoreOp) -> bool) -> impl FnMut(&StoreOp) -> F
     first_n(n, pred, Fate::Unavailable)
 }
 
+/// The ops matching `pred` were sent twice, `retry_delay` (40 ms) apart.
+fn assert_sent_twice_retry_delay_apart(h: &Harness, pred: fn(&StoreOp) -> bool) {
+    let times = h.times_of(pred);
+    assert_eq!(times.len(), 2, "{}", h.log.join("\n"));
+    assert_eq!(times[1].saturating_since(times[0]), ms(40), "retry_delay");
+}
+
+/// Gives every op matching `pred` the fate `fate`; runs everything else.
+fn only(pred: fn(&StoreOp) -> bool, fate: Fate) -> impl FnMut(&StoreOp) -> Fate {
+    first_n(usize::MAX, pred, fate)
+}
+
 /// Gives the first `n` ops matching `pred` the fate `fate`; runs everything else.
 fn first_n(n: usize, pred: fn(&StoreOp) -> bool, fate: Fate) -> impl FnMut(&StoreOp) -> Fate {
     let mut left = n;
@@ -622,13 +622,7 @@ fn a_refused_claim_is_tried_again_after_retry_delay_not_at_the_next_keepalive() 
     // retry then waited for the next keepalive, 200 ms here).
     let mut h = Harness::new(&["q1"]);
     h.run_for(ms(500), &mut fail_first(1, is_claim_create));
-    let times = h.times_of(is_claim_create);
-    assert_eq!(times.len(), 2, "{}", h.log.join("\n"));
-    assert_eq!(
-        times[1].saturating_since(times[0]),
-        ms(40),
-        "retry_delay is 40 ms"
-    );
+    assert_sent_twice_retry_delay_apart(&h, is_claim_create);
     assert_eq!(h.grants().len(), 1);
 }
 
@@ -672,13 +666,7 @@ fn a_leave_that_cannot_hand_over_stops_at_its_timeout() {
     h.run_for(ms(500), &mut |_| Fate::Normal);
     h.member.leave(h.now);
     let left = h.now;
-    let mut fate = |op: &StoreOp| {
-        if is_assign_change(op) {
-            Fate::Unavailable
-        } else {
-            Fate::Normal
-        }
-    };
+    let mut fate = only(is_assign_change, Fate::Unavailable);
     h.run_for(ms(2950), &mut fate);
     assert_eq!(
         h.revokes(),
@@ -725,9 +713,7 @@ fn a_failed_claim_delete_is_retried_after_retry_delay() {
     remove_q2(&mut h, &mut fate);
     assert_eq!(h.times_of(is_claim_delete).len(), 1, "{}", h.log.join("\n"));
     h.run_for(ms(300), &mut fate);
-    let times = h.times_of(is_claim_delete);
-    assert_eq!(times.len(), 2, "{}", h.log.join("\n"));
-    assert_eq!(times[1].saturating_since(times[0]), ms(40));
+    assert_sent_twice_retry_delay_apart(&h, is_claim_delete);
     let claim = h.layout.claim(&ResourceId::new("q2").unwrap());
     let got = h.model.apply(
         h.now,
@@ -743,13 +729,7 @@ fn a_failed_claim_delete_is_retried_after_retry_delay() {
 fn a_claim_create_in_flight_is_not_sent_again() {
     // Mutant: the in-flight check of `acquire` weakened; every new view sent another create.
     let mut h = Harness::new(&["q1"]);
-    let mut fate = |op: &StoreOp| {
-        if is_claim_create(op) {
-            Fate::Held
-        } else {
-            Fate::Normal
-        }
-    };
+    let mut fate = only(is_claim_create, Fate::Held);
     h.run_for(ms(500), &mut fate);
     for _ in 0..3 {
         h.notify();
@@ -808,13 +788,7 @@ fn a_claim_instance_being_deleted_is_never_adopted_again() {
     let q2 = ResourceId::new("q2").unwrap();
     let mut h = Harness::new(&["q1", "q2"]);
     h.run_for(ms(500), &mut |_| Fate::Normal);
-    let mut hold_delete = |op: &StoreOp| {
-        if is_claim_delete(op) {
-            Fate::Held
-        } else {
-            Fate::Normal
-        }
-    };
+    let mut hold_delete = only(is_claim_delete, Fate::Held);
     h.model
         .apply(
             h.now,
@@ -893,13 +867,7 @@ fn a_stale_release_does_not_end_a_newer_lease_on_the_same_resource() {
     h.run_for(ms(500), &mut |_| Fate::Normal);
     let q1 = ResourceId::new("q1").unwrap();
     // Suspended and resumed: the lease is revoked, released and granted again.
-    let mut no_keepalive = |op: &StoreOp| {
-        if is_keepalive(op) {
-            Fate::Unavailable
-        } else {
-            Fate::Normal
-        }
-    };
+    let mut no_keepalive = only(is_keepalive, Fate::Unavailable);
     h.run_for(ms(1700), &mut no_keepalive);
     h.release_all_revoked();
     h.run_for(ms(400), &mut |_| Fate::Normal);
@@ -932,9 +900,7 @@ fn a_refused_open_is_tried_again_after_retry_delay() {
     // Mutants: the reopen time `now - retry_delay` (a hot loop against a refusing store).
     let mut h = Harness::new(&["q1"]);
     h.run_for(ms(200), &mut fail_first(1, is_open));
-    let times = h.times_of(is_open);
-    assert_eq!(times.len(), 2, "{}", h.log.join("\n"));
-    assert_eq!(times[1].saturating_since(times[0]), ms(40));
+    assert_sent_twice_retry_delay_apart(&h, is_open);
     assert!(h.member.session().is_some());
 }
 
@@ -955,13 +921,7 @@ fn the_first_keepalive_goes_one_interval_after_the_open() {
 fn a_leave_while_the_session_is_opening_closes_it_when_it_opens() {
     // Mutant: `||` → `&&` in the open reply's check kept the session of a leaving member.
     let mut h = Harness::new(&["q1"]);
-    let mut hold_open = |op: &StoreOp| {
-        if is_open(op) {
-            Fate::Held
-        } else {
-            Fate::Normal
-        }
-    };
+    let mut hold_open = only(is_open, Fate::Held);
     h.pump(&mut hold_open);
     h.member.leave(h.now);
     let (id, op) = h.held.pop().expect("the open");
@@ -988,13 +948,7 @@ fn is_open(op: &StoreOp) -> bool {
 /// was sent.
 fn suspend_then_hold_a_keepalive(h: &mut Harness, release_before_it: bool) -> Time {
     h.run_for(ms(500), &mut |_| Fate::Normal);
-    let mut no_keepalive = |op: &StoreOp| {
-        if is_keepalive(op) {
-            Fate::Unavailable
-        } else {
-            Fate::Normal
-        }
-    };
+    let mut no_keepalive = only(is_keepalive, Fate::Unavailable);
     h.run_for(ms(1700), &mut no_keepalive);
     assert!(
         h.events
@@ -1006,13 +960,7 @@ fn suspend_then_hold_a_keepalive(h: &mut Harness, release_before_it: bool) -> Ti
     if release_before_it {
         h.release_all_revoked();
     }
-    let mut hold_keepalive = |op: &StoreOp| {
-        if is_keepalive(op) {
-            Fate::Held
-        } else {
-            Fate::Normal
-        }
-    };
+    let mut hold_keepalive = only(is_keepalive, Fate::Held);
     h.run_for(ms(100), &mut hold_keepalive);
     assert_eq!(h.held.len(), 1, "{}", h.log.join("\n"));
     *h.times_of(is_keepalive).last().unwrap()

@@ -1022,3 +1022,35 @@ fn a_reply_of_the_wrong_kind_to_an_open_or_a_keepalive_is_retried_after_retry_de
     assert!(keepalives.len() >= 2, "{}", h.log.join("\n"));
     assert_eq!(keepalives[1].saturating_since(keepalives[0]), ms(40));
 }
+
+#[test]
+fn rebalances_are_rate_limited_with_a_trailing_edge() {
+    // PITFALLS 22: under a steady trickle of changes the coordinator rebalances at most once
+    // per `min_rebalance_interval`, and the last change is still assigned within one interval
+    // (mutant: `rate_limited` replaced by `false`, a rebalance per change).
+    let mut cfg = member_config("a");
+    cfg.min_rebalance_interval = ms(300);
+    let mut h = Harness::with_config(&["q0"], cfg);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    let start = h.events.len();
+    for i in 1..=20 {
+        let r = ResourceId::new(format!("q{i}")).unwrap();
+        h.model
+            .apply(h.now, &admin::add_resources(&h.layout, &[r]))
+            .unwrap();
+        h.member.handle_notify(h.now);
+        h.run_for(ms(50), &mut |_| Fate::Normal);
+    }
+    h.run_for(ms(400), &mut |_| Fate::Normal);
+    let rebalances = h.events[start..]
+        .iter()
+        .filter(|e| matches!(e, Event::Rebalanced { .. }))
+        .count();
+    // 1 s of changes at one rebalance per 300 ms: at most 5 (not 20).
+    assert!(
+        (2..=5).contains(&rebalances),
+        "{rebalances} rebalances: {}",
+        h.log.join("\n")
+    );
+    assert_eq!(h.grants().len(), 21, "the last change assigned too");
+}

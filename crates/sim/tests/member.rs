@@ -169,9 +169,17 @@ impl Harness {
     }
 }
 
-fn is_claim_create(op: &StoreOp) -> bool {
+/// A transaction with a write picked by `kind` to a key containing `part`.
+fn writes_under(op: &StoreOp, part: &str, kind: fn(&Write) -> bool) -> bool {
+    let key = |w: &Write| match w {
+        Write::Create { key, .. } | Write::Put { key, .. } | Write::Delete { key } => key.clone(),
+    };
     matches!(op, StoreOp::Txn { writes, .. }
-        if writes.iter().any(|w| matches!(w, Write::Create { key, .. } if key.contains("/claims/"))))
+        if writes.iter().any(|w| kind(w) && key(w).contains(part)))
+}
+
+fn is_claim_create(op: &StoreOp) -> bool {
+    writes_under(op, "/claims/", |w| matches!(w, Write::Create { .. }))
 }
 
 #[test]
@@ -443,8 +451,7 @@ fn a_verification_never_adopts_another_sessions_claim() {
 }
 
 fn is_register(op: &StoreOp) -> bool {
-    matches!(op, StoreOp::Txn { writes, .. }
-        if writes.iter().any(|w| matches!(w, Write::Create { key, .. } if key.contains("/members/"))))
+    writes_under(op, "/members/", |w| matches!(w, Write::Create { .. }))
 }
 
 #[test]
@@ -594,8 +601,7 @@ fn a_resigning_coordinator_sends_one_delete_of_its_leader_key_at_a_time() {
 }
 
 fn is_drain_mark(op: &StoreOp) -> bool {
-    matches!(op, StoreOp::Txn { writes, .. }
-        if writes.iter().any(|w| matches!(w, Write::Create { key, .. } if key.contains("/draining/"))))
+    writes_under(op, "/draining/", |w| matches!(w, Write::Create { .. }))
 }
 
 #[test]
@@ -683,8 +689,7 @@ fn a_leave_that_cannot_hand_over_stops_at_its_timeout() {
 }
 
 fn is_claim_delete(op: &StoreOp) -> bool {
-    matches!(op, StoreOp::Txn { writes, .. }
-        if writes.iter().any(|w| matches!(w, Write::Delete { key } if key.contains("/claims/"))))
+    writes_under(op, "/claims/", |w| matches!(w, Write::Delete { .. }))
 }
 
 /// The member of `h` holds q1 and q2; q2 is removed from the group and its lease released:

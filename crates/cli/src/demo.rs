@@ -341,8 +341,7 @@ impl Demo<'_> {
             self.members.forget(&name);
             return Err(msg);
         }
-        let pids: Vec<u32> = self.members.procs.values().map(|p| p.child.id()).collect();
-        procs::reap_orphans_except(&pids);
+        procs::reap_orphans_except(&self.members.pids());
         Ok(())
     }
 
@@ -669,40 +668,45 @@ impl Demo<'_> {
             .map_err(|e| format!("cannot stop {leaver}: {e}"))?;
         let t0 = Instant::now();
         self.target.members.remove(&leaver);
-        // Its exit is expected now: watch it separately from the others.
-        let leaving = self.members.procs.remove(&leaver);
+        // Its exit is expected now: watch it separately from the others (but it is still
+        // ours to reap: see `Members::set_leaving`).
+        self.members.set_leaving(&leaver);
         let r = self
             .step(5, &format!("SIGTERM {leaver} (leave)"), &status, t0)
             .await;
-        if let Some(mut p) = leaving {
-            let exited = wait_child(&mut p.child, a.ttl * 3 + Duration::from_secs(5)).await;
-            match exited {
-                Some(st) if st.success() => {
-                    self.screen.say(format!("  {leaver} exited ({st})"));
-                }
-                Some(st) => self.screen.say(format!(
-                    "  {leaver} exited with {st} (see {})",
-                    p.log.display()
-                )),
-                None => {
-                    let under = procs::descendants_of(p.child.id());
-                    let _ = p.child.kill();
-                    let _ = p.child.wait();
-                    let mut msg = format!(
-                        "{leaver} did not exit within {} of SIGTERM; {} process(es) still \
-                         under it, the end of its log:",
-                        secs(a.ttl * 3 + Duration::from_secs(5)),
-                        under.len()
-                    );
-                    for d in under {
-                        let _ = write!(msg, "\n  pid {}: {}", d.pid, d.cmdline);
-                    }
-                    for l in procs::tail(&p.log, 15) {
-                        let _ = write!(msg, "\n  {leaver}| {l}");
-                    }
-                    return Err(msg);
-                }
+        let limit = a.ttl * 3 + Duration::from_secs(5);
+        match self.members.wait_leaving(&leaver, limit).await {
+            Ok(Some(st)) if st.success() => {
+                self.screen.say(format!("  {leaver} exited ({st})"));
             }
+            Ok(Some(st)) => {
+                let log = self.dir.join(format!("{leaver}.log"));
+                self.screen.say(format!(
+                    "  {leaver} exited with {st} (see {})",
+                    log.display()
+                ));
+            }
+            Ok(None) => {
+                let (pid, log) = match self.members.leaving(&leaver) {
+                    Some(p) => (p.child.id(), p.log.clone()),
+                    None => return Err(format!("{leaver} vanished from the demo's members")),
+                };
+                let under = procs::descendants_of(pid);
+                let mut msg = format!(
+                    "{leaver} did not exit within {} of SIGTERM; {} process(es) still \
+                     under it, the end of its log:",
+                    secs(limit),
+                    under.len()
+                );
+                for d in under {
+                    let _ = write!(msg, "\n  pid {}: {}", d.pid, d.cmdline);
+                }
+                for l in procs::tail(&log, 15) {
+                    let _ = write!(msg, "\n  {leaver}| {l}");
+                }
+                return Err(msg);
+            }
+            Err(e) => return Err(format!("cannot wait for {leaver} to exit: {e}")),
         }
         r?;
         Ok(())
@@ -905,22 +909,6 @@ fn pick_two(s: &GroupStatus) -> Vec<String> {
     }
     picked.sort();
     picked
-}
-
-async fn wait_child(
-    c: &mut std::process::Child,
-    limit: Duration,
-) -> Option<std::process::ExitStatus> {
-    let end = Instant::now() + limit;
-    loop {
-        if let Ok(Some(st)) = c.try_wait() {
-            return Some(st);
-        }
-        if Instant::now() >= end {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Quotes `s` for `/bin/sh`: one word, nothing expanded.

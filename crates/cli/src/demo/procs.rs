@@ -64,6 +64,10 @@ pub struct Proc {
 #[derive(Default)]
 pub struct Members {
     pub procs: BTreeMap<String, Proc>,
+    /// Members told to leave: their exit is expected (so `exited` does not report it), but
+    /// they are still ours to reap through their `Child` — the orphan reaper must skip them,
+    /// or it takes the exit status and the wait for the leave never sees the exit.
+    leaving: BTreeMap<String, Proc>,
 }
 
 impl Members {
@@ -120,18 +124,49 @@ impl Members {
 
     /// Waits until `name` exits, at most `limit`; removes it on exit.
     pub async fn wait_exit(&mut self, name: &str, limit: Duration) -> Option<ExitStatus> {
-        let end = Instant::now() + limit;
-        loop {
-            let p = self.procs.get_mut(name)?;
-            if let Ok(Some(st)) = p.child.try_wait() {
-                self.procs.remove(name);
-                return Some(st);
-            }
-            if Instant::now() >= end {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let p = self.procs.get_mut(name)?;
+        let st = wait_child(&mut p.child, limit).await.ok().flatten()?;
+        self.procs.remove(name);
+        Some(st)
+    }
+
+    /// Moves `name` to the members expected to exit (a graceful leave).
+    pub fn set_leaving(&mut self, name: &str) {
+        if let Some(p) = self.procs.remove(name) {
+            self.leaving.insert(name.to_string(), p);
         }
+    }
+
+    /// Waits until the leaving member `name` exits, at most `limit` (`Ok(None)` then); it is
+    /// removed once it exited.
+    pub async fn wait_leaving(
+        &mut self,
+        name: &str,
+        limit: Duration,
+    ) -> io::Result<Option<ExitStatus>> {
+        let p = self
+            .leaving
+            .get_mut(name)
+            .ok_or_else(|| io::Error::other(format!("{name} is not leaving")))?;
+        let st = wait_child(&mut p.child, limit).await?;
+        if st.is_some() {
+            self.leaving.remove(name);
+        }
+        Ok(st)
+    }
+
+    /// A leaving member's process, if it has not exited.
+    pub fn leaving(&self, name: &str) -> Option<&Proc> {
+        self.leaving.get(name)
+    }
+
+    /// The pid of every member process not yet reaped: the ones the orphan reaper must skip.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs
+            .values()
+            .chain(self.leaving.values())
+            .map(|p| p.child.id())
+            .collect()
     }
 
     /// `name`'s exit status once it has exited (it is then removed); `None` while it runs.
@@ -158,10 +193,12 @@ impl Members {
     }
 
     fn kill_all(&mut self) {
-        for p in self.procs.values_mut() {
+        let mut all = std::mem::take(&mut self.procs);
+        all.append(&mut self.leaving);
+        for p in all.values_mut() {
             let _ = p.child.kill();
         }
-        for (_, mut p) in std::mem::take(&mut self.procs) {
+        for (_, mut p) in all {
             let _ = p.child.wait();
         }
     }
@@ -327,6 +364,21 @@ pub fn reap_orphans_except(members: &[u32]) {
     }
 }
 
+/// Waits until `c` exits, at most `limit` (`Ok(None)` then). An error from `try_wait` (its
+/// status taken by another `waitpid`) is returned, not waited out: it can never succeed.
+pub async fn wait_child(c: &mut Child, limit: Duration) -> io::Result<Option<ExitStatus>> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(st) = c.try_wait()? {
+            return Ok(Some(st));
+        }
+        if Instant::now() >= end {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The last `n` lines of a file.
 pub fn tail(path: &Path, n: usize) -> Vec<String> {
     let Ok(f) = File::open(path) else {
@@ -334,4 +386,56 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
     };
     let lines: Vec<String> = BufReader::new(f).lines().map_while(Result::ok).collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a current-thread runtime")
+    }
+
+    /// The demo once waited 11 s for a member that had left and exited at once: the orphan
+    /// reaper, told to skip only the running members, had taken the leaver's exit status.
+    #[test]
+    fn a_leaving_member_is_skipped_by_the_reaper_and_its_exit_is_seen() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut m = Members::default();
+        let pid = m
+            .spawn("m1", Command::new("true"), dir.path().join("m1.log"))
+            .expect("spawn true");
+        m.set_leaving("m1");
+        assert!(m.procs.is_empty(), "a leaving member is not a running one");
+        assert_eq!(
+            m.pids(),
+            vec![pid],
+            "the reaper must skip the leaving member"
+        );
+        let st = rt().block_on(m.wait_leaving("m1", Duration::from_secs(10)));
+        assert!(matches!(st, Ok(Some(s)) if s.success()), "{st:?}");
+        assert!(m.pids().is_empty(), "an exited member is forgotten");
+    }
+
+    /// A child whose status another `waitpid` took can never be seen exiting: the wait must
+    /// say so at once instead of running out its limit.
+    #[test]
+    fn a_child_reaped_elsewhere_is_an_error_not_a_timeout() {
+        let mut c = Command::new("true").spawn().expect("spawn true");
+        let pid = libc::pid_t::try_from(c.id()).expect("a pid fits pid_t");
+        let mut status = 0;
+        // SAFETY: waitpid on our own child; `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(r, pid);
+        let t0 = Instant::now();
+        let st = rt().block_on(wait_child(&mut c, Duration::from_secs(30)));
+        assert!(st.is_err(), "{st:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "it waited out the limit"
+        );
+    }
 }

@@ -321,16 +321,6 @@ async fn run_member(a: RunArgs, log_format: LogFormat) -> ExitCode {
             failed = true;
         }
     }
-    // The exit must not depend on anything below: a member that left, or failed to, is
-    // done. A process was seen hanging after a clean leave (cause not found: no child, no
-    // guard left), so a plain thread ends it after a bound whatever the runtime does.
-    let bound = stop + Duration::from_secs(3);
-    let code = i32::from(failed);
-    std::thread::spawn(move || {
-        std::thread::sleep(bound);
-        eprintln!("rebalanser: member did not exit {bound:?} after leaving; exiting now");
-        std::process::exit(code);
-    });
     // Every lease was released before the session closed; the tasks end at once.
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(stop + Duration::from_secs(1), drain)

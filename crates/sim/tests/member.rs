@@ -4,9 +4,12 @@
 use std::time::Duration;
 
 use rebalanser_core::admin;
-use rebalanser_core::layout::Layout;
+use rebalanser_core::layout::{self, CounterRec, Layout, LeaderRec};
 use rebalanser_core::store::{StoreError, StoreOp, StoreReply, StoreResult, Write};
-use rebalanser_core::{Config, Event, Member, OpId, ResourceId, RevokeReason, Time, Variant};
+use rebalanser_core::{
+    Config, Epoch, Event, Member, MemberId, OpId, ResourceId, RevokeReason, SessionId, Time,
+    Variant,
+};
 use rebalanser_store::{MemModel, ModelConfig};
 
 mod common;
@@ -1058,4 +1061,175 @@ fn rebalances_are_rate_limited_with_a_trailing_edge() {
         h.log.join("\n")
     );
     assert_eq!(h.grants().len(), 21, "the last change assigned too");
+}
+
+fn is_elect(op: &StoreOp) -> bool {
+    writes_under(op, "/leader", |w| matches!(w, Write::Create { .. }))
+}
+
+#[test]
+fn a_resigned_coordinator_stands_again_exactly_when_its_hold_off_ends() {
+    // PITFALLS 23: after resigning, no election for one session TTL, and then at once: the end
+    // of the hold-off is a timer, not the next keepalive (mutants: the hold-off read as
+    // ending one instant late; the coordinator's timers never reported).
+    let mut cfg = member_config("a");
+    cfg.max_failed_rebalances = 2;
+    cfg.keepalive_interval = ms(170);
+    cfg.resync_interval = ms(1130);
+    let ttl = cfg.session_ttl;
+    let mut h = Harness::with_config(&["q1"], cfg);
+    let leader = h.layout.leader();
+    let mut fate = |op: &StoreOp| {
+        if is_assignment_write(op) {
+            Fate::Unavailable
+        } else {
+            Fate::Normal
+        }
+    };
+    h.run_for(ms(1500), &mut fate);
+    let resigned = h.times_of(|op| is_leader_delete(op, &leader));
+    assert_eq!(resigned.len(), 1, "{}", h.log.join("\n"));
+    h.run_for(ttl + ms(1000), &mut |_| Fate::Normal);
+    let elects = h.times_of(is_elect);
+    let again = elects.iter().find(|t| **t > resigned[0]);
+    assert_eq!(
+        again,
+        Some(&(resigned[0] + ttl)),
+        "elections at {elects:?}, resigned at {:?}: {}",
+        resigned[0],
+        h.log.join("\n")
+    );
+}
+
+#[test]
+fn a_coordinator_sends_one_rebalance_at_a_time() {
+    // A rebalance planned while the last one is unanswered would be planned on a view without
+    // it, and race it (mutant: the in-flight check `||` read as `&&`).
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(500), &mut first_n(1, is_assignment_write, Fate::Held));
+    assert_eq!(h.held.len(), 1, "{}", h.log.join("\n"));
+    let r = ResourceId::new("q2").unwrap();
+    h.model
+        .apply(h.now, &admin::add_resources(&h.layout, &[r]))
+        .unwrap();
+    h.notify();
+    h.run_for(ms(300), &mut |_| Fate::Normal);
+    let writes = h.times_of(is_assignment_write).len();
+    assert_eq!(writes, 1, "{}", h.log.join("\n"));
+}
+
+/// Replaces the group's leader key as another writer would: created by `owner` in `epoch`
+/// (the epoch key written too), or only deleted when `owner` is `None`.
+fn replace_leader(h: &mut Harness, owner: Option<SessionId>, epoch: Epoch) {
+    let mut writes = vec![Write::Delete {
+        key: h.layout.leader(),
+    }];
+    if let Some(owner) = owner {
+        let rec = LeaderRec {
+            member: MemberId::new("intruder").unwrap(),
+            epoch,
+        };
+        writes.push(Write::Create {
+            key: h.layout.leader(),
+            value: layout::encode(&rec),
+            owner: Some(owner),
+        });
+    }
+    writes.push(Write::Put {
+        key: h.layout.epoch(),
+        value: layout::encode(&CounterRec { value: epoch.0 }),
+    });
+    let txn = StoreOp::Txn {
+        conds: vec![],
+        writes,
+    };
+    let res = h.model.apply(h.now, &txn);
+    assert!(res.is_ok(), "{res:?}");
+}
+
+/// The only member of a group of "q1", coordinator, then the leader key replaced by `leader`
+/// (given the member's session and epoch: see `replace_leader`) and "q2" added; returns the
+/// harness after the member saw it, and the number of ops sent before.
+fn coordinator_sees(
+    leader: impl FnOnce(&mut Harness, SessionId, Epoch) -> (Option<SessionId>, Epoch),
+) -> (Harness, usize) {
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    let epoch = h.member.is_coordinator().expect("the only member leads");
+    let session = h.member.session().expect("a session");
+    let (owner, e) = leader(&mut h, session, epoch);
+    replace_leader(&mut h, owner, e);
+    let q2 = ResourceId::new("q2").unwrap();
+    let res = h
+        .model
+        .apply(h.now, &admin::add_resources(&h.layout, &[q2]));
+    assert!(res.is_ok(), "{res:?}");
+    let before = h.ops.len();
+    h.notify();
+    h.run_for(ms(100), &mut |_| Fate::Normal);
+    (h, before)
+}
+
+fn stepped_down(h: &Harness) -> bool {
+    h.events
+        .iter()
+        .any(|e| matches!(e, Event::SteppedDown { .. }))
+}
+
+#[test]
+fn a_coordinator_deposed_by_a_newer_epoch_steps_down_without_writing() {
+    // DESIGN §8 rule 10: a coordinator acts only while the view shows its leader key and its
+    // epoch (mutant: the guard on the epoch read as always true).
+    let (h, before) = coordinator_sees(|h, _, epoch| {
+        let other = match h
+            .model
+            .apply(h.now, &StoreOp::OpenSession { ttl: ms(2000) })
+        {
+            Ok(StoreReply::Session { session, .. }) => session,
+            r => panic!("open: {r:?}"),
+        };
+        (Some(other), Epoch(epoch.0 + 1))
+    });
+    assert!(stepped_down(&h), "{}", h.log.join("\n"));
+    assert!(h.member.is_coordinator().is_none());
+    let writes = h.ops[before..]
+        .iter()
+        .filter(|op| is_assignment_write(op))
+        .count();
+    assert_eq!(writes, 0, "{}", h.log.join("\n"));
+}
+
+#[test]
+fn a_coordinator_whose_leader_key_vanished_stands_again_before_writing() {
+    // The leader key gone in the same epoch (deleted by an operator, say): the coordinator
+    // steps down and wins a new epoch before it writes (mutant: leader key `||` epoch).
+    let (h, before) = coordinator_sees(|_, _, epoch| (None, epoch));
+    assert!(stepped_down(&h), "{}", h.log.join("\n"));
+    let first = h.ops[before..]
+        .iter()
+        .find(|op| is_elect(op) || is_assignment_write(op));
+    assert!(
+        first.is_some_and(is_elect),
+        "first: {first:?}\n{}",
+        h.log.join("\n")
+    );
+}
+
+#[test]
+fn a_coordinator_proves_a_leader_key_instance_it_did_not_create() {
+    // The leader key names our session but is not the instance our election created: the
+    // coordinator steps down and proves it by a read before acting (mutant: session `||`
+    // create revision).
+    let (h, before) = coordinator_sees(|_, session, epoch| (Some(session), epoch));
+    let leader = h.layout.leader();
+    let is_proof = |op: &StoreOp| matches!(op, StoreOp::Get { key, .. } if *key == leader);
+    let first = h.ops[before..]
+        .iter()
+        .find(|op| is_proof(op) || is_assignment_write(op));
+    assert!(
+        first.is_some_and(is_proof),
+        "first: {first:?}\n{}",
+        h.log.join("\n")
+    );
+    assert!(stepped_down(&h), "{}", h.log.join("\n"));
 }

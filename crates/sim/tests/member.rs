@@ -1147,6 +1147,17 @@ fn replace_leader(h: &mut Harness, owner: Option<SessionId>, epoch: Epoch) {
     assert!(res.is_ok(), "{res:?}");
 }
 
+/// A session of another member, opened directly in the store.
+fn other_session(h: &mut Harness) -> SessionId {
+    match h
+        .model
+        .apply(h.now, &StoreOp::OpenSession { ttl: ms(2000) })
+    {
+        Ok(StoreReply::Session { session, .. }) => session,
+        r => panic!("open: {r:?}"),
+    }
+}
+
 /// The only member of a group of "q1", coordinator, then the leader key replaced by `leader`
 /// (given the member's session and epoch: see `replace_leader`) and "q2" added; returns the
 /// harness after the member saw it, and the number of ops sent before.
@@ -1180,16 +1191,7 @@ fn stepped_down(h: &Harness) -> bool {
 fn a_coordinator_deposed_by_a_newer_epoch_steps_down_without_writing() {
     // DESIGN §8 rule 10: a coordinator acts only while the view shows its leader key and its
     // epoch (mutant: the guard on the epoch read as always true).
-    let (h, before) = coordinator_sees(|h, _, epoch| {
-        let other = match h
-            .model
-            .apply(h.now, &StoreOp::OpenSession { ttl: ms(2000) })
-        {
-            Ok(StoreReply::Session { session, .. }) => session,
-            r => panic!("open: {r:?}"),
-        };
-        (Some(other), Epoch(epoch.0 + 1))
-    });
+    let (h, before) = coordinator_sees(|h, _, epoch| (Some(other_session(h)), Epoch(epoch.0 + 1)));
     assert!(stepped_down(&h), "{}", h.log.join("\n"));
     assert!(h.member.is_coordinator().is_none());
     let writes = h.ops[before..]
@@ -1232,4 +1234,110 @@ fn a_coordinator_proves_a_leader_key_instance_it_did_not_create() {
         h.log.join("\n")
     );
     assert!(stepped_down(&h), "{}", h.log.join("\n"));
+}
+
+/// The `(epoch, seq)` of every assignment chunk a transaction writes.
+fn chunk_labels(op: &StoreOp) -> Vec<(Epoch, u64)> {
+    match op {
+        StoreOp::Txn { writes, .. } => writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Put { key, value } if key.contains("/assign/") => {
+                    layout::decode::<layout::ChunkRec>(value).map(|c| (c.epoch, c.seq))
+                }
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn each_rebalance_of_an_epoch_labels_its_chunks_anew() {
+    // DESIGN §8 rule 11: a reader that lists chunks one by one can see parts of two writes;
+    // it rejects the mix only if every write's label differs (mutant: `seq` not advanced).
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    for r in ["q2", "q3"] {
+        let r = ResourceId::new(r).unwrap();
+        let res = h.model.apply(h.now, &admin::add_resources(&h.layout, &[r]));
+        assert!(res.is_ok(), "{res:?}");
+        h.notify();
+        h.run_for(ms(300), &mut |_| Fate::Normal);
+    }
+    let labels: Vec<(Epoch, u64)> = h.ops.iter().flat_map(chunk_labels).collect();
+    assert_eq!(labels.len(), 3, "{}", h.log.join("\n"));
+    assert!(
+        labels.windows(2).all(|w| w[0] < w[1]),
+        "labels {labels:?} must grow"
+    );
+}
+
+#[test]
+fn a_resign_whose_delete_failed_deletes_again_and_never_takes_the_key_back() {
+    // PITFALLS 23: after resigning, a view still showing our leader key means the delete has
+    // not landed: send it again, do not prove the key ours and lead again (mutant: that
+    // match arm's guard replaced by `false`).
+    let mut cfg = member_config("a");
+    cfg.max_failed_rebalances = 2;
+    let mut h = Harness::with_config(&["q1"], cfg);
+    let leader = h.layout.leader();
+    let mut deletes = 0;
+    let mut fate = |op: &StoreOp| {
+        if is_assignment_write(op) {
+            Fate::Unavailable
+        } else if is_leader_delete(op, &leader) {
+            deletes += 1;
+            if deletes == 1 {
+                Fate::Unavailable
+            } else {
+                Fate::Normal
+            }
+        } else {
+            Fate::Normal
+        }
+    };
+    h.run_for(ms(1500), &mut fate);
+    let became = h
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::BecameCoordinator { .. }))
+        .count();
+    assert_eq!(became, 1, "{}", h.log.join("\n"));
+    assert_eq!(h.times_of(|op| is_leader_delete(op, &leader)).len(), 2);
+    assert!(h.member.is_coordinator().is_none());
+}
+
+#[test]
+fn an_election_whose_reply_was_lost_is_proved_by_a_read_and_then_leads() {
+    // An applied election whose reply is lost: the read shows the key ours and the member
+    // leads (mutant: the read's reply ignored, the election slot never freed).
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(500), &mut first_n(1, is_elect, Fate::AppliedUnknown));
+    assert_eq!(h.times_of(is_elect).len(), 1, "{}", h.log.join("\n"));
+    assert!(h.member.is_coordinator().is_some(), "{}", h.log.join("\n"));
+    assert_eq!(h.grants().len(), 1, "{}", h.log.join("\n"));
+}
+
+#[test]
+fn an_election_in_doubt_never_adopts_another_sessions_leader_key() {
+    // The election was not applied, and another member's leader key is there when the read
+    // settles the doubt: it is not ours (mutant: the owner check replaced by `true`).
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(500), &mut first_n(1, is_elect, Fate::Held));
+    let (id, _) = h.held.pop().expect("the election");
+    let other = other_session(&mut h);
+    replace_leader(&mut h, Some(other), Epoch(1));
+    h.member.handle_reply(
+        h.now,
+        id,
+        Err(StoreError::Indeterminate("request lost".into())),
+    );
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    assert!(h.member.is_coordinator().is_none(), "{}", h.log.join("\n"));
+    let became = h
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::BecameCoordinator { .. }));
+    assert!(!became, "{}", h.log.join("\n"));
 }

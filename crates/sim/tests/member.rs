@@ -155,6 +155,27 @@ impl Harness {
             .collect()
     }
 
+    /// Has the member read the group now (it must want to: call after a notify) and returns
+    /// the listing's reply to deliver later: a read overtaken by what happens meanwhile.
+    fn read_now_answer_later(&mut self) -> (OpId, StoreResult) {
+        self.member.handle_notify(self.now);
+        let (id, op) = self.member.poll_op().expect("a read");
+        assert!(matches!(op, StoreOp::List { .. }), "{op:?}");
+        let res = self.model.apply(self.now, &op);
+        self.log.push(format!("op {op:?} (answered later)"));
+        self.ops.push(op);
+        self.sent_at.push(self.now);
+        (id, res)
+    }
+
+    /// Answers the op `Fate::Held` kept first, as the store would now.
+    fn answer_held(&mut self) {
+        let (id, op) = self.held.remove(0);
+        let res = self.model.apply(self.now, &op);
+        self.member.handle_reply(self.now, id, res);
+        self.drain_events();
+    }
+
     fn release_all_revoked(&mut self) {
         let revoked: Vec<_> = self
             .events
@@ -1340,4 +1361,108 @@ fn an_election_in_doubt_never_adopts_another_sessions_leader_key() {
         .iter()
         .any(|e| matches!(e, Event::BecameCoordinator { .. }));
     assert!(!became, "{}", h.log.join("\n"));
+}
+
+#[test]
+fn a_single_failed_rebalance_is_reported_and_retried_without_resigning() {
+    // PITFALLS 23 counts failures in a row: one is retried, not resigned over; an error other
+    // than a conflict is reported (mutants: `>=` read as `<`; the report's `!` deleted).
+    let mut cfg = member_config("a");
+    cfg.max_failed_rebalances = 3;
+    let mut h = Harness::with_config(&["q1"], cfg);
+    let leader = h.layout.leader();
+    h.run_for(
+        ms(1000),
+        &mut first_n(1, is_assignment_write, Fate::Unavailable),
+    );
+    let reported = h.events.iter().any(|e| {
+        matches!(
+            e,
+            Event::StoreError {
+                op: "rebalance",
+                error: StoreError::Unavailable(_)
+            }
+        )
+    });
+    assert!(reported, "{}", h.log.join("\n"));
+    assert!(h.times_of(|op| is_leader_delete(op, &leader)).is_empty());
+    assert!(h.member.is_coordinator().is_some());
+    assert_eq!(h.grants().len(), 1, "{}", h.log.join("\n"));
+}
+
+#[test]
+fn a_new_coordinator_plans_only_from_a_view_read_after_its_election() {
+    // A listing sent before the election committed shows no leader: acting on it, the new
+    // coordinator would find itself deposed (mutant: `reads_sent + 1` in
+    // `become_coordinator` read as `- 1` or `* 1`).
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(500), &mut first_n(1, is_elect, Fate::Held));
+    assert_eq!(h.held.len(), 1, "{}", h.log.join("\n"));
+    let (read, stale) = h.read_now_answer_later();
+    h.answer_held();
+    assert!(h.member.is_coordinator().is_some(), "{}", h.log.join("\n"));
+    h.member.handle_reply(h.now, read, stale);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    assert!(!stepped_down(&h), "{}", h.log.join("\n"));
+    assert_eq!(h.grants().len(), 1, "{}", h.log.join("\n"));
+}
+
+#[test]
+fn a_coordinator_plans_only_from_a_view_that_includes_its_last_write() {
+    // A listing sent while the rebalance was in flight does not show it: planned from, it
+    // resends the same writes into a conflict (mutant: `reads_sent + 1` after a success read
+    // as `- 1` or `* 1`).
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(500), &mut first_n(1, is_assignment_write, Fate::Held));
+    assert_eq!(h.held.len(), 1, "{}", h.log.join("\n"));
+    let (read, stale) = h.read_now_answer_later();
+    h.answer_held();
+    h.member.handle_reply(h.now, read, stale);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    assert_eq!(
+        h.times_of(is_assignment_write).len(),
+        1,
+        "{}",
+        h.log.join("\n")
+    );
+    assert_eq!(h.grants().len(), 1, "{}", h.log.join("\n"));
+}
+
+#[test]
+fn after_a_conflict_the_coordinator_replans_from_a_fresh_view() {
+    // The rebalance conflicts with a write it did not know of; a listing sent before that
+    // write would make the retry conflict again (mutant: `reads_sent + 1` after a failure
+    // read as `- 1` or `* 1`).
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(500), &mut first_n(1, is_assignment_write, Fate::Held));
+    assert_eq!(h.held.len(), 1, "{}", h.log.join("\n"));
+    let (read, stale) = h.read_now_answer_later();
+    // Another writer's chunk for "a" (empty, in this epoch): the rebalance's Absent fails.
+    let rec = layout::ChunkRec {
+        session: h.member.session().expect("a session"),
+        epoch: h.member.is_coordinator().expect("coordinator"),
+        seq: 0,
+        i: 0,
+        n: 1,
+        resources: Vec::new(),
+    };
+    let put = StoreOp::Txn {
+        conds: vec![],
+        writes: vec![Write::Put {
+            key: h.layout.assign_chunk(&MemberId::new("a").unwrap(), 0),
+            value: layout::encode(&rec),
+        }],
+    };
+    let res = h.model.apply(h.now, &put);
+    assert!(res.is_ok(), "{res:?}");
+    h.answer_held();
+    h.member.handle_reply(h.now, read, stale);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    assert_eq!(
+        h.times_of(is_assignment_write).len(),
+        2,
+        "{}",
+        h.log.join("\n")
+    );
+    assert_eq!(h.grants().len(), 1, "{}", h.log.join("\n"));
 }

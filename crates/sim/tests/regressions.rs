@@ -833,3 +833,56 @@ fn an_assignment_to_an_earlier_session_of_the_name_is_not_acted_on() {
     assert!(h.m[a].is_coordinator().is_some());
     assert!(h.violations.is_empty(), "{:?}", h.violations);
 }
+
+/// PITFALLS 21: a rebalance too large for one transaction writes every removal before any
+/// addition, so no stored state has a resource in two assignments. Here the plan is within
+/// `max_txn_writes` but over `max_txn_bytes` (mutant: the fit test's `&&` read as `||`,
+/// which sent the joining member's additions first, while the old owner still had them).
+#[test]
+fn a_rebalance_over_the_byte_limit_writes_removals_first() {
+    let ids: Vec<String> = (0..20)
+        .map(|i| format!("r{i:02}-{}", "x".repeat(160)))
+        .collect();
+    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut h = H::new(&names);
+    let small = |name: &str| {
+        let mut c = cfg(name);
+        c.assignment_chunk_bytes = 256;
+        c.max_txn_bytes = 256 + rebalanser_core::store::MAX_KEY_BYTES;
+        c.validate().unwrap();
+        c
+    };
+    let b = h.add(small("b"));
+    h.advance(t(1000));
+    assert!(
+        names.iter().all(|r| h.holders(r) == [b]),
+        "b holds everything"
+    );
+    let writes: std::rc::Rc<std::cell::RefCell<Vec<StoreOp>>> = Default::default();
+    let seen = writes.clone();
+    h.filter = Box::new(move |_, op| {
+        if is_assign_write(op) {
+            seen.borrow_mut().push(op.clone());
+        }
+        Act::Deliver
+    });
+    let a = h.add(small("a"));
+    h.advance(h.now + ms(2000));
+    let writes = writes.borrow();
+    let to_a = |op: &StoreOp| {
+        matches!(op, StoreOp::Txn { writes, .. } if writes.iter().any(|w| matches!(w,
+            Write::Put { key, .. } if key.contains("/assign/a/"))))
+    };
+    assert!(
+        writes.len() >= 2,
+        "one rebalance in {} transaction(s)",
+        writes.len()
+    );
+    assert!(!to_a(&writes[0]), "the first transaction adds to a");
+    assert_eq!(
+        names.iter().filter(|r| h.holders(r) == [a]).count(),
+        10,
+        "a got its half"
+    );
+    assert!(h.violations.is_empty(), "{:?}", h.violations);
+}

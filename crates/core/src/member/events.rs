@@ -107,3 +107,30 @@ pub enum Event {
     /// The member left the group and closed its session. Final.
     Left,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Logs and `member run` print the reason as a field value: each is its variant's name
+    /// in snake case, so a reader can map it back (and no two collide).
+    #[test]
+    fn revoke_reasons_log_as_their_names_in_snake_case() {
+        let all = [
+            RevokeReason::Reassigned,
+            RevokeReason::SessionInDoubt,
+            RevokeReason::SessionLost,
+            RevokeReason::Leaving,
+        ];
+        for r in all {
+            let mut snake = String::new();
+            for (i, ch) in format!("{r:?}").chars().enumerate() {
+                if ch.is_ascii_uppercase() && i > 0 {
+                    snake.push('_');
+                }
+                snake.push(ch.to_ascii_lowercase());
+            }
+            assert_eq!(r.as_str(), snake);
+        }
+    }
+}

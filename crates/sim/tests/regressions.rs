@@ -840,35 +840,10 @@ fn an_assignment_to_an_earlier_session_of_the_name_is_not_acted_on() {
 /// which sent the joining member's additions first, while the old owner still had them).
 #[test]
 fn a_rebalance_over_the_byte_limit_writes_removals_first() {
-    let ids: Vec<String> = (0..20)
-        .map(|i| format!("r{i:02}-{}", "x".repeat(160)))
-        .collect();
-    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let mut h = H::new(&names);
-    let small = |name: &str| {
-        let mut c = cfg(name);
-        c.assignment_chunk_bytes = 256;
-        c.max_txn_bytes = 256 + rebalanser_core::store::MAX_KEY_BYTES;
-        c.validate().unwrap();
-        c
-    };
-    let b = h.add(small("b"));
-    h.advance(t(1000));
-    assert!(
-        names.iter().all(|r| h.holders(r) == [b]),
-        "b holds everything"
+    let (writes, got) = split_rebalance(
+        Change::Join,
+        (64, 256 + rebalanser_core::store::MAX_KEY_BYTES),
     );
-    let writes: std::rc::Rc<std::cell::RefCell<Vec<StoreOp>>> = Default::default();
-    let seen = writes.clone();
-    h.filter = Box::new(move |_, op| {
-        if is_assign_write(op) {
-            seen.borrow_mut().push(op.clone());
-        }
-        Act::Deliver
-    });
-    let a = h.add(small("a"));
-    h.advance(h.now + ms(2000));
-    let writes = writes.borrow();
     let to_a = |op: &StoreOp| {
         matches!(op, StoreOp::Txn { writes, .. } if writes.iter().any(|w| matches!(w,
             Write::Put { key, .. } if key.contains("/assign/a/"))))
@@ -879,10 +854,127 @@ fn a_rebalance_over_the_byte_limit_writes_removals_first() {
         writes.len()
     );
     assert!(!to_a(&writes[0]), "the first transaction adds to a");
-    assert_eq!(
-        names.iter().filter(|r| h.holders(r) == [a]).count(),
-        10,
-        "a got its half"
+    assert_eq!(got, 10, "a got its half");
+}
+
+/// The change a split rebalance is made for.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    /// b holds 20 resources alone, then a joins: b's removals, then a's additions.
+    Join,
+    /// a and b hold 10 of 20 each, then 10 more are added: additions to both at once.
+    AddResources,
+}
+
+/// The assignment transactions written for `change`, with `limits` applied to both members'
+/// `(max_txn_writes, max_txn_bytes)`, and how many resources a ends with.
+fn split_rebalance(change: Change, limits: (usize, usize)) -> (Vec<StoreOp>, usize) {
+    let id = |i: usize| format!("r{i:02}-{}", "x".repeat(160));
+    let ids: Vec<String> = (0..20).map(id).collect();
+    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut h = H::new(&names);
+    let config = |name: &str| {
+        let mut c = cfg(name);
+        c.assignment_chunk_bytes = 256;
+        (c.max_txn_writes, c.max_txn_bytes) = limits;
+        c.validate().unwrap();
+        c
+    };
+    let b = h.add(config("b"));
+    h.advance(t(1000));
+    assert!(
+        names.iter().all(|r| h.holders(r) == [b]),
+        "b holds everything"
     );
+    let writes: std::rc::Rc<std::cell::RefCell<Vec<StoreOp>>> = Default::default();
+    let seen = writes.clone();
+    let record = move |_: usize, op: &StoreOp| {
+        if is_assign_write(op) {
+            seen.borrow_mut().push(op.clone());
+        }
+        Act::Deliver
+    };
+    let a = match change {
+        Change::Join => {
+            h.filter = Box::new(record);
+            h.add(config("a"))
+        }
+        Change::AddResources => {
+            let a = h.add(config("a"));
+            h.advance(h.now + ms(2000));
+            h.filter = Box::new(record);
+            let more: Vec<ResourceId> = (20..30).map(|i| ResourceId::new(id(i)).unwrap()).collect();
+            let res = h
+                .store
+                .apply(h.now, &admin::add_resources(&h.layout, &more));
+            assert!(res.is_ok(), "{res:?}");
+            h.notify_all();
+            a
+        }
+    };
+    h.advance(h.now + ms(2000));
     assert!(h.violations.is_empty(), "{:?}", h.violations);
+    let got = (0..30).filter(|i| h.holders(&id(*i)) == [a]).count();
+    let writes = writes.borrow().clone();
+    (writes, got)
+}
+
+/// (writes, bytes) of an assignment transaction, counted as the core counts them.
+fn txn_size(op: &StoreOp) -> (usize, usize) {
+    match op {
+        StoreOp::Txn { writes, .. } => (
+            writes.len(),
+            writes
+                .iter()
+                .map(|w| match w {
+                    Write::Create { key, value, .. } | Write::Put { key, value } => {
+                        key.len() + value.len()
+                    }
+                    Write::Delete { key } => key.len(),
+                })
+                .sum(),
+        ),
+        _ => (0, 0),
+    }
+}
+
+/// A rebalance is split exactly when it exceeds a limit, by writes or by bytes, and every
+/// transaction stays within both (mutants of `batch`'s and `write_bytes`'s arithmetic: the
+/// simulator's store does not enforce the limits, so only this counts them).
+#[test]
+fn a_rebalance_is_split_exactly_at_the_transaction_limits() {
+    let roomy = (1000, rebalanser_core::store::MAX_TXN_BYTES);
+    for (change, a_gets) in [(Change::Join, 10), (Change::AddResources, 15)] {
+        let (whole, got) = split_rebalance(change, roomy);
+        assert_eq!(
+            (whole.len(), got),
+            (1, a_gets),
+            "{change:?}: one transaction with room"
+        );
+        let (w, b) = txn_size(&whole[0]);
+        assert!(
+            b > 256 + rebalanser_core::store::MAX_KEY_BYTES,
+            "{b} bytes: too few to test"
+        );
+        for limits in [(w, roomy.1), (roomy.0, b)] {
+            let (txns, got) = split_rebalance(change, limits);
+            assert_eq!(
+                (txns.len(), got),
+                (1, a_gets),
+                "{change:?} exactly at {limits:?}"
+            );
+        }
+        for limits in [(w - 1, roomy.1), (roomy.0, b - 1)] {
+            let (txns, got) = split_rebalance(change, limits);
+            assert!(txns.len() >= 2, "{change:?} over {limits:?}: not split");
+            assert_eq!(got, a_gets, "{change:?} over {limits:?}: not completed");
+            for op in &txns {
+                let (tw, tb) = txn_size(op);
+                assert!(
+                    tw <= limits.0 && tb <= limits.1,
+                    "{change:?}: {tw} writes, {tb} bytes > {limits:?}"
+                );
+            }
+        }
+    }
 }

@@ -222,8 +222,10 @@ fn split(set: &BTreeSet<ResourceId>, max_bytes: usize) -> Vec<Vec<ResourceId>> {
     let mut out = vec![Vec::new()];
     let mut size = 0;
     for r in set {
-        // Worst case of JSON escaping a string: 6 bytes per byte, plus quotes and a comma.
-        let cost = r.as_str().len() * 6 + 3;
+        // Worst case of JSON-encoding an id: 2 bytes per byte (serde_json escapes only `"`,
+        // `\` and control characters, and ids have no control characters: `ids::validate`),
+        // plus its quotes and a comma. `split_fills_chunks_with_the_worst_ids` checks it.
+        let cost = r.as_str().len() * 2 + 3;
         if size + cost > budget && !out.last().is_some_and(Vec::is_empty) {
             out.push(Vec::new());
             size = 0;
@@ -240,6 +242,19 @@ fn split(set: &BTreeSet<ResourceId>, max_bytes: usize) -> Vec<Vec<ResourceId>> {
 mod tests {
     use super::*;
 
+    /// The encoded chunk record with every other field at its longest.
+    fn encoded_len(resources: &[ResourceId]) -> usize {
+        let rec = ChunkRec {
+            session: SessionId(u64::MAX),
+            epoch: Epoch(u64::MAX),
+            seq: u64::MAX,
+            i: u32::MAX,
+            n: u32::MAX,
+            resources: resources.to_vec(),
+        };
+        layout::encode(&rec).len()
+    }
+
     #[test]
     fn split_bounds_every_chunk() {
         let set: BTreeSet<ResourceId> = (0..5000)
@@ -250,15 +265,52 @@ mod tests {
         let total: usize = chunks.iter().map(Vec::len).sum();
         assert_eq!(total, 5000);
         for c in &chunks {
-            let rec = ChunkRec {
-                session: SessionId(u64::MAX),
-                epoch: Epoch(u64::MAX),
-                seq: u64::MAX,
-                i: u32::MAX,
-                n: u32::MAX,
-                resources: c.clone(),
-            };
-            assert!(layout::encode(&rec).len() <= 4096);
+            assert!(encoded_len(c) <= 4096);
+        }
+    }
+
+    /// Ids made only of the characters JSON escapes cost the most: the chunks still fit, and
+    /// none is split early (mutants of the cost and the comparison; a chunk of a tenth of its
+    /// room multiplies the writes of a rebalance).
+    #[test]
+    fn split_fills_chunks_with_the_worst_ids() {
+        for (len, max_bytes) in [(9, 2356), (1, 300), (40, 4096), (512, 4096), (3, 65536)] {
+            let set: BTreeSet<ResourceId> = (0..(1u32 << len.min(12)))
+                .map(|bits| {
+                    let id: String = (0..len)
+                        .map(|k| {
+                            if k < 32 && bits >> k & 1 == 1 {
+                                '"'
+                            } else {
+                                '\\'
+                            }
+                        })
+                        .collect();
+                    ResourceId::new(id).unwrap()
+                })
+                .collect();
+            let chunks = split(&set, max_bytes);
+            let total: usize = chunks.iter().map(Vec::len).sum();
+            assert_eq!(total, set.len());
+            let room = max_bytes.saturating_sub(256).max(64);
+            for (n, c) in chunks.iter().enumerate() {
+                let size = encoded_len(c);
+                assert!(
+                    size <= max_bytes,
+                    "{len}/{max_bytes}: chunk {n} is {size} bytes"
+                );
+                if n + 1 < chunks.len() {
+                    // Not the last: the next id did not fit in the room left. The array's
+                    // bytes, as the cost counts them (a comma per id, no brackets), with it:
+                    let with_next = encoded_len(&[c.as_slice(), &chunks[n + 1][..1]].concat());
+                    let array = with_next - encoded_len(&[]) + 1;
+                    assert!(
+                        array > room,
+                        "{len}/{max_bytes}: chunk {n} ({} ids, {size} bytes) had room",
+                        c.len()
+                    );
+                }
+            }
         }
     }
 }

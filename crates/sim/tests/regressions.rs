@@ -978,3 +978,80 @@ fn a_rebalance_is_split_exactly_at_the_transaction_limits() {
         }
     }
 }
+
+/// DESIGN §1.4: when a rebalance takes several transactions, the member whose stored
+/// assignment is oldest is written first, so a trickle of changes to one member cannot starve
+/// the others (mutants: the age of a member's chunks ignored).
+#[test]
+fn a_split_rebalance_writes_the_oldest_assignment_first() {
+    let ids: Vec<String> = (0..30).map(|i| format!("r{i:02}")).collect();
+    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut h = H::new(&names);
+    let config = |name: &str| {
+        let mut c = cfg(name);
+        c.assignment_chunk_bytes = 256;
+        // One member's chunks per transaction.
+        c.max_txn_writes = 2;
+        c.validate().unwrap();
+        c
+    };
+    for m in ["a", "b", "c"] {
+        h.add(config(m));
+        h.advance(h.now + ms(1000));
+    }
+    let writes: std::rc::Rc<std::cell::RefCell<Vec<StoreOp>>> = Default::default();
+    let seen = writes.clone();
+    h.filter = Box::new(move |_, op| {
+        if is_assign_write(op) {
+            seen.borrow_mut().push(op.clone());
+        }
+        Act::Deliver
+    });
+    let written = |op: &StoreOp| -> BTreeSet<String> {
+        match op {
+            StoreOp::Txn { writes, .. } => writes
+                .iter()
+                .filter_map(|w| match w {
+                    Write::Put { key, .. } => key.split("/assign/").nth(1),
+                    _ => None,
+                })
+                .filter_map(|k| k.split('/').next())
+                .map(str::to_string)
+                .collect(),
+            _ => BTreeSet::new(),
+        }
+    };
+    let mut add = |h: &mut H, from: usize, to: usize| {
+        let more: Vec<ResourceId> = (from..to)
+            .map(|i| ResourceId::new(format!("r{i:02}")).unwrap())
+            .collect();
+        let res = h
+            .store
+            .apply(h.now, &admin::add_resources(&h.layout, &more));
+        assert!(res.is_ok(), "{res:?}");
+        h.notify_all();
+        h.advance(h.now + ms(1000));
+    };
+    // One more resource: one member's assignment is rewritten, and becomes the newest.
+    add(&mut h, 30, 31);
+    let newest: BTreeSet<String> = writes.borrow().iter().flat_map(|op| written(op)).collect();
+    assert_eq!(newest.len(), 1, "{newest:?}");
+    // Its name sorts first: name order alone would write it first.
+    assert!(newest.contains("a"), "{newest:?}");
+    writes.borrow_mut().clear();
+    // Five more (12 each): all three assignments grow, in transactions of one member each.
+    add(&mut h, 31, 36);
+    let txns = writes.borrow();
+    assert_eq!(txns.len(), 3, "{} transaction(s)", txns.len());
+    assert!(
+        written(&txns[2]).is_subset(&newest),
+        "last written: {:?}",
+        written(&txns[2])
+    );
+    assert!(
+        written(&txns[0]).is_disjoint(&newest),
+        "first written: {:?}",
+        written(&txns[0])
+    );
+    assert!(h.violations.is_empty(), "{:?}", h.violations);
+}

@@ -481,19 +481,19 @@ fn is_register(op: &StoreOp) -> bool {
 #[test]
 fn a_registration_refused_once_is_retried() {
     // It used to reset a temporary and stay `Pending` forever: never joined, nothing granted.
+    // The retry waits retry_delay, and the first attempt waits for a view of the group (the
+    // name's holder is learnt from it: mutants of both gates).
     let mut h = Harness::new(&["q1"]);
-    let mut refused = false;
-    h.run_for(ms(500), &mut |op| {
-        if is_register(op) && !refused {
-            refused = true;
-            Fate::Invalid
-        } else {
-            Fate::Normal
-        }
-    });
-    assert!(refused);
+    h.run_for(ms(500), &mut first_n(1, is_register, Fate::Invalid));
     assert!(h.member.is_joined(), "{}", h.log.join("\n"));
     assert_eq!(h.grants().len(), 1);
+    assert_sent_twice_retry_delay_apart(&h, is_register);
+    let first_read = h
+        .ops
+        .iter()
+        .position(|op| matches!(op, StoreOp::List { .. }));
+    let first_register = h.ops.iter().position(is_register);
+    assert!(first_read < first_register, "{}", h.log.join("\n"));
 }
 
 /// Answers the first `n` ops matching `pred` with `Unavailable`; runs everything else.

@@ -1021,7 +1021,7 @@ fn a_split_rebalance_writes_the_oldest_assignment_first() {
             _ => BTreeSet::new(),
         }
     };
-    let mut add = |h: &mut H, from: usize, to: usize| {
+    let add = |h: &mut H, from: usize, to: usize| {
         let more: Vec<ResourceId> = (from..to)
             .map(|i| ResourceId::new(format!("r{i:02}")).unwrap())
             .collect();
@@ -1034,7 +1034,7 @@ fn a_split_rebalance_writes_the_oldest_assignment_first() {
     };
     // One more resource: one member's assignment is rewritten, and becomes the newest.
     add(&mut h, 30, 31);
-    let newest: BTreeSet<String> = writes.borrow().iter().flat_map(|op| written(op)).collect();
+    let newest: BTreeSet<String> = writes.borrow().iter().flat_map(written).collect();
     assert_eq!(newest.len(), 1, "{newest:?}");
     // Its name sorts first: name order alone would write it first.
     assert!(newest.contains("a"), "{newest:?}");

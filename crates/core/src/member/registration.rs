@@ -20,9 +20,13 @@ pub(super) enum Registration {
     /// A `Create` or a verifying read of the record is in flight.
     Pending,
     Registered,
-    /// Another session holds the name; retry when a newer view shows it gone.
+    /// Another session holds the name; retry when a newer view shows it gone, and not
+    /// before `retry_at`: a view can show the name free while the store says it is taken (a
+    /// lagging replica, a record that does not decode), and each retry would be refused at
+    /// once, in a loop.
     Blocked {
         after_view: u64,
+        retry_at: Time,
     },
 }
 
@@ -60,8 +64,10 @@ impl Member {
                 at(r);
             }
         }
-        if let Registration::Unregistered { retry_at: Some(t) } = self.registration {
-            at(t);
+        match self.registration {
+            Registration::Unregistered { retry_at: Some(t) }
+            | Registration::Blocked { retry_at: t, .. } => at(t),
+            _ => {}
         }
     }
 
@@ -95,7 +101,10 @@ impl Member {
                 }
                 self.view.seq > 0
             }
-            Registration::Blocked { after_view } => {
+            Registration::Blocked {
+                after_view,
+                retry_at,
+            } => {
                 let holder = self.name_holder();
                 if self.view.seq > after_view && holder == Some(session) {
                     // Our own Register was applied after the read that found it absent.
@@ -104,7 +113,7 @@ impl Member {
                     self.send(Pending::RegisterVerify { session }, get_lin(key));
                     return;
                 }
-                self.view.seq > after_view && holder.is_none()
+                self.view.seq > after_view && holder.is_none() && now >= retry_at
             }
             Registration::Pending | Registration::Registered => false,
         };
@@ -146,14 +155,16 @@ impl Member {
             .map(|m| m.session)
     }
 
-    /// Another session holds the name: wait for a newer view.
-    fn name_in_use(&mut self) {
-        let holder = self.name_holder();
+    /// Another session (`holder`, when a read named it) holds the name: wait for a newer
+    /// view and a pause.
+    fn name_in_use(&mut self, now: Time, holder: Option<SessionId>) {
+        let holder = holder.or_else(|| self.name_holder());
         if let Some(holder) = holder {
             self.events.push_back(Event::NameInUse { holder });
         }
         self.registration = Registration::Blocked {
             after_view: self.view.seq,
+            retry_at: now + self.cfg.retry_delay,
         };
         self.view.dirty = true;
     }
@@ -162,7 +173,7 @@ impl Member {
     pub(super) fn on_register(&mut self, now: Time, session: SessionId, result: StoreResult) {
         match result {
             Ok(_) => self.registered(session),
-            Err(StoreError::Conflict(_)) => self.name_in_use(),
+            Err(StoreError::Conflict(_)) => self.name_in_use(now, None),
             Err(StoreError::Indeterminate(_)) | Err(StoreError::Unavailable(_)) => {
                 let key = self.layout.member(&self.cfg.name);
                 self.send(Pending::RegisterVerify { session }, get_lin(key));
@@ -190,7 +201,8 @@ impl Member {
     ) {
         match result {
             Ok(StoreReply::Got(Some(e))) if e.owner == Some(session) => self.registered(session),
-            Ok(_) => self.name_in_use(),
+            Ok(StoreReply::Got(Some(e))) => self.name_in_use(now, e.owner),
+            Ok(_) => self.name_in_use(now, None),
             Err(_) => {
                 // Start over after a pause: a Create that finds our own key gets a
                 // Conflict, and the next view then proves it ours.

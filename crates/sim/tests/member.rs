@@ -1682,3 +1682,35 @@ fn a_listing_older_than_the_view_is_refused_and_read_again_linearizably_after_a_
         h.log.join("\n")
     );
 }
+
+#[test]
+fn a_leaving_member_waits_for_a_claim_create_in_flight_before_it_closes() {
+    // Only a claim create is unanswered when the last lease is released: it may still land,
+    // and must be deleted before the close (mutants: the second to fourth `&&` of
+    // `finish_leave`'s "drained" read as `||`).
+    let mut h = Harness::new(&["q1", "q2"]);
+    let is_q2_create =
+        |op: &StoreOp| writes_under(op, "/claims/q2", |w| matches!(w, Write::Create { .. }));
+    h.run_for(ms(500), &mut |op| {
+        if is_q2_create(op) {
+            Fate::Held
+        } else {
+            Fate::Normal
+        }
+    });
+    assert_eq!(h.grants().len(), 1, "{}", h.log.join("\n"));
+    assert_eq!(h.held.len(), 1, "{}", h.log.join("\n"));
+    h.member.leave(h.now);
+    h.run_for(ms(300), &mut |_| Fate::Normal);
+    h.release_all_revoked();
+    h.run_for(ms(300), &mut |_| Fate::Normal);
+    assert!(h.times_of(is_close).is_empty(), "{}", h.log.join("\n"));
+    h.answer_held();
+    h.run_for(ms(300), &mut |_| Fate::Normal);
+    let close = first(&h, is_close);
+    let q2_delete = h
+        .ops
+        .iter()
+        .position(|op| writes_under(op, "/claims/q2", |w| matches!(w, Write::Delete { .. })));
+    assert!(q2_delete.is_some_and(|d| d < close), "{}", h.log.join("\n"));
+}

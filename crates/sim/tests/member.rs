@@ -1418,25 +1418,30 @@ fn a_new_coordinator_plans_only_from_a_view_read_after_its_election() {
     assert_eq!(h.grants().len(), 1, "{}", h.log.join("\n"));
 }
 
+/// The only member, coordinator: its first rebalance is held while a listing is read (and
+/// answered later, with what the store held then); `meanwhile` runs, the rebalance is
+/// answered, then the listing; the member runs on for 500 ms.
+fn rebalance_overtaken_by_a_read(meanwhile: impl FnOnce(&mut Harness)) -> Harness {
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(500), &mut first_n(1, is_assignment_write, Fate::Held));
+    assert_eq!(h.held.len(), 1, "{}", h.log.join("\n"));
+    let (read, stale) = h.read_now_answer_later();
+    meanwhile(&mut h);
+    h.answer_held();
+    h.member.handle_reply(h.now, read, stale);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    assert_eq!(h.grants().len(), 1, "{}", h.log.join("\n"));
+    h
+}
+
 #[test]
 fn a_coordinator_plans_only_from_a_view_that_includes_its_last_write() {
     // A listing sent while the rebalance was in flight does not show it: planned from, it
     // resends the same writes into a conflict (mutant: `reads_sent + 1` after a success read
     // as `- 1` or `* 1`).
-    let mut h = Harness::new(&["q1"]);
-    h.run_for(ms(500), &mut first_n(1, is_assignment_write, Fate::Held));
-    assert_eq!(h.held.len(), 1, "{}", h.log.join("\n"));
-    let (read, stale) = h.read_now_answer_later();
-    h.answer_held();
-    h.member.handle_reply(h.now, read, stale);
-    h.run_for(ms(500), &mut |_| Fate::Normal);
-    assert_eq!(
-        h.times_of(is_assignment_write).len(),
-        1,
-        "{}",
-        h.log.join("\n")
-    );
-    assert_eq!(h.grants().len(), 1, "{}", h.log.join("\n"));
+    let h = rebalance_overtaken_by_a_read(|_| {});
+    let writes = h.times_of(is_assignment_write).len();
+    assert_eq!(writes, 1, "{}", h.log.join("\n"));
 }
 
 #[test]
@@ -1444,38 +1449,28 @@ fn after_a_conflict_the_coordinator_replans_from_a_fresh_view() {
     // The rebalance conflicts with a write it did not know of; a listing sent before that
     // write would make the retry conflict again (mutant: `reads_sent + 1` after a failure
     // read as `- 1` or `* 1`).
-    let mut h = Harness::new(&["q1"]);
-    h.run_for(ms(500), &mut first_n(1, is_assignment_write, Fate::Held));
-    assert_eq!(h.held.len(), 1, "{}", h.log.join("\n"));
-    let (read, stale) = h.read_now_answer_later();
-    // Another writer's chunk for "a" (empty, in this epoch): the rebalance's Absent fails.
-    let rec = layout::ChunkRec {
-        session: h.member.session().expect("a session"),
-        epoch: h.member.is_coordinator().expect("coordinator"),
-        seq: 0,
-        i: 0,
-        n: 1,
-        resources: Vec::new(),
-    };
-    let put = StoreOp::Txn {
-        conds: vec![],
-        writes: vec![Write::Put {
-            key: h.layout.assign_chunk(&MemberId::new("a").unwrap(), 0),
-            value: layout::encode(&rec),
-        }],
-    };
-    let res = h.model.apply(h.now, &put);
-    assert!(res.is_ok(), "{res:?}");
-    h.answer_held();
-    h.member.handle_reply(h.now, read, stale);
-    h.run_for(ms(500), &mut |_| Fate::Normal);
-    assert_eq!(
-        h.times_of(is_assignment_write).len(),
-        2,
-        "{}",
-        h.log.join("\n")
-    );
-    assert_eq!(h.grants().len(), 1, "{}", h.log.join("\n"));
+    let h = rebalance_overtaken_by_a_read(|h| {
+        // Another writer's chunk for "a" (empty, in this epoch): the rebalance's Absent fails.
+        let rec = layout::ChunkRec {
+            session: h.member.session().expect("a session"),
+            epoch: h.member.is_coordinator().expect("coordinator"),
+            seq: 0,
+            i: 0,
+            n: 1,
+            resources: Vec::new(),
+        };
+        let put = StoreOp::Txn {
+            conds: vec![],
+            writes: vec![Write::Put {
+                key: h.layout.assign_chunk(&MemberId::new("a").unwrap(), 0),
+                value: layout::encode(&rec),
+            }],
+        };
+        let res = h.model.apply(h.now, &put);
+        assert!(res.is_ok(), "{res:?}");
+    });
+    let writes = h.times_of(is_assignment_write).len();
+    assert_eq!(writes, 2, "{}", h.log.join("\n"));
 }
 
 #[test]

@@ -356,6 +356,26 @@ impl H {
             }
         }
     }
+    /// Adds `ids` to the group in the store and tells every member.
+    pub fn add_resources(&mut self, ids: &[ResourceId]) {
+        let res = self
+            .store
+            .apply(self.now, &admin::add_resources(&self.layout, ids));
+        assert!(res.is_ok(), "{res:?}");
+        self.notify_all();
+    }
+    /// From now on, every assignment transaction any member sends, in order.
+    pub fn record_assign_writes(&mut self) -> std::rc::Rc<std::cell::RefCell<Vec<StoreOp>>> {
+        let writes: std::rc::Rc<std::cell::RefCell<Vec<StoreOp>>> = Default::default();
+        let seen = writes.clone();
+        self.filter = Box::new(move |_, op| {
+            if is_assign_write(op) {
+                seen.borrow_mut().push(op.clone());
+            }
+            Act::Deliver
+        });
+        writes
+    }
     pub fn holders(&self, r: &str) -> Vec<usize> {
         let r = ResourceId::new(r).unwrap();
         (0..self.m.len())
@@ -886,30 +906,18 @@ fn split_rebalance(change: Change, limits: (usize, usize)) -> (Vec<StoreOp>, usi
         names.iter().all(|r| h.holders(r) == [b]),
         "b holds everything"
     );
-    let writes: std::rc::Rc<std::cell::RefCell<Vec<StoreOp>>> = Default::default();
-    let seen = writes.clone();
-    let record = move |_: usize, op: &StoreOp| {
-        if is_assign_write(op) {
-            seen.borrow_mut().push(op.clone());
-        }
-        Act::Deliver
-    };
-    let a = match change {
+    let (a, writes) = match change {
         Change::Join => {
-            h.filter = Box::new(record);
-            h.add(config("a"))
+            let writes = h.record_assign_writes();
+            (h.add(config("a")), writes)
         }
         Change::AddResources => {
             let a = h.add(config("a"));
             h.advance(h.now + ms(2000));
-            h.filter = Box::new(record);
+            let writes = h.record_assign_writes();
             let more: Vec<ResourceId> = (20..30).map(|i| ResourceId::new(id(i)).unwrap()).collect();
-            let res = h
-                .store
-                .apply(h.now, &admin::add_resources(&h.layout, &more));
-            assert!(res.is_ok(), "{res:?}");
-            h.notify_all();
-            a
+            h.add_resources(&more);
+            (a, writes)
         }
     };
     h.advance(h.now + ms(2000));
@@ -999,14 +1007,7 @@ fn a_split_rebalance_writes_the_oldest_assignment_first() {
         h.add(config(m));
         h.advance(h.now + ms(1000));
     }
-    let writes: std::rc::Rc<std::cell::RefCell<Vec<StoreOp>>> = Default::default();
-    let seen = writes.clone();
-    h.filter = Box::new(move |_, op| {
-        if is_assign_write(op) {
-            seen.borrow_mut().push(op.clone());
-        }
-        Act::Deliver
-    });
+    let writes = h.record_assign_writes();
     let written = |op: &StoreOp| -> BTreeSet<String> {
         match op {
             StoreOp::Txn { writes, .. } => writes
@@ -1025,11 +1026,7 @@ fn a_split_rebalance_writes_the_oldest_assignment_first() {
         let more: Vec<ResourceId> = (from..to)
             .map(|i| ResourceId::new(format!("r{i:02}")).unwrap())
             .collect();
-        let res = h
-            .store
-            .apply(h.now, &admin::add_resources(&h.layout, &more));
-        assert!(res.is_ok(), "{res:?}");
-        h.notify_all();
+        h.add_resources(&more);
         h.advance(h.now + ms(1000));
     };
     // One more resource: one member's assignment is rewritten, and becomes the newest.

@@ -702,13 +702,17 @@ fn a_leaving_member_serves_until_the_coordinator_has_moved_its_resources() {
 #[test]
 fn a_leave_that_cannot_hand_over_stops_at_its_timeout() {
     // The coordinator cannot write the new assignment: the leaver keeps serving until
-    // `leave_timeout` (3 s here), then stops everything and closes.
+    // `leave_timeout` (3 s here), then stops everything and closes. Asked again meanwhile
+    // (a second SIGTERM, say), the leave goes on: its timeout counts from the first request
+    // (mutant: `leave`'s guard `&&` read as `||`, which restarted it).
     let mut h = Harness::new(&["q1", "q2"]);
     h.run_for(ms(500), &mut |_| Fate::Normal);
     h.member.leave(h.now);
     let left = h.now;
     let mut fate = only(is_assign_change, Fate::Unavailable);
-    h.run_for(ms(2950), &mut fate);
+    h.run_for(ms(1000), &mut fate);
+    h.member.leave(h.now);
+    h.run_for(ms(1950), &mut fate);
     assert_eq!(
         h.revokes(),
         0,

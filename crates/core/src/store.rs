@@ -217,3 +217,35 @@ pub enum StoreError {
 }
 
 pub type StoreResult = Result<StoreReply, StoreError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key rules every backend relies on, at their edges (the conformance suite runs them
+    /// against the stores; these pin the function itself).
+    #[test]
+    fn key_rules_hold_at_their_edges() {
+        let longest = format!("g/{}", "k".repeat(MAX_KEY_BYTES - 2));
+        assert_eq!(key_error(&longest), None, "exactly MAX_KEY_BYTES");
+        assert!(key_error(&format!("{longest}k")).is_some(), "one byte more");
+        for ok in ["g/a", "g/a/b", "g/%2F", "g/é"] {
+            assert_eq!(key_error(ok), None, "{ok:?}");
+        }
+        for bad in [
+            "",
+            "g",
+            "/g/a",
+            "g/a/",
+            "g//a",
+            "g/./a",
+            "g/../a",
+            "g/a\u{0}",
+            "g/a\u{7f}",
+            "g/\u{e000}",
+            "g/\u{fff0}",
+        ] {
+            assert!(key_error(bad).is_some(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1713,3 +1713,33 @@ fn a_leaving_member_waits_for_a_claim_create_in_flight_before_it_closes() {
         .position(|op| writes_under(op, "/claims/q2", |w| matches!(w, Write::Delete { .. })));
     assert!(q2_delete.is_some_and(|d| d < close), "{}", h.log.join("\n"));
 }
+
+#[test]
+fn the_accessors_report_the_leases_the_view_and_validity_per_session() {
+    // What the runtime reads from the core: the leases held, the view, and until when a
+    // session's leases are valid; a lease of a session that ended is invalid at once, even
+    // when a new session is open (mutants: `leased` empty, `view` default, `valid_until`'s
+    // session check replaced by `true`).
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    let first = h.member.session().expect("a session");
+    let leased: Vec<(String, u64)> = h
+        .member
+        .leased()
+        .map(|(r, _, t)| (r.to_string(), t.revision))
+        .collect();
+    assert_eq!(leased, h.grants());
+    let q1 = ResourceId::new("q1").unwrap();
+    assert!(h.member.view().resources.contains(&q1));
+    assert!(h.member.valid_until(first) > h.now);
+    // The store ends the session; the next keepalive learns it and a new session opens.
+    let res = h
+        .model
+        .apply(h.now, &StoreOp::CloseSession { session: first });
+    assert!(res.is_ok(), "{res:?}");
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    let second = h.member.session().expect("a new session");
+    assert_ne!(first, second, "{}", h.log.join("\n"));
+    assert_eq!(h.member.valid_until(first), Time::ZERO);
+    assert!(h.member.valid_until(second) > h.now);
+}

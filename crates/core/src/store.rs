@@ -248,4 +248,51 @@ mod tests {
             assert!(key_error(bad).is_some(), "{bad:?} accepted");
         }
     }
+
+    #[test]
+    fn value_and_transaction_sizes_hold_at_their_edges() {
+        assert!(value_error("g/a", b"").is_some(), "empty");
+        assert_eq!(value_error("g/a", b"v"), None);
+        assert_eq!(value_error("g/a", &vec![0; MAX_VALUE_BYTES]), None);
+        assert!(value_error("g/a", &vec![0; MAX_VALUE_BYTES + 1]).is_some());
+        // Keys and values count, conditions' keys too: exactly the limit, then one byte over.
+        let key = "g/a".to_string();
+        let put = |n: usize| Write::Put {
+            key: key.clone(),
+            value: vec![0; n],
+        };
+        let at_limit = [put(MAX_TXN_BYTES - key.len())];
+        assert_eq!(txn_size_error(&[], &at_limit), None);
+        assert!(txn_size_error(&[], &[put(MAX_TXN_BYTES - key.len() + 1)]).is_some());
+        assert!(txn_size_error(&[Cond::Absent("g/b".into())], &at_limit).is_some());
+    }
+
+    /// An op whose outcome is unknown is `Indeterminate` only if it may have changed the store.
+    #[test]
+    fn only_reads_are_not_writes() {
+        let session = SessionId(1);
+        let reads = [
+            StoreOp::Get {
+                key: "g/a".into(),
+                linearizable: true,
+            },
+            StoreOp::List {
+                prefix: "g/".into(),
+                linearizable: false,
+            },
+        ];
+        let writes = [
+            StoreOp::OpenSession {
+                ttl: Duration::from_secs(1),
+            },
+            StoreOp::KeepAlive { session },
+            StoreOp::CloseSession { session },
+            StoreOp::Txn {
+                conds: vec![],
+                writes: vec![],
+            },
+        ];
+        assert!(reads.iter().all(|op| !op.is_write()));
+        assert!(writes.iter().all(StoreOp::is_write));
+    }
 }

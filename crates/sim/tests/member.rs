@@ -1743,3 +1743,89 @@ fn the_accessors_report_the_leases_the_view_and_validity_per_session() {
     assert_eq!(h.member.valid_until(first), Time::ZERO);
     assert!(h.member.valid_until(second) > h.now);
 }
+
+/// The member of `h`, after a keepalive sent at `sent` was answered: `valid_until` minus the
+/// time the deadline counts from.
+fn deadline_after_keepalives(count_from_previous: bool) -> (Vec<Time>, Time, Config) {
+    let mut cfg = member_config("a");
+    cfg.count_from_previous_keepalive = count_from_previous;
+    cfg.validate().unwrap();
+    let mut h = Harness::with_config(&["q1"], cfg.clone());
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    let sent = h.times_of(is_keepalive);
+    let session = h.member.session().expect("a session");
+    (sent, h.member.valid_until(session), cfg)
+}
+
+#[test]
+fn the_deadline_counts_from_the_keepalive_the_store_is_known_to_have_seen() {
+    // L3: from the last keepalive sent; on a store where a follower may answer before the
+    // leader heard of it (ZooKeeper), from the one before (PITFALLS 1). Mutants: the switch's
+    // `&&` read as `||`, its `!=` as `==`.
+    for previous in [false, true] {
+        let (sent, until, cfg) = deadline_after_keepalives(previous);
+        assert!(sent.len() >= 2, "{sent:?}");
+        let counted = sent[sent.len() - 1 - usize::from(previous)];
+        assert_eq!(
+            until,
+            counted + cfg.session_ttl - cfg.safety_margin,
+            "previous={previous}"
+        );
+    }
+}
+
+#[test]
+fn a_ttl_lowered_below_the_budget_leaves_at_once() {
+    // PITFALLS 2: a keepalive reply with a TTL the timings cannot work with: report it,
+    // revoke everything now and close once released, without waiting for a hand-over
+    // (mutants: `ttl_too_short` replaced by `true` / `false`, the budget compared with `>=`,
+    // the leave's start moved into the future).
+    let cfg = member_config("a");
+    let budget = cfg.timing_budget();
+    for (granted, leaves) in [(budget, true), (budget + ms(1), false)] {
+        let mut h = Harness::with_config(&["q1"], cfg.clone());
+        h.run_for(ms(500), &mut |_| Fate::Normal);
+        h.run_for(ms(300), &mut first_n(1, is_keepalive, Fate::Held));
+        let (id, _) = h.held.pop().expect("a keepalive");
+        h.member
+            .handle_reply(h.now, id, Ok(StoreReply::KeptAlive { ttl: granted }));
+        h.pump(&mut |_| Fate::Normal);
+        let reported = h
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::TtlTooShort { .. }));
+        assert_eq!(reported, leaves, "granted {granted:?}, budget {budget:?}");
+        assert_eq!(h.revokes(), usize::from(leaves), "{}", h.log.join("\n"));
+        h.release_all_revoked();
+        h.run_for(ms(100), &mut |_| Fate::Normal);
+        assert_eq!(h.member.is_closed(), leaves, "{}", h.log.join("\n"));
+    }
+}
+
+#[test]
+fn a_leave_between_sessions_closes_without_opening_another() {
+    // No session (the open was refused, the retry not due yet): nothing to hand over or
+    // close (mutant: the `!` of "leaving and not opening" deleted, which opened a session to
+    // leave it).
+    let mut h = Harness::new(&["q1"]);
+    h.pump(&mut fail_first(1, is_open));
+    assert!(h.member.session().is_none());
+    h.member.leave(h.now);
+    h.run_for(ms(200), &mut |_| Fate::Normal);
+    assert!(h.member.is_closed(), "{}", h.log.join("\n"));
+    assert_eq!(h.times_of(is_open).len(), 1, "{}", h.log.join("\n"));
+}
+
+#[test]
+fn a_session_in_doubt_is_suspended_exactly_a_stop_budget_before_its_deadline() {
+    // DESIGN §8 rule 3: the suspension point is a timer of its own (mutants: the timer
+    // skipped for the correct variant, or set a stop budget after the deadline).
+    let cfg = member_config("a");
+    let mut h = Harness::with_config(&["q1"], cfg.clone());
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    let session = h.member.session().expect("a session");
+    let suspend_at = h.member.valid_until(session) - cfg.stop_timeout;
+    let mut held = only(is_keepalive, Fate::Held);
+    h.run_for(suspend_at.saturating_since(h.now), &mut held);
+    assert_eq!(h.revokes(), 1, "{}", h.log.join("\n"));
+}

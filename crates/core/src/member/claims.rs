@@ -57,10 +57,7 @@ impl Member {
         let Some(session) = self.session.id() else {
             return;
         };
-        let leave_expired = self
-            .leaving
-            .as_ref()
-            .is_some_and(|l| now >= l.started + self.cfg.leave_timeout);
+        let leave_expired = self.leaving.as_ref().is_some_and(|l| now >= l.deadline);
         if leave_expired {
             self.claims.desired.clear();
             return;

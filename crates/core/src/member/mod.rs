@@ -143,7 +143,7 @@ impl Member {
                 self.events.push_back(Event::Left);
                 return;
             }
-            self.leaving = Some(Leave::new(now));
+            self.leaving = Some(Leave::new(now + self.cfg.leave_timeout));
             self.step(now);
         }
     }

@@ -33,7 +33,11 @@ pub(super) enum Registration {
 /// A graceful leave in progress (it never ends: the member closes).
 #[derive(Debug, Clone)]
 pub(super) struct Leave {
-    pub(super) started: Time,
+    /// When the leave stops waiting for the hand-over: `leave_timeout` after it was asked
+    /// for, or at once when the store's TTL became too short. (It was a start time, moved
+    /// back by `leave_timeout` for "at once": early on a clock that starts at zero, as the
+    /// simulator's does, that saturated to zero and was not at once.)
+    pub(super) deadline: Time,
     /// The draining mark's `Create` in flight.
     pub(super) drain_op: Option<OpId>,
     /// After a failed draining mark, the next try waits until then (no retry at one instant).
@@ -44,10 +48,10 @@ pub(super) struct Leave {
 }
 
 impl Leave {
-    /// A leave that started at `started`.
-    pub(super) fn new(started: Time) -> Leave {
+    /// A leave that stops waiting for the hand-over at `deadline`.
+    pub(super) fn new(deadline: Time) -> Leave {
         Leave {
-            started,
+            deadline,
             drain_op: None,
             drain_retry_at: None,
             marked: None,
@@ -59,7 +63,7 @@ impl Member {
     /// Timers: the end of the leave timeout, a registration retry.
     pub(super) fn registration_timers(&self, at: &mut impl FnMut(Time)) {
         if let Some(l) = &self.leaving {
-            at(l.started + self.cfg.leave_timeout);
+            at(l.deadline);
             if let Some(r) = l.drain_retry_at {
                 at(r);
             }
@@ -217,7 +221,7 @@ impl Member {
     /// 26), then closes the session once everything is released and deleted, or the leave
     /// timed out.
     pub(super) fn finish_leave(&mut self, now: Time) {
-        let Some(started) = self.leaving.as_ref().map(|l| l.started) else {
+        let Some(deadline) = self.leaving.as_ref().map(|l| l.deadline) else {
             return;
         };
         let Some(session) = self.session.id() else {
@@ -250,7 +254,7 @@ impl Member {
                 l.drain_retry_at = None;
             }
         }
-        let timed_out = now >= started + self.cfg.leave_timeout;
+        let timed_out = now >= deadline;
         let drained = self.claims.desired.is_empty()
             && self.claims.proved.is_empty()
             && self.claims.unresolved.is_empty()

@@ -234,7 +234,7 @@ impl Member {
         }
         self.events
             .push_back(Event::TtlTooShort { granted, needed });
-        self.leaving = Some(Leave::new(now - self.cfg.leave_timeout));
+        self.leaving = Some(Leave::new(now));
         true
     }
 

@@ -101,45 +101,56 @@ async fn fixed_write_in_flight_at_idle_timeout_is_reported_unavailable_but_appli
     };
     assert!(exec(&store, lst.clone()).await.is_ok()); // caches the shape: one request next time
     committed(&exec(&store, create("w/seed", None)).await, "seed"); // caches the directory
-    let mut w = store.execute(StoreOp::Txn {
-        conds: vec![],
-        writes: vec![put("w/x", b"1")],
-    });
-    assert!(
-        steps(&mut w, 2).await.is_none(),
-        "write finished before its multi"
-    );
-    assert_eq!(get(&other, "w/x").await, None, "anchor: not applied yet");
-    let mut l = store.execute(lst);
-    assert!(futures::poll!(&mut l).is_pending()); // the listing's request goes first
-    assert!(futures::poll!(&mut w).is_pending()); // the multi, answered after the listing
-                                                  // As soon as the write is applied, stall the network: its reply is still queued behind
-                                                  // the listing's.
-    let t = Instant::now();
-    while get(&other, "w/x").await.is_none() && t.elapsed() < Duration::from_secs(2) {}
-    proxy.blackhole();
-    let applied_before_stall = get(&other, "w/x").await.is_some();
-    let listing_done = futures::poll!(&mut l).is_ready();
-    eprintln!(
-        "applied after {:?}; listing already answered: {listing_done}",
-        t.elapsed()
-    );
-    assert!(
-        applied_before_stall && !listing_done,
-        "setup: the write must be applied while its reply is still queued (applied: \
-         {applied_before_stall}, listing answered: {listing_done})"
-    );
-    let r = tokio::time::timeout(Duration::from_secs(10), w)
-        .await
-        .expect("answered");
-    proxy.heal();
-    drop(l);
-    let exists = get(&other, "w/x").await.is_some();
-    eprintln!("write: {r:?}; applied before the stall: {applied_before_stall}; exists: {exists}");
-    assert!(
-        !(matches!(r, Err(StoreError::Unavailable(_))) && exists),
-        "a write was reported {r:?} (nothing applied) but it was applied: it must be Indeterminate"
-    );
+                                                                    // The set-up is a race with the machine's speed: the write must be seen applied while the
+                                                                    // listing ahead of it is still crossing the proxy. When the listing wins, try again with a
+                                                                    // fresh key (a test that cannot arrange its scenario must not pass, so it fails after 5).
+    for attempt in 0..5 {
+        let key = format!("w/x{attempt}");
+        let mut w = store.execute(StoreOp::Txn {
+            conds: vec![],
+            writes: vec![put(&key, b"1")],
+        });
+        assert!(
+            steps(&mut w, 2).await.is_none(),
+            "write finished before its multi"
+        );
+        assert_eq!(get(&other, &key).await, None, "anchor: not applied yet");
+        let mut l = store.execute(lst.clone());
+        assert!(futures::poll!(&mut l).is_pending()); // the listing's request goes first
+        assert!(futures::poll!(&mut w).is_pending()); // the multi, answered after the listing
+                                                      // As soon as the write is applied, stall the network: its reply is still queued
+                                                      // behind the listing's.
+        let t = Instant::now();
+        while get(&other, &key).await.is_none() && t.elapsed() < Duration::from_secs(2) {}
+        proxy.blackhole();
+        let applied_before_stall = get(&other, &key).await.is_some();
+        let listing_done = futures::poll!(&mut l).is_ready();
+        eprintln!(
+            "attempt {attempt}: applied after {:?}; listing already answered: {listing_done}",
+            t.elapsed()
+        );
+        let r = tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .expect("answered");
+        proxy.heal();
+        drop(l);
+        if !applied_before_stall || listing_done {
+            // Not the scenario: let the connection recover before the next attempt.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let exists = get(&other, &key).await.is_some();
+        eprintln!(
+            "write: {r:?}; applied before the stall: {applied_before_stall}; exists: {exists}"
+        );
+        assert!(
+            !(matches!(r, Err(StoreError::Unavailable(_))) && exists),
+            "a write was reported {r:?} (nothing applied) but it was applied: it must be \
+             Indeterminate"
+        );
+        return;
+    }
+    panic!("setup: in 5 attempts the write was never applied while its reply was still queued");
 }
 
 /// PIN (was a finding during this review — liveness, permanent — and fixed concurrently by

@@ -1,7 +1,7 @@
 //! The fault proxy: forwards, blackholes without losing bytes, heals, resets, and cleans up.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use rebalanser_testkit::FaultProxy;
@@ -165,10 +165,17 @@ async fn drop_closes_the_listener_and_every_connection() -> Result<()> {
     );
     let n = tokio::time::timeout(Duration::from_secs(2), client.read(&mut buf)).await?;
     assert!(matches!(n, Ok(0) | Err(_)), "client side still open: {n:?}");
-    assert!(
-        TcpStream::connect(addr).await.is_err(),
-        "listener still accepting after drop"
-    );
+    // The accept task is aborted, not joined: its listener closes when the runtime next
+    // polls it, which may be a moment after the connections were seen closed (CI saw one
+    // connect still accepted).
+    let t = Instant::now();
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "listener still accepting 2 s after drop"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Ok(())
 }
 

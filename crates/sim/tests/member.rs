@@ -1744,8 +1744,8 @@ fn the_accessors_report_the_leases_the_view_and_validity_per_session() {
     assert!(h.member.valid_until(second) > h.now);
 }
 
-/// The member of `h`, after a keepalive sent at `sent` was answered: `valid_until` minus the
-/// time the deadline counts from.
+/// A member with `count_from_previous_keepalive` as given, run for 500 ms: when its keepalives
+/// were sent, its session's `valid_until`, and its config.
 fn deadline_after_keepalives(count_from_previous: bool) -> (Vec<Time>, Time, Config) {
     let mut cfg = member_config("a");
     cfg.count_from_previous_keepalive = count_from_previous;

@@ -396,7 +396,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_counter_keys_are_where_the_parser_reads_them() {
+    fn the_marker_and_counter_keys_are_where_the_parser_reads_them() {
         // The runtime's admin (which keeps the generation across a group's deletion) and the
         // parser must agree on the key.
         let layout = Layout::new(&crate::ids::GroupId::new("g").unwrap());
@@ -407,13 +407,59 @@ mod tests {
             mod_rev: 1,
             owner: None,
         };
+        let (v, _) = parse_view(&layout, &[(layout.generation(), entry(5))]);
+        assert!(!v.exists, "no marker, no group");
+        let marker = Entry {
+            value: encode(&MetaRec { rebalanser: 1 }),
+            ..entry(0)
+        };
         let (v, bad) = parse_view(
             &layout,
-            &[(layout.generation(), entry(5)), (layout.epoch(), entry(9))],
+            &[
+                (layout.meta(), marker),
+                (layout.generation(), entry(5)),
+                (layout.epoch(), entry(9)),
+            ],
         );
         assert!(bad.is_empty(), "{bad:?}");
+        assert!(v.exists, "the marker makes the group exist");
         assert_eq!(v.generation, 5);
         assert_eq!(v.epoch.map(|(e, _)| e), Some(crate::ids::Epoch(9)));
+    }
+
+    /// A set is complete only when every chunk agrees with the first on `n`, `seq`, `epoch`
+    /// and session and the chunks are `0..n` in order; one field off alone tears it.
+    #[test]
+    fn a_chunk_set_is_complete_only_when_every_field_agrees() {
+        let chunk = |i: u32, n: u32, seq: u64, epoch: u64, session: u64, r: &str| ChunkView {
+            key: format!("g/assign/m/{i}"),
+            version: 0,
+            rec: ChunkRec {
+                session: SessionId(session),
+                epoch: Epoch(epoch),
+                seq,
+                i,
+                n,
+                resources: vec![ResourceId::new(r).unwrap()],
+            },
+        };
+        let good = [chunk(0, 2, 7, 3, 1, "a"), chunk(1, 2, 7, 3, 1, "b")];
+        let (s, e, set) = complete_set(&good).expect("a complete set");
+        assert_eq!((s, e), (SessionId(1), Epoch(3)));
+        assert_eq!(set.len(), 2);
+        let torn = [
+            ("index", chunk(0, 2, 7, 3, 1, "b")),
+            ("count", chunk(1, 3, 7, 3, 1, "b")),
+            ("seq", chunk(1, 2, 8, 3, 1, "b")),
+            ("epoch", chunk(1, 2, 7, 4, 1, "b")),
+            ("session", chunk(1, 2, 7, 3, 2, "b")),
+        ];
+        for (field, second) in torn {
+            let set = [good[0].clone(), second];
+            assert_eq!(complete_set(&set), None, "a second chunk with another {field}");
+        }
+        assert_eq!(complete_set(&good[..1]), None, "one chunk of two");
+        assert_eq!(complete_set(&[]), None, "no chunks");
     }
 
     #[test]

@@ -456,7 +456,11 @@ mod tests {
         ];
         for (field, second) in torn {
             let set = [good[0].clone(), second];
-            assert_eq!(complete_set(&set), None, "a second chunk with another {field}");
+            assert_eq!(
+                complete_set(&set),
+                None,
+                "a second chunk with another {field}"
+            );
         }
         assert_eq!(complete_set(&good[..1]), None, "one chunk of two");
         assert_eq!(complete_set(&[]), None, "no chunks");

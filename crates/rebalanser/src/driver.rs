@@ -395,12 +395,18 @@ impl Driver {
             .filter(|(_, t)| t.shared.is_released())
             .map(|(id, _)| *id)
             .collect();
+        if dropped.is_empty() {
+            return;
+        }
+        let mut released = Vec::with_capacity(dropped.len());
         for lease in dropped {
             if let Some(t) = self.tracks.remove(&lease) {
                 debug!(resource = %t.resource, "lease released");
-                self.core.handle_released(now, &t.resource, lease);
+                released.push((t.resource, lease));
             }
         }
+        self.core
+            .handle_released_all(now, released.iter().map(|(r, l)| (r, *l)));
     }
 
     /// Leases revoked longer than `stop_timeout` ago and still not released. Call

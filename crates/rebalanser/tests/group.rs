@@ -163,7 +163,8 @@ async fn events_report_joining_coordinating_granting_and_leaving() {
     let a = m.next_lease().await.expect("lease");
     let b = m.next_lease().await.expect("lease");
     assert_ne!(a.resource(), b.resource());
-    assert!(a.token() != b.token());
+    // Tokens are per resource: claims created in one transaction share a revision, so two
+    // resources' tokens may be equal.
     let st = m.status();
     assert!(
         st.joined && st.coordinator.is_some() && st.leases == 2,

@@ -52,7 +52,11 @@ impl MemoryStore {
         let inner = Arc::new(Inner {
             name: name.to_string(),
             origin: Instant::now(),
-            model: Mutex::new(MemModel::new(cfg)),
+            model: Mutex::new({
+                let mut m = MemModel::new(cfg);
+                m.record_changes();
+                m
+            }),
             changes,
             watches_cut: AtomicBool::new(false),
             reconnects,
@@ -96,13 +100,10 @@ impl MemoryStore {
     fn reap(&self) {
         let now = self.now();
         let mut m = self.lock();
-        let before: Vec<Key> = m.entries().keys().cloned().collect();
-        if !m.expire(now).is_empty() {
-            let gone: Vec<Key> = before
-                .into_iter()
-                .filter(|k| !m.entries().contains_key(k))
-                .collect();
-            drop(m);
+        m.expire(now);
+        let gone = m.take_changes();
+        drop(m);
+        if !gone.is_empty() {
             let _ = self.inner.changes.send(gone);
         }
     }
@@ -117,22 +118,11 @@ impl MemoryStore {
     pub fn apply(&self, op: &StoreOp) -> StoreResult {
         let now = self.now();
         let mut m = self.lock();
-        let rev = m.rev();
-        let keys_before: Vec<Key> = m.entries().keys().cloned().collect();
         let res = m.apply(now, op);
-        if m.rev() != rev {
-            let mut changed: Vec<Key> = keys_before
-                .iter()
-                .filter(|k| !m.entries().contains_key(*k))
-                .cloned()
-                .collect();
-            changed.extend(
-                m.entries()
-                    .iter()
-                    .filter(|(_, e)| e.mod_rev > rev)
-                    .map(|(k, _)| k.clone()),
-            );
-            drop(m);
+        // What this op changed, and what expired on the way: O(what changed).
+        let changed = m.take_changes();
+        drop(m);
+        if !changed.is_empty() {
             let _ = self.inner.changes.send(changed);
         }
         res

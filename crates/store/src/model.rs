@@ -2,7 +2,7 @@
 //! match (the conformance suite runs against it too). No clock: expiry happens at the `now`
 //! the caller passes. The async [`crate::MemoryStore`] and the simulator both drive this.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use rebalanser_core::ids::{SessionId, Time};
@@ -39,12 +39,18 @@ impl Default for ModelConfig {
 }
 
 /// The in-memory store state.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MemModel {
     cfg: ModelConfig,
     rev: u64,
     data: BTreeMap<Key, Entry>,
     sessions: BTreeMap<SessionId, Session>,
+    /// The keys each live session owns, so an expiry costs what the session owned, not the
+    /// size of the store.
+    owned: BTreeMap<SessionId, BTreeSet<Key>>,
+    /// Keys created, changed or deleted since the last [`MemModel::take_changes`], while
+    /// recording (only a store that notifies watchers takes them).
+    changed: Option<Vec<Key>>,
     next_session: u64,
     /// Past states with the revision each reflected, oldest first.
     history: VecDeque<(u64, BTreeMap<Key, Entry>)>,
@@ -63,6 +69,8 @@ impl MemModel {
             rev: 0,
             data: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            owned: BTreeMap::new(),
+            changed: None,
             next_session: 1,
             history: VecDeque::new(),
         }
@@ -75,6 +83,28 @@ impl MemModel {
 
     pub fn entries(&self) -> &BTreeMap<Key, Entry> {
         &self.data
+    }
+
+    /// From now on, remember the keys each write and expiry changes, for
+    /// [`MemModel::take_changes`].
+    pub fn record_changes(&mut self) {
+        self.changed.get_or_insert_with(Vec::new);
+    }
+
+    /// The keys created, changed or deleted since the last call (by writes and expiries), in
+    /// the order it happened, possibly repeated: what a store notifies its watchers of. Empty
+    /// unless [`MemModel::record_changes`] was called.
+    pub fn take_changes(&mut self) -> Vec<Key> {
+        self.changed
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn note_change(&mut self, key: &str) {
+        if let Some(c) = self.changed.as_mut() {
+            c.push(key.to_string());
+        }
     }
 
     pub fn session_alive(&self, s: SessionId) -> bool {
@@ -119,13 +149,20 @@ impl MemModel {
         if self.sessions.remove(&s).is_none() {
             return;
         }
-        let before = self.data.len();
-        let snapshot = self.data.clone();
-        self.data.retain(|_, e| e.owner != Some(s));
-        if self.data.len() != before {
-            self.remember(self.rev, snapshot);
-            self.rev += 1;
+        let keys = self.owned.remove(&s).unwrap_or_default();
+        if keys.is_empty() {
+            return;
         }
+        let snapshot = (self.cfg.history > 0).then(|| self.data.clone());
+        for k in keys {
+            debug_assert_eq!(self.data.get(&k).and_then(|e| e.owner), Some(s));
+            self.data.remove(&k);
+            self.note_change(&k);
+        }
+        if let Some(old) = snapshot {
+            self.remember(self.rev, old);
+        }
+        self.rev += 1;
     }
 
     fn remember(&mut self, rev: u64, old: BTreeMap<Key, Entry>) {
@@ -278,8 +315,12 @@ impl MemModel {
         self.rev += 1;
         let rev = self.rev;
         for w in writes {
+            self.note_change(w.key());
             match w {
                 Write::Create { key, value, owner } => {
+                    if let Some(s) = owner {
+                        self.owned.entry(*s).or_default().insert(key.clone());
+                    }
                     self.data.insert(key.clone(), fresh(value, rev, *owner));
                 }
                 Write::Put { key, value } => match self.data.get_mut(key) {
@@ -293,7 +334,10 @@ impl MemModel {
                     }
                 },
                 Write::Delete { key } => {
-                    self.data.remove(key);
+                    let owner = self.data.remove(key).and_then(|e| e.owner);
+                    if let Some(keys) = owner.and_then(|s| self.owned.get_mut(&s)) {
+                        keys.remove(key);
+                    }
                 }
             }
         }
@@ -301,6 +345,21 @@ impl MemModel {
             self.remember(rev, s);
         }
         Ok(StoreReply::Committed { rev })
+    }
+}
+
+/// The state a reader could observe, and nothing derived from it: the model checker
+/// fingerprints states by this rendering, so the key index and the change log stay out.
+impl std::fmt::Debug for MemModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemModel")
+            .field("cfg", &self.cfg)
+            .field("rev", &self.rev)
+            .field("data", &self.data)
+            .field("sessions", &self.sessions)
+            .field("next_session", &self.next_session)
+            .field("history", &self.history)
+            .finish()
     }
 }
 

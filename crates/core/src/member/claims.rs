@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::Variant;
 use crate::ids::{Epoch, OpId, ResourceId, SessionId, Time, Token};
 use crate::layout::{self, ClaimRec};
-use crate::store::{StoreError, StoreOp, StoreReply, StoreResult, Write};
+use crate::store::{Cond, StoreError, StoreOp, StoreReply, StoreResult, Write};
 
-use super::pending::{get_lin, owned_delete};
+use super::pending::get_lin;
 use super::{Event, Member, Pending, RevokeReason};
 
 /// The resources this member should hold and the claim keys that back them, per resource.
@@ -33,6 +33,9 @@ pub(super) struct Claims {
     pub(super) deleting: BTreeMap<ResourceId, Token>,
     /// Per resource: when a claim operation may be tried again.
     pub(super) gates: BTreeMap<ResourceId, Gate>,
+    /// Claims whose last create was refused as part of a batch: created alone until one
+    /// succeeds, so one contested claim cannot hold back the rest of a batch again and again.
+    pub(super) solo: BTreeSet<ResourceId>,
 }
 
 /// When a claim operation may be tried again.
@@ -103,9 +106,13 @@ impl Member {
             "not suspended within a stop budget of the deadline"
         );
         let desired: Vec<ResourceId> = self.claims.desired.iter().cloned().collect();
+        let mut create = Vec::new();
         for r in desired {
-            self.acquire(now, session, r);
+            if self.acquire(now, session, &r) {
+                create.push(r);
+            }
         }
+        self.create_claims(now, session, create);
     }
 
     /// Step 1: revokes leases that are no longer desired or no longer backed by a proved
@@ -188,8 +195,10 @@ impl Member {
 
     /// Step 3: deletes claims that are not desired, once their lease is released, and
     /// repeats deletes whose outcome was unknown.
+    /// Deletes go in batches within the transaction limits; a repeated delete (its
+    /// outcome was unknown) goes alone, since only its own `Ok` or `Conflict` settles it.
     fn delete_undesired_claims(&mut self, now: Time, session: SessionId) {
-        let mut to_delete: Vec<(ResourceId, Token)> = self
+        let fresh: Vec<(ResourceId, Token)> = self
             .claims
             .proved
             .iter()
@@ -201,121 +210,201 @@ impl Member {
             })
             .map(|(r, t)| (r.clone(), *t))
             .collect();
-        to_delete.extend(
-            self.claims
-                .deleting
-                .iter()
-                .filter(|(r, _)| !self.claims.in_flight.contains_key(*r) && self.gate_open(r, now))
-                .map(|(r, t)| (r.clone(), *t)),
-        );
-        for (r, t) in to_delete {
-            self.delete_claim(session, r, t);
+        let again: Vec<(ResourceId, Token)> = self
+            .claims
+            .deleting
+            .iter()
+            .filter(|(r, _)| !self.claims.in_flight.contains_key(*r) && self.gate_open(r, now))
+            .map(|(r, t)| (r.clone(), *t))
+            .collect();
+        let sized: Vec<_> = fresh
+            .into_iter()
+            .map(|(r, t)| {
+                let size = 2 * self.layout.claim(&r).len();
+                ((r, t), size)
+            })
+            .collect();
+        for batch in self.batches(sized) {
+            self.delete_claims(session, batch);
+        }
+        for item in again {
+            self.delete_claims(session, vec![item]);
         }
     }
 
-    /// L2: deletes the claim instance of `session` created at `t.revision`, and nothing else.
-    fn delete_claim(&mut self, session: SessionId, r: ResourceId, t: Token) {
-        // Paired assertion: a claim is deleted only after its lease was released.
-        debug_assert!(!self.leases.held.contains_key(&r));
-        let key = self.layout.claim(&r);
-        let op = self.send(
-            Pending::ClaimDelete {
+    /// L2: deletes, in one transaction, the claim instance of `session` created at
+    /// `t.revision` for each `(r, t)`, and nothing else: all of them or none.
+    fn delete_claims(&mut self, session: SessionId, items: Vec<(ResourceId, Token)>) {
+        let mut conds = Vec::with_capacity(items.len());
+        let mut writes = Vec::with_capacity(items.len());
+        for (r, t) in &items {
+            // Paired assertion: a claim is deleted only after its lease was released.
+            debug_assert!(!self.leases.held.contains_key(r));
+            let key = self.layout.claim(r);
+            // Guarded by the instance (PITFALLS 12): safe to repeat, and never removes a
+            // later owner's key.
+            conds.push(Cond::Owned {
+                key: key.clone(),
                 session,
-                r: r.clone(),
-                token: t,
-            },
-            owned_delete(key, session, t.revision),
+                create_rev: t.revision,
+            });
+            writes.push(Write::Delete { key });
+        }
+        let rs: Vec<ResourceId> = items.iter().map(|(r, _)| r.clone()).collect();
+        let op = self.send(
+            Pending::ClaimDelete { session, items },
+            StoreOp::Txn { conds, writes },
         );
-        self.claims.in_flight.insert(r, op);
+        for r in rs {
+            self.claims.in_flight.insert(r, op);
+        }
     }
 
-    /// Step 4, for one desired resource: grants it under a proved claim, or claims it when
-    /// no session holds it and nothing about its claim is pending.
-    fn acquire(&mut self, now: Time, session: SessionId, r: ResourceId) {
-        if self.leases.held.contains_key(&r) {
-            // Granted, or an earlier lease is still being stopped (rule 14).
-            return;
-        }
-        if let Some(t) = self.claims.proved.get(&r).copied() {
-            if !self.claims.unresolved.contains(&r) && !self.claims.in_flight.contains_key(&r) {
-                self.grant(now, session, r, t);
+    /// Splits sized items into batches within the transaction limits (`max_txn_writes`
+    /// writes and `max_txn_bytes` bytes each; an oversized item still goes alone), in order.
+    fn batches<T>(&self, items: Vec<(T, usize)>) -> Vec<Vec<T>> {
+        let mut out = Vec::new();
+        let (mut batch, mut bytes) = (Vec::new(), 0);
+        for (item, size) in items {
+            let full =
+                batch.len() >= self.cfg.max_txn_writes || bytes + size > self.cfg.max_txn_bytes;
+            if !batch.is_empty() && full {
+                out.push(std::mem::take(&mut batch));
+                bytes = 0;
             }
-            return;
+            bytes += size;
+            batch.push(item);
+        }
+        if !batch.is_empty() {
+            out.push(batch);
+        }
+        out
+    }
+
+    /// Step 4, for one desired resource: grants it under a proved claim; true when it must
+    /// be claimed (no session holds it and nothing about its claim is pending).
+    fn acquire(&mut self, now: Time, session: SessionId, r: &ResourceId) -> bool {
+        if self.leases.held.contains_key(r) {
+            // Granted, or an earlier lease is still being stopped (rule 14).
+            return false;
+        }
+        if let Some(t) = self.claims.proved.get(r).copied() {
+            if !self.claims.unresolved.contains(r) && !self.claims.in_flight.contains_key(r) {
+                self.grant(now, session, r.clone(), t);
+            }
+            return false;
         }
         if self.cfg.variant == Variant::GrantBeforeClaim {
             let t = self
                 .view
                 .group
                 .claims
-                .get(&r)
+                .get(r)
                 .map(|c| self.token(c.create_rev));
             self.grant(now, session, r.clone(), t.unwrap_or_default());
         }
-        if self.claims.in_flight.contains_key(&r)
-            || self.claims.unresolved.contains(&r)
-            || self.claims.deleting.contains_key(&r)
+        if self.claims.in_flight.contains_key(r)
+            || self.claims.unresolved.contains(r)
+            || self.claims.deleting.contains_key(r)
         {
-            return;
-        }
-        if !self.gate_open(&r, now) {
-            return;
+            return false;
         }
         // Held by another session: wait for its owner to release it or expire.
-        if !self.view.group.claims.contains_key(&r) {
-            self.create_claim(now, session, r);
+        self.gate_open(r, now) && !self.view.group.claims.contains_key(r)
+    }
+
+    /// L1: creates the claims of `rs` for `session` (create-if-absent, never rewritten), in
+    /// batches within the transaction limits; a claim refused in a batch goes alone.
+    fn create_claims(&mut self, now: Time, session: SessionId, rs: Vec<ResourceId>) {
+        if rs.is_empty() {
+            return;
+        }
+        let desired = &self.claims.desired;
+        self.claims.solo.retain(|r| desired.contains(r));
+        let value = layout::encode(&ClaimRec {
+            member: self.cfg.name.clone(),
+        });
+        let (alone, together): (Vec<_>, Vec<_>) =
+            rs.into_iter().partition(|r| self.claims.solo.contains(r));
+        let sized: Vec<_> = together
+            .into_iter()
+            .map(|r| {
+                let size = self.layout.claim(&r).len() + value.len();
+                (r, size)
+            })
+            .collect();
+        for batch in self.batches(sized) {
+            self.send_creates(now, session, batch, &value);
+        }
+        for r in alone {
+            self.send_creates(now, session, vec![r], &value);
         }
     }
 
-    /// L1: creates the claim of `r` for `session` (create-if-absent, never rewritten).
-    fn create_claim(&mut self, now: Time, session: SessionId, r: ResourceId) {
-        self.claims.gates.remove(&r);
-        let key = self.layout.claim(&r);
-        let rec = ClaimRec {
-            member: self.cfg.name.clone(),
-        };
+    /// One transaction creating the claims of `rs`: all of them or none.
+    fn send_creates(&mut self, now: Time, session: SessionId, rs: Vec<ResourceId>, value: &[u8]) {
+        let writes = rs
+            .iter()
+            .map(|r| Write::Create {
+                key: self.layout.claim(r),
+                value: value.to_vec(),
+                owner: Some(session),
+            })
+            .collect();
         let op = self.send(
             Pending::ClaimCreate {
                 session,
-                r: r.clone(),
+                rs: rs.clone(),
             },
             StoreOp::Txn {
                 conds: vec![],
-                writes: vec![Write::Create {
-                    key,
-                    value: layout::encode(&rec),
-                    owner: Some(session),
-                }],
+                writes,
             },
         );
-        self.claims.in_flight.insert(r.clone(), op);
-        if self.cfg.variant == Variant::GrantOnClaimSent {
-            // Test-only mutation: grant before the create's reply, with a guessed token.
-            let t = self.token(self.view.rev.map_or(1, |rev| rev + 1));
-            self.grant(now, session, r, t);
+        for r in rs {
+            self.claims.gates.remove(&r);
+            self.claims.in_flight.insert(r.clone(), op);
+            if self.cfg.variant == Variant::GrantOnClaimSent {
+                // Test-only mutation: grant before the create's reply, with a guessed token
+                // (the last revision seen: always older than the claim, as the model's
+                // token check must find).
+                let t = self.token(self.view.rev.unwrap_or(0));
+                self.grant(now, session, r, t);
+            }
         }
     }
 
-    /// The reply to a claim's `Create`: proved ours on success (L1); an unknown outcome is
-    /// settled by a read; otherwise the claim is tried again after its gate.
+    /// The reply to a batch of claim `Create`s: all proved ours on success (L1); an unknown
+    /// outcome is settled by a read of each; otherwise each is tried again after its gate,
+    /// alone if the batch was refused (which of its claims was taken is unknown).
     pub(super) fn on_claim_create(
         &mut self,
         now: Time,
         session: SessionId,
-        r: ResourceId,
+        rs: Vec<ResourceId>,
         res: StoreResult,
     ) {
-        self.claims.in_flight.remove(&r);
+        for r in &rs {
+            self.claims.in_flight.remove(r);
+        }
         match res {
             Ok(StoreReply::Committed { rev }) => {
-                self.claims.proved.insert(r, self.token(rev));
+                for r in rs {
+                    self.claims.solo.remove(&r);
+                    self.claims.proved.insert(r, self.token(rev));
+                }
             }
             Err(StoreError::Indeterminate(_)) => {
                 // PITFALLS 11: settled by a linearizable read before anything else.
-                self.claims.unresolved.insert(r.clone());
-                self.verify_claim(session, r);
+                for r in rs {
+                    self.claims.unresolved.insert(r.clone());
+                    self.verify_claim(session, r);
+                }
             }
             Err(StoreError::Unavailable(_)) | Ok(_) => {
-                self.gate(r, now + self.cfg.retry_delay, false);
+                for r in rs {
+                    self.gate(r, now + self.cfg.retry_delay, false);
+                }
             }
             Err(e) => {
                 if !matches!(e, StoreError::Conflict(_)) {
@@ -324,7 +413,13 @@ impl Member {
                         error: e,
                     });
                 }
-                self.gate(r, now + self.cfg.retry_delay, true);
+                let batch = rs.len() > 1;
+                for r in rs {
+                    if batch {
+                        self.claims.solo.insert(r.clone());
+                    }
+                    self.gate(r, now + self.cfg.retry_delay, true);
+                }
                 self.view.dirty = true;
             }
         }
@@ -368,22 +463,28 @@ impl Member {
         }
     }
 
-    /// The reply to a claim's guarded delete.
+    /// The reply to a batch of guarded deletes. `Ok` settles all; `Conflict` settles a lone
+    /// delete (the instance is gone), but of a batch it says only that one instance did not
+    /// match: each is then deleted again alone, as an instance whose fate is unknown.
     pub(super) fn on_claim_delete(
         &mut self,
         now: Time,
-        r: ResourceId,
-        token: Token,
+        items: Vec<(ResourceId, Token)>,
         result: StoreResult,
     ) {
-        self.claims.in_flight.remove(&r);
-        match result {
-            Ok(_) | Err(StoreError::Conflict(_)) => {
-                self.claims.proved.remove(&r);
+        for (r, _) in &items {
+            self.claims.in_flight.remove(r);
+        }
+        let settled = match &result {
+            Ok(_) => true,
+            Err(StoreError::Conflict(_)) => items.len() == 1,
+            Err(_) => false,
+        };
+        for (r, token) in items {
+            self.claims.proved.remove(&r);
+            if settled {
                 self.claims.deleting.remove(&r);
-            }
-            Err(_) => {
-                self.claims.proved.remove(&r);
+            } else {
                 self.claims.deleting.insert(r.clone(), token);
                 self.gate(r, now + self.cfg.retry_delay, false);
             }

@@ -6,11 +6,11 @@
 //!
 //! The safety argument, and where each leg lives:
 //! - L1 a claim has one owner session: claims are `Create`d (create-if-absent), never
-//!   rewritten (`claims.rs`, `create_claim`).
+//!   rewritten (`claims.rs`, `send_creates`; a batch is all or nothing).
 //! - L2 a claim of S vanishes only by S's delete after release, or S's expiry: the claim
-//!   delete (`claims.rs`, `delete_undesired_claims` / `delete_claim`, step 3 of
+//!   delete (`claims.rs`, `delete_undesired_claims` / `delete_claims`, step 3 of
 //!   `reconcile_claims`, after step 1 revoked) runs only when no lease on the resource is
-//!   outstanding, guarded by `Cond::Owned` (`pending::owned_delete`).
+//!   outstanding, each guarded by `Cond::Owned` on its instance.
 //! - L3 the store expires S only after S's local deadline: `session.rs`, `prove_deadline`
 //!   computes the deadline from the *send* time of a successful keepalive and the smallest
 //!   TTL granted; `session_upkeep` revokes a stop budget before it.
@@ -162,6 +162,19 @@ impl Member {
     /// The application stopped using `lease`.
     pub fn handle_released(&mut self, now: Time, resource: &ResourceId, lease: LeaseId) {
         self.release(now, resource, lease);
+        self.step(now);
+    }
+
+    /// The application stopped using each of these leases, all by `now`: one pass for all, so
+    /// their claims are deleted together (a pass per lease costs the size of the group each).
+    pub fn handle_released_all<'a>(
+        &mut self,
+        now: Time,
+        leases: impl IntoIterator<Item = (&'a ResourceId, LeaseId)>,
+    ) {
+        for (resource, lease) in leases {
+            self.release(now, resource, lease);
+        }
         self.step(now);
     }
 

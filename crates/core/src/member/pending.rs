@@ -71,18 +71,19 @@ pub(super) enum Pending {
     Drain {
         session: SessionId,
     },
+    /// One transaction creating these claims.
     ClaimCreate {
         session: SessionId,
-        r: ResourceId,
+        rs: Vec<ResourceId>,
     },
     ClaimVerify {
         session: SessionId,
         r: ResourceId,
     },
+    /// One transaction deleting these claim instances.
     ClaimDelete {
         session: SessionId,
-        r: ResourceId,
-        token: Token,
+        items: Vec<(ResourceId, Token)>,
     },
     Elect {
         session: SessionId,
@@ -145,9 +146,9 @@ impl Member {
             Pending::Register { session } => self.on_register(now, session, result),
             Pending::RegisterVerify { session } => self.on_register_verify(now, session, result),
             Pending::Drain { session } => self.on_drain(now, session, result),
-            Pending::ClaimCreate { session, r } => self.on_claim_create(now, session, r, result),
+            Pending::ClaimCreate { session, rs } => self.on_claim_create(now, session, rs, result),
             Pending::ClaimVerify { session, r } => self.on_claim_verify(now, session, r, result),
-            Pending::ClaimDelete { r, token, .. } => self.on_claim_delete(now, r, token, result),
+            Pending::ClaimDelete { items, .. } => self.on_claim_delete(now, items, result),
             Pending::Elect { session, epoch } => self.on_elect(session, epoch, result),
             Pending::ElectVerify { session } => self.on_elect_verify(session, result),
             Pending::Rebalance {

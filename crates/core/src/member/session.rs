@@ -344,6 +344,7 @@ impl Member {
         self.claims.in_flight.clear();
         self.claims.deleting.clear();
         self.claims.gates.clear();
+        self.claims.solo.clear();
         self.step_down();
         self.election.op = None;
         if let Some(l) = self.leaving.as_mut() {

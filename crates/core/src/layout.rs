@@ -225,6 +225,11 @@ pub struct View {
     pub resources: BTreeSet<ResourceId>,
     pub assign: BTreeMap<MemberId, Vec<ChunkView>>,
     pub claims: BTreeMap<ResourceId, ClaimView>,
+    /// What a rebalance plan reads, in brief: the number of keys under `members/`,
+    /// `draining/`, `resources/` and `assign/`, and the largest revision that wrote one. Any
+    /// create or update raises the revision and a delete alone lowers the count, so two views
+    /// with the same signature plan alike (the coordinator plans once per signature).
+    pub plan_input: (usize, u64),
 }
 
 impl View {
@@ -286,6 +291,10 @@ pub fn parse_view(layout: &Layout, entries: &[(Key, Entry)]) -> (View, Vec<BadDa
         let a = parts.next();
         let b = parts.next();
         let extra = parts.next().is_some();
+        if matches!(kind, "members" | "draining" | "resources" | "assign") {
+            v.plan_input.0 += 1;
+            v.plan_input.1 = v.plan_input.1.max(e.mod_rev);
+        }
         let mut fail = |reason| {
             bad.push(BadData {
                 key: key.clone(),

@@ -521,13 +521,30 @@ async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::Unbounde
         match input {
             Input::Cmd(cmd) => d.on_cmd(now, cmd),
             Input::Reply(id, res) => {
-                match &res {
-                    Ok(_) => debug!(id = id.0, "store op done"),
-                    Err(e) => debug!(id = id.0, error = %e, "store op failed"),
+                // Every other reply already there goes into the same pass.
+                let mut replies = vec![(id, res)];
+                while let Some(Some(more)) = in_flight.next().now_or_never() {
+                    replies.push(more);
                 }
-                d.core.handle_reply(now, id, res);
+                for (id, res) in &replies {
+                    match res {
+                        Ok(_) => debug!(id = id.0, "store op done"),
+                        Err(e) => debug!(id = id.0, error = %e, "store op failed"),
+                    }
+                }
+                d.core.handle_replies(now, replies);
             }
-            Input::Notify { ended } => {
+            Input::Notify { mut ended } => {
+                // Notifications already queued say nothing the one re-read will not show:
+                // take them all now (one re-read each made a burst of writes cost a listing
+                // of the group per write).
+                while !ended {
+                    match watch.as_mut().map(|w| w.next().now_or_never()) {
+                        Some(Some(Some(_))) => {}
+                        Some(Some(None)) => ended = true,
+                        _ => break,
+                    }
+                }
                 if ended {
                     // The watch broke: re-arm after a pause, then re-read (Store contract).
                     debug!(store = %store_name, "watch ended; re-arming");

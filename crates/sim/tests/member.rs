@@ -2005,3 +2005,31 @@ fn released_claims_are_deleted_in_one_transaction_and_a_refused_batch_claim_by_c
     assert_eq!(alone, ["q1", "q2", "q3"], "each again alone: {deletes:?}");
     assert_eq!(left, 0);
 }
+
+#[test]
+fn replies_that_arrive_together_are_handled_in_one_pass() {
+    // The runtime hands every reply already there to the core at once (one pass, not one per
+    // reply). Each still counts: three separate creates answered together, three grants, and
+    // no claim is re-proved (a claim of ours seen while its create is in flight is left to
+    // that create's reply).
+    let mut cfg = member_config("a");
+    cfg.max_txn_writes = 1;
+    let mut h = Harness::with_config(&["q1", "q2", "q3"], cfg);
+    h.run_for(ms(500), &mut only(is_claim_create, Fate::Held));
+    assert_eq!(h.held.len(), 3, "{}", h.log.join("\n"));
+    let replies: Vec<(OpId, StoreResult)> = std::mem::take(&mut h.held)
+        .into_iter()
+        .map(|(id, op)| (id, h.model.apply(h.now, &op)))
+        .collect();
+    h.notify();
+    h.member.handle_replies(h.now, replies);
+    h.drain_events();
+    h.pump(&mut |_| Fate::Normal);
+    assert_eq!(h.grants().len(), 3, "{}", h.log.join("\n"));
+    let verifies = h
+        .ops
+        .iter()
+        .filter(|op| matches!(op, StoreOp::Get { key, .. } if key.contains("/claims/")))
+        .count();
+    assert_eq!(verifies, 0, "{}", h.log.join("\n"));
+}

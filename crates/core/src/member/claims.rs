@@ -11,6 +11,7 @@ use crate::ids::{Epoch, OpId, ResourceId, SessionId, Time, Token};
 use crate::layout::{self, ClaimRec};
 use crate::store::{Cond, StoreError, StoreOp, StoreReply, StoreResult, Write};
 
+use super::memo::{Memo, Unseen};
 use super::pending::get_lin;
 use super::{Event, Member, Pending, RevokeReason};
 
@@ -36,7 +37,20 @@ pub(super) struct Claims {
     /// Claims whose last create was refused as part of a batch: created alone until one
     /// succeeds, so one contested claim cannot hold back the rest of a batch again and again.
     pub(super) solo: BTreeSet<ResourceId>,
+    /// The (view, session) `desired` was last derived from: derived once per view.
+    pub(super) desired_from: Memo<(u64, SessionId), ()>,
+    /// Resources whose claim or lease state changed since the last reconcile pass. Between
+    /// full passes the pass looks at these only, so a reply costs what it changed, not the
+    /// size of the group (issue 10). Invisible to `Debug` (the model's fingerprint) because a
+    /// pass over them does exactly what a full pass would: checked in debug builds.
+    pub(super) dirty: Unseen<BTreeSet<ResourceId>>,
+    /// What the last full pass ran for: everything a pass reads that is not per resource.
+    pub(super) full_for: Memo<FullPassKey, ()>,
 }
+
+/// (view sequence, session, suspended, leaving, leave timed out): when any changes, the next
+/// reconcile pass looks at every resource.
+pub(super) type FullPassKey = (u64, SessionId, bool, bool, bool);
 
 /// When a claim operation may be tried again.
 #[derive(Debug, Clone, Copy)]
@@ -65,6 +79,11 @@ impl Member {
             self.claims.desired.clear();
             return;
         }
+        let from = (self.view.seq, session);
+        if self.claims.desired_from.holds(&from) {
+            return;
+        }
+        self.claims.desired_from.set(from, ());
         match self.view.group.assign.get(&self.cfg.name) {
             None => self.claims.desired.clear(),
             Some(chunks) => match layout::complete_set(chunks) {
@@ -91,12 +110,81 @@ impl Member {
         else {
             return;
         };
-        self.revoke_unbacked(session);
-        self.prove_unknown_claims(now, session);
-        self.delete_undesired_claims(now, session);
-        // 4. Acquire desired resources (claim, then grant). Not while suspended: suspension
-        // begins at the deadline minus the stop budget (`session_upkeep`, earlier in this
-        // step), so a session that is not suspended leaves a whole stop budget to any lease
+        self.open_due_gates(now);
+        let key = (
+            self.view.seq,
+            session,
+            suspended,
+            self.leaving.is_some(),
+            self.leaving.as_ref().is_some_and(|l| now >= l.deadline),
+        );
+        let dirty = std::mem::take(&mut *self.claims.dirty);
+        let only = if self.claims.full_for.holds(&key) {
+            Some(dirty)
+        } else {
+            self.claims.full_for.set(key, ());
+            None
+        };
+        let only = only.as_ref();
+        self.revoke_unbacked(session, only);
+        self.prove_unknown_claims(now, session, only);
+        self.delete_undesired_claims(now, session, only);
+        self.acquire_desired(now, session, deadline, suspended, only);
+        if only.is_some() {
+            self.check_partial_pass(now);
+        }
+    }
+
+    /// Marks `r` for the next reconcile pass.
+    pub(super) fn touch(&mut self, r: &ResourceId) {
+        self.claims.dirty.insert(r.clone());
+    }
+
+    /// Gates that opened by time since the last pass: their resources are looked at again,
+    /// and the gates dropped (an open gate and no gate mean the same).
+    fn open_due_gates(&mut self, now: Time) {
+        let view = self.view.seq;
+        let open: Vec<ResourceId> = self
+            .claims
+            .gates
+            .iter()
+            .filter(|(_, g)| now >= g.at && g.after_view.is_none_or(|v| view > v))
+            .map(|(r, _)| r.clone())
+            .collect();
+        for r in open {
+            self.claims.gates.remove(&r);
+            self.touch(&r);
+        }
+    }
+
+    /// Debug builds: after a pass over the changed resources only, a full pass must find
+    /// nothing more to do (else a change was not marked, and a resource would wait for the
+    /// next view). Small groups only: it repeats the pass on a copy.
+    fn check_partial_pass(&self, now: Time) {
+        if !cfg!(debug_assertions) || self.claims.desired.len() + self.leases.held.len() > 64 {
+            return;
+        }
+        let mut full = self.clone();
+        full.claims.full_for = Memo::default();
+        let (ops, events) = (full.ops.queued(), full.events.len());
+        full.reconcile_claims(now);
+        debug_assert!(
+            full.ops.queued() == ops && full.events.len() == events,
+            "a full reconcile pass found more to do than the pass over the changed resources"
+        );
+    }
+
+    /// Step 4. Acquire desired resources (claim, then grant).
+    fn acquire_desired(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        deadline: Time,
+        suspended: bool,
+        only: Option<&BTreeSet<ResourceId>>,
+    ) {
+        // Not while suspended: suspension begins at the deadline minus the stop budget
+        // (`session_upkeep`, earlier in this step), so a session that is not suspended leaves a whole stop budget to any lease
         // granted now. (A second check of that room was redundant: its mutants survived.)
         if suspended {
             return;
@@ -105,7 +193,14 @@ impl Member {
             now < deadline - self.cfg.stop_timeout || self.cfg.variant == Variant::IgnoreDeadline,
             "not suspended within a stop budget of the deadline"
         );
-        let desired: Vec<ResourceId> = self.claims.desired.iter().cloned().collect();
+        let desired: Vec<ResourceId> = match only {
+            None => self.claims.desired.iter().cloned().collect(),
+            Some(only) => only
+                .iter()
+                .filter(|r| self.claims.desired.contains(*r))
+                .cloned()
+                .collect(),
+        };
         let mut create = Vec::new();
         for r in desired {
             if self.acquire(now, session, &r) {
@@ -117,12 +212,13 @@ impl Member {
 
     /// Step 1: revokes leases that are no longer desired or no longer backed by a proved
     /// claim of the current session.
-    fn revoke_unbacked(&mut self, session: SessionId) {
+    fn revoke_unbacked(&mut self, session: SessionId, only: Option<&BTreeSet<ResourceId>>) {
         let leaving = self.leaving.is_some();
         let revoke: Vec<(ResourceId, RevokeReason)> = self
             .leases
             .held
             .iter()
+            .filter(|(r, _)| only.is_none_or(|o| o.contains(*r)))
             .filter(|(_, l)| !l.revoked)
             .filter_map(|(r, l)| {
                 let reason = self.revoke_reason(r, l.session, session, leaving)?;
@@ -171,21 +267,40 @@ impl Member {
     /// Step 2: claims of this session the member does not track yet are unresolved (they may
     /// come from an Indeterminate create that was applied, PITFALLS 24); every unresolved
     /// claim is settled by a linearizable read.
-    fn prove_unknown_claims(&mut self, now: Time, session: SessionId) {
-        let mine: Vec<ResourceId> = self
-            .view
-            .group
-            .claims
-            .iter()
-            .filter(|(r, c)| {
-                c.session == session
-                    && !self.claims.proved.contains_key(*r)
-                    && !self.claims.deleting.contains_key(*r)
-            })
-            .map(|(r, _)| r.clone())
-            .collect();
+    /// A claim whose create is in flight is left to that create's reply.
+    fn prove_unknown_claims(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        only: Option<&BTreeSet<ResourceId>>,
+    ) {
+        let unknown = |r: &ResourceId, c: &layout::ClaimView| {
+            c.session == session
+                && !self.claims.proved.contains_key(r)
+                && !self.claims.deleting.contains_key(r)
+                && !self.claims.in_flight.contains_key(r)
+        };
+        let claims = &self.view.group.claims;
+        let mine: Vec<ResourceId> = match only {
+            None => claims
+                .iter()
+                .filter(|(r, c)| unknown(r, c))
+                .map(|(r, _)| r.clone())
+                .collect(),
+            Some(only) => only
+                .iter()
+                .filter(|r| claims.get(*r).is_some_and(|c| unknown(r, c)))
+                .cloned()
+                .collect(),
+        };
         self.claims.unresolved.extend(mine);
-        let unresolved: Vec<ResourceId> = self.claims.unresolved.iter().cloned().collect();
+        let unresolved: Vec<ResourceId> = self
+            .claims
+            .unresolved
+            .iter()
+            .filter(|r| only.is_none_or(|o| o.contains(*r)))
+            .cloned()
+            .collect();
         for r in unresolved {
             if !self.claims.in_flight.contains_key(&r) && self.gate_open(&r, now) {
                 self.verify_claim(session, r);
@@ -197,13 +312,19 @@ impl Member {
     /// repeats deletes whose outcome was unknown.
     /// Deletes go in batches within the transaction limits; a repeated delete (its
     /// outcome was unknown) goes alone, since only its own `Ok` or `Conflict` settles it.
-    fn delete_undesired_claims(&mut self, now: Time, session: SessionId) {
+    fn delete_undesired_claims(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        only: Option<&BTreeSet<ResourceId>>,
+    ) {
         let fresh: Vec<(ResourceId, Token)> = self
             .claims
             .proved
             .iter()
             .filter(|(r, _)| {
-                !self.claims.desired.contains(*r)
+                only.is_none_or(|o| o.contains(*r))
+                    && !self.claims.desired.contains(*r)
                     && !self.leases.held.contains_key(*r)
                     && !self.claims.in_flight.contains_key(*r)
                     && !self.claims.unresolved.contains(*r)
@@ -214,7 +335,11 @@ impl Member {
             .claims
             .deleting
             .iter()
-            .filter(|(r, _)| !self.claims.in_flight.contains_key(*r) && self.gate_open(r, now))
+            .filter(|(r, _)| {
+                only.is_none_or(|o| o.contains(*r))
+                    && !self.claims.in_flight.contains_key(*r)
+                    && self.gate_open(r, now)
+            })
             .map(|(r, t)| (r.clone(), *t))
             .collect();
         let sized: Vec<_> = fresh
@@ -386,6 +511,7 @@ impl Member {
     ) {
         for r in &rs {
             self.claims.in_flight.remove(r);
+            self.touch(r);
         }
         match res {
             Ok(StoreReply::Committed { rev }) => {
@@ -435,6 +561,7 @@ impl Member {
         res: StoreResult,
     ) {
         self.claims.in_flight.remove(&r);
+        self.touch(&r);
         match res {
             Ok(StoreReply::Got(entry)) => {
                 self.claims.unresolved.remove(&r);
@@ -474,6 +601,7 @@ impl Member {
     ) {
         for (r, _) in &items {
             self.claims.in_flight.remove(r);
+            self.touch(r);
         }
         let settled = match &result {
             Ok(_) => true,

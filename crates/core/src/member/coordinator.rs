@@ -8,6 +8,7 @@ use crate::ids::{Epoch, OpId, SessionId, Time};
 use crate::layout::{self, CounterRec, LeaderRec};
 use crate::store::{Cond, StoreError, StoreOp, StoreReply, StoreResult, Write};
 
+use super::memo::Memo;
 use super::pending::{get_lin, owned_delete};
 use super::plan::Plan;
 use super::{Event, Member, Pending};
@@ -26,6 +27,13 @@ pub(super) struct Coordinator {
     pub(super) seq: u64,
     /// `Variant::DebounceRebalance` only: the view that last restarted the wait.
     pub(super) debounce_view: Option<u64>,
+    /// The plan of `(View::plan_input, epoch, seq)`: planning runs the assignor over the
+    /// whole group, so it runs when what it reads changed, not once per input or per view
+    /// (most views differ only in claims; issue 10). Two different states could share a
+    /// signature only if revisions were reused (a store restored in place); even then a stale
+    /// plan costs balance, not safety: claims, not assignments, make access exclusive, and the
+    /// chunks it rewrites are guarded by the versions it read.
+    pub(super) planned: Memo<((usize, u64), Epoch, u64), Option<Plan>>,
 }
 
 /// The election slot: at most one election, verification or resignation in flight, and when
@@ -82,8 +90,12 @@ impl Member {
             self.wait_for_newer_view();
             return;
         };
-        let Some(plan) = self.plan(epoch, seq + 1) else {
+        let key = (self.view.group.plan_input, epoch, seq);
+        let planned = self.coord.as_mut().and_then(|c| c.planned.take(&key));
+        let plan = planned.unwrap_or_else(|| self.plan(epoch, seq + 1));
+        let Some(plan) = plan else {
             if let Some(c) = self.coord.as_mut() {
+                c.planned.set(key, None);
                 c.rebalance_at = None;
                 // A fresh view with nothing to write: earlier failures were races, not a
                 // wedge (PITFALLS 23 counts only failures in a row).
@@ -92,6 +104,9 @@ impl Member {
             return;
         };
         if self.rate_limited(now) {
+            if let Some(c) = self.coord.as_mut() {
+                c.planned.set(key, Some(plan));
+            }
             return;
         }
         self.send_rebalance(now, session, epoch_version, plan);
@@ -309,6 +324,7 @@ impl Member {
             failures: 0,
             seq: 0,
             debounce_view: None,
+            planned: Memo::default(),
         });
         self.view.dirty = true;
         self.events.push_back(Event::BecameCoordinator { epoch });

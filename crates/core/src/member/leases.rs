@@ -70,6 +70,7 @@ impl Member {
             return;
         }
         self.leases.held.remove(resource);
+        self.touch(resource);
         if self.leases.held.is_empty() {
             if let Some(s) = self
                 .session

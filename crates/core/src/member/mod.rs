@@ -28,6 +28,7 @@ mod claims;
 mod coordinator;
 mod events;
 mod leases;
+mod memo;
 mod pending;
 mod plan;
 mod registration;
@@ -182,25 +183,46 @@ impl Member {
     /// one reply per operation; an operation that timed out is `Indeterminate` (writes) or
     /// `Unavailable` (reads).
     pub fn handle_reply(&mut self, now: Time, op: OpId, result: StoreResult) {
+        if self.take_reply(now, op, result) {
+            self.step(now);
+        }
+    }
+
+    /// Replies that arrived together, all by `now`, in the order given: one pass for all (a
+    /// pass per reply costs the size of the group each).
+    pub fn handle_replies(
+        &mut self,
+        now: Time,
+        replies: impl IntoIterator<Item = (OpId, StoreResult)>,
+    ) {
+        let mut any = false;
+        for (op, result) in replies {
+            any |= self.take_reply(now, op, result);
+        }
+        if any {
+            self.step(now);
+        }
+    }
+
+    /// Hands a reply to the concern that sent the operation; false for an unknown `op`.
+    fn take_reply(&mut self, now: Time, op: OpId, result: StoreResult) -> bool {
         let Some(p) = self.ops.pending.remove(&op) else {
-            return;
+            return false;
         };
         let current = self.session.id();
         if let Some(s) = p.session() {
             if Some(s) != current {
                 // Operations die with their session (DESIGN §8 rule 5): a reply for an old
                 // session changes nothing, except that a keepalive slot is no longer busy.
-                self.step(now);
-                return;
+                return true;
             }
         }
         if matches!(result, Err(StoreError::SessionExpired)) && p.session().is_some() {
             self.lose_session();
-            self.step(now);
-            return;
+            return true;
         }
         self.on_reply(now, op, p, result);
-        self.step(now);
+        true
     }
 
     // ----- outputs ------------------------------------------------------------------------

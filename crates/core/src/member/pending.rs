@@ -36,6 +36,11 @@ impl Ops {
         self.queue.pop_front()
     }
 
+    /// How many operations wait for the driver.
+    pub(super) fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     /// A `CloseSession` is awaiting its reply.
     pub(super) fn closing(&self) -> bool {
         self.pending

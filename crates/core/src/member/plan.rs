@@ -183,6 +183,7 @@ struct WriteGroup {
     age: (Epoch, u64),
 }
 
+#[derive(Clone)]
 pub(super) struct Plan {
     pub(super) partial: bool,
     pub(super) conds: Vec<Cond>,

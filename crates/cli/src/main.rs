@@ -4,6 +4,7 @@
 //! chaos test).
 
 mod admin_cmds;
+mod bench;
 mod chaos;
 mod demo;
 mod logging;
@@ -44,6 +45,11 @@ enum Cmd {
     Member(member_run::MemberArgs),
     /// The zero-setup demo: a group of member processes on the embedded store in a temp dir.
     Demo(demo::DemoArgs),
+    /// Measure how fast a group becomes stable after a change (start, join, leave, crash),
+    /// what moved and what it cost the store; members in this process on memory://.
+    ///
+    /// Example: rebalanser bench --members 10 --resources 10000 --reps 3
+    Bench(bench::BenchArgs),
     /// Run the deterministic simulator: the real protocol core on the in-memory store model,
     /// with virtual time and seeded faults. Exits non-zero if any invariant was violated.
     ///
@@ -276,8 +282,9 @@ fn main() -> ExitCode {
     };
     // `sim` prints its own report; `chaos-member` sets up its own logging.
     if !matches!(cli.cmd, Cmd::Sim(_) | Cmd::ChaosMember(_)) {
-        // The demo speaks for itself on stdout; its store's log lines would only interleave.
-        let default = if matches!(cli.cmd, Cmd::Demo(_)) {
+        // The demo and the bench speak for themselves on stdout; their members' log lines
+        // would only interleave.
+        let default = if matches!(cli.cmd, Cmd::Demo(_) | Cmd::Bench(_)) {
             "warn"
         } else {
             "info,zookeeper_client=warn"
@@ -293,5 +300,6 @@ fn main() -> ExitCode {
         Cmd::Member(a) => member_run::member(a, cli.log_format),
         Cmd::Guard(a) => member_run::guard(a),
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Bench(a) => bench::run(a),
     }
 }

@@ -47,8 +47,9 @@ pub fn key_error(key: &str) -> Option<String> {
 /// `Config::max_txn_bytes`, stays below it.
 pub const MAX_TXN_BYTES: usize = 896 * 1024;
 
-/// Why a transaction is too large, if it is.
-pub fn txn_size_error(conds: &[Cond], writes: &[Write]) -> Option<String> {
+/// The size of a transaction as the limits count it: the keys of its conditions, the keys
+/// and values of its writes.
+pub fn txn_bytes(conds: &[Cond], writes: &[Write]) -> usize {
     let cond_bytes: usize = conds
         .iter()
         .map(|c| match c {
@@ -62,7 +63,12 @@ pub fn txn_size_error(conds: &[Cond], writes: &[Write]) -> Option<String> {
             Write::Delete { key } => key.len(),
         })
         .sum();
-    let total = cond_bytes + write_bytes;
+    cond_bytes + write_bytes
+}
+
+/// Why a transaction is too large, if it is.
+pub fn txn_size_error(conds: &[Cond], writes: &[Write]) -> Option<String> {
+    let total = txn_bytes(conds, writes);
     (total > MAX_TXN_BYTES)
         .then(|| format!("transaction of {total} bytes of keys and values (limit {MAX_TXN_BYTES})"))
 }

@@ -100,7 +100,9 @@ pub use lease::{Lease, LeaseChecker};
 pub use url::open_store;
 
 pub use rebalanser_core::store::StoreError;
-pub use rebalanser_core::store::{Cond, Entry, Key, StoreOp, StoreReply, StoreResult, Write};
+pub use rebalanser_core::store::{
+    txn_bytes, Cond, Entry, Key, StoreOp, StoreReply, StoreResult, Write,
+};
 pub use rebalanser_core::{
     ConfigError, Epoch, GroupId, IdError, MemberId, ResourceId, RevokeReason, SessionId, Time,
     Token,

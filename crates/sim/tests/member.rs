@@ -2033,3 +2033,34 @@ fn replies_that_arrive_together_are_handled_in_one_pass() {
         .count();
     assert_eq!(verifies, 0, "{}", h.log.join("\n"));
 }
+
+#[test]
+fn a_view_read_before_our_delete_does_not_send_the_claim_to_be_proved_again() {
+    // The listing was read while q2's claim still stood; our delete of it was answered before
+    // the listing: that instance is known gone, so seeing it is no reason to read it again
+    // (a read per moved resource before).
+    let mut h = Harness::new(&["q1", "q2"]);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    assert_eq!(h.grants().len(), 2);
+    let q2 = ResourceId::new("q2").unwrap();
+    let res = h
+        .model
+        .apply(h.now, &admin::remove_resources(&h.layout, &[q2]));
+    assert!(res.is_ok(), "{res:?}");
+    h.notify();
+    h.run_for(ms(100), &mut |_| Fate::Normal);
+    assert_eq!(h.revokes(), 1, "{}", h.log.join("\n"));
+    let (id, stale) = h.read_now_answer_later();
+    h.release_all_revoked();
+    h.pump(&mut |_| Fate::Normal);
+    let claim_q2 = h.layout.claim(&ResourceId::new("q2").unwrap());
+    assert!(!h.model.entries().contains_key(&claim_q2), "deleted");
+    let before = h.ops.len();
+    h.member.handle_reply(h.now, id, stale);
+    h.pump(&mut |_| Fate::Normal);
+    let gets: Vec<&StoreOp> = h.ops[before..]
+        .iter()
+        .filter(|op| matches!(op, StoreOp::Get { .. }))
+        .collect();
+    assert!(gets.is_empty(), "{}", h.log.join("\n"));
+}

@@ -34,6 +34,10 @@ pub(super) struct Claims {
     pub(super) deleting: BTreeMap<ResourceId, Token>,
     /// Per resource: when a claim operation may be tried again.
     pub(super) gates: BTreeMap<ResourceId, Gate>,
+    /// Claim instances (by creation revision) our own delete is known to have removed: a view
+    /// read before the delete still shows them, and is not a reason to prove them again
+    /// (that cost a read per moved resource). Kept while the view still shows the instance.
+    pub(super) gone: BTreeMap<ResourceId, u64>,
     /// Claims whose last create was refused as part of a batch: created alone until one
     /// succeeds, so one contested claim cannot hold back the rest of a batch again and again.
     pub(super) solo: BTreeSet<ResourceId>,
@@ -274,11 +278,18 @@ impl Member {
         session: SessionId,
         only: Option<&BTreeSet<ResourceId>>,
     ) {
+        if only.is_none() {
+            let claims = &self.view.group.claims;
+            self.claims
+                .gone
+                .retain(|r, rev| claims.get(r).is_some_and(|c| c.create_rev == *rev));
+        }
         let unknown = |r: &ResourceId, c: &layout::ClaimView| {
             c.session == session
                 && !self.claims.proved.contains_key(r)
                 && !self.claims.deleting.contains_key(r)
                 && !self.claims.in_flight.contains_key(r)
+                && self.claims.gone.get(r) != Some(&c.create_rev)
         };
         let claims = &self.view.group.claims;
         let mine: Vec<ResourceId> = match only {
@@ -612,6 +623,7 @@ impl Member {
             self.claims.proved.remove(&r);
             if settled {
                 self.claims.deleting.remove(&r);
+                self.claims.gone.insert(r, token.revision);
             } else {
                 self.claims.deleting.insert(r.clone(), token);
                 self.gate(r, now + self.cfg.retry_delay, false);

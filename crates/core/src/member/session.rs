@@ -345,6 +345,7 @@ impl Member {
         self.claims.deleting.clear();
         self.claims.gates.clear();
         self.claims.solo.clear();
+        self.claims.gone.clear();
         self.step_down();
         self.election.op = None;
         if let Some(l) = self.leaving.as_mut() {

@@ -11,7 +11,7 @@
 //! operation gets exactly one reply — its own, or after `op_timeout` (or a panic in the
 //! backend) `Indeterminate` for a write and `Unavailable` for a read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +30,7 @@ use tracing::{debug, error, info, warn, Instrument, Span};
 use crate::builder::StopPolicy;
 use crate::clock;
 use crate::handle::{MemberStatus, Status};
-use crate::lease::{Cmd, Lease, LeaseShared};
+use crate::lease::{Cmd, DropLog, Lease, LeaseShared};
 
 /// Longest the driver sleeps without re-reading the clock. The tokio timer runs on the
 /// monotonic clock, which stops during system suspend; waking at least this often bounds how
@@ -54,6 +54,15 @@ pub(crate) struct Driver {
     /// unused, until revoked: dropping them would release them, and the core grants a
     /// released lease that is still desired again at once, in a loop.
     parked: BTreeMap<LeaseId, Lease>,
+    /// Leases revoked before the application took them, reclaimed while handling events: fed
+    /// to the core together once the events are drained (one pass each cost the group's size
+    /// per lease when a whole assignment moved).
+    reclaimed: Vec<(ResourceId, LeaseId, Time)>,
+    /// Leases the application dropped (see [`DropLog`]).
+    dropped: DropLog,
+    /// Revoked leases in the order of their revoke (so in time order), for the stop-timeout
+    /// check; entries whose lease was released or escalated meanwhile are skipped when reached.
+    revocations: VecDeque<(Time, LeaseId)>,
     joined: bool,
     suspended: bool,
     /// The epoch last recorded on the span (the fmt subscriber appends every record).
@@ -99,6 +108,9 @@ impl Driver {
             outbox: Vec::new(),
             deliver: Vec::new(),
             parked: BTreeMap::new(),
+            reclaimed: Vec::new(),
+            dropped: DropLog::default(),
+            revocations: VecDeque::new(),
             joined: false,
             suspended: false,
             span_epoch: None,
@@ -159,7 +171,18 @@ impl Driver {
             // Handling an event may feed the core again (a lease revoked before delivery is
             // released at once), so alternate until both queues are empty.
             let Some(ev) = self.core.poll_event() else {
-                break;
+                if self.reclaimed.is_empty() {
+                    break;
+                }
+                let reclaimed = std::mem::take(&mut self.reclaimed);
+                let now = reclaimed
+                    .iter()
+                    .map(|(_, _, t)| *t)
+                    .max()
+                    .unwrap_or(Time::ZERO);
+                self.core
+                    .handle_released_all(now, reclaimed.iter().map(|(r, l, _)| (r, *l)));
+                continue;
             };
             self.on_event(ev);
         }
@@ -220,6 +243,7 @@ impl Driver {
                     session,
                     shared,
                     cmds: self.cmds_tx.clone(),
+                    dropped: self.dropped.clone(),
                 });
             }
             Event::Revoke {
@@ -234,13 +258,14 @@ impl Driver {
                 });
                 if let Some(t) = self.tracks.get_mut(&lease) {
                     t.revoked_at = Some(now);
+                    self.revocations.push_back((now, lease));
                     t.revoke_tx.send_replace(Some(reason));
                     if t.shared.try_reclaim() {
                         // The application never saw this lease: nothing to wait for.
                         debug!(resource = %resource, "revoked before delivery; released");
                         self.tracks.remove(&lease);
                         self.parked.remove(&lease);
-                        self.core.handle_released(now, &resource, lease);
+                        self.reclaimed.push((resource, lease, now));
                     }
                 }
             }
@@ -389,12 +414,10 @@ impl Driver {
     /// Every lateness check therefore runs after this, with `now` read before it: a flag still
     /// unset then means the lease was held at `now`.
     fn collect_released(&mut self, now: Time) {
-        let dropped: Vec<LeaseId> = self
-            .tracks
-            .iter()
-            .filter(|(_, t)| t.shared.is_released())
-            .map(|(id, _)| *id)
-            .collect();
+        // A lease sets its flag, then logs its id: one whose id is not logged yet is fed at
+        // the next input, and until then every lateness check still reads its flag.
+        let dropped: Vec<LeaseId> =
+            std::mem::take(&mut *self.dropped.lock().unwrap_or_else(|p| p.into_inner()));
         if dropped.is_empty() {
             return;
         }
@@ -414,27 +437,40 @@ impl Driver {
     fn escalate_overdue(&mut self, now: Time) {
         let stop = self.stop_timeout();
         let mut late = Vec::new();
-        for t in self.tracks.values_mut() {
-            if !t.escalated
-                && !t.shared.is_released()
-                && t.revoked_at.is_some_and(|at| now >= at + stop)
-            {
-                t.escalated = true;
-                late.push(t.resource.clone());
+        while let Some(&(at, lease)) = self.revocations.front() {
+            let Some(t) = self.tracks.get_mut(&lease).filter(|t| !t.escalated) else {
+                self.revocations.pop_front();
+                continue;
+            };
+            if t.shared.is_released() {
+                // Dropped in time; the driver hears of it at its next collection.
+                self.revocations.pop_front();
+                continue;
             }
+            if now < at + stop {
+                break;
+            }
+            self.revocations.pop_front();
+            t.escalated = true;
+            late.push(t.resource.clone());
         }
         if !late.is_empty() {
             self.stop_missed(late, "stop_timeout passed after revoke");
         }
     }
 
+    /// When the oldest revoked lease still held passes its stop timeout. Revokes come in time
+    /// order, so that is the first entry of `revocations` still waiting.
     fn next_escalation(&self) -> Option<Time> {
         let stop = self.stop_timeout();
-        self.tracks
-            .values()
-            .filter(|t| !t.escalated && !t.shared.is_released())
-            .filter_map(|t| t.revoked_at.map(|at| at + stop))
-            .min()
+        self.revocations
+            .iter()
+            .find(|(_, lease)| {
+                self.tracks
+                    .get(lease)
+                    .is_some_and(|t| !t.escalated && !t.shared.is_released())
+            })
+            .map(|(at, _)| *at + stop)
     }
 
     /// Publishes every session's lease deadline where leases read it. Runs after every input,
@@ -473,6 +509,7 @@ impl Driver {
         }
         // Dropping the senders completes every `revoked()` still waiting.
         self.tracks.clear();
+        self.revocations.clear();
         self.parked.clear();
         self.publish_snapshot();
     }

@@ -140,7 +140,13 @@ pub struct Lease {
     pub(crate) session: SessionId,
     pub(crate) shared: Arc<LeaseShared>,
     pub(crate) cmds: mpsc::UnboundedSender<Cmd>,
+    pub(crate) dropped: DropLog,
 }
+
+/// The ids of leases the application dropped, in the order it did, for the driver to collect:
+/// it learns of each drop from this log at its next input, at a cost of the drops, where a
+/// scan of every lease's flag cost the size of the assignment per input.
+pub(crate) type DropLog = Arc<std::sync::Mutex<Vec<LeaseId>>>;
 
 impl Lease {
     /// The resource this lease is for.
@@ -214,6 +220,11 @@ impl Drop for Lease {
         if self.shared.delivery.load(Ordering::Acquire) == RECLAIMED {
             return; // the driver already reported it released
         }
+        // A poisoned log only means a thread panicked while pushing: the ids are still good.
+        self.dropped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(self.id);
         // The driver may be gone (member closed, runtime shut down): then nobody needs to hear.
         let _ = self.cmds.send(Cmd::Released {
             resource: self.resource.clone(),
@@ -296,6 +307,7 @@ mod tests {
                 ResourceId::new("r").expect("valid id"),
             ),
             cmds: tx,
+            dropped: Default::default(),
         };
         (l, rx, rtx)
     }
@@ -315,8 +327,14 @@ mod tests {
     fn drop_reports_release_once_and_a_reclaimed_lease_not_at_all() {
         let (l, mut rx, _rtx) = lease(clock::now() + Duration::from_secs(5));
         let checker = l.checker();
+        let log = l.dropped.clone();
         assert!(checker.is_valid());
         l.release();
+        assert_eq!(
+            *log.lock().unwrap(),
+            [LeaseId(7)],
+            "the drop is logged for the driver"
+        );
         assert!(!checker.is_valid(), "a released lease is not valid");
         assert!(matches!(
             rx.try_recv(),
@@ -328,6 +346,7 @@ mod tests {
         assert!(rx.try_recv().is_err());
 
         let (l, mut rx, _rtx) = lease(clock::now() + Duration::from_secs(5));
+        let log = l.dropped.clone();
         assert!(l.shared.try_reclaim());
         assert!(
             !l.shared.try_deliver(),
@@ -335,6 +354,10 @@ mod tests {
         );
         drop(l);
         assert!(rx.try_recv().is_err());
+        assert!(
+            log.lock().unwrap().is_empty(),
+            "the driver released it itself"
+        );
     }
 
     #[test]

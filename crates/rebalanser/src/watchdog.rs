@@ -118,6 +118,7 @@ mod tests {
             session: rebalanser_core::SessionId(1),
             shared: shared.clone(),
             cmds,
+            dropped: Default::default(),
         };
         let mut leases = vec![Arc::downgrade(&shared)];
         // Held at its deadline: abort.

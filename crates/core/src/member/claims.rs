@@ -56,6 +56,18 @@ pub(super) struct Claims {
 /// reconcile pass looks at every resource.
 pub(super) type FullPassKey = (u64, SessionId, bool, bool, bool);
 
+/// The entries of `map` whose keys are in `only` (all of them for `None`), in key order: what
+/// a pass over the changed resources costs is the number changed, not the size of `map`.
+fn subset<'a, V>(
+    map: &'a BTreeMap<ResourceId, V>,
+    only: Option<&'a BTreeSet<ResourceId>>,
+) -> Box<dyn Iterator<Item = (&'a ResourceId, &'a V)> + 'a> {
+    match only {
+        None => Box::new(map.iter()),
+        Some(only) => Box::new(only.iter().filter_map(|r| map.get_key_value(r))),
+    }
+}
+
 /// When a claim operation may be tried again.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Gate {
@@ -218,11 +230,8 @@ impl Member {
     /// claim of the current session.
     fn revoke_unbacked(&mut self, session: SessionId, only: Option<&BTreeSet<ResourceId>>) {
         let leaving = self.leaving.is_some();
-        let revoke: Vec<(ResourceId, RevokeReason)> = self
-            .leases
-            .held
-            .iter()
-            .filter(|(r, _)| only.is_none_or(|o| o.contains(*r)))
+        let held = &self.leases.held;
+        let revoke: Vec<(ResourceId, RevokeReason)> = subset(held, only)
             .filter(|(_, l)| !l.revoked)
             .filter_map(|(r, l)| {
                 let reason = self.revoke_reason(r, l.session, session, leaving)?;
@@ -305,13 +314,14 @@ impl Member {
                 .collect(),
         };
         self.claims.unresolved.extend(mine);
-        let unresolved: Vec<ResourceId> = self
-            .claims
-            .unresolved
-            .iter()
-            .filter(|r| only.is_none_or(|o| o.contains(*r)))
-            .cloned()
-            .collect();
+        let unresolved: Vec<ResourceId> = match only {
+            None => self.claims.unresolved.iter().cloned().collect(),
+            Some(only) => only
+                .iter()
+                .filter(|r| self.claims.unresolved.contains(*r))
+                .cloned()
+                .collect(),
+        };
         for r in unresolved {
             if !self.claims.in_flight.contains_key(&r) && self.gate_open(&r, now) {
                 self.verify_claim(session, r);
@@ -329,28 +339,17 @@ impl Member {
         session: SessionId,
         only: Option<&BTreeSet<ResourceId>>,
     ) {
-        let fresh: Vec<(ResourceId, Token)> = self
-            .claims
-            .proved
-            .iter()
+        let fresh: Vec<(ResourceId, Token)> = subset(&self.claims.proved, only)
             .filter(|(r, _)| {
-                only.is_none_or(|o| o.contains(*r))
-                    && !self.claims.desired.contains(*r)
+                !self.claims.desired.contains(*r)
                     && !self.leases.held.contains_key(*r)
                     && !self.claims.in_flight.contains_key(*r)
                     && !self.claims.unresolved.contains(*r)
             })
             .map(|(r, t)| (r.clone(), *t))
             .collect();
-        let again: Vec<(ResourceId, Token)> = self
-            .claims
-            .deleting
-            .iter()
-            .filter(|(r, _)| {
-                only.is_none_or(|o| o.contains(*r))
-                    && !self.claims.in_flight.contains_key(*r)
-                    && self.gate_open(r, now)
-            })
+        let again: Vec<(ResourceId, Token)> = subset(&self.claims.deleting, only)
+            .filter(|(r, _)| !self.claims.in_flight.contains_key(*r) && self.gate_open(r, now))
             .map(|(r, t)| (r.clone(), *t))
             .collect();
         let sized: Vec<_> = fresh

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use crate::config::Variant;
 use crate::ids::{LeaseId, ResourceId, SessionId, Time, Token};
 
+use super::memo::Unseen;
 use super::{Event, Member, RevokeReason};
 
 /// The leases the application holds (granted and not yet released), per resource.
@@ -15,6 +16,10 @@ pub(super) struct Leases {
     /// The id of the next lease granted.
     pub(super) next: u64,
     pub(super) held: BTreeMap<ResourceId, Lease>,
+    /// Per session, how many held leases are not reported late yet: every lease of a session
+    /// shares its stop deadline, so the deadlines are per session, not per lease (a pass over
+    /// every lease at every step cost the size of the assignment).
+    pub(super) pending_stop: Unseen<BTreeMap<SessionId, usize>>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +47,7 @@ impl Member {
         }
         debug_assert!(!self.leases.held.contains_key(&r));
         let _ = now;
+        *self.leases.pending_stop.entry(session).or_default() += 1;
         let id = LeaseId(self.leases.next);
         self.leases.next += 1;
         self.leases.held.insert(
@@ -69,7 +75,11 @@ impl Member {
         if self.leases.held.get(resource).map(|l| l.id) != Some(lease) {
             return;
         }
-        self.leases.held.remove(resource);
+        if let Some(l) = self.leases.held.remove(resource) {
+            if !l.late {
+                self.leases.not_pending_stop(l.session);
+            }
+        }
         self.touch(resource);
         if self.leases.held.is_empty() {
             if let Some(s) = self
@@ -109,19 +119,35 @@ impl Member {
     /// DESIGN §8 rule 3: a lease still held at its deadline has no safe continuation; the
     /// driver must force the stop.
     pub(super) fn check_stop_deadline(&mut self, now: Time) {
+        if cfg!(debug_assertions) && self.leases.held.len() <= 256 {
+            let mut counted: BTreeMap<SessionId, usize> = BTreeMap::new();
+            for l in self.leases.held.values().filter(|l| !l.late) {
+                *counted.entry(l.session).or_default() += 1;
+            }
+            debug_assert_eq!(*self.leases.pending_stop, counted, "the per-session count");
+        }
+        let due: Vec<SessionId> = self
+            .leases
+            .pending_stop
+            .keys()
+            .copied()
+            .filter(|s| now >= self.abort_at(*s))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
         let late: Vec<ResourceId> = self
             .leases
             .held
             .iter()
-            .filter(|(_, l)| !l.late && now >= self.abort_at(l.session))
+            .filter(|(_, l)| !l.late && due.contains(&l.session))
             .map(|(r, _)| r.clone())
             .collect();
-        if late.is_empty() {
-            return;
-        }
         for r in &late {
             if let Some(l) = self.leases.held.get_mut(r) {
                 l.late = true;
+                let s = l.session;
+                self.leases.not_pending_stop(s);
             }
         }
         self.events
@@ -130,8 +156,8 @@ impl Member {
 
     /// Timers: the stop deadline of every lease not yet reported late.
     pub(super) fn lease_deadlines(&self, at: &mut impl FnMut(Time)) {
-        for l in self.leases.held.values().filter(|l| !l.late) {
-            at(self.abort_at(l.session));
+        for s in self.leases.pending_stop.keys() {
+            at(self.abort_at(*s));
         }
     }
 
@@ -143,5 +169,17 @@ impl Member {
             return t + self.cfg.stop_timeout;
         }
         t
+    }
+}
+
+impl Leases {
+    /// One lease of `session` is released or reported late.
+    fn not_pending_stop(&mut self, session: SessionId) {
+        if let Some(n) = self.pending_stop.get_mut(&session) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending_stop.remove(&session);
+            }
+        }
     }
 }

@@ -200,8 +200,9 @@ impl Member {
         only: Option<&BTreeSet<ResourceId>>,
     ) {
         // Not while suspended: suspension begins at the deadline minus the stop budget
-        // (`session_upkeep`, earlier in this step), so a session that is not suspended leaves a whole stop budget to any lease
-        // granted now. (A second check of that room was redundant: its mutants survived.)
+        // (`session_upkeep`, earlier in this step), so a session that is not suspended leaves
+        // a whole stop budget to any lease granted now. (A second check of that room was
+        // redundant: its mutants survived.)
         if suspended {
             return;
         }

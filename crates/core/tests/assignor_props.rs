@@ -582,3 +582,62 @@ fn weighted_assignment_is_a_fixed_point() {
     let a2 = assign(&members, &rs, &a);
     assert_eq!(moved(&a, &a2), 0, "{a:?} became {a2:?}");
 }
+
+/// The fill rule as first written: for each free resource in order, scan every member for the
+/// one furthest below quota (ties by name). The assignor now keeps them in a heap; it must
+/// pick exactly the same members.
+fn fill_by_scan(
+    members: &BTreeMap<MemberId, u32>,
+    rs: &BTreeSet<ResourceId>,
+    prev: &Assignment,
+) -> Assignment {
+    let mut seen = BTreeSet::new();
+    let kept: BTreeMap<&MemberId, Vec<&ResourceId>> = members
+        .keys()
+        .map(|m| {
+            let mine = prev
+                .get(m)
+                .into_iter()
+                .flatten()
+                .filter(|r| rs.contains(*r) && seen.insert(*r))
+                .collect();
+            (m, mine)
+        })
+        .collect();
+    let quota = rebalanser_core::assignor::quotas(members, rs.len(), |m| kept[m].len());
+    let mut out: Assignment = members
+        .keys()
+        .map(|m| (m.clone(), BTreeSet::new()))
+        .collect();
+    let mut placed = BTreeSet::new();
+    for (m, mine) in &kept {
+        for r in mine.iter().take(quota[*m]) {
+            out.get_mut(*m).unwrap().insert((*r).clone());
+            placed.insert(*r);
+        }
+    }
+    for r in rs.iter().filter(|r| !placed.contains(r)) {
+        let target = out
+            .iter()
+            .map(|(m, s)| (m, quota[m].saturating_sub(s.len())))
+            .filter(|(_, deficit)| *deficit > 0)
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(a.0)))
+            .map(|(m, _)| m.clone());
+        let Some(m) = target else { break };
+        out.get_mut(&m).unwrap().insert(r.clone());
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    #[test]
+    fn the_heap_fill_picks_what_a_scan_of_every_member_picks(
+        members in weighted(1..=8),
+        rs in resources(0..=POOL),
+        prev in arbitrary_prev(),
+    ) {
+        prop_assert_eq!(assign(&members, &rs, &prev), fill_by_scan(&members, &rs, &prev));
+    }
+}

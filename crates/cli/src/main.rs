@@ -45,10 +45,12 @@ enum Cmd {
     Member(member_run::MemberArgs),
     /// The zero-setup demo: a group of member processes on the embedded store in a temp dir.
     Demo(demo::DemoArgs),
-    /// Measure how fast a group becomes stable after a change (start, join, leave, crash),
-    /// what moved and what it cost the store; members in this process on memory://.
+    /// Measure how fast a group becomes stable after a change (start, join, leave, crash,
+    /// single-resource handover), what moved and what it cost the store; members in this
+    /// process on memory://, a process each on sqlite:// and zk://.
     ///
     /// Example: rebalanser bench --members 10 --resources 10000 --reps 3
+    /// On a ZooKeeper it starts itself: rebalanser bench --zk-start --ttl 2s
     Bench(bench::BenchArgs),
     /// Run the deterministic simulator: the real protocol core on the in-memory store model,
     /// with virtual time and seeded faults. Exits non-zero if any invariant was violated.
@@ -61,6 +63,10 @@ enum Cmd {
     /// scripts/chaos-zk). Leaves gracefully on SIGTERM/SIGINT.
     #[command(hide = true)]
     ChaosMember(chaos::ChaosArgs),
+    /// Bench tooling: one member of `rebalanser bench` in its own process, reporting what its
+    /// application holds on stdout.
+    #[command(hide = true)]
+    BenchMember(bench::BenchMemberArgs),
     /// Internal: the guard process `member run` puts around each child (it holds the lease
     /// deadline and kills the child's process group at it, or when the member dies).
     #[command(hide = true)]
@@ -284,7 +290,7 @@ fn main() -> ExitCode {
     if !matches!(cli.cmd, Cmd::Sim(_) | Cmd::ChaosMember(_)) {
         // The demo and the bench speak for themselves on stdout; their members' log lines
         // would only interleave.
-        let default = if matches!(cli.cmd, Cmd::Demo(_) | Cmd::Bench(_)) {
+        let default = if matches!(cli.cmd, Cmd::Demo(_) | Cmd::Bench(_) | Cmd::BenchMember(_)) {
             "warn"
         } else {
             "info,zookeeper_client=warn"
@@ -301,5 +307,6 @@ fn main() -> ExitCode {
         Cmd::Guard(a) => member_run::guard(a),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::BenchMember(a) => bench::member(a),
     }
 }

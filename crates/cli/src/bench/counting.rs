@@ -65,6 +65,55 @@ impl Counts {
         }
     }
 
+    /// Both counts added up (the counts of several member processes).
+    pub fn plus(&self, o: &Counts) -> Counts {
+        Counts {
+            reads: self.reads + o.reads,
+            read_entries: self.read_entries + o.read_entries,
+            bytes_read: self.bytes_read + o.bytes_read,
+            writes: self.writes + o.writes,
+            bytes_written: self.bytes_written + o.bytes_written,
+            keepalives: self.keepalives + o.keepalives,
+            sessions: self.sessions + o.sessions,
+            watches: self.watches + o.watches,
+        }
+    }
+
+    /// The counts as the words a member process prints (`c` and eight numbers).
+    pub fn to_line(self) -> String {
+        format!(
+            "c {} {} {} {} {} {} {} {}",
+            self.reads,
+            self.read_entries,
+            self.bytes_read,
+            self.writes,
+            self.bytes_written,
+            self.keepalives,
+            self.sessions,
+            self.watches
+        )
+    }
+
+    /// Reads the eight numbers after the `c` of [`Counts::to_line`].
+    pub fn from_words<'a>(words: impl Iterator<Item = &'a str>) -> Option<Counts> {
+        let n: Vec<u64> = words.map(|w| w.parse().ok()).collect::<Option<_>>()?;
+        let [reads, read_entries, bytes_read, writes, bytes_written, keepalives, sessions, watches] =
+            n[..]
+        else {
+            return None;
+        };
+        Some(Counts {
+            reads,
+            read_entries,
+            bytes_read,
+            writes,
+            bytes_written,
+            keepalives,
+            sessions,
+            watches,
+        })
+    }
+
     pub fn to_json(self) -> serde_json::Value {
         json!({
             "reads": self.reads,
@@ -141,5 +190,30 @@ impl Store for CountingStore {
 
     fn keepalive_proves_previous(&self) -> bool {
         self.inner.keepalive_proves_previous()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_survive_the_line_a_member_process_prints() {
+        let c = Counts {
+            reads: 1,
+            read_entries: 2,
+            bytes_read: 3,
+            writes: 4,
+            bytes_written: 5,
+            keepalives: 6,
+            sessions: 7,
+            watches: 8,
+        };
+        let line = c.to_line();
+        let mut words = line.split(' ');
+        assert_eq!(words.next(), Some("c"));
+        assert_eq!(Counts::from_words(words), Some(c));
+        assert_eq!(Counts::from_words("1 2 3".split(' ')), None);
+        assert_eq!(c.plus(&c).since(&c), c);
     }
 }

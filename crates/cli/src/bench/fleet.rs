@@ -1,137 +1,158 @@
-//! Members in this process, served by tasks that hold each lease until it is revoked, and
-//! what the application saw: who holds what, grants, revokes, and any resource held by two
-//! members at once. "Stable" is judged from that, not from the members' own state.
+//! The members of one group — tasks in this process on `memory://`, or member processes
+//! (`rebalanser bench-member`, see `child.rs`) on any other store — and an application for
+//! each that holds every lease until it is revoked and reports what it holds to [`Seen`].
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rebalanser::{Member, MemberHandle, StopPolicy, Store};
+use anyhow::{bail, Context as _};
+use rebalanser::{Member, MemberBuilder, MemberHandle, StopPolicy, Store};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
-/// What the application observed, under one lock.
-#[derive(Default)]
-pub struct Seen {
-    /// Resource → the members holding a lease on it now (more than one is a violation).
-    pub holders: BTreeMap<String, Vec<usize>>,
-    /// Member → how many leases it holds now.
-    pub per_member: BTreeMap<usize, usize>,
-    pub grants: u64,
-    pub revokes: u64,
-    /// Grants of a resource another member still held.
-    pub doubles: u64,
-    /// When the last grant or revoke happened.
-    pub last_change: Option<Instant>,
-}
+use super::counting::Counts;
+use super::seen::Seen;
+use crate::util::boottime_ns;
 
-impl Seen {
-    /// Every resource held by exactly one member, each of `live` members within one of the
-    /// others (the balanced assignment of equal weights).
-    pub fn stable(&self, resources: usize, live: &[usize]) -> bool {
-        if self.holders.len() != resources || self.holders.values().any(|h| h.len() != 1) {
-            return false;
-        }
-        let counts: Vec<usize> = live
-            .iter()
-            .map(|m| self.per_member.get(m).copied().unwrap_or(0))
-            .collect();
-        let total: usize = counts.iter().sum();
-        let (lo, hi) = (
-            counts.iter().min().copied().unwrap_or(0),
-            counts.iter().max().copied().unwrap_or(0),
-        );
-        total == resources && hi - lo <= 1
-    }
+/// How long a member process may take to start and join before the run fails.
+const JOIN_LIMIT: Duration = Duration::from_secs(60);
 
-    /// Resource → its one holder (for resources with exactly one).
-    pub fn owners(&self) -> BTreeMap<String, usize> {
-        self.holders
-            .iter()
-            .filter(|(_, h)| h.len() == 1)
-            .map(|(r, h)| (r.clone(), h[0]))
-            .collect()
-    }
-}
-
-/// The members of one group in this process.
-pub struct Fleet {
-    pub store: Arc<dyn Store>,
-    pub group: String,
-    pub ttl: Duration,
-    pub seen: Arc<Mutex<Seen>>,
-    /// Member index → its handle's task (which owns the handle) and a way to stop it.
-    members: BTreeMap<usize, tokio::sync::oneshot::Sender<Exit>>,
-    tasks: BTreeMap<usize, tokio::task::JoinHandle<()>>,
-    next: usize,
+/// Where the members run.
+pub enum Launch {
+    /// As tasks of this process, sharing this store (the only way to share `memory://`).
+    InProcess(Arc<dyn Store>),
+    /// As processes of this executable, each opening the store at `url` itself.
+    Processes { exe: PathBuf, url: String },
 }
 
 /// How a member ends.
-enum Exit {
+pub enum Exit {
     Leave,
     Crash,
 }
 
+enum Running {
+    Task {
+        exit: oneshot::Sender<Exit>,
+        task: JoinHandle<()>,
+    },
+    Process {
+        child: tokio::process::Child,
+        reader: JoinHandle<()>,
+    },
+}
+
+/// The members of one group.
+pub struct Fleet {
+    launch: Launch,
+    group: String,
+    ttl: Duration,
+    seen: Arc<Mutex<Seen>>,
+    members: BTreeMap<usize, Running>,
+    next: usize,
+}
+
+/// A member as the bench runs it: timings scaled to the TTL within `Config::validate`
+/// (2/10 + 1/8 + 1/5 + 1/10 of it), and a late stop logged rather than aborting the process
+/// being measured.
+pub fn builder(group: &str, name: &str, ttl: Duration) -> MemberBuilder {
+    Member::builder(group)
+        .name(name)
+        .session_ttl(ttl)
+        .keepalive_interval(ttl / 10)
+        .op_timeout(ttl / 8)
+        .stop_timeout(ttl / 5)
+        .safety_margin(ttl / 10)
+        .min_rebalance_interval(Duration::from_millis(20))
+        .on_stop_deadline_missed(StopPolicy::Log)
+}
+
 impl Fleet {
-    pub fn new(store: Arc<dyn Store>, group: &str, ttl: Duration) -> Fleet {
+    pub fn new(launch: Launch, group: &str, ttl: Duration) -> Fleet {
         Fleet {
-            store,
+            launch,
             group: group.to_string(),
             ttl,
             seen: Arc::default(),
             members: BTreeMap::new(),
-            tasks: BTreeMap::new(),
             next: 0,
         }
     }
 
     pub fn seen(&self) -> MutexGuard<'_, Seen> {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.seen)
     }
 
-    /// The members still running.
+    /// The members still running, oldest first.
     pub fn live(&self) -> Vec<usize> {
         self.members.keys().copied().collect()
     }
 
-    /// Joins one member; returns its index.
+    /// Joins one member; returns its index once it has joined.
     pub async fn join(&mut self) -> anyhow::Result<usize> {
         let joined = self.join_many(1).await?;
         Ok(joined[0])
     }
 
-    /// Joins `n` members at once (their joins run concurrently); returns their indexes.
+    /// Starts `n` members at once; returns their indexes once every one has joined.
     pub async fn join_many(&mut self, n: usize) -> anyhow::Result<Vec<usize>> {
         let first = self.next;
         self.next += n;
-        let joins = (first..first + n).map(|i| self.join_one(i));
-        let handles = futures::future::try_join_all(joins).await?;
-        let mut out = Vec::with_capacity(n);
-        for (i, handle) in (first..).zip(handles) {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let task = tokio::spawn(serve(i, handle, rx, self.seen.clone()));
-            self.members.insert(i, tx);
-            self.tasks.insert(i, task);
-            out.push(i);
+        let ids: Vec<usize> = (first..first + n).collect();
+        match &self.launch {
+            Launch::InProcess(store) => {
+                let joins = ids.iter().map(|i| {
+                    builder(&self.group, &format!("m{i}"), self.ttl)
+                        .store(store.clone())
+                        .join()
+                });
+                let handles = futures::future::try_join_all(joins).await?;
+                for (&i, handle) in ids.iter().zip(handles) {
+                    lock(&self.seen).joined.insert(i);
+                    let (exit, rx) = oneshot::channel();
+                    let sink = Sink::Seen(i, self.seen.clone());
+                    let task = tokio::spawn(serve(handle, rx, sink));
+                    self.members.insert(i, Running::Task { exit, task });
+                }
+            }
+            Launch::Processes { exe, url } => {
+                for &i in &ids {
+                    let mut child = tokio::process::Command::new(exe)
+                        .args(["bench-member", "--store", url, "--group", &self.group])
+                        .args(["--name", &format!("m{i}")])
+                        .arg(format!("--ttl={}ms", self.ttl.as_millis()))
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::piped())
+                        .kill_on_drop(true)
+                        .spawn()
+                        .with_context(|| format!("cannot start {}", exe.display()))?;
+                    let stdout = child.stdout.take().context("no stdout of a member")?;
+                    let reader = tokio::spawn(read_member(i, stdout, self.seen.clone()));
+                    self.members.insert(i, Running::Process { child, reader });
+                }
+                let since = Instant::now();
+                loop {
+                    {
+                        let s = self.seen();
+                        if ids.iter().all(|i| s.joined.contains(i)) {
+                            break;
+                        }
+                        if !s.unexpected_exits.is_empty() {
+                            bail!("{}", s.unexpected_exits.join("; "));
+                        }
+                    }
+                    if since.elapsed() > JOIN_LIMIT {
+                        bail!("member processes did not join within {JOIN_LIMIT:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
         }
-        Ok(out)
-    }
-
-    async fn join_one(&self, i: usize) -> anyhow::Result<MemberHandle> {
-        let ttl = self.ttl;
-        // Timings scaled to the TTL, within `Config::validate`: 2/10 + 1/8 + 1/5 + 1/10 of it.
-        let handle = Member::builder(&self.group)
-            .name(&format!("m{i}"))
-            .store(self.store.clone())
-            .session_ttl(ttl)
-            .keepalive_interval(ttl / 10)
-            .op_timeout(ttl / 8)
-            .stop_timeout(ttl / 5)
-            .safety_margin(ttl / 10)
-            .min_rebalance_interval(Duration::from_millis(20))
-            // A bench reports a late stop; it must not abort the process it measures.
-            .on_stop_deadline_missed(StopPolicy::Log)
-            .join()
-            .await?;
-        Ok(handle)
+        Ok(ids)
     }
 
     /// Graceful leave of member `i`, returning once it has left.
@@ -139,17 +160,43 @@ impl Fleet {
         self.stop(i, Exit::Leave).await;
     }
 
-    /// Member `i` dies without a word: its session ends only by the store's expiry.
+    /// Member `i` dies without a word (a task that drops everything, or `kill -9` of its
+    /// process): its session ends only by the store's expiry.
     pub async fn crash(&mut self, i: usize) {
         self.stop(i, Exit::Crash).await;
     }
 
     async fn stop(&mut self, i: usize, how: Exit) {
-        if let Some(tx) = self.members.remove(&i) {
-            let _ = tx.send(how);
-        }
-        if let Some(t) = self.tasks.remove(&i) {
-            let _ = t.await;
+        let Some(running) = self.members.remove(&i) else {
+            return;
+        };
+        lock(&self.seen).expected_exit.insert(i);
+        match running {
+            Running::Task { exit, task } => {
+                let _ = exit.send(how);
+                let _ = task.await;
+            }
+            Running::Process { mut child, reader } => {
+                match how {
+                    Exit::Crash => {
+                        let _ = child.start_kill();
+                    }
+                    Exit::Leave => {
+                        if let Some(pid) = child.id() {
+                            // SAFETY: kill(2) has no memory-safety preconditions; the pid is
+                            // our own child's, not yet reaped (we still hold `child`).
+                            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                        }
+                    }
+                }
+                // A graceful leave takes at most the leave timeout; past that, kill it.
+                let wait = tokio::time::timeout(self.ttl * 3 + JOIN_LIMIT, child.wait()).await;
+                if wait.is_err() {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                }
+                let _ = reader.await;
+            }
         }
     }
 
@@ -163,22 +210,32 @@ impl Fleet {
         limit: Duration,
     ) -> Option<Duration> {
         let live = self.live();
+        let since_ns = boottime_ns().saturating_sub(since.elapsed().as_nanos() as u64);
         loop {
-            let now = Instant::now();
+            let now = boottime_ns();
             {
                 let seen = self.seen();
+                if !seen.unexpected_exits.is_empty() {
+                    return None;
+                }
                 if seen.stable(resources, &live) {
-                    let at = seen.last_change.unwrap_or(since).max(since);
-                    if now.duration_since(at) >= quiet {
-                        return Some(at.duration_since(since));
+                    let at = seen.last_change.unwrap_or(since_ns).max(since_ns);
+                    if now.saturating_sub(at) >= quiet.as_nanos() as u64 {
+                        return Some(Duration::from_nanos(at - since_ns));
                     }
                 }
             }
-            if now.duration_since(since) > limit {
+            if since.elapsed() > limit {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// The store counts of every member process so far (in-process members are counted by
+    /// the bench's own wrapper instead).
+    pub fn child_counts(&self) -> Counts {
+        self.seen().child_total()
     }
 
     /// Leaves with every member still running.
@@ -189,13 +246,90 @@ impl Fleet {
     }
 }
 
-/// Member `i`'s application: holds every lease until it is revoked, recording what it holds.
-async fn serve(
-    i: usize,
-    mut handle: MemberHandle,
-    mut exit: tokio::sync::oneshot::Receiver<Exit>,
-    seen: Arc<Mutex<Seen>>,
-) {
+fn lock(seen: &Mutex<Seen>) -> MutexGuard<'_, Seen> {
+    seen.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reads what member process `i` prints (see `child.rs`) into `seen`. When its output ends
+/// the process is gone, and with it every access it made.
+async fn read_member(i: usize, stdout: tokio::process::ChildStdout, seen: Arc<Mutex<Seen>>) {
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut bad = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let mut words = line.split(' ');
+        let mut s = lock(&seen);
+        let parsed = match (words.next(), words.next(), words.next()) {
+            (Some("joined"), None, None) => {
+                s.joined.insert(i);
+                true
+            }
+            (Some(kind @ ("+" | "-")), Some(r), Some(at)) => match at.parse::<u64>() {
+                Ok(at) if kind == "+" => {
+                    s.grant(i, r, at);
+                    true
+                }
+                Ok(at) => {
+                    s.release(i, r, at);
+                    true
+                }
+                Err(_) => false,
+            },
+            (Some("c"), _, _) => match Counts::from_words(line.split(' ').skip(1)) {
+                Some(c) => {
+                    s.child_counts.insert(i, c);
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        };
+        if !parsed && bad.is_none() {
+            bad = Some(line.clone());
+        }
+    }
+    let mut s = lock(&seen);
+    s.release_all(i, boottime_ns());
+    if let Some(line) = bad {
+        s.unexpected_exits.push(format!(
+            "member m{i} printed a line the bench cannot read: {line:?}"
+        ));
+    }
+    if !s.expected_exit.contains(&i) {
+        s.unexpected_exits
+            .push(format!("member m{i} exited on its own (its log is above)"));
+    }
+}
+
+/// Where an application reports what it holds.
+pub enum Sink {
+    /// Straight into the bench's record, as member `i`.
+    Seen(usize, Arc<Mutex<Seen>>),
+    /// As lines for the bench process to read (`+ RESOURCE NS`, `- RESOURCE NS`).
+    Lines(mpsc::UnboundedSender<String>),
+}
+
+impl Sink {
+    fn event(&self, granted: bool, r: &str) {
+        let at = boottime_ns();
+        match self {
+            Sink::Seen(i, seen) => {
+                let mut s = lock(seen);
+                if granted {
+                    s.grant(*i, r, at);
+                } else {
+                    s.release(*i, r, at);
+                }
+            }
+            Sink::Lines(tx) => {
+                let _ = tx.send(format!("{} {r} {at}", if granted { '+' } else { '-' }));
+            }
+        }
+    }
+}
+
+/// A member's application: holds every lease until it is revoked, reporting to `sink`.
+pub async fn serve(mut handle: MemberHandle, mut exit: oneshot::Receiver<Exit>, sink: Sink) {
+    let sink = Arc::new(sink);
     loop {
         tokio::select! {
             how = &mut exit => {
@@ -208,73 +342,15 @@ async fn serve(
             lease = handle.next_lease() => {
                 let Some(lease) = lease else { return };
                 let r = lease.resource().to_string();
-                {
-                    let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
-                    let holders = s.holders.entry(r.clone()).or_default();
-                    let double = !holders.is_empty();
-                    holders.push(i);
-                    if double {
-                        s.doubles += 1;
-                    }
-                    *s.per_member.entry(i).or_default() += 1;
-                    s.grants += 1;
-                    s.last_change = Some(Instant::now());
-                }
-                let seen = seen.clone();
+                sink.event(true, &r);
+                let sink = sink.clone();
                 tokio::spawn(async move {
                     lease.revoked().await;
-                    {
-                        let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
-                        if let Some(h) = s.holders.get_mut(&r) {
-                            h.retain(|m| *m != i);
-                            if h.is_empty() {
-                                s.holders.remove(&r);
-                            }
-                        }
-                        if let Some(n) = s.per_member.get_mut(&i) {
-                            *n = n.saturating_sub(1);
-                        }
-                        s.revokes += 1;
-                        s.last_change = Some(Instant::now());
-                    }
                     // The access stops here: dropping the lease tells the member.
+                    sink.event(false, &r);
                     drop(lease);
                 });
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn seen(holders: &[(&str, &[usize])]) -> Seen {
-        let mut s = Seen::default();
-        for (r, hs) in holders {
-            s.holders.insert(r.to_string(), hs.to_vec());
-            for m in *hs {
-                *s.per_member.entry(*m).or_default() += 1;
-            }
-        }
-        s
-    }
-
-    #[test]
-    fn stable_means_each_resource_once_and_the_members_balanced() {
-        let ok = seen(&[("a", &[0]), ("b", &[1]), ("c", &[0])]);
-        assert!(ok.stable(3, &[0, 1]));
-        assert!(!ok.stable(4, &[0, 1]), "a resource nobody holds");
-        assert!(!ok.stable(3, &[0, 1, 2]), "member 2 holds nothing: 2 vs 0");
-        let twice = seen(&[("a", &[0, 1]), ("b", &[1])]);
-        assert!(!twice.stable(2, &[0, 1]), "a resource held twice");
-        let lopsided = seen(&[("a", &[0]), ("b", &[0]), ("c", &[0]), ("d", &[1])]);
-        assert!(!lopsided.stable(4, &[0, 1]), "3 vs 1");
-        assert_eq!(ok.owners().len(), 3);
-        assert_eq!(
-            twice.owners().len(),
-            1,
-            "only resources with one holder have an owner"
-        );
     }
 }

@@ -1,15 +1,21 @@
 //! `rebalanser bench`: how long a group takes to become stable after a change, what moved,
-//! and what it cost the store. Members run in this process on `memory://` (the multi-process
-//! `sqlite://` and `zk://` runs are not built yet). Every number is a measurement of this run
-//! on this machine; BENCHMARKS.md records them with the machine and the command.
+//! and what it cost the store. On `memory://` the members run in this process; on any other
+//! store (`sqlite://`, `zk://`, or a ZooKeeper the bench starts itself with `--zk-start`) each
+//! member is a process of its own (`rebalanser bench-member`, child.rs), so a crash is a real
+//! `kill -9`. Every number is a measurement of this run on this machine; BENCHMARKS.md records
+//! them with the machine and the command.
 //!
 //! "Stable" is judged from what the application holds, not from the members' own state:
 //! every resource leased by exactly one member, the members balanced within one, and no
-//! grant or revoke for a quiet window. A resource granted while another member still held it
-//! is counted as a violation and fails the run.
+//! grant or revoke for a quiet window. A resource granted before another member's release of
+//! it (by the times both stamped) is counted as a violation and fails the run.
 
+mod child;
 mod counting;
 mod fleet;
+mod seen;
+
+pub use child::{run as member, BenchMemberArgs};
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,10 +26,19 @@ use rebalanser::{Admin, MemoryStore, Store};
 use serde_json::json;
 
 use counting::{CountingStore, Counts};
-use fleet::Fleet;
+use fleet::{Fleet, Launch};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
+    /// The store: memory:// (members in this process), or sqlite:///PATH.db or
+    /// zk://HOST:PORT[/chroot] (each member a process of its own).
+    #[arg(long, default_value = "memory://", conflicts_with = "zk_start")]
+    store: String,
+    /// Start a ZooKeeper server for the bench (tickTime 200 ms, on a free loopback port, its
+    /// data in a temporary directory) and run the members as processes on it; it is stopped
+    /// at the end. Needs the Debian `zookeeper` package.
+    #[arg(long)]
+    zk_start: bool,
     /// Members at the start.
     #[arg(long, default_value_t = 10)]
     members: usize,
@@ -38,7 +53,8 @@ pub struct BenchArgs {
     reps: usize,
     /// Scenarios, in order, on one group per run: start (0 → N at once), steady (store
     /// traffic at rest), join (N → N+1), leave (the newest member leaves gracefully), crash
-    /// (a member dies; its resources move after its session expires).
+    /// (a member dies; its resources move after its session expires), handover (repeated
+    /// graceful leaves that each move exactly one resource; needs --resources ≤ --members).
     #[arg(
         long,
         value_enum,
@@ -46,6 +62,9 @@ pub struct BenchArgs {
         default_value = "start,steady,join,leave,crash"
     )]
     scenarios: Vec<Scenario>,
+    /// Handovers per run of the handover scenario.
+    #[arg(long, default_value_t = 200)]
+    handovers: usize,
     /// How long "nothing moving" must last to count as stable.
     #[arg(long, default_value = "200ms", value_parser = crate::util::duration_arg)]
     quiet: Duration,
@@ -64,6 +83,7 @@ enum Scenario {
     Join,
     Leave,
     Crash,
+    Handover,
 }
 
 /// One scenario of one run.
@@ -81,6 +101,10 @@ struct Outcome {
     revokes: u64,
     doubles: u64,
     store: Counts,
+    /// Release → next grant of each resource that changed hands, in ms.
+    gaps: Vec<f64>,
+    /// Handover scenario: for each handover, leave → the new holder's grant, in ms.
+    handovers: Vec<f64>,
 }
 
 impl Outcome {
@@ -95,6 +119,8 @@ impl Outcome {
             "revokes": self.revokes,
             "double_holds": self.doubles,
             "store": self.store.to_json(),
+            "unheld_ms": percentiles_json(&self.gaps),
+            "handover_ms": percentiles_json(&self.handovers),
         })
     }
 }
@@ -104,6 +130,40 @@ pub fn run(a: BenchArgs) -> ExitCode {
         eprintln!("rebalanser bench: --members, --resources and --reps must be at least 1");
         return ExitCode::from(2);
     }
+    if a.scenarios.contains(&Scenario::Handover) && (a.resources > a.members || a.handovers == 0) {
+        eprintln!(
+            "rebalanser bench: --scenarios handover needs --resources ≤ --members (each member \
+             then holds at most one resource, so one leave moves exactly one) and --handovers ≥ 1"
+        );
+        return ExitCode::from(2);
+    }
+    let zk = if a.zk_start {
+        let ticks = (a.ttl.as_millis() / 200) as u32 + 1;
+        let opts = rebalanser_testkit::ZkOptions {
+            max_session_ticks: Some(ticks.max(20)),
+            ..Default::default()
+        };
+        match rebalanser_testkit::ZkEnsemble::start(opts) {
+            Ok(zk) => Some(zk),
+            Err(e) => {
+                eprintln!("rebalanser bench: --zk-start: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let url = match &zk {
+        Some(zk) => format!("zk://{}/rebalanser-bench", zk.connect_string()),
+        None => a.store.clone(),
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("rebalanser bench: cannot find its own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -113,7 +173,7 @@ pub fn run(a: BenchArgs) -> ExitCode {
     };
     let mut outcomes = Vec::new();
     for run in 0..a.reps {
-        match rt.block_on(one_run(&a, run)) {
+        match rt.block_on(one_run(&a, &url, &exe, run)) {
             Ok(mut o) => outcomes.append(&mut o),
             Err(e) => {
                 eprintln!("rebalanser bench: run {run}: {e:#}");
@@ -124,7 +184,7 @@ pub fn run(a: BenchArgs) -> ExitCode {
     let peak_rss_kib = peak_rss_kib();
     if a.json {
         let out = json!({
-            "store": "memory",
+            "store": store_kind(&url),
             "members": a.members,
             "resources": a.resources,
             "ttl_ms": a.ttl.as_millis() as u64,
@@ -134,7 +194,7 @@ pub fn run(a: BenchArgs) -> ExitCode {
         });
         println!("{out:#}");
     } else {
-        print!("{}", table(&a, &outcomes, peak_rss_kib));
+        print!("{}", table(&a, &url, &outcomes, peak_rss_kib));
     }
     let failed = outcomes
         .iter()
@@ -149,29 +209,56 @@ pub fn run(a: BenchArgs) -> ExitCode {
     }
 }
 
+/// `memory`, `sqlite` or `zk`: the scheme of `url`.
+fn store_kind(url: &str) -> &str {
+    url.split_once("://").map_or(url, |(scheme, _)| scheme)
+}
+
 /// One group through the scenarios, in order.
-async fn one_run(a: &BenchArgs, run: usize) -> anyhow::Result<Vec<Outcome>> {
-    let name = format!("memory://bench-{}-{run}", std::process::id());
-    let memory: Arc<dyn Store> = Arc::new(MemoryStore::named(&name));
-    let (store, counters) = CountingStore::new(memory);
+async fn one_run(
+    a: &BenchArgs,
+    url: &str,
+    exe: &std::path::Path,
+    run: usize,
+) -> anyhow::Result<Vec<Outcome>> {
+    let group = format!("bench-{}-{run}", std::process::id());
+    let in_process = store_kind(url) == "memory";
+    let shared: Arc<dyn Store> = if in_process {
+        Arc::new(MemoryStore::named(&format!("memory://{group}")))
+    } else {
+        rebalanser::open_store(url)?
+    };
+    // In this process the wrapper sees every member's operations; member processes count
+    // their own and report them.
+    let (store, counters) = CountingStore::new(shared.clone());
     let store: Arc<dyn Store> = store;
-    let admin = Admin::new(store.clone(), "bench")?;
+    let admin = Admin::new(shared, &group)?;
     admin.create_group().await?;
     let ids: Vec<String> = (0..a.resources).map(|i| format!("r{i}")).collect();
     for chunk in ids.chunks(5000) {
         admin.add_resources(chunk).await?;
     }
-    let mut fleet = Fleet::new(store, "bench", a.ttl);
+    let launch = if in_process {
+        Launch::InProcess(store)
+    } else {
+        Launch::Processes {
+            exe: exe.to_path_buf(),
+            url: url.to_string(),
+        }
+    };
+    let mut fleet = Fleet::new(launch, &group, a.ttl);
+    let counts = |fleet: &Fleet| counters.snapshot().plus(&fleet.child_counts());
     let mut out = Vec::new();
     for &scenario in &a.scenarios {
         let before_owners = fleet.seen().owners();
-        let (g0, r0, d0) = {
+        let (g0, r0, d0, gaps0) = {
             let s = fleet.seen();
-            (s.grants, s.revokes, s.doubles)
+            (s.grants, s.revokes, s.doubles, s.gaps.len())
         };
-        let c0 = counters.snapshot();
+        let c0 = counts(&fleet);
         let start = Instant::now();
         let mut minimum = 0;
+        let mut handovers = Vec::new();
         let stable = match scenario {
             Scenario::Start => {
                 fleet.join_many(a.members).await?;
@@ -207,32 +294,129 @@ async fn one_run(a: &BenchArgs, run: usize) -> anyhow::Result<Vec<Outcome>> {
                     .wait_stable(a.resources, start, a.quiet, a.limit)
                     .await
             }
+            Scenario::Handover => {
+                minimum = a.handovers;
+                handover(a, &mut fleet, &mut handovers).await?
+            }
         };
-        let c1 = counters.snapshot();
-        let s = fleet.seen();
-        let after = s.owners();
-        let moved = after
-            .iter()
-            .filter(|(r, m)| before_owners.get(*r) != Some(*m))
-            .count();
-        out.push(Outcome {
-            scenario,
-            run,
-            stable,
-            moved,
-            minimum,
-            grants: s.grants - g0,
-            revokes: s.revokes - r0,
-            doubles: s.doubles - d0,
-            store: c1.since(&c0),
-        });
-        drop(s);
+        if !in_process {
+            // Member processes report their counts every 100 ms.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        let c1 = counts(&fleet);
+        let failed = {
+            let s = fleet.seen();
+            let after = s.owners();
+            let moved = if scenario == Scenario::Handover {
+                // Each one checked to move exactly its one resource.
+                handovers.len()
+            } else {
+                after
+                    .iter()
+                    .filter(|(r, m)| before_owners.get(*r) != Some(*m))
+                    .count()
+            };
+            out.push(Outcome {
+                scenario,
+                run,
+                stable,
+                moved,
+                minimum,
+                grants: s.grants - g0,
+                revokes: s.revokes - r0,
+                doubles: s.doubles - d0,
+                store: c1.since(&c0),
+                gaps: s.gaps[gaps0..].iter().map(|&ns| ns as f64 / 1e6).collect(),
+                handovers,
+            });
+            s.unexpected_exits.join("; ")
+        };
+        if !failed.is_empty() {
+            fleet.shutdown().await;
+            anyhow::bail!("{failed}");
+        }
         if stable.is_none() && scenario != Scenario::Steady {
             break;
         }
     }
     fleet.shutdown().await;
     Ok(out)
+}
+
+/// Graceful single-resource handovers, `a.handovers` of them: with more members than
+/// resources each member holds at most one, so the leave of a holder moves exactly that one
+/// resource, to an idle member. Records leave → new holder's grant for each; returns the
+/// time the last one took to become stable, or `None` if one did not.
+async fn handover(
+    a: &BenchArgs,
+    fleet: &mut Fleet,
+    latencies: &mut Vec<f64>,
+) -> anyhow::Result<Option<Duration>> {
+    let mut last = None;
+    for _ in 0..a.handovers {
+        while fleet.live().len() <= a.resources {
+            fleet.join().await?;
+        }
+        let settled = Instant::now();
+        if fleet
+            .wait_stable(a.resources, settled, a.quiet, a.limit)
+            .await
+            .is_none()
+        {
+            return Ok(None);
+        }
+        // The oldest member that holds something.
+        let Some((r, victim)) = fleet.seen().owners().into_iter().min_by_key(|(_, m)| *m) else {
+            anyhow::bail!("no member holds a resource");
+        };
+        let before = fleet.seen().owners();
+        let start = Instant::now();
+        let t0 = crate::util::boottime_ns();
+        fleet.leave(victim).await;
+        last = fleet
+            .wait_stable(a.resources, start, a.quiet, a.limit)
+            .await;
+        if last.is_none() {
+            return Ok(None);
+        }
+        let s = fleet.seen();
+        let after = s.owners();
+        let moved: Vec<&String> = after
+            .iter()
+            .filter(|(r, m)| before.get(*r) != Some(*m))
+            .map(|(r, _)| r)
+            .collect();
+        if moved != [&r] {
+            anyhow::bail!("the leave of m{victim} (holding {r}) moved {moved:?}");
+        }
+        match s.holders.get(&r).map(|h| h[..].to_vec()).as_deref() {
+            Some(&[(m, granted)]) if m != victim => {
+                latencies.push(granted.saturating_sub(t0) as f64 / 1e6);
+            }
+            other => anyhow::bail!("{r} after the leave of m{victim}: held by {other:?}"),
+        }
+    }
+    Ok(last)
+}
+
+/// The `p`-quantile (0 < p ≤ 1) of `xs` by the nearest-rank method.
+fn percentile(xs: &[f64], p: f64) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
+fn percentiles_json(xs: &[f64]) -> serde_json::Value {
+    json!({
+        "n": xs.len(),
+        "p50": percentile(xs, 0.5),
+        "p99": percentile(xs, 0.99),
+        "max": percentile(xs, 1.0),
+    })
 }
 
 /// The peak resident set of this process so far (Linux `VmHWM`), in KiB.
@@ -256,15 +440,25 @@ fn spread(xs: &mut [f64], unit: &str) -> String {
     }
 }
 
-fn table(a: &BenchArgs, outcomes: &[Outcome], rss: Option<u64>) -> String {
+fn table(a: &BenchArgs, url: &str, outcomes: &[Outcome], rss: Option<u64>) -> String {
     let mut s = format!(
-        "memory://, {} members, {} resources, TTL {:?}, {} run(s): median (min–max)\n\n",
-        a.members, a.resources, a.ttl, a.reps
+        "{}://, {} members ({}), {} resources, TTL {:?}, {} run(s): median (min–max)\n\n",
+        store_kind(url),
+        a.members,
+        if store_kind(url) == "memory" {
+            "in this process"
+        } else {
+            "a process each"
+        },
+        a.resources,
+        a.ttl,
+        a.reps
     );
-    s.push_str(
-        "| scenario | time to stable | moved / minimum | revoked | store reads (entries) | store writes | keepalives | bytes read | bytes written |\n",
-    );
-    s.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str(concat!(
+        "| scenario | time to stable | moved / minimum | revoked | unheld p50 / p99 ",
+        "| store reads (entries) | store writes | keepalives | bytes read | bytes written |\n"
+    ));
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     for &sc in &a.scenarios {
         let of: Vec<&Outcome> = outcomes.iter().filter(|o| o.scenario == sc).collect();
         if of.is_empty() {
@@ -287,18 +481,39 @@ fn table(a: &BenchArgs, outcomes: &[Outcome], rss: Option<u64>) -> String {
             col(&|o| o.moved as f64, ""),
             col(&|o| o.minimum as f64, "")
         );
+        let gaps: Vec<f64> = of.iter().flat_map(|o| o.gaps.iter().copied()).collect();
+        let unheld = match (percentile(&gaps, 0.5), percentile(&gaps, 0.99)) {
+            (Some(p50), Some(p99)) => format!("{p50:.1} / {p99:.1} ms"),
+            _ => "—".into(),
+        };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} |\n",
             format!("{sc:?}").to_lowercase(),
             time,
             moved,
             col(&|o| o.revokes as f64, ""),
+            unheld,
             col(&|o| o.store.reads as f64, ""),
             col(&|o| o.store.read_entries as f64, ""),
             col(&|o| o.store.writes as f64, ""),
             col(&|o| o.store.keepalives as f64, ""),
             col(&|o| o.store.bytes_read as f64, ""),
             col(&|o| o.store.bytes_written as f64, ""),
+        ));
+    }
+    let handovers: Vec<f64> = outcomes
+        .iter()
+        .flat_map(|o| o.handovers.iter().copied())
+        .collect();
+    if let (Some(p50), Some(p99), Some(max)) = (
+        percentile(&handovers, 0.5),
+        percentile(&handovers, 0.99),
+        percentile(&handovers, 1.0),
+    ) {
+        s.push_str(&format!(
+            "\nhandover (graceful leave → the new holder's grant), {} handovers: \
+             p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms\n",
+            handovers.len()
         ));
     }
     if let Some(kib) = rss {

@@ -68,6 +68,17 @@ pub fn decode_component(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// What a changed key names, as far as deciding whom the change concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind {
+    /// `claims/<r>`.
+    Claim(ResourceId),
+    /// `members/<m>`, `draining/<m>` or `assign/<m>/<i>`: one member's keys.
+    OfMember(MemberId),
+    /// Anything else, inside the group or not (the group's own keys, unreadable keys).
+    Other,
+}
+
 /// The keys of one group.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -107,6 +118,34 @@ impl Layout {
     }
     pub fn claim(&self, r: &ResourceId) -> Key {
         format!("{}/claims/{}", self.root, encode_component(r.as_str()))
+    }
+    /// What `key` names (see [`KeyKind`]).
+    pub fn classify(&self, key: &str) -> KeyKind {
+        let Some(rest) = key
+            .strip_prefix(self.root.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return KeyKind::Other;
+        };
+        let (dir, name) = rest.split_once('/').unwrap_or((rest, ""));
+        match dir {
+            "claims" => match decode_component(name).and_then(|s| ResourceId::new(s).ok()) {
+                Some(r) => KeyKind::Claim(r),
+                None => KeyKind::Other,
+            },
+            "members" | "draining" | "assign" => {
+                let m = if dir == "assign" {
+                    name.split_once('/').map_or(name, |(m, _)| m)
+                } else {
+                    name
+                };
+                match decode_component(m).and_then(|s| MemberId::new(s).ok()) {
+                    Some(m) => KeyKind::OfMember(m),
+                    None => KeyKind::Other,
+                }
+            }
+            _ => KeyKind::Other,
+        }
     }
     pub fn assign_chunk(&self, m: &MemberId, i: u32) -> Key {
         format!(
@@ -473,6 +512,38 @@ mod tests {
         }
         assert_eq!(complete_set(&good[..1]), None, "one chunk of two");
         assert_eq!(complete_set(&[]), None, "no chunks");
+    }
+
+    #[test]
+    fn a_key_is_classified_by_what_its_writer_put_there() {
+        let g = crate::ids::GroupId::new("g 1").unwrap();
+        let l = Layout::new(&g);
+        let r = ResourceId::new("a/b c").unwrap();
+        let m = MemberId::new("w-1").unwrap();
+        assert_eq!(l.classify(&l.claim(&r)), KeyKind::Claim(r.clone()));
+        for k in [l.member(&m), l.draining(&m), l.assign_chunk(&m, 3)] {
+            assert_eq!(l.classify(&k), KeyKind::OfMember(m.clone()), "{k}");
+        }
+        for k in [
+            l.leader(),
+            l.epoch(),
+            l.meta(),
+            l.generation(),
+            l.resource(&r),
+        ] {
+            assert_eq!(l.classify(&k), KeyKind::Other, "{k}");
+        }
+        // Another group's claim, and keys the layout never writes, concern everyone.
+        let other = Layout::new(&crate::ids::GroupId::new("g").unwrap());
+        assert_eq!(l.classify(&other.claim(&r)), KeyKind::Other);
+        assert_eq!(
+            l.classify(&format!("{}claims/%zz", l.prefix())),
+            KeyKind::Other
+        );
+        assert_eq!(
+            l.classify(&format!("{}members/", l.prefix())),
+            KeyKind::Other
+        );
     }
 
     #[test]

@@ -23,9 +23,9 @@ use futures::FutureExt;
 use rebalanser_core::layout::Layout;
 use rebalanser_core::store::{StoreError, StoreOp, StoreResult};
 use rebalanser_core::{Epoch, Event, LeaseId, Member as Core, OpId, ResourceId, SessionId, Time};
-use rebalanser_store::{Store, WatchEvent};
+use rebalanser_store::{Key, Store, WatchEvent};
 use tokio::sync::{broadcast, mpsc, watch};
-use tracing::{debug, error, info, warn, Instrument, Span};
+use tracing::{debug, error, info, trace, warn, Instrument, Span};
 
 use crate::builder::StopPolicy;
 use crate::clock;
@@ -548,7 +548,7 @@ async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::Unbounde
             biased;
             Some(cmd) = cmds_rx.recv() => Input::Cmd(cmd),
             Some((id, res)) = in_flight.next(), if !in_flight.is_empty() => Input::Reply(id, res),
-            ev = next_watch(&mut watch) => Input::Notify { ended: ev.is_none() },
+            ev = next_watch(&mut watch) => Input::Notify(ev),
             () = tokio::time::sleep(sleep_for) => Input::Tick,
         };
         // Drops first, before the core sees any input: each input steps the core, which checks
@@ -571,13 +571,22 @@ async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::Unbounde
                 }
                 d.core.handle_replies(now, replies);
             }
-            Input::Notify { mut ended } => {
-                // Notifications already queued say nothing the one re-read will not show:
-                // take them all now (one re-read each made a burst of writes cost a listing
-                // of the group per write).
+            Input::Notify(first) => {
+                // Notifications already queued are taken together, for one decision and at
+                // most one re-read (one re-read each made a burst of writes cost a listing of
+                // the group per write). `keys` stays `Some` while every one named its keys.
+                let mut ended = first.is_none();
+                let mut keys: Option<Vec<Key>> = Some(Vec::new());
+                let mut take = |ev: WatchEvent| match (ev, keys.as_mut()) {
+                    (WatchEvent::Keys(ks), Some(all)) => all.extend(ks),
+                    _ => keys = None,
+                };
+                if let Some(ev) = first {
+                    take(ev);
+                }
                 while !ended {
                     match watch.as_mut().map(|w| w.next().now_or_never()) {
-                        Some(Some(Some(_))) => {}
+                        Some(Some(Some(ev))) => take(ev),
                         Some(Some(None)) => ended = true,
                         _ => break,
                     }
@@ -588,7 +597,11 @@ async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::Unbounde
                     watch = None;
                     rearm_at = Some(now + cfg.retry_delay);
                 }
-                d.core.handle_notify(now);
+                trace!(keys = ?keys.as_ref().map(|k| k.iter().take(4).collect::<Vec<_>>()), "notified");
+                match keys {
+                    Some(keys) if !ended => d.core.handle_notify_keys(now, &keys),
+                    _ => d.core.handle_notify(now),
+                }
             }
             Input::Tick => {}
         }
@@ -614,7 +627,8 @@ async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::Unbounde
 enum Input {
     Cmd(Cmd),
     Reply(OpId, StoreResult),
-    Notify { ended: bool },
+    /// A watch event, or `None` when the watch ended.
+    Notify(Option<WatchEvent>),
     Tick,
 }
 

@@ -2064,3 +2064,106 @@ fn a_view_read_before_our_delete_does_not_send_the_claim_to_be_proved_again() {
         .collect();
     assert!(gets.is_empty(), "{}", h.log.join("\n"));
 }
+
+/// Executes the member's ops (as the store would) and returns the listings among them.
+fn listings_sent(h: &mut Harness) -> usize {
+    let before = h.ops.len();
+    h.pump(&mut |_| Fate::Normal);
+    h.ops[before..]
+        .iter()
+        .filter(|op| matches!(op, StoreOp::List { .. }))
+        .count()
+}
+
+/// Notifications that name their keys (issue 10): a change of a claim the member waits for is
+/// tried at once (no listing first), a change of a claim it has nothing to do with costs no
+/// read, and the member's own keys always do.
+#[test]
+fn a_named_change_is_read_only_when_it_concerns_the_member() {
+    let mut h = Harness::new(&["q1", "q2"]);
+    // Another session holds q1's claim: the only member, assigned both, waits for q1.
+    let other = other_session(&mut h);
+    let q1_claim = h.layout.claim(&ResourceId::new("q1").unwrap());
+    h.model
+        .apply(
+            h.now,
+            &StoreOp::Txn {
+                conds: vec![],
+                writes: vec![Write::Create {
+                    key: q1_claim.clone(),
+                    value: br#"{"member":"old"}"#.to_vec(),
+                    owner: Some(other),
+                }],
+            },
+        )
+        .unwrap();
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    assert_eq!(h.grants().len(), 1, "q2 only: {:?}", h.grants());
+
+    let unrelated = h.layout.claim(&ResourceId::new("zz").unwrap());
+    h.member
+        .handle_notify_keys(h.now, std::slice::from_ref(&unrelated));
+    assert_eq!(
+        listings_sent(&mut h),
+        0,
+        "a claim it has nothing to do with"
+    );
+    let someone = h.layout.member(&MemberId::new("b").unwrap());
+    h.member.handle_notify_keys(h.now, &[someone]);
+    assert_eq!(
+        listings_sent(&mut h),
+        1,
+        "another member's record concerns the coordinator"
+    );
+    let own = h.layout.member(&MemberId::new("a").unwrap());
+    h.member.handle_notify_keys(h.now, &[own]);
+    assert_eq!(listings_sent(&mut h), 1, "its own record");
+
+    // A late notification of the other session's create: the claim is tried, refused, and
+    // the member reads the group again; nothing is granted.
+    h.member
+        .handle_notify_keys(h.now, std::slice::from_ref(&q1_claim));
+    assert_eq!(
+        listings_sent(&mut h),
+        1,
+        "a refused claim is followed by a read"
+    );
+    assert_eq!(h.times_of(is_claim_create).len(), 2, "q2's, then q1's try");
+    assert_eq!(h.grants().len(), 1, "{:?}", h.grants());
+
+    // The other session lets q1 go: the change is named, and q1 claimed without a listing
+    // (once the refusal's retry delay has passed).
+    h.model
+        .apply(
+            h.now,
+            &StoreOp::Txn {
+                conds: vec![],
+                writes: vec![Write::Delete {
+                    key: q1_claim.clone(),
+                }],
+            },
+        )
+        .unwrap();
+    h.now = h.now + ms(50);
+    h.member.handle_notify_keys(h.now, &[unrelated, q1_claim]);
+    assert_eq!(
+        listings_sent(&mut h),
+        0,
+        "the claim it waits for is tried at once"
+    );
+    assert_eq!(h.grants().len(), 2, "q1 granted: {:?}", h.grants());
+}
+
+/// A change named while a read is in flight is read again after it, whatever it names: the
+/// read may have been served before the change, and its view may be the one in which the
+/// change matters (say, one that assigns that resource to this member).
+#[test]
+fn a_change_named_while_a_read_is_in_flight_is_read_again() {
+    let mut h = Harness::new(&["q1"]);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    let (id, res) = h.read_now_answer_later();
+    let unrelated = h.layout.claim(&ResourceId::new("zz").unwrap());
+    h.member.handle_notify_keys(h.now, &[unrelated]);
+    h.member.handle_reply(h.now, id, res);
+    assert_eq!(listings_sent(&mut h), 1);
+}

@@ -9,8 +9,10 @@
 //! - `Create` is create-if-absent; session-owned keys vanish when their session expires or is
 //!   closed, and are never rewritten. `create_rev` strictly grows in commit order.
 //! - `Get`/`List` with `linearizable: true` reflect every write committed before they started.
-//! - `watch(prefix)` yields `Changed` after any change under the prefix and `Reset` after
-//!   anything that may have lost notifications; the caller re-reads on either.
+//! - `watch(prefix)` yields `Changed` (or `Keys` naming at least every key that changed)
+//!   after any change under the prefix and `Reset` after anything that may have lost
+//!   notifications; the caller re-reads on `Changed` and `Reset`, and on `Keys` when one of
+//!   them concerns it.
 //!
 //! **API boundary:** backends hold no protocol logic, only encoding, error mapping and
 //! notification plumbing.
@@ -32,12 +34,27 @@ pub use rebalanser_core::store::{
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A change notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
     /// Something under the prefix changed.
     Changed,
+    /// These keys under the prefix were created, changed or deleted. A backend may name a key
+    /// that did not change, never leave out one that did: a member re-reads only when a named
+    /// key concerns it (issue 10: a change costs the members it concerns a listing, not every
+    /// member).
+    Keys(Vec<Key>),
     /// Notifications may have been lost (reconnect, lag): re-read everything.
     Reset,
+}
+
+impl WatchEvent {
+    /// Whether this event may report a change of `key`.
+    pub fn may_concern(&self, key: &str) -> bool {
+        match self {
+            WatchEvent::Changed | WatchEvent::Reset => true,
+            WatchEvent::Keys(keys) => keys.iter().any(|k| k == key),
+        }
+    }
 }
 
 /// A backend. Object safe, so a member can hold `Arc<dyn Store>`.

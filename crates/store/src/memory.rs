@@ -175,10 +175,18 @@ impl Store for MemoryStore {
                         tokio::select! {
                             r = rx.recv() => match r {
                                 Ok(_) if cut() => continue,
-                                Ok(keys) if keys.iter().any(|k| k.starts_with(&prefix)) => {
-                                    return Some((WatchEvent::Changed, (rx, reconnects, prefix)))
+                                Ok(keys) => {
+                                    let mine: Vec<Key> = keys
+                                        .iter()
+                                        .filter(|k| k.starts_with(&prefix))
+                                        .cloned()
+                                        .collect();
+                                    if mine.is_empty() {
+                                        continue;
+                                    }
+                                    let ev = WatchEvent::Keys(mine);
+                                    return Some((ev, (rx, reconnects, prefix)));
                                 }
-                                Ok(_) => continue,
                                 Err(broadcast::error::RecvError::Lagged(_)) => {
                                     return Some((WatchEvent::Reset, (rx, reconnects, prefix)))
                                 }

@@ -1,6 +1,7 @@
 //! Notification plumbing: one persistent recursive watch per namespace on the shared
-//! connection, turned into `Changed`, re-armed and reported as `Reset` after every reconnect.
-//! Never reads or interprets keys: the reader re-reads on any notification.
+//! connection, each node event turned into `Keys` naming the node's key (the reader decides
+//! whether it concerns it), re-armed and reported as `Reset` after every reconnect. Never
+//! reads or interprets keys beyond the path encoding.
 
 use std::sync::Arc;
 
@@ -12,11 +13,14 @@ use zookeeper_client as zk;
 use crate::backoff::backoff;
 use crate::connect::is_terminal;
 use crate::error::read_err;
+use crate::path::key_of;
 use crate::Inner;
 
 impl Inner {
     pub(crate) fn watch(self: Arc<Self>, prefix: Key) -> BoxStream<'static, WatchEvent> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        // Unbounded: each event names a key, so none may be dropped; the reader drains
+        // whatever is queued in one pass.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         // One recursive watch on the namespace directory (or on everything for a prefix that
         // ends inside a namespace name); changes elsewhere in the namespace wake it too, which
         // costs a re-read, never a missed change.
@@ -69,7 +73,10 @@ impl Inner {
                             }
                             Err(_) => break,
                         },
-                        _ => send(&tx, WatchEvent::Changed),
+                        _ => match event_of(ev.event_type, &ev.path) {
+                            Some(e) => send(&tx, e),
+                            None => Ok(()),
+                        },
                     };
                     if sent.is_err() {
                         return;
@@ -87,12 +94,45 @@ async fn arm(c: &zk::Client, dir: &str) -> Result<zk::PersistentWatcher, StoreEr
         .map_err(read_err)
 }
 
-/// Queues a notification; a full queue already holds one, which is as good (the reader
-/// re-reads everything either way), but a pending `Changed` is upgraded by nothing: a `Reset`
-/// that finds the queue full is also fine for the same reason.
-fn send(tx: &tokio::sync::mpsc::Sender<WatchEvent>, ev: WatchEvent) -> Result<(), ()> {
-    match tx.try_send(ev) {
-        Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => Ok(()),
-        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(()),
+/// Queues a notification; `Err` when the reader is gone.
+fn send(tx: &tokio::sync::mpsc::UnboundedSender<WatchEvent>, ev: WatchEvent) -> Result<(), ()> {
+    tx.send(ev).map_err(|_| ())
+}
+
+/// The notification of a node event at `path` (relative to the chroot): the key of a node
+/// this store writes, `None` for the write every transaction makes to its namespace directory
+/// only to learn its zxid (`multi.rs`; the directory holds no key, and the transaction's own
+/// keys have events of their own), or `Changed` (re-read) for anything else.
+fn event_of(kind: zk::EventType, path: &str) -> Option<WatchEvent> {
+    let rel = path.strip_prefix('/').unwrap_or(path);
+    Some(match rel.split_once('/') {
+        Some((ns, name)) if !name.is_empty() && !name.contains('/') => {
+            key_of(ns, name).map_or(WatchEvent::Changed, |k| WatchEvent::Keys(vec![k]))
+        }
+        None if !rel.is_empty() && kind == zk::EventType::NodeDataChanged => return None,
+        _ => WatchEvent::Changed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_event_names_the_key_of_its_node() {
+        use zk::EventType::{NodeCreated, NodeDataChanged, NodeDeleted};
+        for kind in [NodeCreated, NodeDataChanged, NodeDeleted] {
+            assert_eq!(
+                event_of(kind, "/g/claims%2Fa%25b"),
+                Some(WatchEvent::Keys(vec!["g/claims/a%b".to_string()]))
+            );
+            assert_eq!(event_of(kind, "/g/"), Some(WatchEvent::Changed));
+            assert_eq!(event_of(kind, "/"), Some(WatchEvent::Changed));
+            assert_eq!(event_of(kind, "/g/a/b"), Some(WatchEvent::Changed));
+            assert_eq!(event_of(kind, "/g/bad%zz"), Some(WatchEvent::Changed));
+        }
+        // The zxid-learning write to the directory changes no key; its removal is news.
+        assert_eq!(event_of(NodeDataChanged, "/g"), None);
+        assert_eq!(event_of(NodeDeleted, "/g"), Some(WatchEvent::Changed));
     }
 }

@@ -120,7 +120,9 @@ pub async fn run(a: WatchArgs) -> Result<(), CliError> {
             _ = tokio::time::sleep_until(read_at.into()) => Wake::Read,
         };
         match wake {
-            Wake::Event(Some(WatchEvent::Changed | WatchEvent::Reset)) => dirty = true,
+            Wake::Event(Some(WatchEvent::Changed | WatchEvent::Keys(_) | WatchEvent::Reset)) => {
+                dirty = true
+            }
             Wake::Event(None) => {
                 // The notification stream broke: poll until it is re-armed.
                 events = None;

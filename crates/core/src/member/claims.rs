@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Variant;
 use crate::ids::{Epoch, OpId, ResourceId, SessionId, Time, Token};
-use crate::layout::{self, ClaimRec};
+use crate::layout::{self, ClaimRec, KeyKind};
 use crate::store::{Cond, StoreError, StoreOp, StoreReply, StoreResult, Write};
 
 use super::memo::{Memo, Unseen};
@@ -41,6 +41,13 @@ pub(super) struct Claims {
     /// Claims whose last create was refused as part of a batch: created alone until one
     /// succeeds, so one contested claim cannot hold back the rest of a batch again and again.
     pub(super) solo: BTreeSet<ResourceId>,
+    /// Desired resources whose claim the view shows held by another session, and whose claim
+    /// key a notification has named since: most likely its owner let go, so the claim is
+    /// tried at once instead of after a listing of the whole group (issue 10: that listing
+    /// was most of a handover's time). Create-if-absent decides, as always; a refusal gates
+    /// the resource until a newer view. Dropped when the create is sent or the resource is
+    /// no longer desired.
+    pub(super) maybe_free: BTreeSet<ResourceId>,
     /// The (view, session) `desired` was last derived from: derived once per view.
     pub(super) desired_from: Memo<(u64, SessionId), ()>,
     /// Resources whose claim or lease state changed since the last reconcile pass. Between
@@ -100,6 +107,7 @@ impl Member {
             return;
         }
         self.claims.desired_from.set(from, ());
+        let maybe_free = std::mem::take(&mut self.claims.maybe_free);
         match self.view.group.assign.get(&self.cfg.name) {
             None => self.claims.desired.clear(),
             Some(chunks) => match layout::complete_set(chunks) {
@@ -113,6 +121,28 @@ impl Member {
                 None => {}
             },
         }
+        let desired = &self.claims.desired;
+        self.claims.maybe_free = maybe_free
+            .into_iter()
+            .filter(|r| desired.contains(r))
+            .collect();
+    }
+
+    /// The resource whose claim `key` is, if this member wants it and the view shows another
+    /// session holding it: a change of that key is most likely its release, to be tried at
+    /// once (`maybe_free`).
+    pub(super) fn claim_to_try(&self, key: &str) -> Option<ResourceId> {
+        let KeyKind::Claim(r) = self.layout.classify(key) else {
+            return None;
+        };
+        let session = self.session.id()?;
+        let theirs = self
+            .view
+            .group
+            .claims
+            .get(&r)
+            .is_some_and(|c| c.session != session);
+        (theirs && self.claims.desired.contains(&r)).then_some(r)
     }
 
     /// The reconcile pass: makes leases and claims follow the desired set. The steps run in
@@ -445,8 +475,10 @@ impl Member {
         {
             return false;
         }
-        // Held by another session: wait for its owner to release it or expire.
-        self.gate_open(r, now) && !self.view.group.claims.contains_key(r)
+        // Held by another session: wait for its owner to release it or expire, or for a
+        // notification that it may have.
+        self.gate_open(r, now)
+            && (!self.view.group.claims.contains_key(r) || self.claims.maybe_free.contains(r))
     }
 
     /// L1: creates the claims of `rs` for `session` (create-if-absent, never rewritten), in
@@ -499,6 +531,7 @@ impl Member {
         );
         for r in rs {
             self.claims.gates.remove(&r);
+            self.claims.maybe_free.remove(&r);
             self.claims.in_flight.insert(r.clone(), op);
             if self.cfg.variant == Variant::GrantOnClaimSent {
                 // Test-only mutation: grant before the create's reply, with a guessed token

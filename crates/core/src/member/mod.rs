@@ -40,7 +40,7 @@ use std::collections::VecDeque;
 use crate::config::{Config, Variant};
 use crate::ids::{Epoch, LeaseId, OpId, ResourceId, SessionId, Time, Token};
 use crate::layout::{Layout, View};
-use crate::store::{StoreError, StoreOp, StoreResult};
+use crate::store::{Key, StoreError, StoreOp, StoreResult};
 
 use claims::Claims;
 use coordinator::{Coordinator, Election};
@@ -152,6 +152,27 @@ impl Member {
     /// Something under the group changed (or may have): re-read.
     pub fn handle_notify(&mut self, now: Time) {
         self.view.dirty = true;
+        self.step(now);
+    }
+
+    /// The store named the keys that changed (a watch event that names them). A claim this
+    /// member waits for is tried at once (`claims.rs`, `maybe_free`); otherwise the same as
+    /// [`Member::handle_notify`] unless none of the keys concerns this member, which then
+    /// skips the re-read (`view.rs`, [`Member::concerns`]).
+    pub fn handle_notify_keys(&mut self, now: Time, keys: &[Key]) {
+        let mut read = self.view.read.is_some();
+        for key in keys {
+            match self.claim_to_try(key) {
+                Some(r) => {
+                    self.touch(&r);
+                    self.claims.maybe_free.insert(r);
+                }
+                None => read = read || self.concerns(key),
+            }
+        }
+        if read {
+            self.view.dirty = true;
+        }
         self.step(now);
     }
 

@@ -346,6 +346,7 @@ impl Member {
         self.claims.gates.clear();
         self.claims.solo.clear();
         self.claims.gone.clear();
+        self.claims.maybe_free.clear();
         self.step_down();
         self.election.op = None;
         if let Some(l) = self.leaving.as_mut() {

@@ -6,7 +6,7 @@ use crate::config::Variant;
 use std::collections::BTreeSet;
 
 use crate::ids::{OpId, Time};
-use crate::layout::{self, View};
+use crate::layout::{self, KeyKind, View};
 use crate::store::{Key, StoreOp, StoreReply, StoreResult};
 
 use super::{Event, Member, Pending};
@@ -38,6 +38,34 @@ pub(super) struct ViewState {
 }
 
 impl Member {
+    /// Whether a change of `key` can matter to this member, judged against the current view
+    /// (issue 10: a change must cost a listing of the group only to the members it concerns,
+    /// not to every member). Only two kinds of change are ever ignored:
+    /// - a claim of a resource this member does not want and is not settling by a read:
+    ///   which member may access it is that member's business, nothing this member plans
+    ///   reads claims (the plan input excludes them), and the outcome of this member's own
+    ///   creates and deletes comes with their replies;
+    /// - another member's record, draining mark or assignment, while this member is neither
+    ///   coordinator nor standing for election: only the coordinator plans from those (and
+    ///   a new coordinator re-reads before it plans).
+    ///
+    /// The caller also re-reads whenever a read is in flight: its result may be a view in
+    /// which the change does matter (say, one assigning the resource to us), and the change
+    /// may have come after that read was served. Without a read in flight, any read after
+    /// this notification reflects the change, so nothing is lost by waiting for one.
+    /// Notifications are hints either way (DESIGN §8): safety never rests on them.
+    pub fn concerns(&self, key: &str) -> bool {
+        match self.layout.classify(key) {
+            KeyKind::Claim(r) => {
+                self.claims.desired.contains(&r) || self.claims.unresolved.contains(&r)
+            }
+            KeyKind::OfMember(m) => {
+                m == self.cfg.name || self.coord.is_some() || self.election.op.is_some()
+            }
+            KeyKind::Other => true,
+        }
+    }
+
     /// Timers: the periodic resync and a read retry.
     pub(super) fn view_timers(&self, at: &mut impl FnMut(Time)) {
         at(self.view.next_resync);

@@ -144,11 +144,13 @@ impl World {
         } else {
             ms(60_000)
         };
-        let store = MemModel::new(ModelConfig {
+        let mut store = MemModel::new(ModelConfig {
             min_ttl: ms(100),
             max_ttl,
             history: 4,
         });
+        // Notifications name the keys that changed, as the ZooKeeper and memory stores' do.
+        store.record_changes();
         let mut member_cfg = Config::new(
             group.clone(),
             MemberId::new("m").unwrap_or_else(|_| unreachable!()),

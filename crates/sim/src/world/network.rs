@@ -159,6 +159,7 @@ impl World {
     }
 
     pub(super) fn notify_all(&mut self) {
+        let changed = std::sync::Arc::new(self.store.take_changes());
         for i in 0..self.slots.len() {
             let s = &self.slots[i];
             if s.core.is_none() || s.partitioned {
@@ -168,11 +169,15 @@ impl World {
             if self.rng.chance(self.faults.lost_notify) {
                 continue;
             }
+            // Mostly the keys that changed (the member may then skip the re-read), sometimes
+            // a bare notification.
+            let keys = (!self.rng.chance(0.2)).then(|| changed.clone());
             let d = self.latency();
-            self.schedule(self.now + d, Ev::Notify { slot: i, inc });
+            let ev = Ev::Notify { slot: i, inc, keys };
+            self.schedule(self.now + d, ev.clone());
             if self.rng.chance(self.faults.dup_notify) {
                 let d = self.latency();
-                self.schedule(self.now + d, Ev::Notify { slot: i, inc });
+                self.schedule(self.now + d, ev);
             }
         }
     }

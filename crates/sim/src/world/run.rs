@@ -50,6 +50,8 @@ pub(super) enum Ev {
     Notify {
         slot: usize,
         inc: u32,
+        /// The keys it names, or `None` for a bare "something changed" (SQLite's kind).
+        keys: Option<std::sync::Arc<Vec<rebalanser_core::store::Key>>>,
     },
     Timer {
         slot: usize,
@@ -244,11 +246,14 @@ impl World {
                     self.notify_all();
                 }
             }
-            Ev::Notify { slot, inc } => {
+            Ev::Notify { slot, inc, keys } => {
                 if self.live(slot, inc) {
                     let local = self.slots[slot].local(self.now);
                     if let Some(m) = self.slots[slot].core.as_mut() {
-                        m.handle_notify(local);
+                        match keys {
+                            Some(keys) => m.handle_notify_keys(local, &keys),
+                            None => m.handle_notify(local),
+                        }
                     }
                     self.drain(slot);
                 }

@@ -2118,6 +2118,9 @@ fn a_named_change_is_read_only_when_it_concerns_the_member() {
     let own = h.layout.member(&MemberId::new("a").unwrap());
     h.member.handle_notify_keys(h.now, &[own]);
     assert_eq!(listings_sent(&mut h), 1, "its own record");
+    let q2_claim = h.layout.claim(&ResourceId::new("q2").unwrap());
+    h.member.handle_notify_keys(h.now, &[q2_claim]);
+    assert_eq!(listings_sent(&mut h), 1, "the claim of a resource it holds");
 
     // A late notification of the other session's create: the claim is tried, refused, and
     // the member reads the group again; nothing is granted.

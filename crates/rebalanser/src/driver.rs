@@ -490,7 +490,7 @@ impl Driver {
             joined: self.joined,
             coordinator: self.core.is_coordinator(),
             suspended: self.suspended,
-            leases: self.core.leased().count(),
+            leases: self.core.leased_count(),
             left: self.core.is_closed(),
         };
         self.snapshot_tx.send_if_modified(|s| {
@@ -551,6 +551,12 @@ async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::Unbounde
             ev = next_watch(&mut watch) => Input::Notify(ev),
             () = tokio::time::sleep(sleep_for) => Input::Tick,
         };
+        if matches!(input, Input::Cmd(Cmd::Released { .. })) {
+            // Releases come in bursts (the application stopping what a revoke took away):
+            // let the rest of the burst land first, so that its claims go in a few deletes,
+            // not one each (a leave of 50,000 leases sent 33,000 transactions).
+            tokio::task::yield_now().await;
+        }
         // Drops first, before the core sees any input: each input steps the core, which checks
         // lease deadlines against the releases it knows of.
         let now = clock::now();

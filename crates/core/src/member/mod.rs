@@ -336,6 +336,12 @@ impl Member {
         self.leases.held.iter().map(|(r, l)| (r, l.id, l.token))
     }
 
+    /// How many leases [`Member::leased`] would list, without walking them (the runtime asks
+    /// after every input).
+    pub fn leased_count(&self) -> usize {
+        self.leases.held.len()
+    }
+
     /// The last view of the group this member read.
     pub fn view(&self) -> &View {
         &self.view.group

@@ -63,6 +63,8 @@ pub struct Config {
     /// Time between keepalives.
     pub keepalive_interval: Duration,
     /// Longest a store operation may take before the driver reports it failed (max RTT).
+    /// Listings of the group get up to `session_ttl` instead: they are not in the timing
+    /// budget, and a large group's listing takes longer than a keepalive.
     pub op_timeout: Duration,
     /// Rate limit of rebalances (with a trailing edge).
     pub min_rebalance_interval: Duration,

@@ -529,7 +529,15 @@ async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::Unbounde
     loop {
         d.after_input();
         for (id, op) in d.outbox.drain(..) {
-            in_flight.push(execute(store_ref, id, op, cfg.op_timeout));
+            // A listing of a large group takes longer than a keepalive, and no deadline
+            // waits on it (the timing budget counts keepalives only): it gets up to the TTL.
+            // With 250 ms every listing of 20,000 keys on ZooKeeper timed out, for ever.
+            let timeout = if matches!(op, StoreOp::List { .. }) {
+                cfg.op_timeout.max(cfg.session_ttl)
+            } else {
+                cfg.op_timeout
+            };
+            in_flight.push(execute(store_ref, id, op, timeout));
         }
         if d.core.is_closed() {
             break;

@@ -176,6 +176,22 @@ impl Harness {
         self.drain_events();
     }
 
+    /// Creates the claim of `r` for another session `owner` (as its member would), at `now`;
+    /// returns the claim's key.
+    fn foreign_claim(&mut self, r: &str, owner: SessionId) -> String {
+        let key = self.layout.claim(&ResourceId::new(r).unwrap());
+        let create = StoreOp::Txn {
+            conds: vec![],
+            writes: vec![Write::Create {
+                key: key.clone(),
+                value: br#"{"member":"other"}"#.to_vec(),
+                owner: Some(owner),
+            }],
+        };
+        self.model.apply(self.now, &create).unwrap();
+        key
+    }
+
     fn release_all_revoked(&mut self) {
         let revoked: Vec<_> = self
             .events
@@ -250,20 +266,7 @@ fn lost_indeterminate_claim_held_by_another_session_is_never_granted() {
         Ok(StoreReply::Session { session, .. }) => session,
         r => panic!("{r:?}"),
     };
-    let key = h.layout.claim(&ResourceId::new("q1").unwrap());
-    h.model
-        .apply(
-            Time::ZERO,
-            &StoreOp::Txn {
-                conds: vec![],
-                writes: vec![Write::Create {
-                    key,
-                    value: br#"{"member":"old"}"#.to_vec(),
-                    owner: Some(other),
-                }],
-            },
-        )
-        .unwrap();
+    h.foreign_claim("q1", other);
     let mut fate = only(is_claim_create, Fate::LostUnknown);
     // Keep the other session alive while the member runs for a while.
     for _ in 0..20 {
@@ -435,20 +438,7 @@ fn lost_create_then_foreign_claim(variant: Variant) -> (Vec<(String, u64)>, u64)
         Ok(StoreReply::Session { session, .. }) => session,
         r => panic!("{r:?}"),
     };
-    let key = h.layout.claim(&ResourceId::new("q1").unwrap());
-    h.model
-        .apply(
-            h.now,
-            &StoreOp::Txn {
-                conds: vec![],
-                writes: vec![Write::Create {
-                    key: key.clone(),
-                    value: br#"{"member":"b"}"#.to_vec(),
-                    owner: Some(other),
-                }],
-            },
-        )
-        .unwrap();
+    let key = h.foreign_claim("q1", other);
     for _ in 0..5 {
         h.run_for(ms(100), &mut |_| Fate::Normal);
         h.model
@@ -2083,20 +2073,7 @@ fn a_named_change_is_read_only_when_it_concerns_the_member() {
     let mut h = Harness::new(&["q1", "q2"]);
     // Another session holds q1's claim: the only member, assigned both, waits for q1.
     let other = other_session(&mut h);
-    let q1_claim = h.layout.claim(&ResourceId::new("q1").unwrap());
-    h.model
-        .apply(
-            h.now,
-            &StoreOp::Txn {
-                conds: vec![],
-                writes: vec![Write::Create {
-                    key: q1_claim.clone(),
-                    value: br#"{"member":"old"}"#.to_vec(),
-                    owner: Some(other),
-                }],
-            },
-        )
-        .unwrap();
+    let q1_claim = h.foreign_claim("q1", other);
     h.run_for(ms(500), &mut |_| Fate::Normal);
     assert_eq!(h.grants().len(), 1, "q2 only: {:?}", h.grants());
 

@@ -598,7 +598,11 @@ async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::Unbounde
                 if let Some(ev) = first {
                     take(ev);
                 }
-                while !ended {
+                // Bounded, so a store streaming events faster than they are taken cannot keep
+                // the loop from its timers (keepalives); the rest is taken next pass.
+                let mut budget = MAX_EVENTS_PER_PASS;
+                while !ended && budget > 0 {
+                    budget -= 1;
                     match watch.as_mut().map(|w| w.next().now_or_never()) {
                         Some(Some(Some(ev))) => take(ev),
                         Some(Some(None)) => ended = true,
@@ -636,6 +640,9 @@ async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::Unbounde
     d.finish();
     info!("member stopped");
 }
+
+/// Watch events taken together in one pass at most (each is cheap: a few keys to collect).
+const MAX_EVENTS_PER_PASS: usize = 10_000;
 
 /// What woke the driver's loop.
 enum Input {

@@ -50,6 +50,7 @@ enum Cmd {
     /// process on memory://, a process each on sqlite:// and zk://.
     ///
     /// Example: rebalanser bench --members 10 --resources 10000 --reps 3
+    ///
     /// On a ZooKeeper it starts itself: rebalanser bench --zk-start --ttl 2s
     Bench(bench::BenchArgs),
     /// Run the deterministic simulator: the real protocol core on the in-memory store model,

@@ -73,8 +73,10 @@ pub fn decode_component(s: &str) -> Option<String> {
 pub enum KeyKind {
     /// `claims/<r>`.
     Claim(ResourceId),
-    /// `members/<m>`, `draining/<m>` or `assign/<m>/<i>`: one member's keys.
+    /// `members/<m>` or `draining/<m>`: one member's record and draining mark.
     OfMember(MemberId),
+    /// `assign/<m>/<i>`: one member's assignment.
+    Assign(MemberId),
     /// Anything else, inside the group or not (the group's own keys, unreadable keys).
     Other,
 }
@@ -140,12 +142,17 @@ impl Layout {
                     name
                 };
                 match decode_component(m).and_then(|s| MemberId::new(s).ok()) {
+                    Some(m) if dir == "assign" => KeyKind::Assign(m),
                     Some(m) => KeyKind::OfMember(m),
                     None => KeyKind::Other,
                 }
             }
             _ => KeyKind::Other,
         }
+    }
+    /// Prefix of every assignment chunk of `m`, with a trailing `/`.
+    pub fn assign_prefix(&self, m: &MemberId) -> Key {
+        format!("{}/assign/{}/", self.root, encode_component(m.as_str()))
     }
     pub fn assign_chunk(&self, m: &MemberId, i: u32) -> Key {
         format!(
@@ -521,9 +528,14 @@ mod tests {
         let r = ResourceId::new("a/b c").unwrap();
         let m = MemberId::new("w-1").unwrap();
         assert_eq!(l.classify(&l.claim(&r)), KeyKind::Claim(r.clone()));
-        for k in [l.member(&m), l.draining(&m), l.assign_chunk(&m, 3)] {
+        for k in [l.member(&m), l.draining(&m)] {
             assert_eq!(l.classify(&k), KeyKind::OfMember(m.clone()), "{k}");
         }
+        let chunk = l.assign_chunk(&m, 3);
+        assert_eq!(l.classify(&chunk), KeyKind::Assign(m.clone()));
+        assert!(chunk.starts_with(&l.assign_prefix(&m)));
+        let longer = MemberId::new("w-10").unwrap();
+        assert!(!l.assign_chunk(&longer, 0).starts_with(&l.assign_prefix(&m)));
         for k in [
             l.leader(),
             l.epoch(),

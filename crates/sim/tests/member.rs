@@ -2147,3 +2147,121 @@ fn a_change_named_while_a_read_is_in_flight_is_read_again() {
     h.member.handle_reply(h.now, id, res);
     assert_eq!(listings_sent(&mut h), 1);
 }
+
+/// Member "a" of q1..q3, no longer coordinator: another session leads (epoch + 1) and has
+/// given q3 to itself and claimed it; "a" holds q1 and q2 and its view shows that claim.
+/// Returns the harness, the other session, and a way to write a's assignment as that
+/// coordinator would.
+fn follower_beside_a_claim_of_q3() -> (Harness, SessionId, impl Fn(&mut Harness, u64, &[&str])) {
+    let mut h = Harness::new(&["q1", "q2", "q3"]);
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    let epoch = h.member.is_coordinator().expect("the only member leads");
+    let session = h.member.session().expect("a session");
+    let other = other_session(&mut h);
+    let next = Epoch(epoch.0 + 1);
+    replace_leader(&mut h, Some(other), next);
+    let assign = move |h: &mut Harness, seq: u64, rs: &[&str]| {
+        let a = MemberId::new("a").unwrap();
+        let rec = layout::ChunkRec {
+            session,
+            epoch: next,
+            seq,
+            i: 0,
+            n: 1,
+            resources: rs.iter().map(|r| ResourceId::new(*r).unwrap()).collect(),
+        };
+        let put = StoreOp::Txn {
+            conds: vec![],
+            writes: vec![Write::Put {
+                key: h.layout.assign_chunk(&a, 0),
+                value: layout::encode(&rec),
+            }],
+        };
+        h.model.apply(h.now, &put).unwrap();
+    };
+    assign(&mut h, 100, &["q1", "q2"]);
+    h.notify();
+    h.run_for(ms(100), &mut |_| Fate::Normal);
+    assert!(h.member.is_coordinator().is_none(), "stepped down");
+    assert_eq!(
+        h.revokes(),
+        1,
+        "q3 went to the other member: {:?}",
+        h.events
+    );
+    h.release_all_revoked();
+    h.run_for(ms(50), &mut |_| Fate::Normal);
+    h.foreign_claim("q3", other);
+    h.notify();
+    (h, other, assign)
+}
+
+/// The listings among the ops sent since `before`, by prefix.
+fn listed_prefixes(h: &Harness, before: usize) -> Vec<String> {
+    h.ops[before..]
+        .iter()
+        .filter_map(|op| match op {
+            StoreOp::List { prefix, .. } => Some(prefix.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A member that is not the coordinator, told that only its own assignment changed, reads that
+/// assignment alone, not the group (issue 10); a resource it adds that another session still
+/// holds is claimed when that claim's deletion is named, still without a listing.
+#[test]
+fn a_changed_assignment_alone_is_read_alone() {
+    let (mut h, _, assign) = follower_beside_a_claim_of_q3();
+    let a = MemberId::new("a").unwrap();
+    let q3_claim = h.layout.claim(&ResourceId::new("q3").unwrap());
+    let (grants, before) = (h.grants().len(), h.ops.len());
+    assign(&mut h, 101, &["q1", "q2", "q3"]);
+    h.member
+        .handle_notify_keys(h.now, &[h.layout.assign_chunk(&a, 0)]);
+    h.pump(&mut |_| Fate::Normal);
+    assert_eq!(listed_prefixes(&h, before), [h.layout.assign_prefix(&a)]);
+    assert_eq!(h.grants().len(), grants, "q3 is still the other's");
+
+    let delete = StoreOp::Txn {
+        conds: vec![],
+        writes: vec![Write::Delete {
+            key: q3_claim.clone(),
+        }],
+    };
+    h.model.apply(h.now, &delete).unwrap();
+    h.member.handle_notify_keys(h.now, &[q3_claim]);
+    h.pump(&mut |_| Fate::Normal);
+    assert_eq!(listed_prefixes(&h, before), [h.layout.assign_prefix(&a)]);
+    assert_eq!(h.grants().len(), grants + 1, "q3 granted: {:?}", h.grants());
+}
+
+/// ... but where the claim of a resource it adds changed since its last listing (a change
+/// that did not concern it then), the view cannot say whether it is free: a listing follows,
+/// and the resource is claimed from it.
+#[test]
+fn an_added_resource_whose_claim_changed_unseen_is_listed_for() {
+    let (mut h, _, assign) = follower_beside_a_claim_of_q3();
+    let a = MemberId::new("a").unwrap();
+    let q3_claim = h.layout.claim(&ResourceId::new("q3").unwrap());
+    let delete = StoreOp::Txn {
+        conds: vec![],
+        writes: vec![Write::Delete {
+            key: q3_claim.clone(),
+        }],
+    };
+    h.model.apply(h.now, &delete).unwrap();
+    h.member.handle_notify_keys(h.now, &[q3_claim]);
+    assert_eq!(listings_sent(&mut h), 0, "none of its business yet");
+
+    let (grants, before) = (h.grants().len(), h.ops.len());
+    assign(&mut h, 101, &["q1", "q2", "q3"]);
+    h.member
+        .handle_notify_keys(h.now, &[h.layout.assign_chunk(&a, 0)]);
+    h.pump(&mut |_| Fate::Normal);
+    assert_eq!(
+        listed_prefixes(&h, before),
+        [h.layout.assign_prefix(&a), h.layout.prefix()]
+    );
+    assert_eq!(h.grants().len(), grants + 1, "q3 granted: {:?}", h.grants());
+}

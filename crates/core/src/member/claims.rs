@@ -49,7 +49,7 @@ pub(super) struct Claims {
     /// no longer desired.
     pub(super) maybe_free: BTreeSet<ResourceId>,
     /// The (view, session) `desired` was last derived from: derived once per view.
-    pub(super) desired_from: Memo<(u64, SessionId), ()>,
+    pub(super) desired_from: Memo<(u64, u64, SessionId), ()>,
     /// Resources whose claim or lease state changed since the last reconcile pass. Between
     /// full passes the pass looks at these only, so a reply costs what it changed, not the
     /// size of the group (issue 10). Invisible to `Debug` (the model's fingerprint) because a
@@ -59,9 +59,9 @@ pub(super) struct Claims {
     pub(super) full_for: Memo<FullPassKey, ()>,
 }
 
-/// (view sequence, session, suspended, leaving, leave timed out): when any changes, the next
-/// reconcile pass looks at every resource.
-pub(super) type FullPassKey = (u64, SessionId, bool, bool, bool);
+/// (view sequence, own-assignment sequence, session, suspended, leaving, leave timed out):
+/// when any changes, the next reconcile pass looks at every resource.
+pub(super) type FullPassKey = (u64, u64, SessionId, bool, bool, bool);
 
 /// The entries of `map` whose keys are in `only` (all of them for `None`), in key order: what
 /// a pass over the changed resources costs is the number changed, not the size of `map`.
@@ -102,12 +102,13 @@ impl Member {
             self.claims.desired.clear();
             return;
         }
-        let from = (self.view.seq, session);
+        let from = (self.view.seq, self.view.own_seq, session);
         if self.claims.desired_from.holds(&from) {
             return;
         }
         self.claims.desired_from.set(from, ());
         let maybe_free = std::mem::take(&mut self.claims.maybe_free);
+        let before = self.view.own_newer.then(|| self.claims.desired.clone());
         match self.view.group.assign.get(&self.cfg.name) {
             None => self.claims.desired.clear(),
             Some(chunks) => match layout::complete_set(chunks) {
@@ -120,6 +121,21 @@ impl Member {
                 // Torn: keep acting on the last complete set (PITFALLS 21).
                 None => {}
             },
+        }
+        if let Some(before) = before {
+            // From a read of the assignment alone, the rest of the view being older: the
+            // view's claim of a resource it adds is current unless a notification named that
+            // claim since the last listing (it did not concern us then), and then only a
+            // listing says what it is now. Otherwise its next change will be named, and
+            // concerns us now.
+            if self
+                .claims
+                .desired
+                .difference(&before)
+                .any(|r| self.view.changed_claims.contains(r))
+            {
+                self.view.dirty = true;
+            }
         }
         let desired = &self.claims.desired;
         self.claims.maybe_free = maybe_free
@@ -159,6 +175,7 @@ impl Member {
         self.open_due_gates(now);
         let key = (
             self.view.seq,
+            self.view.own_seq,
             session,
             suspended,
             self.leaving.is_some(),

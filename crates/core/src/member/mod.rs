@@ -39,7 +39,7 @@ use std::collections::VecDeque;
 
 use crate::config::{Config, Variant};
 use crate::ids::{Epoch, LeaseId, OpId, ResourceId, SessionId, Time, Token};
-use crate::layout::{Layout, View};
+use crate::layout::{KeyKind, Layout, View};
 use crate::store::{Key, StoreError, StoreOp, StoreResult};
 
 use claims::Claims;
@@ -159,19 +159,34 @@ impl Member {
     /// member waits for is tried at once (`claims.rs`, `maybe_free`); otherwise the same as
     /// [`Member::handle_notify`] unless none of the keys concerns this member, which then
     /// skips the re-read (`view.rs`, [`Member::concerns`]).
+    ///
+    /// While a listing is in flight every change is read again after it (its view may be the
+    /// one in which the change matters). A read of this member's own assignment in flight
+    /// needs no such care: the only thing it can change is which claims concern the member,
+    /// and a resource it adds whose claim changed since the last listing makes a listing
+    /// follow (`view.changed_claims`, `update_desired`).
     pub fn handle_notify_keys(&mut self, now: Time, keys: &[Key]) {
-        let mut read = self.view.read.is_some();
+        let mut read = self.view.read.is_some() && !self.view.read_own;
+        let mut own = false;
         for key in keys {
-            match self.claim_to_try(key) {
-                Some(r) => {
-                    self.touch(&r);
-                    self.claims.maybe_free.insert(r);
+            if let Some(r) = self.claim_to_try(key) {
+                self.touch(&r);
+                self.claims.maybe_free.insert(r);
+                continue;
+            }
+            match self.layout.classify(key) {
+                KeyKind::Assign(m) if m == self.cfg.name && !self.group_wide() => own = true,
+                KeyKind::Claim(r) => {
+                    read = read || self.concerns(key);
+                    self.view.changed_claims.insert(r);
                 }
-                None => read = read || self.concerns(key),
+                _ => read = read || self.concerns(key),
             }
         }
         if read {
             self.view.dirty = true;
+        } else if own {
+            self.view.want_own = true;
         }
         self.step(now);
     }
@@ -376,6 +391,8 @@ impl Member {
         }
         self.coordinate(now);
         self.update_desired(now);
+        // A read of the assignment alone may have found that only a listing can tell.
+        self.reads(now);
         self.reconcile_claims(now);
         self.finish_leave(now);
     }

@@ -66,6 +66,8 @@ pub(super) enum Pending {
     Read {
         number: u64,
         linearizable: bool,
+        /// Only this member's assignment (`ViewState::want_own`), not the group.
+        own: bool,
     },
     Register {
         session: SessionId,
@@ -147,7 +149,8 @@ impl Member {
             Pending::Read {
                 number,
                 linearizable,
-            } => self.on_read(now, number, linearizable, result),
+                own,
+            } => self.on_read(now, number, linearizable, own, result),
             Pending::Register { session } => self.on_register(now, session, result),
             Pending::RegisterVerify { session } => self.on_register_verify(now, session, result),
             Pending::Drain { session } => self.on_drain(now, session, result),

@@ -5,7 +5,7 @@
 use crate::config::Variant;
 use std::collections::BTreeSet;
 
-use crate::ids::{OpId, Time};
+use crate::ids::{OpId, ResourceId, Time};
 use crate::layout::{self, KeyKind, View};
 use crate::store::{Key, StoreOp, StoreReply, StoreResult};
 
@@ -29,6 +29,20 @@ pub(super) struct ViewState {
     pub(super) read: Option<OpId>,
     /// Something may have changed since the last read was sent: read again.
     pub(super) dirty: bool,
+    /// Only this member's assignment changed (by a notification naming its chunks): read
+    /// just those keys (issue 10: a member whose assignment changed need not list the group).
+    /// A wanted full read covers it.
+    pub(super) want_own: bool,
+    /// The read in flight is of this member's assignment only.
+    pub(super) read_own: bool,
+    /// Number of own-assignment reads applied: `desired` is derived per (`seq`, `own_seq`).
+    pub(super) own_seq: u64,
+    /// The own assignment is newer than the rest of the view (a partial read was applied
+    /// since the last listing): the view's claims of resources it adds may be stale.
+    pub(super) own_newer: bool,
+    /// Resources whose claim a notification named since the last listing was sent, whether
+    /// or not it concerned us then: where the view's claim of such a resource may be stale.
+    pub(super) changed_claims: BTreeSet<ResourceId>,
     /// After a failed or refused read: the next one not before this time.
     pub(super) retry_at: Option<Time>,
     /// When the periodic re-read is due (the first at once).
@@ -59,11 +73,15 @@ impl Member {
             KeyKind::Claim(r) => {
                 self.claims.desired.contains(&r) || self.claims.unresolved.contains(&r)
             }
-            KeyKind::OfMember(m) => {
-                m == self.cfg.name || self.coord.is_some() || self.election.op.is_some()
-            }
+            KeyKind::OfMember(m) | KeyKind::Assign(m) => m == self.cfg.name || self.group_wide(),
             KeyKind::Other => true,
         }
+    }
+
+    /// Coordinator or standing for election: every member's keys matter, and reads are of
+    /// the whole group.
+    pub(super) fn group_wide(&self) -> bool {
+        self.coord.is_some() || self.election.op.is_some()
     }
 
     /// Timers: the periodic resync and a read retry.
@@ -82,8 +100,38 @@ impl Member {
             self.view.dirty = true;
         }
         let retry_ok = self.view.retry_at.is_none_or(|t| now >= t);
-        if self.view.dirty && self.view.read.is_none() && retry_ok {
+        if self.view.want_own && self.group_wide() {
+            self.view.want_own = false;
+            self.view.dirty = true;
+        }
+        if self.view.read.is_some() || !retry_ok {
+            return;
+        }
+        if !self.view.dirty && self.view.want_own {
+            self.view.want_own = false;
+            self.view.reads_sent += 1;
+            let linearizable = self.view.want_linearizable;
+            self.view.want_linearizable = false;
+            let op = self.send(
+                Pending::Read {
+                    number: self.view.reads_sent,
+                    linearizable,
+                    own: true,
+                },
+                StoreOp::List {
+                    prefix: self.layout.assign_prefix(&self.cfg.name),
+                    linearizable,
+                },
+            );
+            self.view.read = Some(op);
+            self.view.read_own = true;
+            return;
+        }
+        if self.view.dirty {
             self.view.dirty = false;
+            self.view.want_own = false;
+            // The listing reflects every change notified so far.
+            self.view.changed_claims.clear();
             self.view.reads_sent += 1;
             let number = self.view.reads_sent;
             // The coordinator plans its writes from what it reads: only linearizable reads
@@ -94,6 +142,7 @@ impl Member {
                 Pending::Read {
                     number,
                     linearizable,
+                    own: false,
                 },
                 StoreOp::List {
                     prefix: self.layout.prefix(),
@@ -101,6 +150,7 @@ impl Member {
                 },
             );
             self.view.read = Some(op);
+            self.view.read_own = false;
         }
     }
 
@@ -111,9 +161,14 @@ impl Member {
         now: Time,
         number: u64,
         linearizable: bool,
+        own: bool,
         result: StoreResult,
     ) {
         self.view.read = None;
+        self.view.read_own = false;
+        if own {
+            return self.on_own_read(now, linearizable, result);
+        }
         match result {
             Ok(StoreReply::Listed { rev, .. })
                 if self.view.rev.is_some_and(|v| rev < v)
@@ -137,6 +192,7 @@ impl Member {
                 }
                 self.view.group = view;
                 self.view.seq += 1;
+                self.view.own_newer = false;
                 if let Some(c) = self.coord.as_mut() {
                     if c.fresh_from_read.is_some_and(|n| number >= n) {
                         c.fresh_from_read = None;
@@ -150,6 +206,52 @@ impl Member {
                         .push_back(Event::StoreError { op: "read", error });
                 }
                 self.view.dirty = true;
+                self.view.retry_at = Some(now + self.cfg.retry_delay);
+            }
+        }
+    }
+    /// A read of this member's assignment only: applied to the view's assignment of this
+    /// member, under the same rule as a listing (never older than what was acted on unless
+    /// linearizable). The rest of the view stays as it was; `update_desired` treats claims it
+    /// shows for resources the new assignment adds as possibly stale (`own_newer`).
+    fn on_own_read(&mut self, now: Time, linearizable: bool, result: StoreResult) {
+        match result {
+            Ok(StoreReply::Listed { rev, .. })
+                if self.view.rev.is_some_and(|v| rev < v)
+                    && !linearizable
+                    && self.cfg.variant != Variant::AcceptOlderViews =>
+            {
+                self.view.want_linearizable = true;
+                self.view.want_own = true;
+                self.view.retry_at = Some(now + self.cfg.retry_delay);
+            }
+            Ok(StoreReply::Listed { entries, rev }) => {
+                self.view.rev = Some(self.view.rev.map_or(rev, |v| v.max(rev)));
+                let (part, bad) = layout::parse_view(&self.layout, &entries);
+                for b in bad {
+                    if self.view.reported_bad.insert(b.key.clone()) {
+                        self.events.push_back(Event::BadData(b));
+                    }
+                }
+                let me = self.cfg.name.clone();
+                match part.assign.get(&me) {
+                    Some(chunks) => {
+                        self.view.group.assign.insert(me, chunks.clone());
+                    }
+                    None => {
+                        self.view.group.assign.remove(&me);
+                    }
+                }
+                self.view.own_seq += 1;
+                self.view.own_newer = true;
+                self.view.retry_at = None;
+            }
+            other => {
+                if let Err(error) = other {
+                    self.events
+                        .push_back(Event::StoreError { op: "read", error });
+                }
+                self.view.want_own = true;
                 self.view.retry_at = Some(now + self.cfg.retry_delay);
             }
         }

@@ -176,6 +176,17 @@ impl Harness {
         self.drain_events();
     }
 
+    /// Deletes `key`, as another member or an operator would.
+    fn delete_key(&mut self, key: &str) {
+        let delete = StoreOp::Txn {
+            conds: vec![],
+            writes: vec![Write::Delete {
+                key: key.to_string(),
+            }],
+        };
+        self.model.apply(self.now, &delete).unwrap();
+    }
+
     /// Creates the claim of `r` for another session `owner` (as its member would), at `now`;
     /// returns the claim's key.
     fn foreign_claim(&mut self, r: &str, owner: SessionId) -> String {
@@ -2223,13 +2234,7 @@ fn a_changed_assignment_alone_is_read_alone() {
     assert_eq!(listed_prefixes(&h, before), [h.layout.assign_prefix(&a)]);
     assert_eq!(h.grants().len(), grants, "q3 is still the other's");
 
-    let delete = StoreOp::Txn {
-        conds: vec![],
-        writes: vec![Write::Delete {
-            key: q3_claim.clone(),
-        }],
-    };
-    h.model.apply(h.now, &delete).unwrap();
+    h.delete_key(&q3_claim);
     h.member.handle_notify_keys(h.now, &[q3_claim]);
     h.pump(&mut |_| Fate::Normal);
     assert_eq!(listed_prefixes(&h, before), [h.layout.assign_prefix(&a)]);
@@ -2244,13 +2249,7 @@ fn an_added_resource_whose_claim_changed_unseen_is_listed_for() {
     let (mut h, _, assign) = follower_beside_a_claim_of_q3();
     let a = MemberId::new("a").unwrap();
     let q3_claim = h.layout.claim(&ResourceId::new("q3").unwrap());
-    let delete = StoreOp::Txn {
-        conds: vec![],
-        writes: vec![Write::Delete {
-            key: q3_claim.clone(),
-        }],
-    };
-    h.model.apply(h.now, &delete).unwrap();
+    h.delete_key(&q3_claim);
     h.member.handle_notify_keys(h.now, &[q3_claim]);
     assert_eq!(listings_sent(&mut h), 0, "none of its business yet");
 

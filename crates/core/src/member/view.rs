@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use crate::ids::{OpId, ResourceId, Time};
 use crate::layout::{self, KeyKind, View};
-use crate::store::{Key, StoreOp, StoreReply, StoreResult};
+use crate::store::{Entry, Key, StoreOp, StoreReply, StoreResult};
 
 use super::{Event, Member, Pending};
 
@@ -170,27 +170,14 @@ impl Member {
             return self.on_own_read(now, linearizable, result);
         }
         match result {
-            Ok(StoreReply::Listed { rev, .. })
-                if self.view.rev.is_some_and(|v| rev < v)
-                    && !linearizable
-                    && self.cfg.variant != Variant::AcceptOlderViews =>
-            {
-                // Older than what we already acted on (a lagging replica): never go back in
-                // time; ask the authority next. A linearizable listing is always current,
-                // even below `rev` (a store whose revisions went back after a restore).
+            Ok(StoreReply::Listed { rev, .. }) if self.goes_back(rev, linearizable) => {
                 self.view.want_linearizable = true;
                 self.view.dirty = true;
                 self.view.retry_at = Some(now + self.cfg.retry_delay);
             }
             Ok(StoreReply::Listed { entries, rev }) => {
                 self.view.rev = Some(rev);
-                let (view, bad) = layout::parse_view(&self.layout, &entries);
-                for b in bad {
-                    if self.view.reported_bad.insert(b.key.clone()) {
-                        self.events.push_back(Event::BadData(b));
-                    }
-                }
-                self.view.group = view;
+                self.view.group = self.parse_listing(&entries);
                 self.view.seq += 1;
                 self.view.own_newer = false;
                 if let Some(c) = self.coord.as_mut() {
@@ -210,29 +197,42 @@ impl Member {
             }
         }
     }
+
+    /// Whether a read at `rev` is older than the view already acted on (a lagging replica)
+    /// and may not be applied: never go back in time; ask the authority next. A linearizable
+    /// read is always current, even below the view's revision (a store whose revisions went
+    /// back after a restore).
+    fn goes_back(&self, rev: u64, linearizable: bool) -> bool {
+        self.view.rev.is_some_and(|v| rev < v)
+            && !linearizable
+            && self.cfg.variant != Variant::AcceptOlderViews
+    }
+
+    /// The view in `entries`, reporting each bad entry once.
+    fn parse_listing(&mut self, entries: &[(Key, Entry)]) -> layout::View {
+        let (view, bad) = layout::parse_view(&self.layout, entries);
+        for b in bad {
+            if self.view.reported_bad.insert(b.key.clone()) {
+                self.events.push_back(Event::BadData(b));
+            }
+        }
+        view
+    }
+
     /// A read of this member's assignment only: applied to the view's assignment of this
-    /// member, under the same rule as a listing (never older than what was acted on unless
-    /// linearizable). The rest of the view stays as it was; `update_desired` treats claims it
-    /// shows for resources the new assignment adds as possibly stale (`own_newer`).
+    /// member under the same revision rule as a listing. The rest of the view stays as it
+    /// was (`own_newer`): `update_desired` asks for a listing when a resource the new
+    /// assignment adds had its claim named since the last one.
     fn on_own_read(&mut self, now: Time, linearizable: bool, result: StoreResult) {
         match result {
-            Ok(StoreReply::Listed { rev, .. })
-                if self.view.rev.is_some_and(|v| rev < v)
-                    && !linearizable
-                    && self.cfg.variant != Variant::AcceptOlderViews =>
-            {
+            Ok(StoreReply::Listed { rev, .. }) if self.goes_back(rev, linearizable) => {
                 self.view.want_linearizable = true;
                 self.view.want_own = true;
                 self.view.retry_at = Some(now + self.cfg.retry_delay);
             }
             Ok(StoreReply::Listed { entries, rev }) => {
                 self.view.rev = Some(self.view.rev.map_or(rev, |v| v.max(rev)));
-                let (part, bad) = layout::parse_view(&self.layout, &entries);
-                for b in bad {
-                    if self.view.reported_bad.insert(b.key.clone()) {
-                        self.events.push_back(Event::BadData(b));
-                    }
-                }
+                let part = self.parse_listing(&entries);
                 let me = self.cfg.name.clone();
                 match part.assign.get(&me) {
                     Some(chunks) => {

@@ -75,6 +75,15 @@ fn subset<'a, V>(
     }
 }
 
+/// The members of `set` that are in `only` (all of them for `None`), in order, owned: the
+/// same as [`subset`] for sets.
+fn subset_of(set: &BTreeSet<ResourceId>, only: Option<&BTreeSet<ResourceId>>) -> Vec<ResourceId> {
+    match only {
+        None => set.iter().cloned().collect(),
+        Some(only) => only.iter().filter(|r| set.contains(*r)).cloned().collect(),
+    }
+}
+
 /// When a claim operation may be tried again.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Gate {
@@ -257,14 +266,7 @@ impl Member {
             now < deadline - self.cfg.stop_timeout || self.cfg.variant == Variant::IgnoreDeadline,
             "not suspended within a stop budget of the deadline"
         );
-        let desired: Vec<ResourceId> = match only {
-            None => self.claims.desired.iter().cloned().collect(),
-            Some(only) => only
-                .iter()
-                .filter(|r| self.claims.desired.contains(*r))
-                .cloned()
-                .collect(),
-        };
+        let desired = subset_of(&self.claims.desired, only);
         let mut create = Vec::new();
         for r in desired {
             if self.acquire(now, session, &r) {
@@ -362,14 +364,7 @@ impl Member {
                 .collect(),
         };
         self.claims.unresolved.extend(mine);
-        let unresolved: Vec<ResourceId> = match only {
-            None => self.claims.unresolved.iter().cloned().collect(),
-            Some(only) => only
-                .iter()
-                .filter(|r| self.claims.unresolved.contains(*r))
-                .cloned()
-                .collect(),
-        };
+        let unresolved = subset_of(&self.claims.unresolved, only);
         for r in unresolved {
             if !self.claims.in_flight.contains_key(&r) && self.gate_open(&r, now) {
                 self.verify_claim(session, r);

@@ -82,6 +82,11 @@ pub struct Config {
     /// Largest encoded size (keys and values) of one transaction's writes: ZooKeeper's
     /// jute.maxbuffer is about 1 MiB, etcd's request limit 1.5 MiB.
     pub max_txn_bytes: usize,
+    /// Largest number of claim operations (creates, verifying reads, deletes) in flight at
+    /// once; the rest wait for replies. Unbounded, a member with thousands of claims to
+    /// settle overloaded the store until every operation timed out, and each timeout caused
+    /// more operations (issue 10: 28,000 transactions a second on ZooKeeper for a minute).
+    pub max_claim_ops_in_flight: usize,
     /// Count the deadline from the second-to-last successful keepalive: for stores where a
     /// keepalive can succeed before the server that decides expiry has seen it (ZooKeeper
     /// followers). Costs one keepalive interval of the budget. Set from the store.
@@ -144,6 +149,7 @@ impl Config {
             assignment_chunk_bytes: 64 * 1024,
             max_txn_writes: 64,
             max_txn_bytes: 512 * 1024,
+            max_claim_ops_in_flight: 16,
             count_from_previous_keepalive: false,
             max_failed_rebalances: 5,
             variant: Variant::Correct,
@@ -226,10 +232,13 @@ impl Config {
                 ttl: self.session_ttl,
             });
         }
-        if self.max_txn_writes == 0 {
-            return Err(ConfigError::Zero {
-                field: "max_txn_writes",
-            });
+        for (field, n) in [
+            ("max_txn_writes", self.max_txn_writes),
+            ("max_claim_ops_in_flight", self.max_claim_ops_in_flight),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::Zero { field });
+            }
         }
         if !(256..=crate::store::MAX_VALUE_BYTES).contains(&self.assignment_chunk_bytes) {
             return Err(ConfigError::ChunkSize(self.assignment_chunk_bytes));

@@ -218,7 +218,10 @@ impl MemberBuilder {
         // keepalive interval of the budget, so check again.
         cfg.count_from_previous_keepalive = store.keepalive_proves_previous();
         cfg.validate()?;
-        ensure_group(&*store, &group, cfg.op_timeout, self.create_group).await?;
+        // Like the core's listings, this one-off check is outside the timing budget: a busy
+        // store (a large group starting) must not fail a join that would have worked.
+        let check_timeout = cfg.op_timeout.max(cfg.session_ttl);
+        ensure_group(&*store, &group, check_timeout, self.create_group).await?;
 
         let leave_bound = cfg.leave_timeout + cfg.stop_timeout + cfg.op_timeout * 2;
         let (cmds_tx, cmds_rx) = mpsc::unbounded_channel();

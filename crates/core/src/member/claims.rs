@@ -26,12 +26,22 @@ pub(super) struct Claims {
     pub(super) proved: BTreeMap<ResourceId, Token>,
     /// Claims whose ownership must be settled by a linearizable read before anything else.
     pub(super) unresolved: BTreeSet<ResourceId>,
+    /// Unresolved claims of one create transaction whose outcome was unknown: (that
+    /// transaction, its first resource). The store applies a transaction whole, so one read
+    /// of the first claim settles them all (a read per claim was thousands of reads after
+    /// one slow batch, issue 10). Only while that first claim is unresolved from the same
+    /// transaction: its key may later hold another instance.
+    pub(super) verify_with: BTreeMap<ResourceId, (OpId, ResourceId)>,
     /// One operation in flight per claim key (DESIGN §8 rule 5).
     pub(super) in_flight: BTreeMap<ResourceId, OpId>,
     /// Claim instances whose delete had an unknown outcome. The delete may still be applied
     /// later (after any read of ours), so the instance is never granted again, only deleted
     /// again with the same guard until Ok or Conflict settles it (PITFALLS 12).
     pub(super) deleting: BTreeMap<ResourceId, Token>,
+    /// Of `deleting`: those whose delete was refused as part of a batch (one instance of the
+    /// batch is gone, which one is unknown): deleted alone until settled. The others are
+    /// deleted again in batches: after a timeout, a batch's `Ok` settles all of them at once.
+    pub(super) delete_alone: BTreeSet<ResourceId>,
     /// Per resource: when a claim operation may be tried again.
     pub(super) gates: BTreeMap<ResourceId, Gate>,
     /// Claim instances (by creation revision) our own delete is known to have removed: a view
@@ -364,18 +374,41 @@ impl Member {
                 .collect(),
         };
         self.claims.unresolved.extend(mine);
-        let unresolved = subset_of(&self.claims.unresolved, only);
-        for r in unresolved {
-            if !self.claims.in_flight.contains_key(&r) && self.gate_open(&r, now) {
-                self.verify_claim(session, r);
+        let ready: BTreeSet<ResourceId> = subset_of(&self.claims.unresolved, only)
+            .into_iter()
+            .filter(|r| !self.claims.in_flight.contains_key(r) && self.gate_open(r, now))
+            .collect();
+        // Grouped by the transaction that created them, read through its first claim when
+        // that one is ready too (`verify_with`); any other claim alone, through its own key.
+        let mut groups: BTreeMap<ResourceId, Vec<ResourceId>> = BTreeMap::new();
+        for r in &ready {
+            let lead = match self.claims.verify_with.get(r) {
+                Some((op, lead))
+                    if ready.contains(lead)
+                        && self.claims.verify_with.get(lead) == Some(&(*op, lead.clone())) =>
+                {
+                    lead.clone()
+                }
+                _ => r.clone(),
+            };
+            groups.entry(lead).or_default().push(r.clone());
+        }
+        for (lead, rs) in groups {
+            if self.claim_room() == 0 {
+                for r in &rs {
+                    self.touch(r);
+                }
+                continue;
             }
+            self.verify_claims(session, lead, rs);
         }
     }
 
     /// Step 3: deletes claims that are not desired, once their lease is released, and
     /// repeats deletes whose outcome was unknown.
-    /// Deletes go in batches within the transaction limits; a repeated delete (its
-    /// outcome was unknown) goes alone, since only its own `Ok` or `Conflict` settles it.
+    /// Deletes go in batches within the transaction limits; a repeated delete goes alone only
+    /// once a batch it was in was refused (`delete_alone`), since then only its own `Ok` or
+    /// `Conflict` settles it.
     fn delete_undesired_claims(
         &mut self,
         now: Time,
@@ -391,23 +424,38 @@ impl Member {
             })
             .map(|(r, t)| (r.clone(), *t))
             .collect();
-        let again: Vec<(ResourceId, Token)> = subset(&self.claims.deleting, only)
+        let (alone, again): (Vec<_>, Vec<_>) = subset(&self.claims.deleting, only)
             .filter(|(r, _)| !self.claims.in_flight.contains_key(*r) && self.gate_open(r, now))
             .map(|(r, t)| (r.clone(), *t))
-            .collect();
+            .partition(|(r, _)| self.claims.delete_alone.contains(r));
         let sized: Vec<_> = fresh
             .into_iter()
+            .chain(again)
             .map(|(r, t)| {
                 let size = 2 * self.layout.claim(&r).len();
                 ((r, t), size)
             })
             .collect();
-        for batch in self.batches(sized) {
+        let batches = self.batches(sized);
+        let alone = alone.into_iter().map(|item| vec![item]);
+        for batch in batches.into_iter().chain(alone) {
+            if self.claim_room() == 0 {
+                for (r, _) in &batch {
+                    self.touch(r);
+                }
+                continue;
+            }
             self.delete_claims(session, batch);
         }
-        for item in again {
-            self.delete_claims(session, vec![item]);
-        }
+    }
+
+    /// How many more claim operations may be sent now (`Config::max_claim_ops_in_flight`).
+    /// What does not fit stays marked for the next pass, which a reply to one of those in
+    /// flight brings.
+    fn claim_room(&self) -> usize {
+        self.cfg
+            .max_claim_ops_in_flight
+            .saturating_sub(self.ops.claim_ops)
     }
 
     /// L2: deletes, in one transaction, the claim instance of `session` created at
@@ -513,11 +561,16 @@ impl Member {
                 (r, size)
             })
             .collect();
-        for batch in self.batches(sized) {
+        let batches = self.batches(sized);
+        let alone = alone.into_iter().map(|r| vec![r]);
+        for batch in batches.into_iter().chain(alone) {
+            if self.claim_room() == 0 {
+                for r in &batch {
+                    self.touch(r);
+                }
+                continue;
+            }
             self.send_creates(now, session, batch, &value);
-        }
-        for r in alone {
-            self.send_creates(now, session, vec![r], &value);
         }
     }
 
@@ -556,12 +609,12 @@ impl Member {
     }
 
     /// The reply to a batch of claim `Create`s: all proved ours on success (L1); an unknown
-    /// outcome is settled by a read of each; otherwise each is tried again after its gate,
+    /// outcome is settled by a read (of one of them: `verify_with`); otherwise each is tried again after its gate,
     /// alone if the batch was refused (which of its claims was taken is unknown).
     pub(super) fn on_claim_create(
         &mut self,
         now: Time,
-        session: SessionId,
+        op: OpId,
         rs: Vec<ResourceId>,
         res: StoreResult,
     ) {
@@ -577,10 +630,16 @@ impl Member {
                 }
             }
             Err(StoreError::Indeterminate(_)) => {
-                // PITFALLS 11: settled by a linearizable read before anything else.
-                for r in rs {
-                    self.claims.unresolved.insert(r.clone());
-                    self.verify_claim(session, r);
+                // PITFALLS 11: settled by a linearizable read before anything else (sent by
+                // this step's pass, as room allows: the resources are marked above), one for
+                // the whole transaction.
+                if let Some(lead) = rs.first().cloned() {
+                    for r in rs {
+                        self.claims
+                            .verify_with
+                            .insert(r.clone(), (op, lead.clone()));
+                        self.claims.unresolved.insert(r);
+                    }
                 }
             }
             Err(StoreError::Unavailable(_)) | Ok(_) => {
@@ -607,42 +666,51 @@ impl Member {
         }
     }
 
-    /// The linearizable read that settles whose a claim is: adopted only when it is ours and
+    /// The linearizable read that settles whose the claims of `rs` are, all created by one
+    /// transaction (or one claim alone): each is adopted only when the claim read is ours and
     /// not an instance we are deleting.
     pub(super) fn on_claim_verify(
         &mut self,
         now: Time,
         session: SessionId,
-        r: ResourceId,
+        rs: Vec<ResourceId>,
         res: StoreResult,
     ) {
-        self.claims.in_flight.remove(&r);
-        self.touch(&r);
-        match res {
-            Ok(StoreReply::Got(entry)) => {
-                self.claims.unresolved.remove(&r);
-                match entry {
-                    // An instance we are deleting is never adopted again.
-                    Some(e)
-                        if self
-                            .claims
-                            .deleting
-                            .get(&r)
-                            .is_some_and(|t| t.revision == e.create_rev) => {}
-                    Some(e)
-                        if e.owner == Some(session)
-                            || self.cfg.variant == Variant::AdoptAnyClaim =>
-                    {
-                        let t = self.token(e.create_rev);
-                        self.claims.proved.insert(r, t);
-                    }
-                    _ => {
-                        self.claims.proved.remove(&r);
-                        self.gate(r, now, true);
-                    }
+        for r in &rs {
+            self.claims.in_flight.remove(r);
+            self.touch(r);
+        }
+        let entry = match res {
+            Ok(StoreReply::Got(entry)) => entry,
+            _ => {
+                for r in rs {
+                    self.gate(r, now + self.cfg.retry_delay, false);
+                }
+                return;
+            }
+        };
+        for r in rs {
+            self.claims.unresolved.remove(&r);
+            self.claims.verify_with.remove(&r);
+            match &entry {
+                // An instance we are deleting is never adopted again.
+                Some(e)
+                    if self
+                        .claims
+                        .deleting
+                        .get(&r)
+                        .is_some_and(|t| t.revision == e.create_rev) => {}
+                Some(e)
+                    if e.owner == Some(session) || self.cfg.variant == Variant::AdoptAnyClaim =>
+                {
+                    let t = self.token(e.create_rev);
+                    self.claims.proved.insert(r, t);
+                }
+                _ => {
+                    self.claims.proved.remove(&r);
+                    self.gate(r, now, true);
                 }
             }
-            _ => self.gate(r, now + self.cfg.retry_delay, false),
         }
     }
 
@@ -659,17 +727,22 @@ impl Member {
             self.claims.in_flight.remove(r);
             self.touch(r);
         }
-        let settled = match &result {
-            Ok(_) => true,
-            Err(StoreError::Conflict(_)) => items.len() == 1,
-            Err(_) => false,
+        let batch = items.len() > 1;
+        let (settled, refused) = match &result {
+            Ok(_) => (true, false),
+            Err(StoreError::Conflict(_)) => (!batch, batch),
+            Err(_) => (false, false),
         };
         for (r, token) in items {
             self.claims.proved.remove(&r);
             if settled {
                 self.claims.deleting.remove(&r);
+                self.claims.delete_alone.remove(&r);
                 self.claims.gone.insert(r, token.revision);
             } else {
+                if refused {
+                    self.claims.delete_alone.insert(r.clone());
+                }
                 self.claims.deleting.insert(r.clone(), token);
                 self.gate(r, now + self.cfg.retry_delay, false);
             }
@@ -698,16 +771,19 @@ impl Member {
             .is_none_or(|g| now >= g.at && g.after_view.is_none_or(|v| self.view.seq > v))
     }
 
-    /// Settles by a linearizable read whether the claim of `r` is ours.
-    fn verify_claim(&mut self, session: SessionId, r: ResourceId) {
-        let key = self.layout.claim(&r);
+    /// Settles by one linearizable read of the claim of `lead` whether the claims of `rs`
+    /// are ours (`lead` is in `rs`; the others were created in one transaction with it).
+    fn verify_claims(&mut self, session: SessionId, lead: ResourceId, rs: Vec<ResourceId>) {
+        let key = self.layout.claim(&lead);
         let op = self.send(
             Pending::ClaimVerify {
                 session,
-                r: r.clone(),
+                rs: rs.clone(),
             },
             get_lin(key),
         );
-        self.claims.in_flight.insert(r, op);
+        for r in rs {
+            self.claims.in_flight.insert(r, op);
+        }
     }
 }

@@ -242,7 +242,7 @@ impl Member {
 
     /// Hands a reply to the concern that sent the operation; false for an unknown `op`.
     fn take_reply(&mut self, now: Time, op: OpId, result: StoreResult) -> bool {
-        let Some(p) = self.ops.pending.remove(&op) else {
+        let Some(p) = self.ops.take(op) else {
             return false;
         };
         let current = self.session.id();

@@ -19,6 +19,8 @@ pub(super) struct Ops {
     pub(super) pending: BTreeMap<OpId, Pending>,
     /// Not yet taken by the driver ([`Member::poll_op`]).
     queue: VecDeque<(OpId, StoreOp)>,
+    /// How many of `pending` are claim operations (`Config::max_claim_ops_in_flight`).
+    pub(super) claim_ops: usize,
 }
 
 impl Ops {
@@ -26,9 +28,17 @@ impl Ops {
     fn send(&mut self, p: Pending, op: StoreOp) -> OpId {
         let id = OpId(self.next);
         self.next += 1;
+        self.claim_ops += usize::from(p.is_claim());
         self.pending.insert(id, p);
         self.queue.push_back((id, op));
         id
+    }
+
+    /// The record of `op`, no longer pending: its reply arrived.
+    pub(super) fn take(&mut self, op: OpId) -> Option<Pending> {
+        let p = self.pending.remove(&op)?;
+        self.claim_ops -= usize::from(p.is_claim());
+        Some(p)
     }
 
     /// The next operation for the driver.
@@ -83,9 +93,10 @@ pub(super) enum Pending {
         session: SessionId,
         rs: Vec<ResourceId>,
     },
+    /// One read settling these claims (`Claims::verify_with`).
     ClaimVerify {
         session: SessionId,
-        r: ResourceId,
+        rs: Vec<ResourceId>,
     },
     /// One transaction deleting these claim instances.
     ClaimDelete {
@@ -114,6 +125,14 @@ pub(super) enum Pending {
 }
 
 impl Pending {
+    /// A claim operation: counted against `Config::max_claim_ops_in_flight`.
+    fn is_claim(&self) -> bool {
+        matches!(
+            self,
+            Pending::ClaimCreate { .. } | Pending::ClaimVerify { .. } | Pending::ClaimDelete { .. }
+        )
+    }
+
     /// The session the operation belongs to; it dies with it (DESIGN §8 rule 5).
     pub(super) fn session(&self) -> Option<SessionId> {
         match self {
@@ -154,8 +173,8 @@ impl Member {
             Pending::Register { session } => self.on_register(now, session, result),
             Pending::RegisterVerify { session } => self.on_register_verify(now, session, result),
             Pending::Drain { session } => self.on_drain(now, session, result),
-            Pending::ClaimCreate { session, rs } => self.on_claim_create(now, session, rs, result),
-            Pending::ClaimVerify { session, r } => self.on_claim_verify(now, session, r, result),
+            Pending::ClaimCreate { rs, .. } => self.on_claim_create(now, op, rs, result),
+            Pending::ClaimVerify { session, rs } => self.on_claim_verify(now, session, rs, result),
             Pending::ClaimDelete { items, .. } => self.on_claim_delete(now, items, result),
             Pending::Elect { session, epoch } => self.on_elect(session, epoch, result),
             Pending::ElectVerify { session } => self.on_elect_verify(session, result),

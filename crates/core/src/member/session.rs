@@ -341,8 +341,10 @@ impl Member {
         self.revoke_all(RevokeReason::SessionLost);
         self.claims.proved.clear();
         self.claims.unresolved.clear();
+        self.claims.verify_with.clear();
         self.claims.in_flight.clear();
         self.claims.deleting.clear();
+        self.claims.delete_alone.clear();
         self.claims.gates.clear();
         self.claims.solo.clear();
         self.claims.gone.clear();

@@ -165,12 +165,19 @@ impl World {
         member_cfg.resync_interval = ms(1000);
         member_cfg.leave_timeout = ms(3000);
         member_cfg.retry_delay = ms(40);
-        member_cfg.assignment_chunk_bytes = 300; // tiny: exercise split assignments
-                                                 // Sometimes tiny: exercise rebalances written in several transactions.
+        // Tiny: exercise split assignments.
+        member_cfg.assignment_chunk_bytes = 300;
+        // Sometimes tiny: exercise rebalances written in several transactions.
         member_cfg.max_txn_writes = if rng.chance(0.5) {
             rng.range(1, 4) as usize
         } else {
             64
+        };
+        // Sometimes tiny: exercise claim operations waiting for room.
+        member_cfg.max_claim_ops_in_flight = if rng.chance(0.5) {
+            rng.range(1, 3) as usize
+        } else {
+            16
         };
         member_cfg.variant = cfg.variant;
         // Half the seeds run as on ZooKeeper via a follower: a keepalive success proves only

@@ -43,3 +43,7 @@ pub fn member_config(name: &str) -> Config {
     c.validate().unwrap();
     c
 }
+
+/// Not every test crate uses all of it.
+#[allow(dead_code)]
+pub mod harness;

@@ -5,7 +5,7 @@
 //! transactions a second for a minute (issue 10).
 
 use rebalanser_core::admin;
-use rebalanser_core::store::StoreOp;
+use rebalanser_core::store::{StoreError, StoreOp, StoreReply};
 use rebalanser_core::ResourceId;
 
 mod common;
@@ -101,6 +101,49 @@ fn an_unknown_batch_not_applied_is_created_again() {
     assert_eq!(h.grants().len(), 6, "{}", h.log.join("\n"));
     let claimed: Vec<usize> = claim_txns(&h).iter().map(Vec::len).collect();
     assert_eq!(claimed, [3, 3, 3], "{}", h.log.join("\n"));
+}
+
+#[test]
+fn a_batch_is_not_settled_through_a_claim_an_earlier_create_may_have_made() {
+    // Found by the simulator (seed 1957): q1's create is lost and a read finds q1 absent;
+    // then q2 is free too and {q1, q2} go in one batch, whose reply is lost as well;
+    // meanwhile the first create of q1 is applied late. q1's claim is then ours, but from
+    // the earlier create: the batch was refused and q2 has no claim. Reading q1 alone must
+    // not settle q2 (mutant: the batch read chosen regardless of earlier unknown creates).
+    let mut h = Harness::new(&["q1", "q2"]);
+    let other = other_session(&mut h);
+    let q2_claim = h.foreign_claim("q2", other);
+    h.pump(&mut first_n(1, is_claim_create, Fate::LostUnknown));
+    assert_eq!(claim_txns(&h), [vec![("create", "q1".to_string())]]);
+    assert_eq!(h.times_of(is_claim_get).len(), 1, "{}", h.log.join("\n"));
+    let lost = h.ops.iter().find(|op| is_claim_create(op)).unwrap().clone();
+    h.delete_key(&q2_claim);
+    h.member.handle_notify(h.now);
+    h.pump(&mut only(is_claim_create, Fate::Held));
+    assert_eq!(
+        claim_txns(&h).last().map(Vec::len),
+        Some(2),
+        "{}",
+        h.log.join("\n")
+    );
+    h.model.apply(h.now, &lost).unwrap();
+    h.answer_held_with(Err(StoreError::Indeterminate("reply lost".into())));
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    let q2 = ResourceId::new("q2").unwrap();
+    let claim = StoreOp::Get {
+        key: h.layout.claim(&q2),
+        linearizable: true,
+    };
+    let Ok(StoreReply::Got(Some(stored))) = h.model.apply(h.now, &claim) else {
+        panic!("q2 has no claim: {}", h.log.join("\n"));
+    };
+    let granted: Vec<u64> = h
+        .grants()
+        .into_iter()
+        .filter(|(r, _)| r == "q2")
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(granted, [stored.create_rev], "{}", h.log.join("\n"));
 }
 
 /// The member of `h` holds all six (granted now if it holds none); all are removed from the group and released: what

@@ -29,9 +29,15 @@ pub(super) struct Claims {
     /// Unresolved claims of one create transaction whose outcome was unknown: (that
     /// transaction, its first resource). The store applies a transaction whole, so one read
     /// of the first claim settles them all (a read per claim was thousands of reads after
-    /// one slow batch, issue 10). Only while that first claim is unresolved from the same
-    /// transaction: its key may later hold another instance.
+    /// one slow batch, issue 10), provided an instance of that claim owned by this session
+    /// can only come from that transaction: recorded only when no earlier create of it had
+    /// an unknown outcome (`maybe_late`), and used only while that first claim is unresolved
+    /// from the same transaction.
     pub(super) verify_with: BTreeMap<ResourceId, (OpId, ResourceId)>,
+    /// Resources with a create in this session whose outcome was unknown: it may be applied
+    /// at any later time, even after a read found it absent (PITFALLS 12), so an instance of
+    /// the claim owned by this session may come from it. Never the read for a batch.
+    pub(super) maybe_late: BTreeSet<ResourceId>,
     /// One operation in flight per claim key (DESIGN §8 rule 5).
     pub(super) in_flight: BTreeMap<ResourceId, OpId>,
     /// Claim instances whose delete had an unknown outcome. The delete may still be applied
@@ -609,8 +615,9 @@ impl Member {
     }
 
     /// The reply to a batch of claim `Create`s: all proved ours on success (L1); an unknown
-    /// outcome is settled by a read (of one of them: `verify_with`); otherwise each is tried again after its gate,
-    /// alone if the batch was refused (which of its claims was taken is unknown).
+    /// outcome is settled by a read (of one of them when that is enough: `verify_with`);
+    /// otherwise each is tried again after its gate, alone if the batch was refused (which
+    /// of its claims was taken is unknown).
     pub(super) fn on_claim_create(
         &mut self,
         now: Time,
@@ -633,13 +640,18 @@ impl Member {
                 // PITFALLS 11: settled by a linearizable read before anything else (sent by
                 // this step's pass, as room allows: the resources are marked above), one for
                 // the whole transaction.
-                if let Some(lead) = rs.first().cloned() {
-                    for r in rs {
+                let lead = rs
+                    .first()
+                    .filter(|lead| rs.len() > 1 && !self.claims.maybe_late.contains(*lead))
+                    .cloned();
+                for r in rs {
+                    if let Some(lead) = &lead {
                         self.claims
                             .verify_with
                             .insert(r.clone(), (op, lead.clone()));
-                        self.claims.unresolved.insert(r);
                     }
+                    self.claims.maybe_late.insert(r.clone());
+                    self.claims.unresolved.insert(r);
                 }
             }
             Err(StoreError::Unavailable(_)) | Ok(_) => {

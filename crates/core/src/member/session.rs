@@ -342,6 +342,7 @@ impl Member {
         self.claims.proved.clear();
         self.claims.unresolved.clear();
         self.claims.verify_with.clear();
+        self.claims.maybe_late.clear();
         self.claims.in_flight.clear();
         self.claims.deleting.clear();
         self.claims.delete_alone.clear();

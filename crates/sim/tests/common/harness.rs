@@ -171,6 +171,13 @@ impl Harness {
         self.drain_events();
     }
 
+    /// Answers the op `Fate::Held` kept first with `res`, without applying it.
+    pub fn answer_held_with(&mut self, res: StoreResult) {
+        let (id, _) = self.held.remove(0);
+        self.member.handle_reply(self.now, id, res);
+        self.drain_events();
+    }
+
     /// Deletes `key`, as another member or an operator would.
     pub fn delete_key(&mut self, key: &str) {
         let delete = StoreOp::Txn {

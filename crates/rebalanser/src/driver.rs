@@ -387,8 +387,12 @@ impl Driver {
     /// DESIGN §8 rules 3 and 15: a stop that overruns its budget has no safe continuation
     /// inside a running process; aborting it is the only stop a library can force.
     fn stop_missed(&self, resources: Vec<ResourceId>, why: &'static str) {
+        // Named up to a screenful (a member of 100,000 leases once logged 1 MB on one line);
+        // the status event carries them all.
+        const NAMED: usize = 20;
         error!(
-            resources = ?resources,
+            count = resources.len(),
+            resources = ?&resources[..resources.len().min(NAMED)],
             reason = why,
             policy = ?self.policy,
             "the application did not release leases in time"

@@ -343,6 +343,7 @@ impl Member {
         self.claims.unresolved.clear();
         self.claims.verify_with.clear();
         self.claims.maybe_late.clear();
+        self.claims.waiting_room.clear();
         self.claims.in_flight.clear();
         self.claims.deleting.clear();
         self.claims.delete_alone.clear();

@@ -574,7 +574,8 @@ impl Member {
         // Held by another session: wait for its owner to release it or expire, or for a
         // notification that it may have.
         self.gate_open(r, now)
-            && (!self.view.group.claims.contains_key(r) || self.claims.maybe_free.contains(r))
+            && ((!self.view.group.claims.contains_key(r) && !self.claim_unseen(r))
+                || self.claims.maybe_free.contains(r))
     }
 
     /// L1: creates the claims of `rs` for `session` (create-if-absent, never rewritten), in

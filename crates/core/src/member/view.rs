@@ -43,6 +43,9 @@ pub(super) struct ViewState {
     /// Resources whose claim a notification named since the last listing was sent, whether
     /// or not it concerned us then: where the view's claim of such a resource may be stale.
     pub(super) changed_claims: BTreeSet<ResourceId>,
+    /// `changed_claims` as they were when the listing in flight was sent: that listing will
+    /// say who holds them. Until it does, the view's claims of these are stale too.
+    pub(super) listing_covers: BTreeSet<ResourceId>,
     /// After a failed or refused read: the next one not before this time.
     pub(super) retry_at: Option<Time>,
     /// When the periodic re-read is due (the first at once).
@@ -54,11 +57,16 @@ pub(super) struct ViewState {
 impl Member {
     /// Whether a change of `key` can matter to this member, judged against the current view
     /// (issue 10: a change must cost a listing of the group only to the members it concerns,
-    /// not to every member). Only two kinds of change are ever ignored:
+    /// not to every member). Only these kinds of change are ever ignored:
     /// - a claim of a resource this member does not want and is not settling by a read:
     ///   which member may access it is that member's business, nothing this member plans
     ///   reads claims (the plan input excludes them), and the outcome of this member's own
     ///   creates and deletes comes with their replies;
+    /// - a claim this member wants and has proved, or has an operation in flight for: most
+    ///   likely its own create, whose notification comes before the reply (a listing of the
+    ///   group per created batch was most of a large leave's reads, issue 10); a refused
+    ///   create asks for a new view itself, and a proved claim's lease never depends on a
+    ///   view;
     /// - another member's record, draining mark or assignment, while this member is neither
     ///   coordinator nor standing for election: only the coordinator plans from those (and
     ///   a new coordinator re-reads before it plans).
@@ -71,11 +79,22 @@ impl Member {
     pub fn concerns(&self, key: &str) -> bool {
         match self.layout.classify(key) {
             KeyKind::Claim(r) => {
-                self.claims.desired.contains(&r) || self.claims.unresolved.contains(&r)
+                self.claims.unresolved.contains(&r)
+                    || (self.claims.desired.contains(&r)
+                        && !self.claims.proved.contains_key(&r)
+                        && !self.claims.in_flight.contains_key(&r))
             }
             KeyKind::OfMember(m) | KeyKind::Assign(m) => m == self.cfg.name || self.group_wide(),
             KeyKind::Other => true,
         }
+    }
+
+    /// Whether the view's claim of `r` may be stale: a notification named it since the last
+    /// listing that was applied. Such a claim is not created from the view (a member whose
+    /// view lagged created claims their last owner still held, refused one by one, issue
+    /// 10); the listing that follows, or a named release, decides.
+    pub(super) fn claim_unseen(&self, r: &ResourceId) -> bool {
+        self.view.changed_claims.contains(r) || self.view.listing_covers.contains(r)
     }
 
     /// Coordinator or standing for election: every member's keys matter, and reads are of
@@ -131,7 +150,7 @@ impl Member {
             self.view.dirty = false;
             self.view.want_own = false;
             // The listing reflects every change notified so far.
-            self.view.changed_claims.clear();
+            self.view.listing_covers = std::mem::take(&mut self.view.changed_claims);
             self.view.reads_sent += 1;
             let number = self.view.reads_sent;
             // The coordinator plans its writes from what it reads: only linearizable reads
@@ -168,6 +187,13 @@ impl Member {
         self.view.read_own = false;
         if own {
             return self.on_own_read(now, linearizable, result);
+        }
+        let covered = std::mem::take(&mut self.view.listing_covers);
+        let applied = matches!(&result,
+            Ok(StoreReply::Listed { rev, .. }) if !self.goes_back(*rev, linearizable));
+        if !applied {
+            // Not applied: the next listing must cover these again.
+            self.view.changed_claims.extend(covered);
         }
         match result {
             Ok(StoreReply::Listed { rev, .. }) if self.goes_back(rev, linearizable) => {

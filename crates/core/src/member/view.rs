@@ -189,17 +189,12 @@ impl Member {
             return self.on_own_read(now, linearizable, result);
         }
         let covered = std::mem::take(&mut self.view.listing_covers);
-        let applied = matches!(&result,
-            Ok(StoreReply::Listed { rev, .. }) if !self.goes_back(*rev, linearizable));
-        if !applied {
-            // Not applied: the next listing must cover these again.
-            self.view.changed_claims.extend(covered);
-        }
-        match result {
+        let applied = match result {
             Ok(StoreReply::Listed { rev, .. }) if self.goes_back(rev, linearizable) => {
                 self.view.want_linearizable = true;
                 self.view.dirty = true;
                 self.view.retry_at = Some(now + self.cfg.retry_delay);
+                false
             }
             Ok(StoreReply::Listed { entries, rev }) => {
                 self.view.rev = Some(rev);
@@ -212,16 +207,28 @@ impl Member {
                     }
                 }
                 self.view.retry_at = None;
+                true
             }
             other => {
-                if let Err(error) = other {
-                    self.events
-                        .push_back(Event::StoreError { op: "read", error });
-                }
+                self.read_failed(now, other);
                 self.view.dirty = true;
-                self.view.retry_at = Some(now + self.cfg.retry_delay);
+                false
             }
+        };
+        if !applied {
+            // Not applied: the next listing must cover these again.
+            self.view.changed_claims.extend(covered);
         }
+    }
+
+    /// A read that failed or was answered with the wrong kind of reply: reported, and
+    /// retried after `retry_delay`.
+    fn read_failed(&mut self, now: Time, result: StoreResult) {
+        if let Err(error) = result {
+            self.events
+                .push_back(Event::StoreError { op: "read", error });
+        }
+        self.view.retry_at = Some(now + self.cfg.retry_delay);
     }
 
     /// Whether a read at `rev` is older than the view already acted on (a lagging replica)
@@ -273,12 +280,8 @@ impl Member {
                 self.view.retry_at = None;
             }
             other => {
-                if let Err(error) = other {
-                    self.events
-                        .push_back(Event::StoreError { op: "read", error });
-                }
+                self.read_failed(now, other);
                 self.view.want_own = true;
-                self.view.retry_at = Some(now + self.cfg.retry_delay);
             }
         }
     }

@@ -600,6 +600,56 @@ pub async fn empty_values_and_malformed_keys_are_invalid(s: &Subject) {
     );
 }
 
+/// `Read` answers the named keys that exist and every key under its prefixes, sorted, each
+/// once, with the keys' current entries; its revision covers a delete of a named key (a
+/// member decides from it whether a claim is gone); bad keys are `Invalid`.
+pub async fn reads_of_keys_and_prefixes(s: &Subject) {
+    let k = |name: &str| s.key("many", name);
+    let sub = format!("{}many/sub/", s.prefix);
+    for name in ["a", "b", "sub/x", "sub/y", "z"] {
+        committed(&s.create(&k(name), None).await, name);
+    }
+    let read = |keys: Vec<Key>, prefixes: Vec<Key>| async move {
+        match s
+            .exec(StoreOp::Read {
+                keys,
+                prefixes,
+                linearizable: true,
+            })
+            .await
+        {
+            Ok(StoreReply::Listed { entries, rev }) => (entries, rev),
+            other => panic!("Read: {other:?}"),
+        }
+    };
+    let keys = vec![k("b"), k("a"), k("missing"), k("sub/x")];
+    let (entries, rev) = read(keys, vec![sub.clone()]).await;
+    let names: Vec<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
+    let want = [k("a"), k("b"), k("sub/x"), k("sub/y")];
+    assert_eq!(names, want.iter().map(|w| w.as_str()).collect::<Vec<_>>());
+    for (key, e) in &entries {
+        assert_eq!(Some(e), s.get(key).await.as_ref(), "{key}");
+    }
+    let deleted = committed(
+        &s.txn(vec![], vec![Write::Delete { key: k("a") }]).await,
+        "delete",
+    );
+    let (entries, after) = read(vec![k("a")], vec![]).await;
+    assert!(entries.is_empty(), "a deleted key was read: {entries:?}");
+    assert!(
+        after >= deleted && after > rev,
+        "Read at rev {after} after a delete committed at {deleted} (before: {rev})"
+    );
+    let r = s
+        .exec(StoreOp::Read {
+            keys: vec![format!("{}bad//key", s.prefix)],
+            prefixes: vec![],
+            linearizable: true,
+        })
+        .await;
+    assert!(matches!(r, Err(StoreError::Invalid(_))), "bad key: {r:?}");
+}
+
 /// Creation revisions (fencing tokens) strictly grow in commit order.
 pub async fn creation_revisions_grow_in_commit_order(s: &Subject) {
     let mut last = 0;
@@ -689,6 +739,7 @@ macro_rules! conformance_tests {
             awkward_ids_round_trip,
             watch_wakes_up_after_a_reconnect,
             empty_values_and_malformed_keys_are_invalid,
+            reads_of_keys_and_prefixes,
         );
     };
     (@each $make:expr; $($check:ident),* $(,)?) => {

@@ -161,6 +161,16 @@ pub enum StoreOp {
     Get { key: Key, linearizable: bool },
     /// Read every key under a prefix.
     List { prefix: Key, linearizable: bool },
+    /// Read these keys and every key under these prefixes, answered as one `Listed` (sorted,
+    /// each key once, absent keys left out). A member that does not coordinate reads what
+    /// concerns it this way, not the whole group (issue 10). Memory and SQLite: one snapshot;
+    /// ZooKeeper: the keys from one `multiRead`, each prefix a listing, the revision the
+    /// largest seen.
+    Read {
+        keys: Vec<Key>,
+        prefixes: Vec<Key>,
+        linearizable: bool,
+    },
     /// All conditions hold → all writes applied atomically; otherwise nothing is applied.
     Txn {
         conds: Vec<Cond>,
@@ -172,7 +182,10 @@ impl StoreOp {
     /// Whether an unknown outcome of this op must be reported as `Indeterminate` (a write that
     /// may have been applied) rather than `Unavailable` (a read, which changes nothing).
     pub fn is_write(&self) -> bool {
-        !matches!(self, StoreOp::Get { .. } | StoreOp::List { .. })
+        !matches!(
+            self,
+            StoreOp::Get { .. } | StoreOp::List { .. } | StoreOp::Read { .. }
+        )
     }
 }
 
@@ -284,6 +297,11 @@ mod tests {
             },
             StoreOp::List {
                 prefix: "g/".into(),
+                linearizable: false,
+            },
+            StoreOp::Read {
+                keys: vec!["g/a".into()],
+                prefixes: vec!["g/b/".into()],
                 linearizable: false,
             },
         ];

@@ -536,7 +536,7 @@ async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::Unbounde
             // A listing of a large group takes longer than a keepalive, and no deadline
             // waits on it (the timing budget counts keepalives only): it gets up to the TTL.
             // With 250 ms every listing of 20,000 keys on ZooKeeper timed out, for ever.
-            let timeout = if matches!(op, StoreOp::List { .. }) {
+            let timeout = if matches!(op, StoreOp::List { .. } | StoreOp::Read { .. }) {
                 cfg.op_timeout.max(cfg.session_ttl)
             } else {
                 cfg.op_timeout
@@ -708,6 +708,7 @@ fn op_kind(op: &StoreOp) -> &'static str {
         StoreOp::CloseSession { .. } => "close_session",
         StoreOp::Get { .. } => "get",
         StoreOp::List { .. } => "list",
+        StoreOp::Read { .. } => "read",
         StoreOp::Txn { .. } => "txn",
     }
 }

@@ -397,7 +397,10 @@ fn sessions_of(op: &StoreOp) -> Vec<SessionId> {
                 _ => None,
             }))
             .collect(),
-        StoreOp::OpenSession { .. } | StoreOp::Get { .. } | StoreOp::List { .. } => Vec::new(),
+        StoreOp::OpenSession { .. }
+        | StoreOp::Get { .. }
+        | StoreOp::List { .. }
+        | StoreOp::Read { .. } => Vec::new(),
     }
 }
 

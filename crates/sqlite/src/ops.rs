@@ -74,6 +74,26 @@ pub(crate) fn execute(c: &Connection, ctx: &Ctx<'_>, op: &StoreOp) -> Outcome {
             let entries = select(c, ctx, now, prefix, false)?;
             Ok(StoreReply::Listed { entries, rev })
         }),
+        StoreOp::Read { keys, prefixes, .. } => {
+            if let Some(e) = keys.iter().find_map(|k| key_error(k)) {
+                return refused(StoreError::Invalid(e));
+            }
+            // One read transaction: one snapshot of every key and prefix.
+            read(c, ctx, |c, now| {
+                let rev = current_rev(c)?;
+                let mut all = std::collections::BTreeMap::new();
+                for k in keys {
+                    all.extend(select(c, ctx, now, k, true)?);
+                }
+                for p in prefixes {
+                    all.extend(select(c, ctx, now, p, false)?);
+                }
+                Ok(StoreReply::Listed {
+                    entries: all.into_iter().collect(),
+                    rev,
+                })
+            })
+        }
         StoreOp::OpenSession { ttl } => {
             let ttl = (*ttl).clamp(ctx.min_ttl, ctx.max_ttl);
             let ttl_ns = i64::try_from(ttl.as_nanos()).unwrap_or(i64::MAX);

@@ -69,8 +69,15 @@ fn op(r: &mut Rng, opened: u64, rev: u64) -> StoreOp {
             key: key(r),
             linearizable: true,
         },
-        5 | 6 => StoreOp::List {
+        5 => StoreOp::List {
             prefix: r.pick(&["g/", "g/a", "h/", "", "zz"]).to_string(),
+            linearizable: true,
+        },
+        6 => StoreOp::Read {
+            keys: (0..r.below(4)).map(|_| key(r)).collect(),
+            prefixes: (0..r.below(3))
+                .map(|_| r.pick(&["g/", "g/a", "h/", "zz"]).to_string())
+                .collect(),
             linearizable: true,
         },
         _ => {

@@ -189,6 +189,7 @@ impl MemModel {
                 entries: list(data, prefix),
                 rev,
             })),
+            StoreOp::Read { keys, prefixes, .. } => Some(read_many(data, rev, keys, prefixes)),
             _ => None,
         }
     }
@@ -229,6 +230,7 @@ impl MemModel {
                 entries: list(&self.data, prefix),
                 rev: self.rev,
             }),
+            StoreOp::Read { keys, prefixes, .. } => read_many(&self.data, self.rev, keys, prefixes),
             StoreOp::Txn { conds, writes } => self.txn(conds, writes),
         }
     }
@@ -379,6 +381,26 @@ fn list(data: &BTreeMap<Key, Entry>, prefix: &str) -> Vec<(Key, Entry)> {
         .take_while(|(k, _)| k.starts_with(prefix))
         .map(|(k, e)| (k.clone(), e.clone()))
         .collect()
+}
+
+/// `StoreOp::Read`: the keys and the prefixes' keys, sorted, each once.
+fn read_many(data: &BTreeMap<Key, Entry>, rev: u64, keys: &[Key], prefixes: &[Key]) -> StoreResult {
+    if let Some(e) = keys.iter().find_map(|k| key_error(k)) {
+        return Err(StoreError::Invalid(e));
+    }
+    let mut out: BTreeMap<Key, Entry> = BTreeMap::new();
+    for k in keys {
+        if let Some(e) = data.get(k) {
+            out.insert(k.clone(), e.clone());
+        }
+    }
+    for p in prefixes {
+        out.extend(list(data, p));
+    }
+    Ok(StoreReply::Listed {
+        entries: out.into_iter().collect(),
+        rev,
+    })
 }
 
 #[cfg(test)]

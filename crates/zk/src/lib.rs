@@ -215,6 +215,21 @@ impl Inner {
                 }
                 .await,
             ),
+            StoreOp::Read {
+                keys,
+                prefixes,
+                linearizable,
+            } => shared_expiry(
+                async {
+                    let c = self.shared().await?;
+                    if linearizable {
+                        c.sync("/").await.map_err(read_err)?;
+                    }
+                    let (entries, rev) = self.read_many(&c, &keys, &prefixes).await?;
+                    Ok(StoreReply::Listed { entries, rev })
+                }
+                .await,
+            ),
             StoreOp::Txn { conds, writes } => {
                 let (c, own) = self.txn_client(&conds, &writes).await?;
                 let r = self.txn(&c, conds, writes).await;

@@ -2,14 +2,14 @@
 //! until the children it reveals are the ones it read, with the snapshot's largest zxid as the
 //! revision. Reads only; never writes a znode.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rebalanser_core::store::key_error;
 use rebalanser_store::{Entry, Key, StoreError};
 use zookeeper_client as zk;
 
 use crate::error::{read_err, unexpected};
-use crate::path::{entry, escape, key_of, stat_rev};
+use crate::path::{dir_of, entry, escape, key_of, path, stat_rev};
 use crate::{lock, Inner};
 
 /// Rounds of a listing whose set of keys keeps changing under it.
@@ -20,6 +20,82 @@ const LIST_REQUEST_BYTES: usize = 256 * 1024;
 const LIST_OP_OVERHEAD: usize = 16;
 
 impl Inner {
+    /// `StoreOp::Read`: the keys from one `multiRead` per request-sized chunk (with the root
+    /// and their namespaces' directories, whose pzxid moves with every create and delete, so
+    /// the revision covers absent keys too), then each prefix as a listing. Each part is
+    /// current as of its read; the revision is the largest zxid seen.
+    pub(crate) async fn read_many(
+        &self,
+        c: &zk::Client,
+        keys: &[Key],
+        prefixes: &[Key],
+    ) -> Result<(Vec<(Key, Entry)>, u64), StoreError> {
+        if let Some(e) = keys.iter().find_map(|k| key_error(k)) {
+            return Err(StoreError::Invalid(e));
+        }
+        let mut all: BTreeMap<Key, Entry> = BTreeMap::new();
+        let mut rev = 0;
+        let dirs: BTreeSet<String> = keys.iter().map(|k| dir_of(&path(k))).collect();
+        let mut first = true;
+        let mut rest = keys;
+        while first || !rest.is_empty() {
+            let mut r = c.new_multi_reader();
+            let mut stats = 0;
+            if first {
+                r.add_get_data("/").map_err(read_err)?;
+                for d in &dirs {
+                    r.add_get_data(d).map_err(read_err)?;
+                }
+                stats = 1 + dirs.len();
+            }
+            let mut bytes = 0;
+            let mut n = 0;
+            for k in rest {
+                let p = path(k);
+                bytes += p.len() + LIST_OP_OVERHEAD;
+                if bytes > LIST_REQUEST_BYTES && n > 0 {
+                    break;
+                }
+                r.add_get_data(&p).map_err(read_err)?;
+                n += 1;
+            }
+            let (chunk, later) = rest.split_at(n);
+            let mut results = r.commit().await.map_err(read_err)?.into_iter();
+            for _ in 0..stats {
+                match results.next() {
+                    Some(zk::MultiReadResult::Data { stat, .. }) => rev = rev.max(stat_rev(&stat)),
+                    Some(zk::MultiReadResult::Error {
+                        err: zk::Error::NoNode,
+                    }) => {}
+                    other => return Err(unexpected(other)),
+                }
+            }
+            for k in chunk {
+                match results.next() {
+                    Some(zk::MultiReadResult::Data { data, stat }) => {
+                        rev = rev.max(stat_rev(&stat));
+                        // Empty data is a directory, never a key (values are never empty).
+                        if !data.is_empty() {
+                            all.insert(k.clone(), entry(data, &stat));
+                        }
+                    }
+                    Some(zk::MultiReadResult::Error {
+                        err: zk::Error::NoNode,
+                    }) => {}
+                    other => return Err(unexpected(other)),
+                }
+            }
+            first = false;
+            rest = later;
+        }
+        for p in prefixes {
+            let (entries, r) = self.list(c, p).await?;
+            rev = rev.max(r);
+            all.extend(entries);
+        }
+        Ok((all.into_iter().collect(), rev))
+    }
+
     /// Lists every key under `prefix` from one consistent snapshot.
     pub(crate) async fn list(
         &self,

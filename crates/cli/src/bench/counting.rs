@@ -153,7 +153,7 @@ impl Store for CountingStore {
     fn execute(&self, op: StoreOp) -> BoxFuture<'_, StoreResult> {
         let c = &self.counters;
         match &op {
-            StoreOp::Get { .. } | StoreOp::List { .. } => add(&c.reads, 1),
+            StoreOp::Get { .. } | StoreOp::List { .. } | StoreOp::Read { .. } => add(&c.reads, 1),
             StoreOp::Txn { conds, writes } => {
                 add(&c.writes, 1);
                 add(&c.bytes_written, txn_bytes(conds, writes));

@@ -128,6 +128,10 @@ impl World {
             | StoreOp::List {
                 linearizable: false,
                 ..
+            }
+            | StoreOp::Read {
+                linearizable: false,
+                ..
             } if self.rng.chance(self.faults.stale_read) => {
                 let age = self.rng.range(1, 4) as usize;
                 self.store.apply_stale_read(&req, age)

@@ -12,6 +12,15 @@ pub(super) fn short_op(op: &StoreOp) -> String {
         StoreOp::CloseSession { session } => format!("close({session})"),
         StoreOp::Get { key, linearizable } => format!("get({key}, lin={linearizable})"),
         StoreOp::List { linearizable, .. } => format!("list(lin={linearizable})"),
+        StoreOp::Read {
+            keys,
+            prefixes,
+            linearizable,
+        } => format!(
+            "read({} keys, {} prefixes, lin={linearizable})",
+            keys.len(),
+            prefixes.len()
+        ),
         StoreOp::Txn { conds, writes } => {
             let w: Vec<String> = writes
                 .iter()

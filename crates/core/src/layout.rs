@@ -77,6 +77,8 @@ pub enum KeyKind {
     OfMember(MemberId),
     /// `assign/<m>/<i>`: one member's assignment.
     Assign(MemberId),
+    /// `resources/<r>`: the resource set, which only the coordinator plans from.
+    Resource,
     /// Anything else, inside the group or not (the group's own keys, unreadable keys).
     Other,
 }
@@ -147,6 +149,7 @@ impl Layout {
                     None => KeyKind::Other,
                 }
             }
+            "resources" => KeyKind::Resource,
             _ => KeyKind::Other,
         }
     }
@@ -536,13 +539,8 @@ mod tests {
         assert!(chunk.starts_with(&l.assign_prefix(&m)));
         let longer = MemberId::new("w-10").unwrap();
         assert!(!l.assign_chunk(&longer, 0).starts_with(&l.assign_prefix(&m)));
-        for k in [
-            l.leader(),
-            l.epoch(),
-            l.meta(),
-            l.generation(),
-            l.resource(&r),
-        ] {
+        assert_eq!(l.classify(&l.resource(&r)), KeyKind::Resource);
+        for k in [l.leader(), l.epoch(), l.meta(), l.generation()] {
             assert_eq!(l.classify(&k), KeyKind::Other, "{k}");
         }
         // Another group's claim, and keys the layout never writes, concern everyone.

@@ -264,10 +264,7 @@ fn a_registration_refused_once_is_retried() {
     assert!(h.member.is_joined(), "{}", h.log.join("\n"));
     assert_eq!(h.grants().len(), 1);
     assert_sent_twice_retry_delay_apart(&h, is_register);
-    let first_read = h
-        .ops
-        .iter()
-        .position(|op| matches!(op, StoreOp::List { .. }));
+    let first_read = h.ops.iter().position(is_list);
     let first_register = h.ops.iter().position(is_register);
     assert!(first_read < first_register, "{}", h.log.join("\n"));
 }
@@ -1334,8 +1331,9 @@ fn a_name_taken_while_the_view_shows_it_free_is_retried_after_a_pause() {
     );
 }
 
+/// A read of the view: a listing of the group or of an assignment, or a member's `Read`.
 fn is_list(op: &StoreOp) -> bool {
-    matches!(op, StoreOp::List { .. })
+    matches!(op, StoreOp::List { .. } | StoreOp::Read { .. })
 }
 
 #[test]
@@ -1384,16 +1382,18 @@ fn a_listing_older_than_the_view_is_refused_and_read_again_linearizably_after_a_
     // Another member leads, so this one's reads are not linearizable by role.
     let other = other_session(&mut h);
     replace_leader(&mut h, Some(other), Epoch(1));
-    let list = StoreOp::List {
-        prefix: h.layout.prefix(),
-        linearizable: false,
-    };
-    let old = h.model.apply(h.now, &list);
+    let old = h.model.apply(
+        h.now,
+        &StoreOp::List {
+            prefix: h.layout.prefix(),
+            linearizable: false,
+        },
+    );
     h.run_for(ms(300), &mut |_| Fate::Normal);
     assert!(h.member.is_joined() && h.member.is_coordinator().is_none());
     h.member.handle_notify(h.now);
     let (id, op) = h.member.poll_op().expect("a read");
-    assert_eq!(op, list);
+    assert_eq!(read_linearizable(&op), Some(false), "{op:?}");
     let refused_at = h.now;
     h.member.handle_reply(h.now, id, old);
     let before = h.ops.len();
@@ -1401,19 +1401,24 @@ fn a_listing_older_than_the_view_is_refused_and_read_again_linearizably_after_a_
     let next = h.ops[before..]
         .iter()
         .zip(&h.sent_at[before..])
-        .find(|(op, _)| is_list(op));
+        .find(|(op, _)| is_list(op))
+        .map(|(op, at)| (read_linearizable(op), *at));
     assert_eq!(
         next,
-        Some((
-            &StoreOp::List {
-                prefix: h.layout.prefix(),
-                linearizable: true
-            },
-            &(refused_at + ms(40))
-        )),
+        Some((Some(true), refused_at + ms(40))),
         "{}",
         h.log.join("\n")
     );
+}
+
+/// Whether a read of the view is linearizable (`None`: not a read of the view).
+fn read_linearizable(op: &StoreOp) -> Option<bool> {
+    match op {
+        StoreOp::List { linearizable, .. } | StoreOp::Read { linearizable, .. } => {
+            Some(*linearizable)
+        }
+        _ => None,
+    }
 }
 
 #[test]
@@ -1781,7 +1786,7 @@ fn listings_sent(h: &mut Harness) -> usize {
     h.pump(&mut |_| Fate::Normal);
     h.ops[before..]
         .iter()
-        .filter(|op| matches!(op, StoreOp::List { .. }))
+        .filter(|op| is_list(op))
         .count()
 }
 
@@ -1920,20 +1925,34 @@ fn follower_beside_a_claim_of_q3() -> (Harness, SessionId, impl Fn(&mut Harness,
     (h, other, assign)
 }
 
-/// The listings among the ops sent since `before`, by prefix.
+/// The reads of the view among the ops sent since `before`: a listing by its prefix, a
+/// member's `Read` by the claims it reads.
 fn listed_prefixes(h: &Harness, before: usize) -> Vec<String> {
     h.ops[before..]
         .iter()
         .filter_map(|op| match op {
             StoreOp::List { prefix, .. } => Some(prefix.clone()),
+            StoreOp::Read { keys, .. } => Some(claims_read(h, keys)),
             _ => None,
         })
         .collect()
 }
 
+/// How `listed_prefixes` shows a `Read`: `read` and the claims among its keys.
+fn claims_read(h: &Harness, keys: &[String]) -> String {
+    let claims = h.layout.prefix() + "claims/";
+    let mut out = "read".to_string();
+    for k in keys.iter().filter_map(|k| k.strip_prefix(&claims)) {
+        out.push(' ');
+        out.push_str(k);
+    }
+    out
+}
+
 /// A member that is not the coordinator, told that only its own assignment changed, reads that
-/// assignment alone, not the group (issue 10); a resource it adds that another session still
-/// holds is claimed when that claim's deletion is named, still without a listing.
+/// assignment alone, then the claims of what it wants (the one it gains was not in its last
+/// read), never the group (issue 10); a resource it adds that another session still holds is
+/// claimed when that claim's deletion is named, without another read.
 #[test]
 fn a_changed_assignment_alone_is_read_alone() {
     let (mut h, _, assign) = follower_beside_a_claim_of_q3();
@@ -1944,19 +1963,21 @@ fn a_changed_assignment_alone_is_read_alone() {
     h.member
         .handle_notify_keys(h.now, &[h.layout.assign_chunk(&a, 0)]);
     h.pump(&mut |_| Fate::Normal);
-    assert_eq!(listed_prefixes(&h, before), [h.layout.assign_prefix(&a)]);
+    let reads = [h.layout.assign_prefix(&a), "read q1 q2 q3".to_string()];
+    assert_eq!(listed_prefixes(&h, before), reads);
     assert_eq!(h.grants().len(), grants, "q3 is still the other's");
 
     h.delete_key(&q3_claim);
     h.member.handle_notify_keys(h.now, &[q3_claim]);
     h.pump(&mut |_| Fate::Normal);
-    assert_eq!(listed_prefixes(&h, before), [h.layout.assign_prefix(&a)]);
+    assert_eq!(listed_prefixes(&h, before), reads);
     assert_eq!(h.grants().len(), grants + 1, "q3 granted: {:?}", h.grants());
 }
 
 /// ... but where the claim of a resource it adds changed since its last listing (a change
-/// that did not concern it then), the view cannot say whether it is free: a listing follows,
-/// and the resource is claimed from it.
+/// that did not concern it then), the view cannot say whether it is free: a read of its
+/// claims follows (not of the group: it does not coordinate), and the resource is claimed
+/// from it.
 #[test]
 fn an_added_resource_whose_claim_changed_unseen_is_listed_for() {
     let (mut h, _, assign) = follower_beside_a_claim_of_q3();
@@ -1973,7 +1994,7 @@ fn an_added_resource_whose_claim_changed_unseen_is_listed_for() {
     h.pump(&mut |_| Fate::Normal);
     assert_eq!(
         listed_prefixes(&h, before),
-        [h.layout.assign_prefix(&a), h.layout.prefix()]
+        [h.layout.assign_prefix(&a), "read q1 q2 q3".to_string()]
     );
     assert_eq!(h.grants().len(), grants + 1, "q3 granted: {:?}", h.grants());
 }

@@ -46,6 +46,11 @@ pub(super) struct ViewState {
     /// `changed_claims` as they were when the listing in flight was sent: that listing will
     /// say who holds them. Until it does, the view's claims of these are stale too.
     pub(super) listing_covers: BTreeSet<ResourceId>,
+    /// Which claims the view shows: `None` after a listing of the whole group (all of
+    /// them), the claims read otherwise (`member_read`). A claim outside them is unseen.
+    pub(super) claims_read: Option<BTreeSet<ResourceId>>,
+    /// The claims the read in flight reads (`None`: a listing of the whole group).
+    pub(super) reading_claims: Option<BTreeSet<ResourceId>>,
     /// After a failed or refused read: the next one not before this time.
     pub(super) retry_at: Option<Time>,
     /// When the periodic re-read is due (the first at once).
@@ -67,9 +72,10 @@ impl Member {
     ///   group per created batch was most of a large leave's reads, issue 10); a refused
     ///   create asks for a new view itself, and a proved claim's lease never depends on a
     ///   view;
-    /// - another member's record, draining mark or assignment, while this member is neither
-    ///   coordinator nor standing for election: only the coordinator plans from those (and
-    ///   a new coordinator re-reads before it plans).
+    /// - another member's record, draining mark or assignment, or the resource set, while
+    ///   this member is neither coordinator nor standing for election: only the coordinator
+    ///   plans from those (and a new coordinator re-reads before it plans), and such a member
+    ///   does not even read them (`member_read`).
     ///
     /// The caller also re-reads whenever a read is in flight: its result may be a view in
     /// which the change does matter (say, one assigning the resource to us), and the change
@@ -85,6 +91,7 @@ impl Member {
                         && !self.claims.in_flight.contains_key(&r))
             }
             KeyKind::OfMember(m) | KeyKind::Assign(m) => m == self.cfg.name || self.group_wide(),
+            KeyKind::Resource => self.group_wide(),
             KeyKind::Other => true,
         }
     }
@@ -94,7 +101,9 @@ impl Member {
     /// view lagged created claims their last owner still held, refused one by one, issue
     /// 10); the listing that follows, or a named release, decides.
     pub(super) fn claim_unseen(&self, r: &ResourceId) -> bool {
-        self.view.changed_claims.contains(r) || self.view.listing_covers.contains(r)
+        self.view.changed_claims.contains(r)
+            || self.view.listing_covers.contains(r)
+            || self.view.claims_read.as_ref().is_some_and(|c| !c.contains(r))
     }
 
     /// Coordinator or standing for election: every member's keys matter, and reads are of
@@ -111,8 +120,10 @@ impl Member {
         }
     }
 
-    /// Sends a listing read when one is wanted (notified, resync due, retry) and none is in
-    /// flight; linearizable for the coordinator or after a listing that went back in time.
+    /// Sends a read when one is wanted (notified, resync due, retry) and none is in flight:
+    /// the whole group for the coordinator or a candidate, what concerns this member
+    /// otherwise (`member_read`); linearizable for the coordinator or after a read that went
+    /// back in time.
     pub(super) fn reads(&mut self, now: Time) {
         if now >= self.view.next_resync {
             self.view.next_resync = now + self.cfg.resync_interval;
@@ -157,20 +168,60 @@ impl Member {
             // (PITFALLS 20; DESIGN §8 rule 6: a stale read decides when, never what).
             let linearizable = self.coord.is_some() || self.view.want_linearizable;
             self.view.want_linearizable = false;
+            let (op, claims) = if self.group_wide() {
+                let op = StoreOp::List {
+                    prefix: self.layout.prefix(),
+                    linearizable,
+                };
+                (op, None)
+            } else {
+                let (op, claims) = self.member_read(linearizable);
+                (op, Some(claims))
+            };
             let op = self.send(
                 Pending::Read {
                     number,
                     linearizable,
                     own: false,
                 },
-                StoreOp::List {
-                    prefix: self.layout.prefix(),
-                    linearizable,
-                },
+                op,
             );
             self.view.read = Some(op);
             self.view.read_own = false;
+            self.view.reading_claims = claims;
         }
+    }
+
+    /// The read of a member that neither coordinates nor stands for election: the group's
+    /// own keys, its own record, draining mark and assignment, and the claims it wants or
+    /// must settle (a create of unknown outcome may land any time, PITFALLS 12). Its size is
+    /// this member's share, not the group (issue 10: every member listing the whole group
+    /// was O(group) per change for each, and a copy of the group in every member).
+    fn member_read(&self, linearizable: bool) -> (StoreOp, BTreeSet<ResourceId>) {
+        let me = &self.cfg.name;
+        let claims: BTreeSet<ResourceId> = self
+            .claims
+            .desired
+            .iter()
+            .chain(&self.claims.unresolved)
+            .chain(&self.claims.maybe_late)
+            .cloned()
+            .collect();
+        let mut keys = vec![
+            self.layout.meta(),
+            self.layout.generation(),
+            self.layout.epoch(),
+            self.layout.leader(),
+            self.layout.member(me),
+            self.layout.draining(me),
+        ];
+        keys.extend(claims.iter().map(|r| self.layout.claim(r)));
+        let op = StoreOp::Read {
+            keys,
+            prefixes: vec![self.layout.assign_prefix(me)],
+            linearizable,
+        };
+        (op, claims)
     }
 
     /// A listing: applied unless it is older than the view already acted on and not
@@ -189,6 +240,7 @@ impl Member {
             return self.on_own_read(now, linearizable, result);
         }
         let covered = std::mem::take(&mut self.view.listing_covers);
+        let claims = self.view.reading_claims.take();
         let applied = match result {
             Ok(StoreReply::Listed { rev, .. }) if self.goes_back(rev, linearizable) => {
                 self.view.want_linearizable = true;
@@ -199,6 +251,7 @@ impl Member {
             Ok(StoreReply::Listed { entries, rev }) => {
                 self.view.rev = Some(rev);
                 self.view.group = self.parse_listing(&entries);
+                self.view.claims_read = claims;
                 self.view.seq += 1;
                 self.view.own_newer = false;
                 if let Some(c) = self.coord.as_mut() {

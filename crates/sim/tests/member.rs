@@ -1784,10 +1784,7 @@ fn a_view_read_before_our_delete_does_not_send_the_claim_to_be_proved_again() {
 fn listings_sent(h: &mut Harness) -> usize {
     let before = h.ops.len();
     h.pump(&mut |_| Fate::Normal);
-    h.ops[before..]
-        .iter()
-        .filter(|op| is_list(op))
-        .count()
+    h.ops[before..].iter().filter(|op| is_list(op)).count()
 }
 
 /// Notifications that name their keys (issue 10): a change of a claim the member waits for is

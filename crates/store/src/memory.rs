@@ -22,7 +22,9 @@ struct Inner {
     name: String,
     origin: Instant,
     model: Mutex<MemModel>,
-    changes: broadcast::Sender<Vec<Key>>,
+    /// The keys each operation changed, shared by every watch (a copy per watch was most of
+    /// a 1,000-member process's time, issue 10).
+    changes: broadcast::Sender<Arc<Vec<Key>>>,
     /// While set, change notifications are lost, as on a real store whose client connection
     /// is down; clearing it tells every watch to re-read, as a real client does on reconnect.
     watches_cut: AtomicBool,
@@ -104,7 +106,7 @@ impl MemoryStore {
         let gone = m.take_changes();
         drop(m);
         if !gone.is_empty() {
-            let _ = self.inner.changes.send(gone);
+            let _ = self.inner.changes.send(Arc::new(gone));
         }
     }
 
@@ -123,7 +125,7 @@ impl MemoryStore {
         let changed = m.take_changes();
         drop(m);
         if !changed.is_empty() {
-            let _ = self.inner.changes.send(changed);
+            let _ = self.inner.changes.send(Arc::new(changed));
         }
         res
     }

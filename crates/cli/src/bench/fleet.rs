@@ -171,35 +171,42 @@ impl Fleet {
             return;
         };
         lock(&self.seen).expected_exit.insert(i);
-        match running {
-            Running::Task { exit, task } => {
-                let _ = exit.send(how);
-                let _ = task.await;
-            }
-            Running::Process { mut child, reader } => {
-                match how {
-                    Exit::Crash => {
-                        let _ = child.start_kill();
-                    }
-                    Exit::Leave => {
-                        if let Some(pid) = child.id() {
-                            // SAFETY: kill(2) has no memory-safety preconditions; the pid is
-                            // our own child's, not yet reaped (we still hold `child`).
-                            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-                        }
-                    }
-                }
-                // A graceful leave takes at most the leave timeout; past that, kill it.
-                let wait = tokio::time::timeout(self.ttl * 3 + JOIN_LIMIT, child.wait()).await;
-                if wait.is_err() {
+        stop(running, how, self.ttl).await;
+    }
+}
+
+/// Ends one member the way `how` says, and waits until it is gone.
+async fn stop(running: Running, how: Exit, ttl: Duration) {
+    match running {
+        Running::Task { exit, task } => {
+            let _ = exit.send(how);
+            let _ = task.await;
+        }
+        Running::Process { mut child, reader } => {
+            match how {
+                Exit::Crash => {
                     let _ = child.start_kill();
-                    let _ = child.wait().await;
                 }
-                let _ = reader.await;
+                Exit::Leave => {
+                    if let Some(pid) = child.id() {
+                        // SAFETY: kill(2) has no memory-safety preconditions; the pid is
+                        // our own child's, not yet reaped (we still hold `child`).
+                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                    }
+                }
             }
+            // A graceful leave takes at most the leave timeout; past that, kill it.
+            let wait = tokio::time::timeout(ttl * 3 + JOIN_LIMIT, child.wait()).await;
+            if wait.is_err() {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+            let _ = reader.await;
         }
     }
+}
 
+impl Fleet {
     /// Waits until the application sees the group stable and quiet for `quiet`; returns when
     /// it became stable (the last grant or revoke before it), or `None` after `limit`.
     pub async fn wait_stable(
@@ -238,11 +245,18 @@ impl Fleet {
         self.seen().child_total()
     }
 
-    /// Leaves with every member still running.
+    /// Leaves with every member still running, all at once (one after another, 1,000
+    /// members took minutes).
     pub async fn shutdown(&mut self) {
-        for i in self.live() {
-            self.leave(i).await;
-        }
+        let members = std::mem::take(&mut self.members);
+        lock(&self.seen)
+            .expected_exit
+            .extend(members.keys().copied());
+        let ttl = self.ttl;
+        let stops = members
+            .into_values()
+            .map(|running| stop(running, Exit::Leave, ttl));
+        futures::future::join_all(stops).await;
     }
 }
 

@@ -178,7 +178,11 @@ impl Member {
                 KeyKind::Assign(m) if m == self.cfg.name && !self.group_wide() => own = true,
                 KeyKind::Claim(r) => {
                     read = read || self.concerns(key);
-                    self.view.changed_claims.insert(r);
+                    // A claim outside the view's reads is unseen anyway: recording it would
+                    // cost every member every claim change of the group (issue 10).
+                    if self.claim_read(&r) {
+                        self.view.changed_claims.insert(r);
+                    }
                 }
                 _ => read = read || self.concerns(key),
             }

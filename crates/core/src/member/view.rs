@@ -103,7 +103,19 @@ impl Member {
     pub(super) fn claim_unseen(&self, r: &ResourceId) -> bool {
         self.view.changed_claims.contains(r)
             || self.view.listing_covers.contains(r)
-            || self.view.claims_read.as_ref().is_some_and(|c| !c.contains(r))
+            || self
+                .view
+                .claims_read
+                .as_ref()
+                .is_some_and(|c| !c.contains(r))
+    }
+
+    /// Whether the view, or the read in flight, holds what the store said of the claim of
+    /// `r` (always after a listing of the group).
+    pub(super) fn claim_read(&self, r: &ResourceId) -> bool {
+        let within = |c: &Option<BTreeSet<ResourceId>>| c.as_ref().is_none_or(|c| c.contains(r));
+        let in_flight = self.view.read.is_some() && !self.view.read_own;
+        within(&self.view.claims_read) || (in_flight && within(&self.view.reading_claims))
     }
 
     /// Coordinator or standing for election: every member's keys matter, and reads are of

@@ -14,7 +14,7 @@ use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::counting::Counts;
+use super::counting::{Counters, CountingStore, Counts};
 use super::seen::Seen;
 use crate::util::boottime_ns;
 
@@ -54,6 +54,8 @@ pub struct Fleet {
     seen: Arc<Mutex<Seen>>,
     members: BTreeMap<usize, Running>,
     next: usize,
+    /// Per in-process member, its own operations (member processes report theirs).
+    task_counters: BTreeMap<usize, Arc<Counters>>,
 }
 
 /// A member as the bench runs it: timings scaled to the TTL within `Config::validate`
@@ -80,6 +82,7 @@ impl Fleet {
             seen: Arc::default(),
             members: BTreeMap::new(),
             next: 0,
+            task_counters: BTreeMap::new(),
         }
     }
 
@@ -105,9 +108,15 @@ impl Fleet {
         let ids: Vec<usize> = (first..first + n).collect();
         match &self.launch {
             Launch::InProcess(store) => {
-                let joins = ids.iter().map(|i| {
+                let mut stores = Vec::new();
+                for &i in &ids {
+                    let (counted, counters) = CountingStore::new(store.clone());
+                    self.task_counters.insert(i, counters);
+                    stores.push(counted);
+                }
+                let joins = ids.iter().zip(stores).map(|(i, store)| {
                     builder(&self.group, &format!("m{i}"), self.ttl)
-                        .store(store.clone())
+                        .store(store)
                         .join()
                 });
                 let handles = futures::future::try_join_all(joins).await?;
@@ -243,6 +252,15 @@ impl Fleet {
     /// the bench's own wrapper instead).
     pub fn child_counts(&self) -> Counts {
         self.seen().child_total()
+    }
+
+    /// Each member's store counts so far, member by member (gone ones included).
+    pub fn member_counts(&self) -> BTreeMap<usize, Counts> {
+        let mut all = self.seen().child_counts.clone();
+        for (i, c) in &self.task_counters {
+            all.insert(*i, c.snapshot());
+        }
+        all
     }
 
     /// Leaves with every member still running, all at once (one after another, 1,000

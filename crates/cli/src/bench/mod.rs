@@ -101,6 +101,9 @@ struct Outcome {
     revokes: u64,
     doubles: u64,
     store: Counts,
+    /// Entries read by each member during the scenario, most first: the coordinator lists
+    /// the group, every other member should read only its share (issue 10).
+    member_reads: Vec<u64>,
     /// Release → next grant of each resource that changed hands, in ms.
     gaps: Vec<f64>,
     /// Handover scenario: for each handover, leave → the new holder's grant, in ms.
@@ -119,6 +122,7 @@ impl Outcome {
             "revokes": self.revokes,
             "double_holds": self.doubles,
             "store": self.store.to_json(),
+            "entries_read_per_member": self.member_reads,
             "unheld_ms": percentiles_json(&self.gaps),
             "handover_ms": percentiles_json(&self.handovers),
         })
@@ -256,6 +260,7 @@ async fn one_run(
             (s.grants, s.revokes, s.doubles, s.gaps.len())
         };
         let c0 = counts(&fleet);
+        let m0 = fleet.member_counts();
         let start = Instant::now();
         let mut minimum = 0;
         let mut handovers = Vec::new();
@@ -304,6 +309,12 @@ async fn one_run(
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
         let c1 = counts(&fleet);
+        let mut member_reads: Vec<u64> = fleet
+            .member_counts()
+            .iter()
+            .map(|(i, c)| c.read_entries - m0.get(i).map_or(0, |c| c.read_entries))
+            .collect();
+        member_reads.sort_unstable_by(|a, b| b.cmp(a));
         let failed = {
             let s = fleet.seen();
             let after = s.owners();
@@ -326,6 +337,7 @@ async fn one_run(
                 revokes: s.revokes - r0,
                 doubles: s.doubles - d0,
                 store: c1.since(&c0),
+                member_reads,
                 gaps: s.gaps[gaps0..].iter().map(|&ns| ns as f64 / 1e6).collect(),
                 handovers,
             });
@@ -399,6 +411,11 @@ async fn handover(
     Ok(last)
 }
 
+/// The `i`th of `xs` (0 when there are fewer).
+fn nth(xs: &[u64], i: usize) -> f64 {
+    xs.get(i).copied().unwrap_or(0) as f64
+}
+
 /// The `p`-quantile (0 < p ≤ 1) of `xs` by the nearest-rank method.
 fn percentile(xs: &[f64], p: f64) -> Option<f64> {
     if xs.is_empty() {
@@ -456,9 +473,10 @@ fn table(a: &BenchArgs, url: &str, outcomes: &[Outcome], rss: Option<u64>) -> St
     );
     s.push_str(concat!(
         "| scenario | time to stable | moved / minimum | revoked | unheld p50 / p99 ",
-        "| store reads (entries) | store writes | keepalives | bytes read | bytes written |\n"
+        "| store reads (entries) | entries read per member: most / next / median ",
+        "| store writes | keepalives | bytes read | bytes written |\n"
     ));
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for &sc in &a.scenarios {
         let of: Vec<&Outcome> = outcomes.iter().filter(|o| o.scenario == sc).collect();
         if of.is_empty() {
@@ -487,7 +505,7 @@ fn table(a: &BenchArgs, url: &str, outcomes: &[Outcome], rss: Option<u64>) -> St
             _ => "—".into(),
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} ({}) | {} / {} / {} | {} | {} | {} | {} |\n",
             format!("{sc:?}").to_lowercase(),
             time,
             moved,
@@ -495,6 +513,9 @@ fn table(a: &BenchArgs, url: &str, outcomes: &[Outcome], rss: Option<u64>) -> St
             unheld,
             col(&|o| o.store.reads as f64, ""),
             col(&|o| o.store.read_entries as f64, ""),
+            col(&|o| nth(&o.member_reads, 0), ""),
+            col(&|o| nth(&o.member_reads, 1), ""),
+            col(&|o| nth(&o.member_reads, o.member_reads.len() / 2), ""),
             col(&|o| o.store.writes as f64, ""),
             col(&|o| o.store.keepalives as f64, ""),
             col(&|o| o.store.bytes_read as f64, ""),

@@ -2034,3 +2034,27 @@ fn an_added_resource_whose_claim_changed_unseen_is_not_claimed_from_the_stale_vi
     assert_eq!(creates(&h), 1, "{}", h.log.join("\n"));
     assert_eq!(h.grants().len(), grants + 1, "q3 granted: {:?}", h.grants());
 }
+
+/// A create whose outcome was unknown and whose read then found the claim absent waits for a
+/// newer view before it is tried again, and asks for one: waiting for the periodic resync
+/// (10 s by default) left a tenth of a 10,000-resource start unheld that long on ZooKeeper
+/// (issue 10; mutant: the gate without the read).
+#[test]
+fn a_claim_found_absent_after_an_unknown_create_is_read_for_at_once() {
+    let (mut h, _, assign) = follower_beside_a_claim_of_q3();
+    let a = MemberId::new("a").unwrap();
+    let q3 = ResourceId::new("q3").unwrap();
+    let q3_claim = h.layout.claim(&q3);
+    h.delete_key(&q3_claim);
+    h.member.handle_notify_keys(h.now, &[q3_claim]);
+    assign(&mut h, 101, &["q1", "q2", "q3"]);
+    h.member
+        .handle_notify_keys(h.now, &[h.layout.assign_chunk(&a, 0)]);
+    let (grants, before) = (h.grants().len(), h.ops.len());
+    let mut fate = first_n(1, is_claim_create, Fate::LostUnknown);
+    // Well within the resync interval (1 s here), and told nothing.
+    h.run_unnotified_for(ms(300), &mut fate);
+    let creates = h.ops[before..].iter().filter(|op| is_claim_create(op));
+    assert_eq!(creates.count(), 2, "{}", h.log.join("\n"));
+    assert_eq!(h.grants().len(), grants + 1, "{}", h.log.join("\n"));
+}

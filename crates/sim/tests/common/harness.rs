@@ -120,6 +120,19 @@ impl Harness {
         self.now = end;
     }
 
+    /// Runs timers up to `now + d` with no notification at all: a member must ask for what
+    /// it waits for itself.
+    pub fn run_unnotified_for(&mut self, d: Duration, fate: &mut dyn FnMut(&StoreOp) -> Fate) {
+        let end = self.now + d;
+        self.pump(fate);
+        while let Some(t) = self.member.poll_timeout().filter(|t| *t <= end) {
+            self.now = t;
+            self.member.handle_timeout(t);
+            self.pump(fate);
+        }
+        self.now = end;
+    }
+
     /// When the ops matching `pred` were sent.
     pub fn times_of(&self, pred: impl Fn(&StoreOp) -> bool) -> Vec<Time> {
         self.ops

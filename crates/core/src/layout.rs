@@ -153,6 +153,15 @@ impl Layout {
             _ => KeyKind::Other,
         }
     }
+    /// The prefixes of what a rebalance plan is made of: every member's record, draining
+    /// mark and assignment, and the resource set (everything but the claims and the group's
+    /// own keys).
+    pub fn plan_prefixes(&self) -> Vec<Key> {
+        ["members", "draining", "resources", "assign"]
+            .iter()
+            .map(|d| format!("{}/{d}/", self.root))
+            .collect()
+    }
     /// Prefix of every assignment chunk of `m`, with a trailing `/`.
     pub fn assign_prefix(&self, m: &MemberId) -> Key {
         format!("{}/assign/{}/", self.root, encode_component(m.as_str()))

@@ -1350,7 +1350,7 @@ fn a_coordinator_reads_only_linearizably() {
         .expect("became coordinator");
     let later: Vec<&String> = h.log[became..]
         .iter()
-        .filter(|l| l.starts_with("op List"))
+        .filter(|l| l.starts_with("op Read"))
         .collect();
     assert!(!later.is_empty());
     assert!(

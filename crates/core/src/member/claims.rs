@@ -166,12 +166,10 @@ impl Member {
                 self.view.dirty = true;
             }
         }
-        if let Some(read) = &self.view.claims_read {
-            // A view of the claims this member wanted when it read: the claims of resources
-            // assigned since were not read, and only a read says whether they are free.
-            if !self.claims.desired.is_subset(read) {
-                self.view.dirty = true;
-            }
+        // The view shows the claims this member wanted when it read: the claims of
+        // resources assigned since were not read, and only a read says whether they are free.
+        if !self.claims.desired.is_subset(&self.view.claims_read) {
+            self.view.dirty = true;
         }
         let desired = &self.claims.desired;
         self.claims.maybe_free = maybe_free

@@ -46,11 +46,11 @@ pub(super) struct ViewState {
     /// `changed_claims` as they were when the listing in flight was sent: that listing will
     /// say who holds them. Until it does, the view's claims of these are stale too.
     pub(super) listing_covers: BTreeSet<ResourceId>,
-    /// Which claims the view shows: `None` after a listing of the whole group (all of
-    /// them), the claims read otherwise (`member_read`). A claim outside them is unseen.
-    pub(super) claims_read: Option<BTreeSet<ResourceId>>,
-    /// The claims the read in flight reads (`None`: a listing of the whole group).
-    pub(super) reading_claims: Option<BTreeSet<ResourceId>>,
+    /// The claims the view shows what the store said of (`view_read`: those this member
+    /// wanted or settled when it read). A claim outside them is unseen.
+    pub(super) claims_read: BTreeSet<ResourceId>,
+    /// The claims the read in flight reads.
+    pub(super) reading_claims: BTreeSet<ResourceId>,
     /// After a failed or refused read: the next one not before this time.
     pub(super) retry_at: Option<Time>,
     /// When the periodic re-read is due (the first at once).
@@ -103,19 +103,14 @@ impl Member {
     pub(super) fn claim_unseen(&self, r: &ResourceId) -> bool {
         self.view.changed_claims.contains(r)
             || self.view.listing_covers.contains(r)
-            || self
-                .view
-                .claims_read
-                .as_ref()
-                .is_some_and(|c| !c.contains(r))
+            || !self.view.claims_read.contains(r)
     }
 
     /// Whether the view, or the read in flight, holds what the store said of the claim of
-    /// `r` (always after a listing of the group).
+    /// `r`: a change of any other claim is unseen anyway.
     pub(super) fn claim_read(&self, r: &ResourceId) -> bool {
-        let within = |c: &Option<BTreeSet<ResourceId>>| c.as_ref().is_none_or(|c| c.contains(r));
         let in_flight = self.view.read.is_some() && !self.view.read_own;
-        within(&self.view.claims_read) || (in_flight && within(&self.view.reading_claims))
+        self.view.claims_read.contains(r) || (in_flight && self.view.reading_claims.contains(r))
     }
 
     /// Coordinator or standing for election: every member's keys matter, and reads are of
@@ -180,16 +175,7 @@ impl Member {
             // (PITFALLS 20; DESIGN §8 rule 6: a stale read decides when, never what).
             let linearizable = self.coord.is_some() || self.view.want_linearizable;
             self.view.want_linearizable = false;
-            let (op, claims) = if self.group_wide() {
-                let op = StoreOp::List {
-                    prefix: self.layout.prefix(),
-                    linearizable,
-                };
-                (op, None)
-            } else {
-                let (op, claims) = self.member_read(linearizable);
-                (op, Some(claims))
-            };
+            let (op, claims) = self.view_read(linearizable);
             let op = self.send(
                 Pending::Read {
                     number,
@@ -204,12 +190,17 @@ impl Member {
         }
     }
 
-    /// The read of a member that neither coordinates nor stands for election: the group's
-    /// own keys, its own record, draining mark and assignment, and the claims it wants or
-    /// must settle (a create of unknown outcome may land any time, PITFALLS 12). Its size is
-    /// this member's share, not the group (issue 10: every member listing the whole group
-    /// was O(group) per change for each, and a copy of the group in every member).
-    fn member_read(&self, linearizable: bool) -> (StoreOp, BTreeSet<ResourceId>) {
+    /// The read of the view, and the claims it reads. Every member reads the group's own
+    /// keys and the claims it wants or must settle (a create of unknown outcome may land any
+    /// time, PITFALLS 12). A member that neither coordinates nor stands for election reads
+    /// its own record, draining mark and assignment besides, so its read is its share, not
+    /// the group (issue 10: every member listing the whole group was O(group) per change for
+    /// each, and a copy of the group in every member); the coordinator and a candidate read
+    /// every member's record, draining mark and assignment and the resource set, which is
+    /// what a plan is made of. Nobody lists the claims of the group: no plan reads them,
+    /// they are half of a group's keys, and on ZooKeeper a listing of the group kept failing
+    /// while a member deleted thousands of them (issue 10: a 1 x 100,000 join waited 30 s).
+    fn view_read(&self, linearizable: bool) -> (StoreOp, BTreeSet<ResourceId>) {
         let me = &self.cfg.name;
         let claims: BTreeSet<ResourceId> = self
             .claims
@@ -224,13 +215,18 @@ impl Member {
             self.layout.generation(),
             self.layout.epoch(),
             self.layout.leader(),
-            self.layout.member(me),
-            self.layout.draining(me),
         ];
+        let prefixes = if self.group_wide() {
+            self.layout.plan_prefixes()
+        } else {
+            keys.push(self.layout.member(me));
+            keys.push(self.layout.draining(me));
+            vec![self.layout.assign_prefix(me)]
+        };
         keys.extend(claims.iter().map(|r| self.layout.claim(r)));
         let op = StoreOp::Read {
             keys,
-            prefixes: vec![self.layout.assign_prefix(me)],
+            prefixes,
             linearizable,
         };
         (op, claims)
@@ -252,7 +248,7 @@ impl Member {
             return self.on_own_read(now, linearizable, result);
         }
         let covered = std::mem::take(&mut self.view.listing_covers);
-        let claims = self.view.reading_claims.take();
+        let claims = std::mem::take(&mut self.view.reading_claims);
         let applied = match result {
             Ok(StoreReply::Listed { rev, .. }) if self.goes_back(rev, linearizable) => {
                 self.view.want_linearizable = true;

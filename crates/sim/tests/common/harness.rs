@@ -168,7 +168,7 @@ impl Harness {
     pub fn read_now_answer_later(&mut self) -> (OpId, StoreResult) {
         self.member.handle_notify(self.now);
         let (id, op) = self.member.poll_op().expect("a read");
-        assert!(matches!(op, StoreOp::List { .. }), "{op:?}");
+        assert!(matches!(op, StoreOp::Read { .. }), "{op:?}");
         let res = self.model.apply(self.now, &op);
         self.log.push(format!("op {op:?} (answered later)"));
         self.ops.push(op);

@@ -198,21 +198,62 @@ fn deletes_whose_outcome_is_unknown_are_repeated_in_one_batch() {
     assert_eq!(delete_sizes(&h), [6, 6], "settled: {}", h.log.join("\n"));
 }
 
+/// The linearizable reads of claims (`StoreOp::Read` naming claim keys only) sent so far, by
+/// how many claims each reads.
+fn claim_reads(h: &Harness) -> Vec<usize> {
+    let claims = h.layout.prefix() + "claims/";
+    h.ops
+        .iter()
+        .filter_map(|op| match op {
+            StoreOp::Read {
+                keys,
+                linearizable: true,
+                ..
+            } if keys.iter().all(|k| k.starts_with(&claims)) => Some(keys.len()),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
-fn a_repeated_batch_refused_is_repeated_alone() {
+fn a_repeated_batch_refused_is_settled_by_one_read() {
     // The first batch was applied but its reply lost, so its repetition is refused (the
-    // instances are gone): which of them is gone is unknown, so each is deleted alone, and
-    // its own refusal settles it (mutant: refused batches repeated as batches, for ever).
+    // instances are gone): which of them is gone is unknown, and one read of the six claims
+    // settles all (mutants: refused batches repeated as batches, for ever; each settled by a
+    // delete of its own, six more operations here and 53,864 in three ZooKeeper runs).
     let mut h = Harness::with_config(&SIX, member_config("a"));
     let mut fate = first_n(1, is_claim_delete, Fate::AppliedUnknown);
     remove_all(&mut h, &mut fate);
     h.run_for(ms(500), &mut fate);
-    assert_eq!(
-        delete_sizes(&h),
-        [6, 6, 1, 1, 1, 1, 1, 1],
-        "{}",
-        h.log.join("\n")
-    );
+    assert_eq!(delete_sizes(&h), [6, 6], "{}", h.log.join("\n"));
+    assert_eq!(claim_reads(&h), [6], "{}", h.log.join("\n"));
     h.run_for(ms(300), &mut fate);
-    assert_eq!(delete_sizes(&h).len(), 8, "settled: {}", h.log.join("\n"));
+    assert_eq!(delete_sizes(&h).len(), 2, "settled: {}", h.log.join("\n"));
+}
+
+#[test]
+fn after_a_refused_batch_the_instances_still_there_are_deleted_again_together() {
+    // One instance of a batch vanished meanwhile (an earlier delete of it landing late, say):
+    // the batch is refused, the read finds the other five, and they go again in one batch
+    // (mutant: every instance of a refused batch taken for gone, five claims left for ever).
+    let mut h = Harness::with_config(&SIX, member_config("a"));
+    let mut held = only(is_claim_delete, Fate::Held);
+    remove_all(&mut h, &mut held);
+    assert_eq!(h.held.len(), 1, "{}", h.log.join("\n"));
+    h.delete_key(&h.layout.claim(&ResourceId::new("q0").unwrap()));
+    h.answer_held();
+    h.run_for(ms(300), &mut |_| Fate::Normal);
+    assert_eq!(delete_sizes(&h), [6, 5], "{}", h.log.join("\n"));
+    assert_eq!(claim_reads(&h), [6], "{}", h.log.join("\n"));
+    let left = h.model.apply(
+        h.now,
+        &StoreOp::List {
+            prefix: h.layout.prefix() + "claims/",
+            linearizable: true,
+        },
+    );
+    assert!(
+        matches!(&left, Ok(StoreReply::Listed { entries, .. }) if entries.is_empty()),
+        "{left:?}"
+    );
 }

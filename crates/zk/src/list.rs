@@ -163,14 +163,10 @@ impl Inner {
             }
             let mut results = r.commit().await.map_err(read_err)?.into_iter();
             let mut rev = 0;
-            let mut dir_stat = None;
-            for i in 0..2 {
+            for _ in 0..2 {
                 match results.next() {
                     Some(zk::MultiReadResult::Data { stat, .. }) => {
                         rev = rev.max(stat_rev(&stat));
-                        if i == 1 {
-                            dir_stat = Some(stat);
-                        }
                     }
                     Some(zk::MultiReadResult::Error {
                         err: zk::Error::NoNode,
@@ -211,8 +207,10 @@ impl Inner {
             // A namespace too large for one request is read in several: each key is then
             // current as of the listing, but one transaction's changes to several keys may be
             // seen half (the protocol conditions every write on the versions it read, so a torn
-            // plan fails). The set of keys is still exact: the directory's child changes are
-            // compared before and after.
+            // plan fails). The set of keys under the prefix is still exact: it is read again
+            // after the data and compared. (Comparing the directory's child changes instead
+            // failed every listing of `resources/` while a member deleted claims, which live
+            // in the same directory: issue 10.)
             for chunk in &chunks[1..] {
                 let mut r = c.new_multi_reader();
                 for name in *chunk {
@@ -224,15 +222,18 @@ impl Inner {
             }
             let mut stable = true;
             if chunks.len() > 1 {
-                let after = match c.check_stat(&dir).await {
-                    Ok(st) => st,
+                let after: BTreeSet<String> = match c.get_children(&dir).await {
+                    Ok((children, st)) => {
+                        rev = rev.max(stat_rev(&st));
+                        children
+                            .into_iter()
+                            .filter(|n| n.starts_with(&name_prefix))
+                            .collect()
+                    }
+                    Err(zk::Error::NoNode) => BTreeSet::new(),
                     Err(e) => return Err(read_err(e)),
                 };
-                stable =
-                    after.map(|s| (s.pzxid, s.cversion)) == dir_stat.map(|s| (s.pzxid, s.cversion));
-                if let Some(st) = after {
-                    rev = rev.max(stat_rev(&st));
-                }
+                stable = after == found;
             }
             if found == shape && stable {
                 entries.sort_by(|a, b| a.0.cmp(&b.0));

@@ -103,6 +103,12 @@ pub(super) enum Pending {
         session: SessionId,
         items: Vec<(ResourceId, Token)>,
     },
+    /// One read of these claims, settling which of these instances are gone
+    /// (`Claims::delete_check`).
+    DeleteCheck {
+        session: SessionId,
+        items: Vec<(ResourceId, Token)>,
+    },
     Elect {
         session: SessionId,
         epoch: Epoch,
@@ -129,7 +135,10 @@ impl Pending {
     fn is_claim(&self) -> bool {
         matches!(
             self,
-            Pending::ClaimCreate { .. } | Pending::ClaimVerify { .. } | Pending::ClaimDelete { .. }
+            Pending::ClaimCreate { .. }
+                | Pending::ClaimVerify { .. }
+                | Pending::ClaimDelete { .. }
+                | Pending::DeleteCheck { .. }
         )
     }
 
@@ -144,6 +153,7 @@ impl Pending {
             | Pending::ClaimCreate { session, .. }
             | Pending::ClaimVerify { session, .. }
             | Pending::ClaimDelete { session, .. }
+            | Pending::DeleteCheck { session, .. }
             | Pending::Elect { session, .. }
             | Pending::ElectVerify { session }
             | Pending::Rebalance { session, .. }
@@ -176,6 +186,7 @@ impl Member {
             Pending::ClaimCreate { rs, .. } => self.on_claim_create(now, op, rs, result),
             Pending::ClaimVerify { session, rs } => self.on_claim_verify(now, session, rs, result),
             Pending::ClaimDelete { items, .. } => self.on_claim_delete(now, items, result),
+            Pending::DeleteCheck { items, .. } => self.on_delete_check(now, items, result),
             Pending::Elect { session, epoch } => self.on_elect(session, epoch, result),
             Pending::ElectVerify { session } => self.on_elect_verify(session, result),
             Pending::Rebalance {

@@ -346,7 +346,7 @@ impl Member {
         self.claims.waiting_room.clear();
         self.claims.in_flight.clear();
         self.claims.deleting.clear();
-        self.claims.delete_alone.clear();
+        self.claims.delete_check.clear();
         self.claims.gates.clear();
         self.claims.solo.clear();
         self.claims.gone.clear();

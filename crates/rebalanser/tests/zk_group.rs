@@ -430,9 +430,11 @@ async fn zk_resource_add_remove_readd_fences_with_a_larger_token() {
     s.mon.assert_clean();
 }
 
-/// 6. Malformed and foreign keys written by hand under the group while members run: each
-/// member reports them by key, keeps its leases, and does not spin: its op rate stays at the
-/// keepalive level measured before the bad data.
+/// 6. Malformed and foreign keys written by hand under the group while members run: the
+/// member that reads them (the coordinator reads every member record; no member reads a
+/// foreign key at the group's root, which `status` reports) reports them by key once, every
+/// member keeps its leases and none spins: its op rate stays at the keepalive level measured
+/// before the bad data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn zk_bad_data_is_reported_by_key_and_does_not_make_members_spin() {
     common::logs();
@@ -512,25 +514,24 @@ async fn zk_bad_data_is_reported_by_key_and_does_not_make_members_spin() {
     let reported = |log: &EventLog, key: &str| {
         log.count(|s| matches!(s, Status::BadData { key: k, .. } if k == key))
     };
-    let mut slowest = Duration::ZERO;
-    for (name, log) in &logs {
-        for key in [&intruder, &foreign] {
-            assert!(
-                wait_until(Duration::from_secs(5), || reported(log, key) > 0).await,
-                "{name} did not report {key}: {:?}",
-                log.since(start)
-            );
-            let at = log
-                .all()
-                .into_iter()
-                .find(|(_, s)| matches!(s, Status::BadData { key: k, .. } if k == key))
-                .map(|(at, _)| at)
-                .unwrap();
-            slowest = slowest.max(at.saturating_duration_since(written[key]));
-        }
-    }
+    // The coordinator plans from every member record, so it reads the malformed one; the
+    // other members read only their own (issue 10), and nobody reads the foreign key.
+    let by_someone = || logs.values().any(|log| reported(log, &intruder) > 0);
+    assert!(
+        wait_until(Duration::from_secs(5), by_someone).await,
+        "nobody reported {intruder}: {:?}",
+        logs.values().map(|l| l.since(start)).collect::<Vec<_>>()
+    );
+    let at = logs
+        .values()
+        .flat_map(|log| log.all())
+        .filter(|(_, s)| matches!(s, Status::BadData { key: k, .. } if *k == intruder))
+        .map(|(at, _)| at)
+        .min()
+        .unwrap();
     println!(
-        "zk[{test}]: every member reported both keys, at most {slowest:?} after zkCli started writing it"
+        "zk[{test}]: the coordinator reported {intruder} {:?} after zkCli started writing it",
+        at.saturating_duration_since(written[&intruder])
     );
     let status = admin.status().await.expect("status");
     let bad: Vec<&str> = status.bad_data.iter().map(|b| b.key.as_str()).collect();
@@ -551,9 +552,9 @@ async fn zk_bad_data_is_reported_by_key_and_does_not_make_members_spin() {
             *rate < 60.0 && *rate <= base * 2.0 + 3.0,
             "{name} spins on bad data: {rate:.1} ops/s (baseline {base:.1})"
         );
-        // Reported once per key, not on every listing.
+        // Reported at most once per key, not on every read.
         for key in [&intruder, &foreign] {
-            assert_eq!(reported(&logs[name], key), 1, "{name}: {key}");
+            assert!(reported(&logs[name], key) <= 1, "{name}: {key}");
         }
     }
     // Leases kept: nothing moved, nothing was granted again, no lease ended.

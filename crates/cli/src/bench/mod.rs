@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// Handovers per run of the handover scenario.
     #[arg(long, default_value_t = 200)]
     handovers: usize,
+    /// How long the steady scenario watches the group at rest (longer than the members'
+    /// resync interval, 10 s, to count its reads too).
+    #[arg(long, default_value = "2s", value_parser = crate::util::duration_arg)]
+    steady_for: Duration,
     /// How long "nothing moving" must last to count as stable.
     #[arg(long, default_value = "200ms", value_parser = crate::util::duration_arg)]
     quiet: Duration,
@@ -274,7 +278,7 @@ async fn one_run(
             }
             Scenario::Steady => {
                 // At rest: only keepalives (and a periodic resync) should reach the store.
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                tokio::time::sleep(a.steady_for).await;
                 Some(start.elapsed())
             }
             Scenario::Join => {

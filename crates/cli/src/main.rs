@@ -34,6 +34,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Create a group, or bump its token generation after a restore from backup.
+    Group(admin_cmds::GroupArgs),
     /// Add, remove or list the resources of a group.
     Resource(admin_cmds::ResourceArgs),
     /// Show a group: members, coordinator and epoch, each resource's owner and token,
@@ -301,6 +303,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Sim(a) => sim(a, seeds_given),
         Cmd::ChaosMember(a) => chaos::run(a),
+        Cmd::Group(a) => admin_cmds::group(a),
         Cmd::Resource(a) => admin_cmds::resource(a),
         Cmd::Status(a) => admin_cmds::status(a),
         Cmd::Watch(a) => admin_cmds::watch(a),

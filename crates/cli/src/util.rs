@@ -67,6 +67,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     Ok(d)
 }
 
+/// [`duration_arg`], and `0` (or `0s`, `0ms`) for none.
+pub fn duration_or_zero_arg(s: &str) -> Result<Duration, String> {
+    match s.trim().trim_end_matches("ms").trim_end_matches('s') {
+        "0" => Ok(Duration::ZERO),
+        _ => duration_arg(s),
+    }
+}
+
 /// [`parse_duration`] for clap's `value_parser`.
 pub fn duration_arg(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))

@@ -43,16 +43,11 @@ use common::{boottime_ns, BIN};
 // The checker.
 // ---------------------------------------------------------------------------------------------
 
-/// A fencing token as the member prints it: `GENERATION.REVISION`, ordered as a pair.
-type Tok = (u64, u64);
+/// A fencing token as the member passes it to its child: one decimal integer.
+type Tok = u128;
 
 fn parse_token(s: &str) -> Option<Tok> {
-    let (g, r) = s.split_once('.')?;
-    Some((g.parse().ok()?, r.parse().ok()?))
-}
-
-fn fmt_tok(t: Tok) -> String {
-    format!("{}.{}", t.0, t.1)
+    s.parse().ok()
 }
 
 /// The ticks of one (member, token) on one resource.
@@ -247,7 +242,7 @@ pub fn check(log: &str, opts: &CheckOpts) -> Report {
         format!(
             "{} token {} [{} .. {}] ({} ticks)",
             iv.member,
-            fmt_tok(iv.token),
+            iv.token,
             rep.secs(iv.first),
             rep.secs(iv.last),
             iv.ticks

@@ -42,6 +42,10 @@ pub enum Variant {
     GrantOnClaimSent,
 }
 
+/// The initial settle delay ends at most this many delays after the coordinator first saw
+/// the group without assignments, however members keep arriving.
+pub const INITIAL_DELAY_CAP: u32 = 4;
+
 /// Everything a member needs to run the protocol. Durations are on the member's local clock.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -68,6 +72,12 @@ pub struct Config {
     pub op_timeout: Duration,
     /// Rate limit of rebalances (with a trailing edge).
     pub min_rebalance_interval: Duration,
+    /// How long a coordinator of a group that has no assignment yet (every live member
+    /// without one: a fleet starting) waits for members arriving together before the first
+    /// assignment: until no member joined for this long, at most
+    /// [`INITIAL_DELAY_CAP`] times it in all. Without it the first member is given everything
+    /// and gives most of it back ~100 ms later. Zero assigns at once.
+    pub initial_rebalance_delay: Duration,
     /// Period of the full re-read that bounds the cost of a lost notification.
     pub resync_interval: Duration,
     /// How long a graceful leave waits for its resources to be handed over.
@@ -143,6 +153,7 @@ impl Config {
             keepalive_interval: Duration::from_secs(1),
             op_timeout: Duration::from_millis(1500),
             min_rebalance_interval: Duration::from_millis(100),
+            initial_rebalance_delay: Duration::ZERO,
             resync_interval: Duration::from_secs(10),
             leave_timeout: Duration::from_secs(30),
             retry_delay: Duration::from_millis(100),
@@ -211,6 +222,7 @@ impl Config {
             ("keepalive_interval", self.keepalive_interval),
             ("op_timeout", self.op_timeout),
             ("min_rebalance_interval", self.min_rebalance_interval),
+            ("initial_rebalance_delay", self.initial_rebalance_delay),
             ("resync_interval", self.resync_interval),
             ("leave_timeout", self.leave_timeout),
             ("retry_delay", self.retry_delay),

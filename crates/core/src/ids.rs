@@ -132,20 +132,66 @@ impl fmt::Display for Epoch {
     }
 }
 
-/// A fencing token: (generation, creation revision of the claim). Compared in that order; it
-/// strictly grows per resource across owners. It names a claim instance, not a lease: a lease
-/// granted again under the same claim (after a resume) carries the same token.
+/// A fencing token: one unsigned integer that strictly grows per resource across owners and
+/// across the group's generations (DESIGN §4.6, §8 rule 9). Its value is
+/// `generation × 2^64 + revision`, where `revision` is the store revision that created the
+/// claim and `generation` the group's token generation (bumped after a restore from backup or
+/// a store migration, when revisions may start over). A resource accepts a writer whose token
+/// is at least the largest it has seen, as plain integers.
+///
+/// While the generation is 0 (never bumped) a token is the claim's revision and fits a `u64`;
+/// after a bump it needs more than 64 bits: store it as a decimal (`numeric(39)`), as a
+/// 128-bit integer, or as the pair ([`Token::generation`], [`Token::revision`]) compared in
+/// that order. It names a claim instance, not a lease: a lease granted again under the same
+/// claim (after a resume) carries the same token.
 #[derive(
     Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default, Serialize, Deserialize,
 )]
-pub struct Token {
-    pub generation: u64,
-    pub revision: u64,
+#[serde(transparent)]
+pub struct Token(u128);
+
+impl Token {
+    pub const fn new(generation: u64, revision: u64) -> Token {
+        Token(((generation as u128) << 64) | revision as u128)
+    }
+    /// The integer itself.
+    pub const fn get(self) -> u128 {
+        self.0
+    }
+    /// The group's token generation when the claim was proved.
+    pub const fn generation(self) -> u64 {
+        (self.0 >> 64) as u64
+    }
+    /// The store revision that created the claim.
+    pub const fn revision(self) -> u64 {
+        // Truncation keeps the low 64 bits: the revision, by construction.
+        self.0 as u64
+    }
+}
+
+impl From<Token> for u128 {
+    fn from(t: Token) -> u128 {
+        t.0
+    }
+}
+
+impl From<u128> for Token {
+    fn from(v: u128) -> Token {
+        Token(v)
+    }
 }
 
 impl fmt::Display for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.generation, self.revision)
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::str::FromStr for Token {
+    type Err = std::num::ParseIntError;
+    /// Parses the decimal form [`Token`]'s `Display` prints (`REBALANSER_TOKEN`).
+    fn from_str(s: &str) -> Result<Token, Self::Err> {
+        s.parse::<u128>().map(Token)
     }
 }
 
@@ -239,12 +285,32 @@ mod tests {
         // Log lines and `status` output carry these forms; tools parse them.
         assert_eq!(SessionId(0x2a).to_string(), "s2a");
         assert_eq!(Epoch(7).to_string(), "7");
-        let t = Token {
-            generation: 0,
-            revision: 58,
-        };
-        assert_eq!(t.to_string(), "0.58");
+        assert_eq!(Token::new(0, 58).to_string(), "58");
         assert_eq!(Time(61_234_567_890).to_string(), "61.234s");
+    }
+
+    #[test]
+    fn tokens_order_as_integers_by_generation_then_revision() {
+        let old = Token::new(0, u64::MAX);
+        let bumped = Token::new(1, 1);
+        assert!(
+            bumped > old,
+            "a bumped generation beats every revision before it"
+        );
+        assert!(Token::new(1, 2) > bumped);
+        assert_eq!(bumped.get(), (1u128 << 64) + 1);
+        assert_eq!(bumped.to_string(), "18446744073709551617");
+        assert_eq!((bumped.generation(), bumped.revision()), (1, 1));
+        assert_eq!("18446744073709551617".parse::<Token>(), Ok(bumped));
+        assert!("1.2".parse::<Token>().is_err());
+        assert_eq!(
+            serde_json::to_string(&bumped).unwrap(),
+            "18446744073709551617"
+        );
+        assert_eq!(
+            serde_json::from_str::<Token>("58").unwrap(),
+            Token::new(0, 58)
+        );
     }
 
     #[test]

@@ -123,14 +123,7 @@ impl Admin {
                 group: self.group.clone(),
             });
         };
-        let live: BTreeSet<_> = entries.iter().filter_map(|(_, e)| e.owner).collect();
-        if !live.is_empty() {
-            return Err(Error::GroupInUse {
-                group: self.group.clone(),
-                sessions: live.len(),
-                keys: entries.iter().filter(|(_, e)| e.owner.is_some()).count(),
-            });
-        }
+        self.refuse_live_sessions(&entries)?;
         // Everything but the marker first, then the marker: a failure midway leaves a group
         // that still exists, and calling again finishes the job.
         // The token generation survives: a re-created group must not hand out tokens that a
@@ -156,6 +149,91 @@ impl Admin {
             writes: vec![Write::Delete { key: meta }],
         };
         self.write_idempotent(op).await
+    }
+
+    /// Bumps the group's token generation, so that every fencing token granted afterwards is
+    /// larger than every token granted before, even where the store's revisions went back: run
+    /// it after restoring the store from a backup or moving the group to another store
+    /// (DESIGN §1 "Not covered", §8 rule 9). Returns the new generation.
+    ///
+    /// The new generation is the larger of the current one + 1 and the wall clock in seconds
+    /// since the Unix epoch: a backup restores an older `generation` too, and a bump made
+    /// since that backup must not be repeated with the same value (their tokens would go
+    /// back). So bumps more than a second apart always grow, whatever was restored, as long
+    /// as the wall clock does not go back.
+    ///
+    /// Refused with [`Error::GroupInUse`] while any member session is alive: a member running
+    /// across the bump could grant a token of the old generation with a revision from after the
+    /// restore. Stop every member, wait one TTL (sessions restored from the backup expire),
+    /// bump, start the members. A missing group is [`Error::UnknownGroup`].
+    pub async fn bump_generation(&self) -> Result<u64, Error> {
+        let entries = self.list().await?;
+        let meta = self.layout.meta();
+        let Some(meta_version) = entries
+            .iter()
+            .find(|(k, _)| *k == meta)
+            .map(|(_, e)| e.version)
+        else {
+            return Err(Error::UnknownGroup {
+                group: self.group.clone(),
+            });
+        };
+        self.refuse_live_sessions(&entries)?;
+        let key = self.layout.generation();
+        let current = entries.iter().find(|(k, _)| *k == key);
+        let (old, guard) = match current {
+            None => (0, Cond::Absent(key.clone())),
+            Some((_, e)) => match layout::decode::<layout::CounterRec>(&e.value) {
+                Some(c) => (c.value, Cond::Version(key.clone(), e.version)),
+                None => {
+                    return Err(Error::Store {
+                        store: self.store.describe(),
+                        source: StoreError::Invalid(format!(
+                            "{key} holds data that is not a token generation"
+                        )),
+                    })
+                }
+            },
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let new = old.saturating_add(1).max(now);
+        let op = StoreOp::Txn {
+            conds: vec![Cond::Version(meta, meta_version), guard],
+            writes: vec![Write::Put {
+                key: key.clone(),
+                value: layout::encode(&layout::CounterRec { value: new }),
+            }],
+        };
+        match exec(&*self.store, op, self.op_timeout).await {
+            Ok(_) => Ok(new),
+            // Unknown outcome: it landed if the generation now reads `new` (nobody else writes
+            // this value but a bump racing this one, which is as good).
+            Err(
+                e @ Error::Store {
+                    source: StoreError::Indeterminate(_),
+                    ..
+                },
+            ) => match self.view().await {
+                Ok((v, _)) if v.generation >= new => Ok(v.generation),
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Error::GroupInUse`] if any entry is owned by a live session.
+    fn refuse_live_sessions(&self, entries: &[(Key, Entry)]) -> Result<(), Error> {
+        let live: BTreeSet<_> = entries.iter().filter_map(|(_, e)| e.owner).collect();
+        if live.is_empty() {
+            return Ok(());
+        }
+        Err(Error::GroupInUse {
+            group: self.group.clone(),
+            sessions: live.len(),
+            keys: entries.iter().filter(|(_, e)| e.owner.is_some()).count(),
+        })
     }
 
     /// The resource set, sorted.
@@ -461,10 +539,7 @@ pub struct BadKey {
 
 impl GroupStatus {
     fn from_view(group: GroupId, v: &View, bad: Vec<layout::BadData>) -> GroupStatus {
-        let token = |rev| Token {
-            generation: v.generation,
-            revision: rev,
-        };
+        let token = |rev| Token::new(v.generation, rev);
         let sessions: BTreeSet<SessionId> = v.members.values().map(|m| m.session).collect();
         let claim_info = |c: &layout::ClaimView| ClaimInfo {
             member: c.member.clone(),

@@ -49,6 +49,7 @@ impl Member {
             session_ttl: None,
             safety_margin: None,
             min_rebalance_interval: None,
+            initial_rebalance_delay: None,
             stop_timeout: None,
             keepalive_interval: None,
             op_timeout: None,
@@ -76,6 +77,7 @@ pub struct MemberBuilder {
     session_ttl: Option<Duration>,
     safety_margin: Option<Duration>,
     min_rebalance_interval: Option<Duration>,
+    initial_rebalance_delay: Option<Duration>,
     stop_timeout: Option<Duration>,
     keepalive_interval: Option<Duration>,
     op_timeout: Option<Duration>,
@@ -129,6 +131,16 @@ impl MemberBuilder {
     /// Rate limit of rebalances while coordinating. Default 100 ms.
     pub fn min_rebalance_interval(mut self, d: Duration) -> Self {
         self.min_rebalance_interval = Some(d);
+        self
+    }
+
+    /// While this member coordinates a group in which no live member has an assignment yet (a
+    /// fleet starting), it waits for members arriving together before the first assignment:
+    /// until no member joined for this long, and at most 4 times this in all. Without it the
+    /// first member to start is given every resource and hands most of them on a moment
+    /// later. Default: a tenth of the session TTL (1 s); zero assigns at once.
+    pub fn initial_rebalance_delay(mut self, d: Duration) -> Self {
+        self.initial_rebalance_delay = Some(d);
         self
     }
 
@@ -204,6 +216,7 @@ impl MemberBuilder {
                 *field = v;
             }
         }
+        cfg.initial_rebalance_delay = self.initial_rebalance_delay.unwrap_or(cfg.session_ttl / 10);
         cfg.validate()?;
         let store = match self.store {
             StoreSpec::None => {

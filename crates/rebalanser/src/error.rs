@@ -49,10 +49,11 @@ pub enum Error {
         store: String,
         key: String,
     },
-    /// The group still has live member sessions, whose claims a deletion would remove.
+    /// The group still has live member sessions: a deletion would remove their claims, a
+    /// generation bump could race their grants.
     #[error(
         "group {group} is in use: {sessions} live session(s) own {keys} key(s) (members, \
-         claims); stop or leave every member before deleting it"
+         claims); stop every member first (a stopped member's session ends within its TTL)"
     )]
     GroupInUse {
         group: GroupId,

@@ -154,8 +154,10 @@ impl Lease {
         &self.resource
     }
 
-    /// The fencing token: strictly grows per resource across owners. Pass it to resources that
-    /// can reject a stale owner.
+    /// The fencing token: one integer (`token().get()`, printed in decimal) that strictly grows
+    /// per resource across owners and across generation bumps. Pass it to resources that can
+    /// reject a stale owner: such a resource keeps the largest token it accepted and refuses a
+    /// writer with a smaller one (see [`Token`] for storing values above 64 bits).
     pub fn token(&self) -> Token {
         self.token
     }

@@ -294,7 +294,7 @@ pub fn claim_problem(
             owner: e.owner,
             create_rev: e.create_rev,
         }),
-        Some(e) if e.create_rev != token.revision => Some(ClaimProblem::WrongToken {
+        Some(e) if e.create_rev != token.revision() => Some(ClaimProblem::WrongToken {
             create_rev: e.create_rev,
         }),
         Some(_) => None,

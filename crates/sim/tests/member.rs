@@ -1468,7 +1468,7 @@ fn the_accessors_report_the_leases_the_view_and_validity_per_session() {
     let leased: Vec<(String, u64)> = h
         .member
         .leased()
-        .map(|(r, _, t)| (r.to_string(), t.revision))
+        .map(|(r, _, t)| (r.to_string(), t.revision()))
         .collect();
     assert_eq!(leased, h.grants());
     let q1 = ResourceId::new("q1").unwrap();

@@ -1,4 +1,4 @@
-//! `rebalanser resource add|remove|list`, `rebalanser status`, `rebalanser watch`: the admin
+//! `rebalanser group create|bump-generation`, `rebalanser resource add|remove|list`, `rebalanser status`, `rebalanser watch`: the admin
 //! side of the CLI, on the public `rebalanser::Admin` API only.
 //!
 //! Every failure is one line on stderr starting `rebalanser: ` (a bad URL, an unreachable
@@ -6,6 +6,7 @@
 //! 2 for bad arguments and 1 for everything else.
 
 mod common;
+mod group;
 mod quiet;
 mod resource;
 mod status;
@@ -14,9 +15,14 @@ mod watch;
 
 use std::process::ExitCode;
 
+pub use group::GroupArgs;
 pub use resource::ResourceArgs;
 pub use status::StatusArgs;
 pub use watch::WatchArgs;
+
+pub fn group(a: GroupArgs) -> ExitCode {
+    common::run(group::run(a))
+}
 
 pub fn resource(a: ResourceArgs) -> ExitCode {
     common::run(resource::run(a))

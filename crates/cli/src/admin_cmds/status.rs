@@ -21,10 +21,11 @@ BAD KEYS (KEY, REASON). '-' is none; a claim holder marked '(session gone)' hold
 session that is no longer registered (it expires, or the member is restarting). AGE is how long
 ago the member's session joined, by the member's wall clock ('-' if it did not record it).
 
-The --json document (stable; \"format\" changes only on an incompatible change; sessions are
-strings, since they do not fit a JSON number exactly):
+The --json document (stable; \"format\" changes only on an incompatible change; sessions and
+tokens are strings, since they do not fit a JSON number exactly; format 2 made the token one
+integer):
   {
-    \"format\": 1,
+    \"format\": 2,
     \"group\": \"jobs\",
     \"store\": \"zk://zk1:2181/rebalanser\",      credentials redacted
     \"generation\": 1,                          token generation
@@ -40,7 +41,9 @@ strings, since they do not fit a JSON number exactly):
     \"bad_keys\": [{\"key\": \"...\", \"reason\": \"...\"}]
   }
   CLAIM = {\"member\": \"w1\", \"session\": \"s1a2b\",
-           \"token\": {\"generation\": 1, \"revision\": 4242}, \"session_registered\": true}
+           \"token\": \"18446744073709555858\", \"session_registered\": true}
+TOKEN is the fencing token: one integer, generation × 2^64 + the claim's store revision (while
+the generation is 0, the revision itself); a resource accepts the largest it has seen.
 Keys are printed sorted. Members are sorted by name, resources and handovers by id. A handover's \"to\" is null for a
 removed (or not yet assigned) resource.
 

@@ -7,7 +7,7 @@ use rebalanser::{ClaimInfo, GroupStatus, MemberId, ResourceId, SessionId, Token}
 use serde_json::{json, Value};
 
 /// The version of the JSON document's shape; bumped on any incompatible change.
-pub const JSON_FORMAT: u64 = 1;
+pub const JSON_FORMAT: u64 = 2;
 
 /// The `status --json` document (see `rebalanser status --help`).
 pub fn to_json(st: &GroupStatus, store: &str) -> Value {
@@ -55,7 +55,7 @@ fn claim_json(c: &ClaimInfo) -> Value {
     json!({
         "member": c.member.as_str(),
         "session": c.session.to_string(),
-        "token": {"generation": c.token.generation, "revision": c.token.revision},
+        "token": c.token.to_string(),
         "session_registered": c.session_registered,
     })
 }

@@ -40,6 +40,9 @@ pub struct BenchMemberArgs {
     /// Session TTL; the other timings are scaled to it as the bench's own members do.
     #[arg(long, value_parser = crate::util::duration_arg)]
     ttl: Duration,
+    /// The members' initial settle delay (default: the library's).
+    #[arg(long, value_parser = crate::util::duration_or_zero_arg)]
+    initial_rebalance_delay: Option<Duration>,
 }
 
 pub fn run(a: BenchMemberArgs) -> ExitCode {
@@ -73,7 +76,7 @@ async fn member(a: &BenchMemberArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let store = rebalanser::open_store(&a.store)?;
     let (store, counters) = CountingStore::new(store);
-    let handle = builder(&a.group, &a.name, a.ttl)
+    let handle = builder(&a.group, &a.name, a.ttl, a.initial_rebalance_delay)
         .store(store)
         .join()
         .await?;

@@ -56,14 +56,25 @@ pub struct Fleet {
     next: usize,
     /// Per in-process member, its own operations (member processes report theirs).
     task_counters: BTreeMap<usize, Arc<Counters>>,
+    /// The members' initial settle delay (`None`: the library's default).
+    pub initial_delay: Option<Duration>,
 }
 
 /// A member as the bench runs it: timings scaled to the TTL within `Config::validate`
 /// (2/10 + 1/8 + 1/5 + 1/10 of it), and a late stop logged rather than aborting the process
 /// being measured.
-pub fn builder(group: &str, name: &str, ttl: Duration) -> MemberBuilder {
-    Member::builder(group)
-        .name(name)
+pub fn builder(
+    group: &str,
+    name: &str,
+    ttl: Duration,
+    initial_delay: Option<Duration>,
+) -> MemberBuilder {
+    let b = Member::builder(group);
+    let b = match initial_delay {
+        Some(d) => b.initial_rebalance_delay(d),
+        None => b,
+    };
+    b.name(name)
         .session_ttl(ttl)
         .keepalive_interval(ttl / 10)
         .op_timeout(ttl / 8)
@@ -83,6 +94,7 @@ impl Fleet {
             members: BTreeMap::new(),
             next: 0,
             task_counters: BTreeMap::new(),
+            initial_delay: None,
         }
     }
 
@@ -115,7 +127,7 @@ impl Fleet {
                     stores.push(counted);
                 }
                 let joins = ids.iter().zip(stores).map(|(i, store)| {
-                    builder(&self.group, &format!("m{i}"), self.ttl)
+                    builder(&self.group, &format!("m{i}"), self.ttl, self.initial_delay)
                         .store(store)
                         .join()
                 });
@@ -134,6 +146,10 @@ impl Fleet {
                         .args(["bench-member", "--store", url, "--group", &self.group])
                         .args(["--name", &format!("m{i}")])
                         .arg(format!("--ttl={}ms", self.ttl.as_millis()))
+                        .args(
+                            self.initial_delay
+                                .map(|d| format!("--initial-rebalance-delay={}ms", d.as_millis())),
+                        )
                         .stdin(Stdio::null())
                         .stdout(Stdio::piped())
                         .kill_on_drop(true)

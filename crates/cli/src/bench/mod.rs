@@ -48,6 +48,11 @@ pub struct BenchArgs {
     /// Session TTL of every member; the other timings are scaled to it.
     #[arg(long, default_value = "10s", value_parser = crate::util::duration_arg)]
     ttl: Duration,
+    /// The members' initial settle delay: how long a coordinator of a group without
+    /// assignments waits for members starting together (0: none) [default: the library's,
+    /// TTL/10]. Shows in the start scenario's time and its revokes.
+    #[arg(long, value_name = "DURATION", value_parser = crate::util::duration_or_zero_arg)]
+    initial_rebalance_delay: Option<Duration>,
     /// Runs of every scenario (each on a fresh group); the report gives median and range.
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -196,6 +201,7 @@ pub fn run(a: BenchArgs) -> ExitCode {
             "members": a.members,
             "resources": a.resources,
             "ttl_ms": a.ttl.as_millis() as u64,
+            "initial_rebalance_delay_ms": a.initial_rebalance_delay.unwrap_or(a.ttl / 10).as_millis() as u64,
             "reps": a.reps,
             "peak_rss_kib": peak_rss_kib,
             "results": outcomes.iter().map(Outcome::to_json).collect::<Vec<_>>(),
@@ -255,6 +261,7 @@ async fn one_run(
         }
     };
     let mut fleet = Fleet::new(launch, &group, a.ttl);
+    fleet.initial_delay = a.initial_rebalance_delay;
     let counts = |fleet: &Fleet| counters.snapshot().plus(&fleet.child_counts());
     let mut out = Vec::new();
     for &scenario in &a.scenarios {

@@ -350,10 +350,7 @@ mod tests {
     }
 
     fn claim(r: &str, rev: u64, session: u64, m: &str) -> (String, Token, SessionId, String) {
-        let token = Token {
-            generation: 0,
-            revision: rev,
-        };
+        let token = Token::new(0, rev);
         (r.to_string(), token, SessionId(session), m.to_string())
     }
 

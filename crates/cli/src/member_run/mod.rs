@@ -126,6 +126,12 @@ struct RunArgs {
     /// keepalive interval (TTL/10), store op timeout (TTL/4) and safety margin (TTL/8) follow.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::util::duration_arg)]
     session_ttl: Duration,
+    /// While this member coordinates a group nobody has an assignment in yet (a fleet
+    /// starting), how long it waits for members arriving together before the first
+    /// assignment: until none joined for this long, at most 4 times it [default: TTL/10].
+    /// 0 assigns at once.
+    #[arg(long, value_name = "DURATION", value_parser = crate::util::duration_or_zero_arg)]
+    initial_rebalance_delay: Option<Duration>,
     /// How long a child gets to stop after a revoke [default: TTL/5]. SIGTERM first, SIGKILL
     /// after 3/4 of it.
     #[arg(long, value_name = "DURATION", value_parser = crate::util::duration_arg)]
@@ -234,6 +240,9 @@ async fn join(a: &RunArgs, stop: Duration) -> Result<MemberHandle, Error> {
         .on_stop_deadline_missed(StopPolicy::Log);
     if let Some(n) = &a.name {
         b = b.name(n);
+    }
+    if let Some(d) = a.initial_rebalance_delay {
+        b = b.initial_rebalance_delay(d);
     }
     b.join().await
 }

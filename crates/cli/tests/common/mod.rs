@@ -202,7 +202,7 @@ pub fn spawn_member(
 // The guard alone, driven over its socket the way `member run` drives it.
 // ---------------------------------------------------------------------------------------------
 
-/// A `rebalanser guard` process (RUST_LOG=off) for group g, member m, resource r, token 0.1,
+/// A `rebalanser guard` process (RUST_LOG=off) for group g, member m, resource r, token 1,
 /// in a session of its own; SIGKILLed on drop.
 pub struct GuardProc {
     pub child: Child,
@@ -226,7 +226,7 @@ impl GuardProc {
         let mut cmd = Command::new(BIN);
         cmd.args(["guard", "--fd", &fd.to_string()])
             .args(["--group", "g", "--member", "m", "--resource", "r"])
-            .args(["--token", "0.1"])
+            .args(["--token", "1"])
             .args(["--kill-after-ms", &kill_after_ms.to_string()])
             .args(["--term-before-ms", &term_before_ms.to_string()])
             .args(["--command", command])

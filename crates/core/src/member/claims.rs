@@ -542,9 +542,9 @@ impl Member {
         for (r, token) in items {
             self.claims.delete_check.remove(&r);
             let key = self.layout.claim(&r);
-            if found.get(key.as_str()) != Some(&token.revision) {
+            if found.get(key.as_str()) != Some(&token.revision()) {
                 self.claims.deleting.remove(&r);
-                self.claims.gone.insert(r, token.revision);
+                self.claims.gone.insert(r, token.revision());
             }
         }
     }
@@ -559,7 +559,7 @@ impl Member {
     }
 
     /// L2: deletes, in one transaction, the claim instance of `session` created at
-    /// `t.revision` for each `(r, t)`, and nothing else: all of them or none.
+    /// `t.revision()` for each `(r, t)`, and nothing else: all of them or none.
     fn delete_claims(&mut self, session: SessionId, items: Vec<(ResourceId, Token)>) {
         let mut conds = Vec::with_capacity(items.len());
         let mut writes = Vec::with_capacity(items.len());
@@ -572,7 +572,7 @@ impl Member {
             conds.push(Cond::Owned {
                 key: key.clone(),
                 session,
-                create_rev: t.revision,
+                create_rev: t.revision(),
             });
             writes.push(Write::Delete { key });
         }
@@ -804,7 +804,7 @@ impl Member {
                         .claims
                         .deleting
                         .get(&r)
-                        .is_some_and(|t| t.revision == e.create_rev) => {}
+                        .is_some_and(|t| t.revision() == e.create_rev) => {}
                 Some(e)
                     if e.owner == Some(session) || self.cfg.variant == Variant::AdoptAnyClaim =>
                 {
@@ -843,7 +843,7 @@ impl Member {
             if settled {
                 self.claims.deleting.remove(&r);
                 self.claims.delete_check.remove(&r);
-                self.claims.gone.insert(r, token.revision);
+                self.claims.gone.insert(r, token.revision());
             } else {
                 if refused {
                     self.claims.delete_check.insert(r.clone());
@@ -856,10 +856,7 @@ impl Member {
 
     /// The token of a claim created at store revision `rev`.
     fn token(&self, rev: u64) -> Token {
-        Token {
-            generation: self.view.group.generation,
-            revision: rev,
-        }
+        Token::new(self.view.group.generation, rev)
     }
 
     /// No claim operation on `r` before `at` (and, with `need_new_view`, before a newer view,

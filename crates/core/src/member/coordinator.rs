@@ -3,7 +3,7 @@
 //! rebalance planned in `plan.rs` fenced by leader key and epoch, and resigning after repeated
 //! failures. Plans only from linearizable views that reflect its own last write.
 
-use crate::config::Variant;
+use crate::config::{Variant, INITIAL_DELAY_CAP};
 use crate::ids::{Epoch, OpId, SessionId, Time};
 use crate::layout::{self, CounterRec, LeaderRec};
 use crate::store::{Cond, StoreError, StoreOp, StoreReply, StoreResult, Write};
@@ -34,6 +34,18 @@ pub(super) struct Coordinator {
     /// plan costs balance, not safety: claims, not assignments, make access exclusive, and the
     /// chunks it rewrites are guarded by the versions it read.
     pub(super) planned: Memo<((usize, u64), Epoch, u64), Option<Plan>>,
+    /// While the group has no assignment: when this coordinator first saw it so, and when
+    /// its member set last changed (the initial settle delay).
+    pub(super) settle: Option<Settle>,
+}
+
+/// The initial settle delay's clock (see `Config::initial_rebalance_delay`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Settle {
+    first: Time,
+    last_change: Time,
+    /// (count, xor of session ids) of the registered members: changes when one joins.
+    members: (usize, u64),
 }
 
 /// The election slot: at most one election, verification or resignation in flight, and when
@@ -103,7 +115,7 @@ impl Member {
             }
             return;
         };
-        if self.rate_limited(now) {
+        if self.settling(now, plan.initial) || self.rate_limited(now) {
             if let Some(c) = self.coord.as_mut() {
                 c.planned.set(key, Some(plan));
             }
@@ -125,6 +137,42 @@ impl Member {
             Some((e, v)) if leader_ok && e == c.epoch => Some(v),
             _ => None,
         }
+    }
+
+    /// The initial settle delay: the first assignment of a group in which no live member has
+    /// one waits until no member joined for `initial_rebalance_delay`, and at most
+    /// `INITIAL_DELAY_CAP` delays in all, so members started together are assigned together
+    /// instead of the first taking everything and handing most of it on. Safety never rests
+    /// on it: it only postpones a plan. Whether the plan must wait (until `rebalance_at`).
+    fn settling(&mut self, now: Time, initial: bool) -> bool {
+        let delay = self.cfg.initial_rebalance_delay;
+        let v = &self.view.group;
+        let members = (
+            v.members.len(),
+            v.members.values().fold(0, |x, m| x ^ m.session.0),
+        );
+        let Some(c) = self.coord.as_mut() else {
+            return false;
+        };
+        if !initial || delay.is_zero() {
+            c.settle = None;
+            return false;
+        }
+        let s = c.settle.get_or_insert(Settle {
+            first: now,
+            last_change: now,
+            members,
+        });
+        if s.members != members {
+            s.members = members;
+            s.last_change = now;
+        }
+        let due = (s.last_change + delay).min(s.first + delay.saturating_mul(INITIAL_DELAY_CAP));
+        if now < due {
+            c.rebalance_at = Some(due);
+            return true;
+        }
+        false
     }
 
     /// Whether the rebalance must wait (and until when: `Coordinator::rebalance_at`).
@@ -325,6 +373,7 @@ impl Member {
             seq: 0,
             debounce_view: None,
             planned: Memo::default(),
+            settle: None,
         });
         self.view.dirty = true;
         self.events.push_back(Event::BecameCoordinator { epoch });

@@ -48,6 +48,7 @@ impl Member {
         groups.sort_by_key(|g| g.age);
         let (conds, writes, partial) = self.batch(groups, !fits);
         Some(Plan {
+            initial: prev.is_empty(),
             partial,
             conds,
             writes,
@@ -185,6 +186,9 @@ struct WriteGroup {
 
 #[derive(Clone)]
 pub(super) struct Plan {
+    /// No live member has an assignment for its session yet: the group's first assignment
+    /// (held back by the initial settle delay).
+    pub(super) initial: bool,
     pub(super) partial: bool,
     pub(super) conds: Vec<Cond>,
     pub(super) writes: Vec<Write>,

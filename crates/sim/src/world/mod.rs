@@ -184,6 +184,12 @@ impl World {
         // the one before it, and the store sometimes answers one without touching the session.
         let zk_like = rng.chance(0.5);
         member_cfg.count_from_previous_keepalive = zk_like;
+        // Half the seeds hold a fresh group's first assignment back (the initial settle delay).
+        member_cfg.initial_rebalance_delay = if rng.chance(0.5) {
+            ms(rng.range(1, 400))
+        } else {
+            Duration::ZERO
+        };
         debug_assert!(member_cfg.validate().is_ok());
         let op_timeout = member_cfg.op_timeout;
         let mut faults = Faults {

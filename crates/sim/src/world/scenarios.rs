@@ -54,6 +54,9 @@ pub(super) fn calm(member_cfg: &mut Config, faults: &mut Faults) {
     member_cfg.min_rebalance_interval = TRICKLE_RATE_LIMIT;
     member_cfg.max_txn_writes = 64;
     member_cfg.count_from_previous_keepalive = false;
+    // The bounds judged here start from assignments that exist; a group left with none
+    // would wait out the initial settle delay on top (DESIGN §4.5).
+    member_cfg.initial_rebalance_delay = Duration::ZERO;
 }
 
 impl World {

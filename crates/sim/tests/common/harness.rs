@@ -157,7 +157,7 @@ impl Harness {
             .filter_map(|e| match e {
                 Event::Grant {
                     resource, token, ..
-                } => Some((resource.to_string(), token.revision)),
+                } => Some((resource.to_string(), token.revision())),
                 _ => None,
             })
             .collect()

@@ -97,6 +97,52 @@ fn single_resource_handovers_on_a_zookeeper_the_bench_starts() {
     assert!(c["stable_ms"].as_f64().unwrap() >= 500.0, "{c:#}");
 }
 
+/// Issue 11: ten member processes started together; the first to coordinate waits for the
+/// others (the initial settle delay, TTL/10 by default) instead of taking every resource and
+/// handing most of them on: each resource is granted once, nothing is revoked.
+fn a_fleet_start_grants_each_resource_once(store: &[&str]) {
+    let (ok, json, out) = bench(
+        &[
+            store,
+            &[
+                "--members",
+                "10",
+                "--resources",
+                "100",
+                "--ttl",
+                "2s",
+                "--reps",
+                "2",
+                "--scenarios",
+                "start",
+                "--json",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{out}");
+    for r in json["results"].as_array().expect("results") {
+        assert_eq!(
+            (r["grants"].as_u64(), r["revokes"].as_u64()),
+            (Some(100), Some(0)),
+            "{r:#}"
+        );
+        assert_eq!(r["double_holds"], 0, "{r:#}");
+    }
+}
+
+#[test]
+fn a_fleet_of_processes_started_together_on_sqlite_is_granted_each_resource_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/bench.db", dir.path().display());
+    a_fleet_start_grants_each_resource_once(&["--store", &url]);
+}
+
+#[test]
+fn a_fleet_of_processes_started_together_on_zookeeper_is_granted_each_resource_once() {
+    a_fleet_start_grants_each_resource_once(&["--zk-start"]);
+}
+
 fn every_scenario_moves_the_minimum(json: &Value) {
     for scenario in ["start", "join", "leave", "crash"] {
         let r = result(json, scenario);

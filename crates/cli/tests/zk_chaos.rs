@@ -344,18 +344,18 @@ const MS: u64 = 1_000_000;
 
 #[test]
 fn checker_passes_a_clean_log_with_handovers() {
-    // r1: a (token 1.5) then b (1.9) then a again (1.12); r2: b only. Gaps between owners.
+    // r1: a (token 5) then b (9) then a again (12); r2: b only. Gaps between owners.
     let log = "\
-r1 a 1.5 1000
-r2 b 1.7 1005
-r1 a 1.5 1010
-r1 a 1.5 1020
-r2 b 1.7 1015
-r1 b 1.9 1100
-r1 b 1.9 1110
-r2 b 1.7 1200
-r1 a 1.12 1300
-r1 a 1.12 1310
+r1 a 5 1000
+r2 b 7 1005
+r1 a 5 1010
+r1 a 5 1020
+r2 b 7 1015
+r1 b 9 1100
+r1 b 9 1110
+r2 b 7 1200
+r1 a 12 1300
+r1 a 12 1310
 ";
     let rep = check(
         &ms_log(log),
@@ -379,21 +379,18 @@ fn checker_reports_an_overlap_naming_both_intervals() {
     // b's first tick (1015) falls inside a's interval [1000, 1020]; lines out of time order,
     // as a paused process writes them, must not matter.
     let log = "\
-r1 a 1.5 1000
-r1 b 1.9 1015
-r1 a 1.5 1020
-r1 b 1.9 1030
-r2 a 1.6 1000
+r1 a 5 1000
+r1 b 9 1015
+r1 a 5 1020
+r1 b 9 1030
+r2 a 6 1000
 ";
     let rep = check(&ms_log(log), &CheckOpts::default());
     println!("{rep}");
     assert!(!rep.ok());
     assert_eq!(rep.overlaps.len(), 1, "{rep}");
     let o = &rep.overlaps[0];
-    assert!(
-        o.contains("a token 1.5") && o.contains("b token 1.9"),
-        "{o}"
-    );
+    assert!(o.contains("a token 5") && o.contains("b token 9"), "{o}");
     assert!(rep.to_string().contains("FAILED"));
 }
 
@@ -402,11 +399,11 @@ fn checker_reports_tokens_going_back_torn_lines_and_silent_resources() {
     // b holds r1 after a, without overlap, but with an older token; a line is torn; r3 is
     // never accessed in the window and r2 not after 1010.
     let log = "\
-r1 a 1.9 1000
-r1 a 1.9 1010
-r1 b 1.5 1100
-r2 a 1.6 1010
-r2 a 1.6r1 b 1.5 1110
+r1 a 9 1000
+r1 a 9 1010
+r1 b 5 1100
+r2 a 6 1010
+r2 a 1.6r1 b 5 1110
 ";
     let rep = check(
         &ms_log(log),

@@ -53,6 +53,13 @@ pub struct Config {
     pub name: MemberId,
     /// Relative share of resources; 0 is rejected (leave instead).
     pub weight: u32,
+    /// Static membership (as Kafka's KIP-345): the name is a stable instance identity. A
+    /// restart under the same name takes over the member record of the previous session
+    /// (if that record is static too) instead of waiting for it to expire, and the
+    /// coordinator hands the new session the previous one's assignment: nothing moves.
+    /// The previous session's claims still rule their resources until they are deleted or
+    /// expire; a live instance whose record was taken over gives everything up and leaves.
+    pub static_membership: bool,
     /// The wall-clock time of the join (Unix ms), supplied by the runtime and written into
     /// the member record for status displays; the core never reads it.
     pub joined_unix_ms: Option<u64>,
@@ -146,6 +153,7 @@ impl Config {
             group,
             name,
             weight: 1,
+            static_membership: false,
             joined_unix_ms: None,
             session_ttl: Duration::from_secs(10),
             safety_margin: Duration::from_secs(1),

@@ -184,6 +184,14 @@ pub struct MemberRec {
     /// reading the status (session age), never used by the protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub joined_unix_ms: Option<u64>,
+    /// A static member (`Config::static_membership`): another session of the same name, if
+    /// static too, may take this record over, and the assignment goes with the name.
+    #[serde(default, rename = "static", skip_serializing_if = "is_false")]
+    pub static_member: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// `leader` value.
@@ -243,9 +251,13 @@ pub struct BadData {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberView {
     pub session: SessionId,
+    /// The record's creation revision (a takeover is guarded by it).
+    pub create_rev: u64,
     pub weight: u32,
     /// Informative only (see [`MemberRec::joined_unix_ms`]).
     pub joined_unix_ms: Option<u64>,
+    /// See [`MemberRec::static_member`].
+    pub static_member: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -395,8 +407,10 @@ pub fn parse_view(layout: &Layout, entries: &[(Key, Entry)]) -> (View, Vec<BadDa
                             id,
                             MemberView {
                                 session: s,
+                                create_rev: e.create_rev,
                                 weight: rec.weight,
                                 joined_unix_ms: rec.joined_unix_ms,
+                                static_member: rec.static_member,
                             },
                         );
                     }

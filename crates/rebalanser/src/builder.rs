@@ -50,6 +50,7 @@ impl Member {
             safety_margin: None,
             min_rebalance_interval: None,
             initial_rebalance_delay: None,
+            static_membership: false,
             stop_timeout: None,
             keepalive_interval: None,
             op_timeout: None,
@@ -78,6 +79,7 @@ pub struct MemberBuilder {
     safety_margin: Option<Duration>,
     min_rebalance_interval: Option<Duration>,
     initial_rebalance_delay: Option<Duration>,
+    static_membership: bool,
     stop_timeout: Option<Duration>,
     keepalive_interval: Option<Duration>,
     op_timeout: Option<Duration>,
@@ -131,6 +133,19 @@ impl MemberBuilder {
     /// Rate limit of rebalances while coordinating. Default 100 ms.
     pub fn min_rebalance_interval(mut self, d: Duration) -> Self {
         self.min_rebalance_interval = Some(d);
+        self
+    }
+
+    /// Static membership (as Kafka's KIP-345): the member name is a stable instance identity.
+    /// Give each process its own fixed name (`.name(..)`); a restart under that name within
+    /// the session TTL takes the previous session's member record over at once (instead of
+    /// waiting for it to expire, as a dynamic member does) and gets its previous resources
+    /// back: nothing moves to other members. The resources are granted once the previous
+    /// session's claims are gone: at once after a graceful stop, after that session's expiry
+    /// after a crash. If the previous instance is in fact still running, it is told
+    /// ([`Status::Replaced`]), gives everything up and leaves. Default off.
+    pub fn static_membership(mut self, on: bool) -> Self {
+        self.static_membership = on;
         self
     }
 
@@ -197,6 +212,7 @@ impl MemberBuilder {
         if let Some(w) = self.weight {
             cfg.weight = w;
         }
+        cfg.static_membership = self.static_membership;
         // For status displays only (session age); the protocol never reads it.
         cfg.joined_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -158,6 +158,15 @@ impl Driver {
                 }
                 self.core.leave(now);
             }
+            Cmd::StopForRestart => {
+                if !self.core.is_closed() {
+                    info!(
+                        reason = "restart",
+                        "stopping for a restart under the same name"
+                    );
+                }
+                self.core.stop_for_restart(now);
+            }
         }
     }
 
@@ -285,6 +294,22 @@ impl Driver {
                     "member name held by another live session; waiting for it to expire"
                 );
                 self.emit(Status::NameInUse { holder });
+            }
+            Event::TookOver { from } => {
+                info!(
+                    from = %from,
+                    reason = "static_restart",
+                    "took the static member's name over from its previous session"
+                );
+                self.emit(Status::TookOver { from });
+            }
+            Event::Replaced { by } => {
+                warn!(
+                    to = %by,
+                    reason = "replaced",
+                    "a newer instance of this static member took the name over; leaving"
+                );
+                self.emit(Status::Replaced { by });
             }
             Event::BecameCoordinator { epoch } => {
                 self.record_epoch(epoch);

@@ -26,6 +26,13 @@ pub enum Status {
     Joined { session: SessionId },
     /// Another live session holds this member's name; the member waits for it to expire.
     NameInUse { holder: SessionId },
+    /// Static membership: this member took its name's record over from `from`, an earlier
+    /// session of the same static member (a restart within the TTL); it gets that session's
+    /// resources once their claims are released or expire, and nothing moves elsewhere.
+    TookOver { from: SessionId },
+    /// A newer instance of this static member (session `by`) took the name over: this one
+    /// gives up every resource and leaves. Two live processes run under one static name.
+    Replaced { by: SessionId },
     /// This member now coordinates the group.
     BecameCoordinator { epoch: Epoch },
     /// This member stopped coordinating.
@@ -79,6 +86,7 @@ impl Status {
         matches!(
             self,
             Status::NameInUse { .. }
+                | Status::Replaced { .. }
                 | Status::Suspended { .. }
                 | Status::SessionLost { .. }
                 | Status::StopDeadlineMissed { .. }
@@ -100,6 +108,15 @@ impl fmt::Display for Status {
             Status::NameInUse { holder } => {
                 write!(f, "member name in use by session {holder}; waiting for it to expire")
             }
+            Status::TookOver { from } => write!(
+                f,
+                "static member restarted: took the name over from session {from}"
+            ),
+            Status::Replaced { by } => write!(
+                f,
+                "a newer instance of this static member (session {by}) took the name over; \
+                 leaving"
+            ),
             Status::BecameCoordinator { epoch } => write!(f, "became coordinator (epoch {epoch})"),
             Status::SteppedDown { epoch } => write!(f, "stepped down as coordinator (epoch {epoch})"),
             Status::Rebalanced {
@@ -281,9 +298,24 @@ impl MemberHandle {
     /// from the queue are handed back by the library when revoked.
     /// Members may leave in any order, all at once included: a leaving member still
     /// stands for election, so someone always moves the resources of those leaving.
-    pub async fn leave(mut self) -> Result<(), Error> {
+    pub async fn leave(self) -> Result<(), Error> {
+        self.stop(Cmd::Leave).await
+    }
+
+    /// A static member ([`crate::MemberBuilder::static_membership`]) stopping to be restarted
+    /// under the same name: every lease is revoked (drop them) and its claim deleted, but the
+    /// member record stays, and with it the assignment, until the session expires one TTL
+    /// later. An instance started under the same name before then takes the record over and
+    /// is granted the same resources, with nothing moved to other members. If none comes,
+    /// the resources move when the session expires. Without static membership, this is
+    /// [`MemberHandle::leave`]. Bounded like `leave`.
+    pub async fn stop_for_restart(self) -> Result<(), Error> {
+        self.stop(Cmd::StopForRestart).await
+    }
+
+    async fn stop(mut self, how: Cmd) -> Result<(), Error> {
         self.stop_taking_leases();
-        let _ = self.cmds.send(Cmd::Leave);
+        let _ = self.cmds.send(how);
         let mut snapshot = self.snapshot.clone();
         let bound = self.leave_bound;
         let waited =

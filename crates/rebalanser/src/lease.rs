@@ -18,6 +18,8 @@ pub(crate) enum Cmd {
         lease: LeaseId,
     },
     Leave,
+    /// A static member stopping for a restart (`MemberHandle::stop_for_restart`).
+    StopForRestart,
 }
 
 /// Delivery states of a lease. A granted lease waits in the handle's queue until the

@@ -53,6 +53,7 @@ fn register(model: &mut MemModel, layout: &Layout, name: &str) {
     let rec = MemberRec {
         weight: 1,
         joined_unix_ms: None,
+        static_member: false,
     };
     let create = StoreOp::Txn {
         conds: vec![],

@@ -1256,6 +1256,7 @@ fn a_registration_in_doubt_never_adopts_another_sessions_member_record() {
     let rec = MemberRec {
         weight: 1,
         joined_unix_ms: None,
+        static_member: false,
     };
     other_holds_the_name(&mut h, layout::encode(&rec));
     h.member

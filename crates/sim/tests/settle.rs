@@ -40,6 +40,7 @@ fn join(h: &mut Harness, name: &str) {
             value: layout::encode(&MemberRec {
                 weight: 1,
                 joined_unix_ms: None,
+                static_member: false,
             }),
             owner: Some(session),
         }],

@@ -85,7 +85,9 @@ group under a guard process that kills the whole group at the lease deadline, or
 the member dies, even if this process is paused or killed; the resource moves on only after
 the group is gone. When a lease is revoked the child gets SIGTERM, and SIGKILL 3/4 of the stop
 timeout later. A child that exits by itself is restarted (backoff 250ms doubling to 30s).
-SIGINT/SIGTERM: leave the group gracefully (a second one exits at once).";
+SIGINT/SIGTERM: leave the group gracefully (a second one exits at once); with --static, stop
+for a restart instead: children stopped and claims given up, but the member's resources wait
+one TTL for the next process started under the same --name.";
 
 /// `rebalanser member ...`
 #[derive(clap::Args, Debug)]
@@ -118,6 +120,13 @@ struct RunArgs {
     /// Member name, unique among live members [default: HOSTNAME-PID-RANDOM].
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// Static membership: --name is this process's stable identity (required). A restart
+    /// under the same name within the session TTL takes the previous process's place at once
+    /// and gets its resources back, with nothing moved to other members; SIGTERM/SIGINT stop
+    /// for such a restart rather than leave (the resources move only if no process comes
+    /// back within the TTL). A previous process still running under the name is told to go.
+    #[arg(long = "static", requires = "name")]
+    static_membership: bool,
     /// Relative share of the resources.
     #[arg(long, default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -244,6 +253,7 @@ async fn join(a: &RunArgs, stop: Duration) -> Result<MemberHandle, Error> {
     if let Some(d) = a.initial_rebalance_delay {
         b = b.initial_rebalance_delay(d);
     }
+    b = b.static_membership(a.static_membership);
     b.join().await
 }
 
@@ -317,8 +327,14 @@ async fn run_member(a: RunArgs, log_format: LogFormat) -> ExitCode {
     // Graceful leave: every lease is revoked in turn, its child stopped through its guard,
     // and released once the guard reports the process group empty. Bounded by the leave
     // timeout inside `leave`; a second signal exits at once (the guards see EOF and kill).
+    let stopping: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>>>> =
+        if a.static_membership {
+            Box::pin(member.stop_for_restart())
+        } else {
+            Box::pin(member.leave())
+        };
     let left = tokio::select! {
-        r = member.leave() => r,
+        r = stopping => r,
         _ = term.recv() => hard_exit(&ctx, "SIGTERM"),
         _ = int.recv() => hard_exit(&ctx, "SIGINT"),
     };

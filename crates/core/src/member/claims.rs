@@ -129,7 +129,11 @@ impl Member {
         let Some(session) = self.session.id() else {
             return;
         };
-        let leave_expired = self.leaving.as_ref().is_some_and(|l| now >= l.deadline);
+        // A leave that timed out, or a static member stopping for a restart, gives up all.
+        let leave_expired = self
+            .leaving
+            .as_ref()
+            .is_some_and(|l| l.park || now >= l.deadline);
         if leave_expired {
             self.claims.desired.clear();
             return;

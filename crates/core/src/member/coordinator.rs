@@ -443,7 +443,7 @@ impl Member {
 
     /// PITFALLS 23: a coordinator that keeps failing resigns (and stays a member); no
     /// election for one session TTL.
-    fn resign(&mut self, now: Time) {
+    pub(super) fn resign(&mut self, now: Time) {
         let (Some(c), Some(s)) = (self.coord.as_ref(), self.session.current()) else {
             return;
         };

@@ -63,6 +63,16 @@ pub enum Event {
     NameInUse {
         holder: SessionId,
     },
+    /// Static membership: this member took over the record of its name from `from`, a
+    /// previous session of the same static member (a restart within the TTL).
+    TookOver {
+        from: SessionId,
+    },
+    /// Another session took this member's record over (a newer instance of the same static
+    /// member): this one gives up every resource and leaves.
+    Replaced {
+        by: SessionId,
+    },
     BecameCoordinator {
         epoch: Epoch,
     },

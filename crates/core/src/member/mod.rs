@@ -149,6 +149,30 @@ impl Member {
         }
     }
 
+    /// Static membership: stops for a restart under the same name. Every lease is revoked and,
+    /// once released, its claim deleted, as in a leave; but no draining mark is written and
+    /// the session is not closed: it expires one TTL later, and until then the member record
+    /// keeps this member's assignment for the next instance, which takes the record over
+    /// and gets the same resources, with nothing moved to other members. If no instance
+    /// comes back within the TTL, the coordinator moves the resources when the session
+    /// expires. For a member without static membership this is [`Member::leave`].
+    pub fn stop_for_restart(&mut self, now: Time) {
+        if !self.cfg.static_membership {
+            return self.leave(now);
+        }
+        if matches!(self.phase, Phase::Running) && self.leaving.is_none() {
+            let mut l = Leave::new(now + self.cfg.leave_timeout);
+            l.park = true;
+            self.leaving = Some(l);
+            // The leader key would outlive this process by a TTL, and with it the group would
+            // have no coordinator to hand the assignment to the next instance.
+            self.resign(now);
+            self.step(now);
+        } else {
+            self.leave(now);
+        }
+    }
+
     /// Something under the group changed (or may have): re-read.
     pub fn handle_notify(&mut self, now: Time) {
         self.view.dirty = true;
@@ -337,7 +361,7 @@ impl Member {
 
     /// Registered in the group under the current session.
     pub fn is_joined(&self) -> bool {
-        self.session.current().is_some() && self.registration == Registration::Registered
+        self.session.current().is_some() && self.is_registered()
     }
 
     /// Left the group (or never started and asked to leave). Final.
@@ -389,7 +413,8 @@ impl Member {
             return;
         }
         self.register(now);
-        if self.registration != Registration::Registered {
+        self.check_replaced(now);
+        if !self.is_registered() {
             self.leave_unregistered(now);
             return;
         }

@@ -81,6 +81,8 @@ pub(super) enum Pending {
     },
     Register {
         session: SessionId,
+        /// A static member's takeover of the record of this previous session.
+        from: Option<SessionId>,
     },
     RegisterVerify {
         session: SessionId,
@@ -147,7 +149,7 @@ impl Pending {
         match self {
             Pending::Open { .. } | Pending::Close { .. } | Pending::Read { .. } => None,
             Pending::KeepAlive { session, .. }
-            | Pending::Register { session }
+            | Pending::Register { session, .. }
             | Pending::RegisterVerify { session }
             | Pending::Drain { session }
             | Pending::ClaimCreate { session, .. }
@@ -180,7 +182,7 @@ impl Member {
                 linearizable,
                 own,
             } => self.on_read(now, number, linearizable, own, result),
-            Pending::Register { session } => self.on_register(now, session, result),
+            Pending::Register { session, from } => self.on_register(now, session, from, result),
             Pending::RegisterVerify { session } => self.on_register_verify(now, session, result),
             Pending::Drain { session } => self.on_drain(now, session, result),
             Pending::ClaimCreate { rs, .. } => self.on_claim_create(now, op, rs, result),

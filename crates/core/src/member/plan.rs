@@ -13,7 +13,8 @@ use super::Member;
 
 impl Member {
     /// The writes that bring the stored assignment to the assignor's target, or `None` when it
-    /// is already there. When they exceed `max_txn_writes`, only a first batch is returned and
+    /// is already there. A static member's assignment stored for an earlier session of its
+    /// name is its previous assignment (`Config::static_membership`). When they exceed `max_txn_writes`, only a first batch is returned and
     /// the next plan (from a fresh read) continues: every removal is written before any
     /// addition, so intermediate states have gaps, never a resource in two sets (PITFALLS 21).
     pub(super) fn plan(&self, epoch: Epoch, seq: u64) -> Option<Plan> {
@@ -22,13 +23,23 @@ impl Member {
         let weights: BTreeMap<MemberId, u32> =
             live.iter().map(|(m, mv)| (m.clone(), mv.weight)).collect();
         let mut prev = Assignment::new();
+        // Static members restarted under a new session: their previous session's assignment
+        // is theirs (nothing moves), rewritten for the new session.
+        let mut carried = BTreeSet::new();
         for (m, mv) in &live {
             if let Some((_, set)) = v.assignment_of(m, mv.session) {
                 prev.insert(m.clone(), set);
+            } else if let Some((_, _, set)) = mv
+                .static_member
+                .then(|| v.assign.get(m).and_then(|c| layout::complete_set(c)))
+                .flatten()
+            {
+                prev.insert(m.clone(), set);
+                carried.insert(m.clone());
             }
         }
         let next = assignor::assign(&weights, &v.resources, &prev);
-        let (finals, removals) = self.write_groups(&live, &prev, &next, (epoch, seq));
+        let (finals, removals) = self.write_groups(&live, &prev, &carried, &next, (epoch, seq));
         let total: usize = finals.iter().map(|g| g.writes.len()).sum();
         if total == 0 {
             return None;
@@ -65,6 +76,7 @@ impl Member {
         &self,
         live: &BTreeMap<MemberId, MemberView>,
         prev: &Assignment,
+        carried: &BTreeSet<MemberId>,
         next: &Assignment,
         (epoch, seq): (Epoch, u64),
     ) -> (Vec<WriteGroup>, Vec<WriteGroup>) {
@@ -74,7 +86,8 @@ impl Member {
         let mut removals: Vec<WriteGroup> = Vec::new();
         for (m, set) in next {
             let unchanged = match prev.get(m) {
-                Some(p) => p == set,
+                // A carried assignment names the previous session: always rewritten.
+                Some(p) => p == set && !carried.contains(m),
                 None => set.is_empty() && existing(m).is_empty(),
             };
             if unchanged {

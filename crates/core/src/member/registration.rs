@@ -1,33 +1,32 @@
 //! Membership: registering the member record `members/<name>` under the current session
-//! (waiting out another live session holding the name), and leaving (the draining mark, then
-//! closing the session once nothing is held). Never touches claims or leases.
+//! (waiting out another live session holding the name, or, for a static member, taking a
+//! static record of its name over), noticing that a newer session took the record over, and
+//! leaving (the draining mark, then closing the session once nothing is held). Never touches
+//! claims or leases.
 
 use crate::ids::{OpId, SessionId, Time};
 use crate::layout::{self, MemberRec};
-use crate::store::{StoreError, StoreOp, StoreReply, StoreResult, Write};
+use crate::store::{Cond, StoreError, StoreOp, StoreReply, StoreResult, Write};
 
 use super::pending::get_lin;
-use super::{Event, Member, Pending};
+use super::session::SessionState;
+use super::{Event, Member, Pending, Phase};
 
 /// The member record `members/<name>` of the current session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Registration {
     /// Not registered: register once a view was read, and not before `retry_at` (set after
     /// a failed attempt; it holds across sessions).
-    Unregistered {
-        retry_at: Option<Time>,
-    },
-    /// A `Create` or a verifying read of the record is in flight.
+    Unregistered { retry_at: Option<Time> },
+    /// A `Create` (or a takeover) or a verifying read of the record is in flight.
     Pending,
-    Registered,
+    /// The record created at `create_rev` is ours.
+    Registered { create_rev: u64 },
     /// Another session holds the name; retry when a newer view shows it gone, and not
     /// before `retry_at`: a view can show the name free while the store says it is taken (a
     /// lagging replica, a record that does not decode), and each retry would be refused at
     /// once, in a loop.
-    Blocked {
-        after_view: u64,
-        retry_at: Time,
-    },
+    Blocked { after_view: u64, retry_at: Time },
 }
 
 /// A graceful leave in progress (it never ends: the member closes).
@@ -45,6 +44,11 @@ pub(super) struct Leave {
     /// The session whose draining mark the store confirmed (the view may not show it yet:
     /// without this, the mark was sent a second time, and refused).
     pub(super) marked: Option<SessionId>,
+    /// A static member stopping for a restart ([`Member::stop_for_restart`]): no draining
+    /// mark, every lease revoked and every claim deleted at once, and the session left to
+    /// expire instead of closed, so that the member record, and with it the assignment, waits
+    /// one TTL for the next instance.
+    pub(super) park: bool,
 }
 
 impl Leave {
@@ -55,6 +59,7 @@ impl Leave {
             drain_op: None,
             drain_retry_at: None,
             marked: None,
+            park: false,
         }
     }
 }
@@ -92,12 +97,18 @@ impl Member {
         }
     }
 
+    pub(super) fn is_registered(&self) -> bool {
+        matches!(self.registration, Registration::Registered { .. })
+    }
+
     /// Registers under the current session once a view was read (after a failure, from the
-    /// retry time on); when blocked, waits for a newer view without the other holder.
+    /// retry time on); when blocked, waits for a newer view without the other holder (a
+    /// static member: or with a static holder, whose record it takes over).
     pub(super) fn register(&mut self, now: Time) {
         let Some(session) = self.session.id() else {
             return;
         };
+        let takeover = self.takeover(session);
         let attempt = match self.registration {
             Registration::Unregistered { retry_at } => {
                 if retry_at.is_some_and(|t| now < t) {
@@ -117,36 +128,85 @@ impl Member {
                     self.send(Pending::RegisterVerify { session }, get_lin(key));
                     return;
                 }
-                self.view.seq > after_view && holder.is_none() && now >= retry_at
+                self.view.seq > after_view
+                    && (holder.is_none() || takeover.is_some())
+                    && now >= retry_at
             }
-            Registration::Pending | Registration::Registered => false,
+            Registration::Pending | Registration::Registered { .. } => false,
         };
         if !attempt {
             return;
         }
         self.registration = Registration::Pending;
+        let key = self.layout.member(&self.cfg.name);
         let rec = MemberRec {
             weight: self.cfg.weight,
             joined_unix_ms: self.cfg.joined_unix_ms,
+            static_member: self.cfg.static_membership,
+        };
+        let create = Write::Create {
+            key: key.clone(),
+            value: layout::encode(&rec),
+            owner: Some(session),
+        };
+        let (conds, writes, from) = match takeover {
+            // The previous instance's record, exactly that one, replaced in one transaction:
+            // never a record some third session created meanwhile.
+            Some((from, create_rev)) => (
+                vec![Cond::Owned {
+                    key: key.clone(),
+                    session: from,
+                    create_rev,
+                }],
+                vec![Write::Delete { key }, create],
+                Some(from),
+            ),
+            None => (vec![], vec![create], None),
         };
         self.send(
-            Pending::Register { session },
-            StoreOp::Txn {
-                conds: vec![],
-                writes: vec![Write::Create {
-                    key: self.layout.member(&self.cfg.name),
-                    value: layout::encode(&rec),
-                    owner: Some(session),
-                }],
-            },
+            Pending::Register { session, from },
+            StoreOp::Txn { conds, writes },
         );
     }
 
-    /// The member record is ours.
-    fn registered(&mut self, session: SessionId) {
-        if self.registration != Registration::Registered {
-            self.registration = Registration::Registered;
+    /// Static membership: the (session, creation revision) of a static record of this
+    /// member's name that another session holds in the view, which this member may replace.
+    fn takeover(&self, session: SessionId) -> Option<(SessionId, u64)> {
+        if !self.cfg.static_membership {
+            return None;
+        }
+        let m = self.view.group.members.get(&self.cfg.name)?;
+        (m.session != session && m.static_member).then_some((m.session, m.create_rev))
+    }
+
+    /// The member record created at `create_rev` is ours.
+    fn registered(&mut self, session: SessionId, create_rev: u64, from: Option<SessionId>) {
+        if !self.is_registered() {
+            self.registration = Registration::Registered { create_rev };
+            if let Some(from) = from {
+                self.events.push_back(Event::TookOver { from });
+            }
             self.events.push_back(Event::Joined { session });
+        }
+    }
+
+    /// A record of this member's name created after ours by another session: ours was taken
+    /// over (a newer instance of the same static member). Give everything up and leave at
+    /// once: the coordinator hands our assignment to the new instance, which waits for our
+    /// claims to go. Nothing else deletes a live record, so this is never a false alarm.
+    pub(super) fn check_replaced(&mut self, now: Time) {
+        let Registration::Registered { create_rev } = self.registration else {
+            return;
+        };
+        let Some(m) = self.view.group.members.get(&self.cfg.name) else {
+            return;
+        };
+        if self.session.id() == Some(m.session) || m.create_rev <= create_rev {
+            return;
+        }
+        if self.leaving.is_none() {
+            self.events.push_back(Event::Replaced { by: m.session });
+            self.leaving = Some(Leave::new(now));
         }
     }
 
@@ -173,10 +233,21 @@ impl Member {
         self.view.dirty = true;
     }
 
-    /// The reply to the member record's `Create`.
-    pub(super) fn on_register(&mut self, now: Time, session: SessionId, result: StoreResult) {
+    /// The reply to the member record's `Create` (or takeover, from session `from`).
+    pub(super) fn on_register(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        from: Option<SessionId>,
+        result: StoreResult,
+    ) {
         match result {
-            Ok(_) => self.registered(session),
+            Ok(StoreReply::Committed { rev }) => self.registered(session, rev, from),
+            Ok(_) => {
+                // A success of the wrong kind: settle it by a read.
+                let key = self.layout.member(&self.cfg.name);
+                self.send(Pending::RegisterVerify { session }, get_lin(key));
+            }
             Err(StoreError::Conflict(_)) => self.name_in_use(now, None),
             Err(StoreError::Indeterminate(_)) | Err(StoreError::Unavailable(_)) => {
                 let key = self.layout.member(&self.cfg.name);
@@ -204,7 +275,9 @@ impl Member {
         result: StoreResult,
     ) {
         match result {
-            Ok(StoreReply::Got(Some(e))) if e.owner == Some(session) => self.registered(session),
+            Ok(StoreReply::Got(Some(e))) if e.owner == Some(session) => {
+                self.registered(session, e.create_rev, None)
+            }
             Ok(StoreReply::Got(Some(e))) => self.name_in_use(now, e.owner),
             Ok(_) => self.name_in_use(now, None),
             Err(_) => {
@@ -221,7 +294,7 @@ impl Member {
     /// 26), then closes the session once everything is released and deleted, or the leave
     /// timed out.
     pub(super) fn finish_leave(&mut self, now: Time) {
-        let Some(deadline) = self.leaving.as_ref().map(|l| l.deadline) else {
+        let Some((deadline, park)) = self.leaving.as_ref().map(|l| (l.deadline, l.park)) else {
             return;
         };
         let Some(session) = self.session.id() else {
@@ -237,7 +310,7 @@ impl Member {
             .leaving
             .as_ref()
             .is_some_and(|l| l.drain_op.is_none() && l.drain_retry_at.is_none_or(|t| now >= t));
-        if !marked && may_send {
+        if !marked && may_send && !park {
             let op = self.send(
                 Pending::Drain { session },
                 StoreOp::Txn {
@@ -261,8 +334,16 @@ impl Member {
             && self.claims.deleting.is_empty()
             && self.claims.in_flight.is_empty();
         if self.leases.held.is_empty() && (drained || timed_out) {
-            // Closing deletes whatever claims remain, after every lease was released.
-            self.close_session(now, session);
+            if park {
+                // The session expires on its own, with whatever claims remain (only after a
+                // timed-out delete): its member record holds the assignment until then.
+                self.session = SessionState::Absent { reopen_at: None };
+                self.phase = Phase::Closed;
+                self.events.push_back(Event::Left);
+            } else {
+                // Closing deletes whatever claims remain, after every lease was released.
+                self.close_session(now, session);
+            }
         }
     }
 

@@ -75,6 +75,9 @@ struct Slot {
     /// paused process accesses nothing while paused. Stamped with the grant's (true) time.
     app: App<Time>,
     leaving: bool,
+    /// Stopping for a restart under the same name (static membership): started again,
+    /// within the TTL or not, once it has stopped.
+    parking: bool,
     /// The application ignores revokes (stuck in a call): only an abort stops it.
     stuck: bool,
 }
@@ -184,6 +187,9 @@ impl World {
         // the one before it, and the store sometimes answers one without touching the session.
         let zk_like = rng.chance(0.5);
         member_cfg.count_from_previous_keepalive = zk_like;
+        // Half the seeds run static members: a restart under the same name takes the record
+        // over, and some leaves are stops for a restart.
+        member_cfg.static_membership = rng.chance(0.5);
         // Half the seeds hold a fresh group's first assignment back (the initial settle delay).
         member_cfg.initial_rebalance_delay = if rng.chance(0.5) {
             ms(rng.range(1, 400))
@@ -309,6 +315,7 @@ impl World {
             timer: None,
             app: App::new(),
             leaving: false,
+            parking: false,
             stuck: false,
         });
         self.start_member(i);
@@ -324,6 +331,7 @@ impl World {
         slot.timer = None;
         slot.app.clear();
         slot.leaving = false;
+        slot.parking = false;
         let local = slot.local(self.now);
         let mut m = Member::new(cfg);
         m.start(local);
@@ -354,10 +362,18 @@ impl World {
     fn leave(&mut self, i: usize) {
         let local = self.slots[i].local(self.now);
         let inc = self.slots[i].inc;
-        self.log(|| format!("m{i}#{inc} leave"));
         self.slots[i].leaving = true;
-        if let Some(m) = self.slots[i].core.as_mut() {
-            m.leave(local);
+        if self.member_cfg.static_membership && self.rng.chance(0.5) {
+            self.log(|| format!("m{i}#{inc} stop for restart"));
+            self.slots[i].parking = true;
+            if let Some(m) = self.slots[i].core.as_mut() {
+                m.stop_for_restart(local);
+            }
+        } else {
+            self.log(|| format!("m{i}#{inc} leave"));
+            if let Some(m) = self.slots[i].core.as_mut() {
+                m.leave(local);
+            }
         }
         self.drain(i);
     }

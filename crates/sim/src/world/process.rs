@@ -16,6 +16,7 @@ use super::run::Ev;
 use super::trace::short_event;
 use super::{ms, State, World};
 use crate::access::{claim_problem, AppEffect};
+use crate::SESSION_TTL;
 
 /// How late a timer may fire on a loaded machine: below the members' safety margin (150 ms)
 /// less clock drift.
@@ -57,6 +58,14 @@ impl World {
             self.slots[i].core = None;
             self.slots[i].timer = None;
             self.slots[i].app.clear();
+            if self.slots[i].parking {
+                // Stopped for a restart: the next instance comes within the TTL, or later.
+                self.slots[i].state = State::Crashed;
+                let ttl = SESSION_TTL.as_millis() as u64;
+                let d = self.rng.range(0, ttl * 3 / 2);
+                self.log(|| format!("m{i}#{inc} restarts in {d}ms"));
+                self.schedule(self.now + ms(d), Ev::Restart { slot: i });
+            }
             return;
         }
         let want = m
@@ -98,6 +107,8 @@ impl World {
             Event::BecameCoordinator { .. } => "coordinator",
             Event::SteppedDown { .. } => "stepped_down",
             Event::NameInUse { .. } => "name_in_use",
+            Event::TookOver { .. } => "took_over",
+            Event::Replaced { .. } => "replaced",
             Event::Rebalanced { .. } => "rebalance",
             Event::Left => "left",
             _ => "other",

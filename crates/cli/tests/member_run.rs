@@ -281,9 +281,20 @@ fn owned_by(ticks: &[Tick], member: &str) -> BTreeMap<String, Tick> {
 }
 
 async fn setup(name: &str, resources: &[String], exit_after: Option<u32>) -> Result<Env> {
+    let zk = std::env::var("MEMBER_RUN_STORE").as_deref() == Ok("zk");
+    setup_on(name, resources, exit_after, zk).await
+}
+
+/// [`setup`] on the shared test ZooKeeper (`zk`) or on a SQLite file.
+async fn setup_on(
+    name: &str,
+    resources: &[String],
+    exit_after: Option<u32>,
+    zk: bool,
+) -> Result<Env> {
     let dir = common::temp_dir("rb-member-run", name)?;
-    let store = match std::env::var("MEMBER_RUN_STORE").as_deref() {
-        Ok("zk") => {
+    let store = match zk {
+        true => {
             let zk = rebalanser_testkit::ZkEnsemble::shared();
             format!(
                 "zk://{}/member-run-{name}-{}",
@@ -291,7 +302,7 @@ async fn setup(name: &str, resources: &[String], exit_after: Option<u32>) -> Res
                 unix_ns()
             )
         }
-        _ => format!("sqlite://{}", dir.join("rb.db").display()),
+        false => format!("sqlite://{}", dir.join("rb.db").display()),
     };
     let group = format!("mr-{name}");
     let ids: Vec<&str> = resources.iter().map(String::as_str).collect();
@@ -637,6 +648,111 @@ async fn member_run_kill_pause_leave() -> Result<()> {
     );
     let _ = fs::remove_dir_all(&env.dir);
     Ok(())
+}
+
+/// Issue 11, static membership: two `--static` members; one is stopped (SIGTERM: a stop for a
+/// restart) and started again under its name, then SIGKILLed and started again at once. Each
+/// time it gets exactly its own resources back and the other member never touches one of them
+/// (nothing moves); after the SIGTERM it is granted them before the old session could expire
+/// (its claims were given up), after the SIGKILL once that session expired (its claims ruled
+/// until then). No double access throughout.
+async fn static_restart_moves_nothing(zk: bool) -> Result<()> {
+    let resources: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
+    let name = if zk { "static-zk" } else { "static-sqlite" };
+    let env = setup_on(name, &resources, None, zk).await?;
+    let start = |m: &str| start_member_running(&env, m, &[], &["--static", "--exec", &env.exec]);
+    let mut a = start("a")?;
+    let mut b = start("b")?;
+    // `a` runs new children for exactly `a_set` (started after `since`), and b holds its 3.
+    let both_hold_theirs = |a_set: &BTreeSet<String>, since: u64| -> Result<bool> {
+        if !balanced(&env, &resources, &["a", "b"], 3)? {
+            return Ok(false);
+        }
+        let ticks = read_ticks(&env.ticks)?;
+        let restarted = a_set.iter().all(|r| {
+            ticks
+                .iter()
+                .any(|t| &t.resource == r && t.member == "a" && t.ns > since && t.event == "START")
+        });
+        let now: BTreeSet<String> = owned_by(&ticks, "a").into_keys().collect();
+        Ok(restarted && now == *a_set)
+    };
+    wait_until("3 resources each", Duration::from_secs(30), || {
+        balanced(&env, &resources, &["a", "b"], 3)
+    })?;
+    let ticks = read_ticks(&env.ticks)?;
+    let a_set: BTreeSet<String> = owned_by(&ticks, "a").into_keys().collect();
+    let b_set: BTreeSet<String> = owned_by(&ticks, "b").into_keys().collect();
+    let mut gaps = Vec::new();
+    for (how, sig) in [("SIGTERM", libc::SIGTERM), ("SIGKILL", libc::SIGKILL)] {
+        let t_stop = unix_ns();
+        a.signal(sig);
+        let status = a.wait_exit(TTL * 4)?;
+        if sig == libc::SIGTERM {
+            assert!(status.success(), "a after SIGTERM: {status}");
+        }
+        a = start("a")?;
+        wait_until(
+            &format!("a holds its own resources again after {how}"),
+            TTL * 8,
+            || both_hold_theirs(&a_set, t_stop),
+        )?;
+        let ticks = read_ticks(&env.ticks)?;
+        let moved: Vec<&Tick> = ticks
+            .iter()
+            .filter(|t| t.ns > t_stop && t.member != "a" && a_set.contains(&t.resource))
+            .collect();
+        assert!(moved.is_empty(), "after {how}, b took a's: {moved:?}");
+        let b_now: BTreeSet<String> = owned_by(&ticks, "b").into_keys().collect();
+        assert_eq!(b_now, b_set, "after {how}, b's resources changed");
+        // From the stop to the new process's first access, the slowest of a's resources.
+        let first_new = a_set
+            .iter()
+            .filter_map(|r| {
+                ticks
+                    .iter()
+                    .filter(|t| &t.resource == r && t.ns > t_stop && t.event == "START")
+                    .map(|t| t.ns - t_stop)
+                    .min()
+            })
+            .max()
+            .context("a's children started again")?;
+        println!(
+            "static restart after {how}: a's resources accessed again {}",
+            ms(first_new as i128)
+        );
+        gaps.push((how, first_new));
+        assert_no_overlap(&env, how)?;
+    }
+    // After the SIGTERM the claims were given up: granted again before the old session could
+    // have expired. After the SIGKILL they ruled until it did.
+    assert!(
+        gaps[0].1 < TTL.as_nanos() as u64,
+        "after SIGTERM a waited {} (TTL {TTL:?})",
+        ms(gaps[0].1 as i128)
+    );
+    assert!(
+        gaps[1].1 >= (TTL - MARGIN).as_nanos() as u64,
+        "after SIGKILL a was granted its resources after {}, before the old session expired",
+        ms(gaps[1].1 as i128)
+    );
+    a.signal(libc::SIGTERM);
+    b.signal(libc::SIGTERM);
+    a.wait_exit(TTL * 4)?;
+    b.wait_exit(TTL * 4)?;
+    assert_no_overlap(&env, "the end")?;
+    let _ = fs::remove_dir_all(&env.dir);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_run_static_restart_moves_nothing_on_sqlite() -> Result<()> {
+    static_restart_moves_nothing(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_run_static_restart_moves_nothing_on_zookeeper() -> Result<()> {
+    static_restart_moves_nothing(true).await
 }
 
 /// A child that exits by itself while its lease is valid is restarted, with growing delays,

@@ -272,6 +272,52 @@ pub async fn owner_checked_delete_cannot_remove_a_later_instance(s: &Subject) {
     );
 }
 
+/// One session replaces another's key in one transaction (a static member taking its
+/// record over): delete and create of the same key, guarded by the old instance, applied in
+/// order; the new instance is the new session's, and the old session's end leaves it alone.
+pub async fn a_transaction_replaces_another_sessions_key(s: &Subject) {
+    let key = s.key("replace", "k");
+    let old = s.open(Duration::from_secs(30)).await;
+    let new = s.open(Duration::from_secs(30)).await;
+    let rev1 = committed(
+        &s.create(&key, Some(old)).await,
+        "create by the old session",
+    );
+    let replace = || {
+        s.txn(
+            vec![Cond::Owned {
+                key: key.clone(),
+                session: old,
+                create_rev: rev1,
+            }],
+            vec![
+                Write::Delete { key: key.clone() },
+                Write::Create {
+                    key: key.clone(),
+                    value: b"new".to_vec(),
+                    owner: Some(new),
+                },
+            ],
+        )
+    };
+    let rev2 = committed(&replace().await, "delete and re-create in one transaction");
+    assert!(rev2 > rev1, "{rev1} then {rev2}");
+    let e = s.get(&key).await.expect("the new instance");
+    assert_eq!((e.owner, e.create_rev), (Some(new), rev2), "{e:?}");
+    assert_eq!(e.value, b"new");
+    conflict(
+        &replace().await,
+        "the same replacement again (the old instance is gone)",
+    );
+    let r = s.exec(StoreOp::CloseSession { session: old }).await;
+    assert!(r.is_ok(), "close the old session: {r:?}");
+    let e = s
+        .get(&key)
+        .await
+        .expect("the old session's end leaves the new instance");
+    assert_eq!(e.owner, Some(new));
+}
+
 /// Expiry removes the keys the expired session owns, and nothing else; the session is then
 /// gone for good.
 pub async fn expiry_removes_only_the_sessions_keys(s: &Subject) {
@@ -728,6 +774,7 @@ macro_rules! conformance_tests {
             racing_creates_have_one_winner,
             versions_guard_updates_and_deletes,
             owner_checked_delete_cannot_remove_a_later_instance,
+            a_transaction_replaces_another_sessions_key,
             expiry_removes_only_the_sessions_keys,
             sessions_live_their_granted_ttl,
             expiry_is_notified,

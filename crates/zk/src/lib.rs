@@ -81,7 +81,12 @@ impl Default for ZkOptions {
 /// between the read and the `multi` the znode can be replaced by another instance only if the
 /// owner session itself deletes it (its own requests are applied in order, so not while this
 /// one waits), if the session expires (then the `multi` fails with `SessionExpired`), or if a
-/// third party deletes another session's ephemeral znode — which the protocol never does.
+/// third party deletes another session's ephemeral znode — which the protocol does only when a
+/// static member takes its previous session's member record over. That transaction runs on
+/// the new session's connection, so its `Owned` condition on the old session cannot tell the
+/// record it read from one a racing instance of the same static member created in its place
+/// (same version): the race replaces that record, whose instance is then told it was
+/// replaced. Member records never decide who may access a resource (claims do).
 ///
 /// Limits: a listing must fit one `multiRead` reply; groups of tens of thousands of keys need
 /// sharded directories (not built). Timeout renegotiation on reconnect is not visible through

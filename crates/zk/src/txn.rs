@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rebalanser_core::store::{key_error, txn_size_error, value_error};
+use rebalanser_core::SessionId;
 use rebalanser_store::{Cond, StoreError, StoreResult, Write};
 use zookeeper_client as zk;
 
@@ -25,33 +26,43 @@ pub(crate) enum Seen {
 }
 
 impl Inner {
-    /// The client a transaction runs on: the session its owned creates and `Owned` conditions
-    /// name (they must agree), else the shared connection.
+    /// The client a transaction runs on: the session its owned creates name, else the one its
+    /// `Owned` conditions name, else the shared connection. An `Owned` condition on another
+    /// session than the creates' (a static member taking its previous session's record over)
+    /// is checked by the read phase and a version `check`, which cannot tell the instance it
+    /// read from one created in its place meanwhile (see `ZkStore`).
     pub(crate) async fn txn_client(
         &self,
         conds: &[Cond],
         writes: &[Write],
     ) -> Result<(zk::Client, bool), StoreError> {
-        let mut named = BTreeSet::new();
-        let mut must_own = false;
+        let mut creators = BTreeSet::new();
         for w in writes {
             if let Write::Create { owner: Some(s), .. } = w {
-                named.insert(*s);
-                must_own = true;
+                creators.insert(*s);
             }
         }
+        let mut named = BTreeSet::new();
         for c in conds {
             if let Cond::Owned { session, .. } = c {
                 named.insert(*session);
             }
         }
-        if named.len() > 1 {
-            return Err(StoreError::Invalid(format!(
+        let several = |named: &BTreeSet<SessionId>| {
+            Err(StoreError::Invalid(format!(
                 "one transaction names several sessions: {named:?}"
-            )));
+            )))
+        };
+        if creators.len() > 1 {
+            return several(&creators);
+        }
+        if let Some(s) = creators.first() {
+            return Ok((self.session_client(*s)?, true));
+        }
+        if named.len() > 1 {
+            return several(&named);
         }
         match named.first() {
-            Some(s) if must_own => Ok((self.session_client(*s)?, true)),
             Some(s) => match self.session_client(*s) {
                 Ok(c) => Ok((c, true)),
                 // `Owned` is exact only on the owner's own connection (see `ZkStore`). For a

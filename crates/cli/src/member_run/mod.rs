@@ -294,6 +294,11 @@ async fn run_member(a: RunArgs, log_format: LogFormat) -> ExitCode {
         group = %ctx.group, member = %ctx.member, pid = std::process::id(),
         store = %a.store, "member started"
     );
+    let stop_msg = if a.static_membership {
+        "stopping for a restart under the same name"
+    } else {
+        "leaving the group"
+    };
     let mut tasks = JoinSet::new();
     let mut failed = false;
     loop {
@@ -315,11 +320,11 @@ async fn run_member(a: RunArgs, log_format: LogFormat) -> ExitCode {
                 }
             }
             _ = term.recv() => {
-                info!(group = %ctx.group, member = %ctx.member, reason = "SIGTERM", "leaving the group");
+                info!(group = %ctx.group, member = %ctx.member, reason = "SIGTERM", "{stop_msg}");
                 break;
             }
             _ = int.recv() => {
-                info!(group = %ctx.group, member = %ctx.member, reason = "SIGINT", "leaving the group");
+                info!(group = %ctx.group, member = %ctx.member, reason = "SIGINT", "{stop_msg}");
                 break;
             }
         }
@@ -339,6 +344,8 @@ async fn run_member(a: RunArgs, log_format: LogFormat) -> ExitCode {
         _ = int.recv() => hard_exit(&ctx, "SIGINT"),
     };
     match left {
+        Ok(()) if a.static_membership => info!(group = %ctx.group, member = %ctx.member,
+            "stopped; the resources wait one TTL for a restart under this name"),
         Ok(()) => info!(group = %ctx.group, member = %ctx.member, "left the group"),
         Err(e) => {
             error!(group = %ctx.group, member = %ctx.member, error = %e,

@@ -23,8 +23,25 @@ pub fn assign(
     resources: &BTreeSet<ResourceId>,
     prev: &Assignment,
 ) -> Assignment {
-    // What each member may keep: its previous resources that still exist, each resource
-    // credited once (first member by name wins a duplicate).
+    assign_avoiding(members, resources, prev, &BTreeMap::new())
+}
+
+/// [`assign`], where `avoid[r]` are members `r` must not go to (it keeps failing there).
+/// Resources some member avoids and nobody keeps are placed first, each on the member not
+/// avoiding it with the most room below quota; a member that takes one beyond its quota keeps
+/// one of its own fewer, which goes to whoever is below quota, so balance holds whenever the
+/// constraints allow it. A resource every member avoids is assigned to nobody (reported, not
+/// bounced from member to member). Avoid sets are small: the cost is that of [`assign`] plus
+/// a scan of the members per avoided resource.
+pub fn assign_avoiding(
+    members: &BTreeMap<MemberId, u32>,
+    resources: &BTreeSet<ResourceId>,
+    prev: &Assignment,
+    avoid: &BTreeMap<ResourceId, BTreeSet<MemberId>>,
+) -> Assignment {
+    let avoids = |m: &MemberId, r: &ResourceId| avoid.get(r).is_some_and(|a| a.contains(m));
+    // What each member may keep: its previous resources that still exist and do not fail on
+    // it, each resource credited once (first member by name wins a duplicate).
     let mut seen = BTreeSet::new();
     let mut kept: BTreeMap<&MemberId, Vec<&ResourceId>> = BTreeMap::new();
     for m in members.keys() {
@@ -32,7 +49,7 @@ pub fn assign(
             .get(m)
             .into_iter()
             .flatten()
-            .filter(|r| resources.contains(*r) && seen.insert(*r))
+            .filter(|r| resources.contains(*r) && !avoids(m, r) && seen.insert(*r))
             .collect();
         kept.insert(m, mine);
     }
@@ -42,9 +59,31 @@ pub fn assign(
         .keys()
         .map(|m| (m.clone(), BTreeSet::new()))
         .collect();
-    let mut placed = BTreeSet::new();
+    let mut placed: BTreeSet<&ResourceId> = BTreeSet::new();
+    // Constrained resources first; each counts against its member's quota.
+    let mut taken: BTreeMap<&MemberId, usize> = BTreeMap::new();
+    for r in avoid
+        .keys()
+        .filter(|r| resources.contains(*r) && !seen.contains(r))
+    {
+        let room = |m: &MemberId| {
+            let held = kept[m].len().min(quota[m]) + taken.get(m).copied().unwrap_or(0);
+            (quota[m].saturating_sub(held), Reverse(held))
+        };
+        let best = members
+            .iter()
+            .filter(|(m, w)| **w > 0 && !avoids(m, r))
+            .map(|(m, _)| m)
+            .max_by(|a, b| room(a).cmp(&room(b)).then(b.cmp(a)));
+        if let Some(m) = best {
+            out.get_mut(m).map(|s| s.insert(r.clone()));
+            *taken.entry(m).or_default() += 1;
+        }
+        // Placed or not, it is not free for the fill below.
+        placed.insert(r);
+    }
     for (m, rs) in &kept {
-        let q = quota[*m];
+        let q = quota[*m].saturating_sub(taken.get(*m).copied().unwrap_or(0));
         for r in rs.iter().take(q) {
             out.get_mut(*m).map(|s| s.insert((*r).clone()));
             placed.insert(*r);
@@ -145,6 +184,40 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 10);
         assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
         assert_eq!(moved(&a1, &a2), 3, "c takes 3; nothing else moves");
+    }
+
+    #[test]
+    fn an_avoided_resource_goes_to_another_member_and_the_rest_stays() {
+        let members: BTreeMap<MemberId, u32> = [(m("a"), 1), (m("b"), 1)].into();
+        let before = assign(&members, &rs(10), &Assignment::new());
+        let r = before[&m("a")].first().unwrap().clone();
+        let avoid = [(r.clone(), [m("a")].into())].into();
+        let after = assign_avoiding(&members, &rs(10), &before, &avoid);
+        assert!(after[&m("b")].contains(&r), "{after:?}");
+        assert!(!after[&m("a")].contains(&r));
+        assert_eq!(
+            after[&m("a")].len(),
+            5,
+            "a is given another one to stay balanced"
+        );
+        assert_eq!(after[&m("b")].len(), 5);
+        assert_eq!(moved(&before, &after), 2, "r to b, and one of b's to a");
+    }
+
+    #[test]
+    fn a_resource_every_member_avoids_is_assigned_to_nobody() {
+        let members: BTreeMap<MemberId, u32> = [(m("a"), 1), (m("b"), 1)].into();
+        let r = ResourceId::new("r000").unwrap();
+        let avoid = [(r.clone(), [m("a"), m("b")].into())].into();
+        let a = assign_avoiding(&members, &rs(5), &Assignment::new(), &avoid);
+        assert!(a.values().all(|s| !s.contains(&r)), "{a:?}");
+        assert_eq!(a.values().map(BTreeSet::len).sum::<usize>(), 4);
+        // Avoided by the only member below quota: it goes to the other one, over quota.
+        let avoid = [(r.clone(), [m("a")].into())].into();
+        let prev: Assignment = [(m("b"), rs(5).into_iter().skip(2).collect())].into();
+        let a = assign_avoiding(&members, &rs(5), &prev, &avoid);
+        assert!(a[&m("b")].contains(&r), "{a:?}");
+        assert_eq!(a.values().map(BTreeSet::len).sum::<usize>(), 5);
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub struct Config {
     /// [`INITIAL_DELAY_CAP`] times it in all. Without it the first member is given everything
     /// and gives most of it back ~100 ms later. Zero assigns at once.
     pub initial_rebalance_delay: Duration,
+    /// How long a resource the application reported failing here
+    /// (`Member::report_unhealthy`) is avoided on this member: given back, and assigned
+    /// elsewhere (or to nobody, if it fails on every member) until then.
+    pub unhealthy_backoff: Duration,
     /// Period of the full re-read that bounds the cost of a lost notification.
     pub resync_interval: Duration,
     /// How long a graceful leave waits for its resources to be handed over.
@@ -162,6 +166,7 @@ impl Config {
             op_timeout: Duration::from_millis(1500),
             min_rebalance_interval: Duration::from_millis(100),
             initial_rebalance_delay: Duration::ZERO,
+            unhealthy_backoff: Duration::from_secs(60),
             resync_interval: Duration::from_secs(10),
             leave_timeout: Duration::from_secs(30),
             retry_delay: Duration::from_millis(100),
@@ -212,6 +217,7 @@ impl Config {
             ("resync_interval", self.resync_interval),
             ("leave_timeout", self.leave_timeout),
             ("retry_delay", self.retry_delay),
+            ("unhealthy_backoff", self.unhealthy_backoff),
         ];
         for (field, d) in nonzero {
             if d.is_zero() {
@@ -231,6 +237,7 @@ impl Config {
             ("op_timeout", self.op_timeout),
             ("min_rebalance_interval", self.min_rebalance_interval),
             ("initial_rebalance_delay", self.initial_rebalance_delay),
+            ("unhealthy_backoff", self.unhealthy_backoff),
             ("resync_interval", self.resync_interval),
             ("leave_timeout", self.leave_timeout),
             ("retry_delay", self.retry_delay),

@@ -11,6 +11,7 @@
 //! <group>/resources/<r>        persistent     the resource set (admin)
 //! <group>/assign/<m>/<i>       persistent     chunk i of m's assignment (coordinator only)
 //! <group>/claims/<r>           session-owned  who may access r now; creation rev = token
+//! <group>/unhealthy/<m>/<r>    session-owned  r keeps failing on m: the coordinator avoids it
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -77,7 +78,8 @@ pub enum KeyKind {
     OfMember(MemberId),
     /// `assign/<m>/<i>`: one member's assignment.
     Assign(MemberId),
-    /// `resources/<r>`: the resource set, which only the coordinator plans from.
+    /// `resources/<r>` or `unhealthy/<m>/<r>`: the resource set and where resources keep
+    /// failing, which only the coordinator plans from.
     Resource,
     /// Anything else, inside the group or not (the group's own keys, unreadable keys).
     Other,
@@ -123,6 +125,15 @@ impl Layout {
     pub fn claim(&self, r: &ResourceId) -> Key {
         format!("{}/claims/{}", self.root, encode_component(r.as_str()))
     }
+    /// `m`'s mark that `r` keeps failing on it (session-owned, by `m`).
+    pub fn unhealthy(&self, m: &MemberId, r: &ResourceId) -> Key {
+        format!(
+            "{}/unhealthy/{}/{}",
+            self.root,
+            encode_component(m.as_str()),
+            encode_component(r.as_str())
+        )
+    }
     /// What `key` names (see [`KeyKind`]).
     pub fn classify(&self, key: &str) -> KeyKind {
         let Some(rest) = key
@@ -149,15 +160,15 @@ impl Layout {
                     None => KeyKind::Other,
                 }
             }
-            "resources" => KeyKind::Resource,
+            "resources" | "unhealthy" => KeyKind::Resource,
             _ => KeyKind::Other,
         }
     }
     /// The prefixes of what a rebalance plan is made of: every member's record, draining
-    /// mark and assignment, and the resource set (everything but the claims and the group's
-    /// own keys).
+    /// mark and assignment, the resource set and the unhealthy marks (everything but the
+    /// claims and the group's own keys).
     pub fn plan_prefixes(&self) -> Vec<Key> {
-        ["members", "draining", "resources", "assign"]
+        ["members", "draining", "resources", "assign", "unhealthy"]
             .iter()
             .map(|d| format!("{}/{d}/", self.root))
             .collect()
@@ -295,6 +306,9 @@ pub struct View {
     pub resources: BTreeSet<ResourceId>,
     pub assign: BTreeMap<MemberId, Vec<ChunkView>>,
     pub claims: BTreeMap<ResourceId, ClaimView>,
+    /// Per resource, the members it keeps failing on, with the session that marked it (a
+    /// mark counts only while that session is the member's current one).
+    pub unhealthy: BTreeMap<ResourceId, BTreeMap<MemberId, SessionId>>,
     /// What a rebalance plan reads, in brief: the number of keys under `members/`,
     /// `draining/`, `resources/` and `assign/`, and the largest revision that wrote one. Any
     /// create or update raises the revision and a delete alone lowers the count, so two views
@@ -313,6 +327,22 @@ impl View {
         complete_set(chunks)
             .filter(|(s, _, _)| *s == session)
             .map(|(_, e, r)| (e, r))
+    }
+
+    /// Per resource, the live members it keeps failing on (by a mark of their current
+    /// session): the coordinator assigns it elsewhere.
+    pub fn avoided(&self) -> BTreeMap<ResourceId, BTreeSet<MemberId>> {
+        self.unhealthy
+            .iter()
+            .filter_map(|(r, marks)| {
+                let on: BTreeSet<MemberId> = marks
+                    .iter()
+                    .filter(|(m, s)| self.members.get(*m).is_some_and(|mv| mv.session == **s))
+                    .map(|(m, _)| m.clone())
+                    .collect();
+                (!on.is_empty()).then(|| (r.clone(), on))
+            })
+            .collect()
     }
 
     /// Members the coordinator balances over: registered and not draining.
@@ -361,7 +391,10 @@ pub fn parse_view(layout: &Layout, entries: &[(Key, Entry)]) -> (View, Vec<BadDa
         let a = parts.next();
         let b = parts.next();
         let extra = parts.next().is_some();
-        if matches!(kind, "members" | "draining" | "resources" | "assign") {
+        if matches!(
+            kind,
+            "members" | "draining" | "resources" | "assign" | "unhealthy"
+        ) {
             v.plan_input.0 += 1;
             v.plan_input.1 = v.plan_input.1.max(e.mod_rev);
         }
@@ -461,6 +494,16 @@ pub fn parse_view(layout: &Layout, entries: &[(Key, Entry)]) -> (View, Vec<BadDa
                         rec,
                     }),
                     _ => fail("malformed assignment chunk"),
+                }
+            }
+            ("unhealthy", Some(m), Some(r)) => {
+                let m = decode_component(m).and_then(|s| MemberId::new(s).ok());
+                let r = decode_component(r).and_then(|s| ResourceId::new(s).ok());
+                match (m, r, e.owner) {
+                    (Some(m), Some(r), Some(s)) => {
+                        v.unhealthy.entry(r).or_default().insert(m, s);
+                    }
+                    _ => fail("malformed unhealthy mark"),
                 }
             }
             _ => fail("unexpected key"),

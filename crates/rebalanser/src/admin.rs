@@ -473,6 +473,20 @@ pub struct GroupStatus {
     pub pending_handovers: Vec<Handover>,
     /// Keys under the group that could not be understood.
     pub bad_data: Vec<BadKey>,
+    /// Resources the application reported failing on some members
+    /// ([`crate::Lease::report_unhealthy`]), which the coordinator avoids giving them.
+    pub unhealthy: Vec<Unhealthy>,
+}
+
+/// A resource reported failing on some live members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Unhealthy {
+    pub resource: ResourceId,
+    /// The live members it fails on (each avoids it for its back-off).
+    pub members: Vec<MemberId>,
+    /// It fails on every live member: assigned to nobody until a back-off ends.
+    pub everywhere: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -608,8 +622,19 @@ impl GroupStatus {
                 })
             })
             .collect();
+        let live = v.live_members();
+        let unhealthy = v
+            .avoided()
+            .into_iter()
+            .map(|(resource, on)| Unhealthy {
+                everywhere: live.keys().all(|m| on.contains(m)),
+                resource,
+                members: on.into_iter().collect(),
+            })
+            .collect();
         GroupStatus {
             group,
+            unhealthy,
             generation: v.generation,
             epoch: v.epoch.map(|(e, _)| e),
             coordinator: v.leader.as_ref().map(|l| CoordinatorInfo {

@@ -51,6 +51,7 @@ impl Member {
             min_rebalance_interval: None,
             initial_rebalance_delay: None,
             static_membership: false,
+            unhealthy_backoff: None,
             stop_timeout: None,
             keepalive_interval: None,
             op_timeout: None,
@@ -80,6 +81,7 @@ pub struct MemberBuilder {
     min_rebalance_interval: Option<Duration>,
     initial_rebalance_delay: Option<Duration>,
     static_membership: bool,
+    unhealthy_backoff: Option<Duration>,
     stop_timeout: Option<Duration>,
     keepalive_interval: Option<Duration>,
     op_timeout: Option<Duration>,
@@ -133,6 +135,13 @@ impl MemberBuilder {
     /// Rate limit of rebalances while coordinating. Default 100 ms.
     pub fn min_rebalance_interval(mut self, d: Duration) -> Self {
         self.min_rebalance_interval = Some(d);
+        self
+    }
+
+    /// How long a resource the application reported failing here
+    /// ([`crate::Lease::report_unhealthy`]) is avoided on this member. Default 60 s.
+    pub fn unhealthy_backoff(mut self, d: Duration) -> Self {
+        self.unhealthy_backoff = Some(d);
         self
     }
 
@@ -213,6 +222,9 @@ impl MemberBuilder {
             cfg.weight = w;
         }
         cfg.static_membership = self.static_membership;
+        if let Some(d) = self.unhealthy_backoff {
+            cfg.unhealthy_backoff = d;
+        }
         // For status displays only (session age); the protocol never reads it.
         cfg.joined_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

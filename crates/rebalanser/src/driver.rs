@@ -158,6 +158,10 @@ impl Driver {
                 }
                 self.core.leave(now);
             }
+            Cmd::Unhealthy { resource } => {
+                warn!(resource = %resource, reason = "unhealthy", "the application reports the resource failing here; giving it back");
+                self.core.report_unhealthy(now, &resource);
+            }
             Cmd::StopForRestart => {
                 if !self.core.is_closed() {
                     info!(

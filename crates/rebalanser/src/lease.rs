@@ -20,6 +20,10 @@ pub(crate) enum Cmd {
     Leave,
     /// A static member stopping for a restart (`MemberHandle::stop_for_restart`).
     StopForRestart,
+    /// The application reports the resource failing here (`Lease::report_unhealthy`).
+    Unhealthy {
+        resource: ResourceId,
+    },
 }
 
 /// Delivery states of a lease. A granted lease waits in the handle's queue until the
@@ -215,6 +219,19 @@ impl Lease {
     /// Tells the library the application has stopped using the resource. Same as dropping.
     pub fn release(self) {
         drop(self)
+    }
+
+    /// Reports that the work on this resource keeps failing on this member (a crash loop, a
+    /// dependency only this host lacks). The lease is revoked (reason
+    /// [`crate::RevokeReason::Unhealthy`]; drop it as for any revoke), the resource is given
+    /// back, and the coordinator assigns it to another member and avoids this one for it
+    /// for the member's `unhealthy_backoff`. A resource that fails on every member is
+    /// assigned to nobody until a back-off ends, and `status` shows it, rather than bouncing
+    /// from member to member.
+    pub fn report_unhealthy(&self) {
+        let _ = self.cmds.send(Cmd::Unhealthy {
+            resource: self.resource.clone(),
+        });
     }
 }
 

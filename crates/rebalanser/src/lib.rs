@@ -91,6 +91,7 @@ mod watchdog;
 
 pub use admin::{
     Admin, BadKey, ClaimInfo, CoordinatorInfo, GroupStatus, Handover, MemberInfo, ResourceStatus,
+    Unhealthy,
 };
 pub use builder::{Member, MemberBuilder, StopPolicy};
 pub use callbacks::{CallbackHandle, Callbacks};

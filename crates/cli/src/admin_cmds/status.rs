@@ -16,8 +16,9 @@ Example:
 The text form: group, store, coordinator (member, epoch, session), epoch counter and token
 generation, state (settled, or how many handovers are in progress); then the tables MEMBERS
 (NAME, SESSION, AGE, WEIGHT, ASSIGNED, CLAIMED, STATE: coordinator/draining/active), RESOURCES
-(RESOURCE, ASSIGNED TO, CLAIM HOLDER, TOKEN), HANDOVERS IN PROGRESS (RESOURCE, FROM, TO) and
-BAD KEYS (KEY, REASON). '-' is none; a claim holder marked '(session gone)' holds a claim of a
+(RESOURCE, ASSIGNED TO, CLAIM HOLDER, TOKEN), HANDOVERS IN PROGRESS (RESOURCE, FROM, TO),
+UNHEALTHY (RESOURCE, FAILING ON, STATE: resources reported failing on members, which the
+coordinator avoids giving them; shown only when there are some) and BAD KEYS (KEY, REASON). '-' is none; a claim holder marked '(session gone)' holds a claim of a
 session that is no longer registered (it expires, or the member is restarting). AGE is how long
 ago the member's session joined, by the member's wall clock ('-' if it did not record it).
 
@@ -38,6 +39,7 @@ integer):
     \"resources\": [{\"id\": \"q1\", \"assigned_to\": \"w1\" | null,
                    \"claim\": CLAIM | null}],
     \"handovers\": [{\"resource\": \"q3\", \"from\": CLAIM | null, \"to\": \"w2\" | null}],
+    \"unhealthy\": [{\"resource\": \"q4\", \"failing_on\": [\"w2\"], \"everywhere\": false}],
     \"bad_keys\": [{\"key\": \"...\", \"reason\": \"...\"}]
   }
   CLAIM = {\"member\": \"w1\", \"session\": \"s1a2b\",

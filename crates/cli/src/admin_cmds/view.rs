@@ -44,6 +44,11 @@ pub fn to_json(st: &GroupStatus, store: &str) -> Value {
             "from": h.from.as_ref().map(claim_json),
             "to": h.to.as_ref().map(MemberId::as_str),
         })).collect::<Vec<_>>(),
+        "unhealthy": st.unhealthy.iter().map(|u| json!({
+            "resource": u.resource.as_str(),
+            "failing_on": u.members.iter().map(MemberId::as_str).collect::<Vec<_>>(),
+            "everywhere": u.everywhere,
+        })).collect::<Vec<_>>(),
         "bad_keys": st.bad_data.iter().map(|b| json!({
             "key": b.key,
             "reason": b.reason,
@@ -330,6 +335,36 @@ pub fn to_text(st: &GroupStatus, store: &str, look: &Look) -> String {
         handovers,
         look,
     );
+
+    if !st.unhealthy.is_empty() {
+        let rows = st
+            .unhealthy
+            .iter()
+            .map(|u| Row {
+                marked: true,
+                cells: vec![
+                    u.resource.to_string(),
+                    u.members
+                        .iter()
+                        .map(MemberId::as_str)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    if u.everywhere {
+                        "failing on every member: assigned to nobody".to_string()
+                    } else {
+                        "avoided there".to_string()
+                    },
+                ],
+            })
+            .collect();
+        table(
+            &mut out,
+            &format!("UNHEALTHY ({})", st.unhealthy.len()),
+            &["RESOURCE", "FAILING ON", "STATE"],
+            rows,
+            look,
+        );
+    }
 
     let bad = st
         .bad_data

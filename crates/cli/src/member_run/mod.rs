@@ -84,7 +84,9 @@ string (see --exec for when that is unsafe). Each child runs in its own process
 group under a guard process that kills the whole group at the lease deadline, or at once if
 the member dies, even if this process is paused or killed; the resource moves on only after
 the group is gone. When a lease is revoked the child gets SIGTERM, and SIGKILL 3/4 of the stop
-timeout later. A child that exits by itself is restarted (backoff 250ms doubling to 30s).
+timeout later. A child that exits by itself is restarted (backoff 250ms doubling to 30s); one
+that fails --unhealthy-after times within --unhealthy-window gives its resource back, and the
+coordinator moves it to another member (`status` lists it under UNHEALTHY).
 SIGINT/SIGTERM: leave the group gracefully (a second one exits at once); with --static, stop
 for a restart instead: children stopped and claims given up, but the member's resources wait
 one TTL for the next process started under the same --name.";
@@ -141,6 +143,18 @@ struct RunArgs {
     /// 0 assigns at once.
     #[arg(long, value_name = "DURATION", value_parser = crate::util::duration_or_zero_arg)]
     initial_rebalance_delay: Option<Duration>,
+    /// Give a resource back when its child fails (exits non-zero, is killed by a signal, or
+    /// cannot be started) this many times within --unhealthy-window: the coordinator moves it
+    /// to another member and avoids this one for it for --unhealthy-backoff; a resource
+    /// failing on every member is assigned to nobody, and `status` shows it. 0: never.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    unhealthy_after: u32,
+    /// See --unhealthy-after.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::util::duration_arg)]
+    unhealthy_window: Duration,
+    /// How long this member avoids a resource it gave back as unhealthy.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::util::duration_arg)]
+    unhealthy_backoff: Duration,
     /// How long a child gets to stop after a revoke [default: TTL/5]. SIGTERM first, SIGKILL
     /// after 3/4 of it.
     #[arg(long, value_name = "DURATION", value_parser = crate::util::duration_arg)]
@@ -193,6 +207,10 @@ struct Ctx {
     /// For the guards.
     log_format: LogFormat,
     stop_timeout: Duration,
+    /// A child that fails this many times within `unhealthy_window` makes the member give its
+    /// resource back (0: never).
+    unhealthy_after: u32,
+    unhealthy_window: Duration,
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -253,7 +271,9 @@ async fn join(a: &RunArgs, stop: Duration) -> Result<MemberHandle, Error> {
     if let Some(d) = a.initial_rebalance_delay {
         b = b.initial_rebalance_delay(d);
     }
-    b = b.static_membership(a.static_membership);
+    b = b
+        .static_membership(a.static_membership)
+        .unhealthy_backoff(a.unhealthy_backoff);
     b.join().await
 }
 
@@ -289,6 +309,8 @@ async fn run_member(a: RunArgs, log_format: LogFormat) -> ExitCode {
         },
         log_format,
         stop_timeout: stop,
+        unhealthy_after: a.unhealthy_after,
+        unhealthy_window: a.unhealthy_window,
     });
     info!(
         group = %ctx.group, member = %ctx.member, pid = std::process::id(),
@@ -419,6 +441,7 @@ async fn serve(lease: Lease, ctx: Arc<Ctx>) {
         "lease granted"
     );
     let mut backoff = RESTART_MIN;
+    let mut failures: std::collections::VecDeque<tokio::time::Instant> = Default::default();
     let why = loop {
         if lease.is_revoked() {
             break "revoked";
@@ -439,6 +462,14 @@ async fn serve(lease: Lease, ctx: Arc<Ctx>) {
                         }
                         if ran >= RESTART_RESET {
                             backoff = RESTART_MIN;
+                        }
+                        if !matches!(status, ChildStatus::Exited(0))
+                            && unhealthy(&mut failures, &ids.ctx)
+                        {
+                            lease_log!(warn, ids, "unhealthy", %status,
+                                       failures = failures.len() as u64,
+                                       "child keeps failing; giving the resource back");
+                            lease.report_unhealthy();
                         }
                         lease_log!(warn, ids, cause.as_str(), %status,
                                    ran_ms = ran.as_millis() as u64,
@@ -480,6 +511,20 @@ async fn serve(lease: Lease, ctx: Arc<Ctx>) {
         .map_or(why.to_string(), |r| r.as_str().to_string());
     lease_log!(info, ids, reason, "lease released");
     lease.release();
+}
+
+/// Counts one more failure of a child (now) and says whether the failures within the window
+/// reached the threshold.
+fn unhealthy(failures: &mut std::collections::VecDeque<tokio::time::Instant>, ctx: &Ctx) -> bool {
+    let now = tokio::time::Instant::now();
+    failures.push_back(now);
+    while failures
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > ctx.unhealthy_window)
+    {
+        failures.pop_front();
+    }
+    ctx.unhealthy_after > 0 && failures.len() >= ctx.unhealthy_after as usize
 }
 
 /// The outgoing side of a guard's socket: never blocks (a paused guard must not stall the

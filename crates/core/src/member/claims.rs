@@ -148,7 +148,9 @@ impl Member {
         match self.view.group.assign.get(&self.cfg.name) {
             None => self.claims.desired.clear(),
             Some(chunks) => match layout::complete_set(chunks) {
-                Some((s, e, set)) if s == session => {
+                Some((s, e, mut set)) if s == session => {
+                    // Resources failing here are given back (`unhealthy.rs`).
+                    set.retain(|r| !self.avoids(r));
                     self.claims.desired = set;
                     self.claims.desired_epoch = e;
                 }
@@ -364,6 +366,8 @@ impl Member {
         if !self.claims.desired.contains(r) {
             Some(if leaving {
                 RevokeReason::Leaving
+            } else if self.avoids(r) {
+                RevokeReason::Unhealthy
             } else {
                 RevokeReason::Reassigned
             })

@@ -18,6 +18,9 @@ pub enum RevokeReason {
     SessionLost,
     /// This member is leaving.
     Leaving,
+    /// The application reported the resource failing on this member
+    /// (`Member::report_unhealthy`): it is given back and avoided here for a while.
+    Unhealthy,
 }
 
 impl RevokeReason {
@@ -28,6 +31,7 @@ impl RevokeReason {
             RevokeReason::SessionInDoubt => "session_in_doubt",
             RevokeReason::SessionLost => "session_lost",
             RevokeReason::Leaving => "leaving",
+            RevokeReason::Unhealthy => "unhealthy",
         }
     }
 }

@@ -33,6 +33,7 @@ mod pending;
 mod plan;
 mod registration;
 mod session;
+mod unhealthy;
 mod view;
 
 use std::collections::VecDeque;
@@ -94,6 +95,8 @@ pub struct Member {
     coord: Option<Coordinator>,
     /// The election slot (`coordinator.rs`).
     election: Election,
+    /// Resources the application reported failing here (`unhealthy.rs`).
+    unhealthy: unhealthy::Marks,
     /// The latest `now` a step ran at: timers at or before it are not timers any more.
     last_step: Time,
 }
@@ -117,6 +120,7 @@ impl Member {
             leases: Leases::default(),
             coord: None,
             election: Election::default(),
+            unhealthy: unhealthy::Marks::default(),
             last_step: Time::ZERO,
         }
     }
@@ -329,6 +333,7 @@ impl Member {
         self.claim_timers(&mut at);
         self.coordinator_timers(&mut at);
         self.registration_timers(&mut at);
+        self.unhealthy_timers(&mut at);
         t
     }
 
@@ -419,6 +424,7 @@ impl Member {
             return;
         }
         self.coordinate(now);
+        self.unhealthy_upkeep(now);
         self.update_desired(now);
         // A read of the assignment alone may have found that only a listing can tell.
         self.reads(now);

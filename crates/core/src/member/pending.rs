@@ -79,6 +79,12 @@ pub(super) enum Pending {
         /// Only this member's assignment (`ViewState::want_own`), not the group.
         own: bool,
     },
+    /// An unhealthy mark's `Create` (`create`) or `Delete` (`unhealthy.rs`).
+    Mark {
+        session: SessionId,
+        resource: ResourceId,
+        create: bool,
+    },
     Register {
         session: SessionId,
         /// A static member's takeover of the record of this previous session.
@@ -150,6 +156,7 @@ impl Pending {
             Pending::Open { .. } | Pending::Close { .. } | Pending::Read { .. } => None,
             Pending::KeepAlive { session, .. }
             | Pending::Register { session, .. }
+            | Pending::Mark { session, .. }
             | Pending::RegisterVerify { session }
             | Pending::Drain { session }
             | Pending::ClaimCreate { session, .. }
@@ -183,6 +190,11 @@ impl Member {
                 own,
             } => self.on_read(now, number, linearizable, own, result),
             Pending::Register { session, from } => self.on_register(now, session, from, result),
+            Pending::Mark {
+                session,
+                resource,
+                create,
+            } => self.on_mark(now, session, resource, create, result),
             Pending::RegisterVerify { session } => self.on_register_verify(now, session, result),
             Pending::Drain { session } => self.on_drain(now, session, result),
             Pending::ClaimCreate { rs, .. } => self.on_claim_create(now, op, rs, result),

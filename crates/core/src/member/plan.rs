@@ -38,7 +38,7 @@ impl Member {
                 carried.insert(m.clone());
             }
         }
-        let next = assignor::assign(&weights, &v.resources, &prev);
+        let next = assignor::assign_avoiding(&weights, &v.resources, &prev, &v.avoided());
         let (finals, removals) = self.write_groups(&live, &prev, &carried, &next, (epoch, seq));
         let total: usize = finals.iter().map(|g| g.writes.len()).sum();
         if total == 0 {

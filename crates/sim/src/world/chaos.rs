@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
 use rebalanser_core::admin;
-use rebalanser_core::Time;
+use rebalanser_core::{ResourceId, Time};
 
 use super::run::{ev_slot, Ev};
 use super::{ms, State, World};
@@ -62,7 +62,7 @@ impl World {
             .filter(|i| self.slots[*i].state != State::Running)
             .collect();
         let ttl = SESSION_TTL.as_millis() as u64;
-        match self.rng.below(13) {
+        match self.rng.below(14) {
             0 if self.slots.len() < MAX_MEMBERS => {
                 let i = self.add_member();
                 self.log(|| format!("chaos: join m{i}"));
@@ -160,6 +160,20 @@ impl World {
                             heal_after,
                         },
                     );
+                }
+            }
+            13 => {
+                // The application reports a resource it holds failing here.
+                if let Some(&i) = self.rng.pick(&running) {
+                    let held: Vec<ResourceId> = self.slots[i].app.resources().cloned().collect();
+                    if let Some(r) = self.rng.pick(&held).cloned() {
+                        let local = self.slots[i].local(self.now);
+                        self.log(|| format!("chaos: m{i} reports {r} unhealthy"));
+                        if let Some(m) = self.slots[i].core.as_mut() {
+                            m.report_unhealthy(local, &r);
+                        }
+                        self.drain(i);
+                    }
                 }
             }
             _ => {}

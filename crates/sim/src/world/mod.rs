@@ -190,6 +190,9 @@ impl World {
         // Half the seeds run static members: a restart under the same name takes the record
         // over, and some leaves are stops for a restart.
         member_cfg.static_membership = rng.chance(0.5);
+        // Resources reported unhealthy are avoided for a while (short: the checks after the
+        // faults stop wait for balance).
+        member_cfg.unhealthy_backoff = ms(rng.range(100, 1500));
         // Half the seeds hold a fresh group's first assignment back (the initial settle delay).
         member_cfg.initial_rebalance_delay = if rng.chance(0.5) {
             ms(rng.range(1, 400))

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rebalanser_core::admin;
-use rebalanser_core::{Config, ResourceId, Time};
+use rebalanser_core::{Config, ResourceId, SessionId, Time};
 
 use super::run::Ev;
 use super::{ms, Faults, State, World, QUIET, STORE_TICK};
@@ -38,8 +38,13 @@ pub(super) enum Script {
 #[derive(Debug)]
 pub(super) struct Failover {
     slot: usize,
+    /// The crashed incarnation's session: a keepalive it sent just before the crash may reach
+    /// the store after it and push the expiry later, so the expiry is read from the store for
+    /// as long as the session lives.
+    session: Option<SessionId>,
     orphans: Vec<ResourceId>,
     expiry: Time,
+    bound: Duration,
     deadline: Time,
 }
 
@@ -114,8 +119,10 @@ impl World {
                 let bound = STORE_TICK + self.member_cfg.min_rebalance_interval + FEW_ROUND_TRIPS;
                 self.failover = Some(Failover {
                     slot: i,
+                    session,
                     orphans,
                     expiry,
+                    bound,
                     deadline: expiry + bound,
                 });
             }
@@ -154,6 +161,10 @@ impl World {
         let Some(f) = self.failover.as_mut() else {
             return;
         };
+        if let Some(e) = f.session.and_then(|s| self.store.expires_at(s)) {
+            f.expiry = e;
+            f.deadline = e + f.bound;
+        }
         // The crashed incarnation's application died with it: any holder now is a live
         // process (possibly its restarted successor under the same name).
         let slots = &self.slots;

@@ -755,6 +755,98 @@ async fn member_run_static_restart_moves_nothing_on_zookeeper() -> Result<()> {
     static_restart_moves_nothing(true).await
 }
 
+/// `rebalanser status --json` of the test's group.
+fn status_json(env: &Env) -> Result<serde_json::Value> {
+    let out = Command::new(BIN)
+        .args([
+            "status", "--json", "--store", &env.store, "--group", &env.group,
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!("status: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Issue 11, unhealthy resources: a child that keeps failing on member a for r0 only (it exits
+/// 3 at once there) makes a give r0 back after `--unhealthy-after 3` failures. Alone, a keeps
+/// its other resources and r0 is assigned to nobody (`status`: failing on every member); once
+/// b joins, r0 runs on b and nowhere else, and a is still avoided for it.
+async fn crash_looping_child_moves_its_resource(zk: bool) -> Result<()> {
+    let resources: Vec<String> = (0..4).map(|i| format!("r{i}")).collect();
+    let name = if zk {
+        "unhealthy-zk"
+    } else {
+        "unhealthy-sqlite"
+    };
+    let env = setup_on(name, &resources, None, zk).await?;
+    let exec = format!(
+        "[ \"$REBALANSER_MEMBER\" = a ] && [ {{resource}} = r0 ] && exit 3; {}",
+        env.exec
+    );
+    let start = |m: &str| {
+        start_member_running(
+            &env,
+            m,
+            &[],
+            &[
+                "--unhealthy-after",
+                "3",
+                "--unhealthy-backoff",
+                "60s",
+                "--exec",
+                &exec,
+            ],
+        )
+    };
+    let mut a = start("a")?;
+    let r0_state = |want_everywhere: bool| -> Result<bool> {
+        let st = status_json(&env)?;
+        Ok(st["unhealthy"].as_array().is_some_and(|u| {
+            u.iter().any(|x| {
+                x["resource"] == "r0"
+                    && x["failing_on"] == serde_json::json!(["a"])
+                    && x["everywhere"] == want_everywhere
+            })
+        }))
+    };
+    wait_until("r0 reported failing on every member", TTL * 5, || {
+        r0_state(true)
+    })?;
+    let others = &resources[1..];
+    wait_until("a runs the others", TTL * 2, || {
+        balanced(&env, others, &["a"], 3)
+    })?;
+    let mut b = start("b")?;
+    wait_until("r0 runs on b", TTL * 5, || {
+        let last = latest(&read_ticks(&env.ticks)?);
+        Ok(last.get("r0").is_some_and(|t| t.member == "b"))
+    })?;
+    assert!(r0_state(false)?, "{:#}", status_json(&env)?);
+    let ticks = read_ticks(&env.ticks)?;
+    assert!(
+        !ticks.iter().any(|t| t.resource == "r0" && t.member == "a"),
+        "r0 never ran on a"
+    );
+    a.signal(libc::SIGTERM);
+    b.signal(libc::SIGTERM);
+    a.wait_exit(TTL * 4)?;
+    b.wait_exit(TTL * 4)?;
+    assert_no_overlap(&env, "the end")?;
+    let _ = fs::remove_dir_all(&env.dir);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_run_moves_a_crash_looping_childs_resource_on_sqlite() -> Result<()> {
+    crash_looping_child_moves_its_resource(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_run_moves_a_crash_looping_childs_resource_on_zookeeper() -> Result<()> {
+    crash_looping_child_moves_its_resource(true).await
+}
+
 /// A child that exits by itself while its lease is valid is restarted, with growing delays,
 /// under the same lease (same token); `{resource}` reaches it intact however odd the id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

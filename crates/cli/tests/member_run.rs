@@ -662,7 +662,7 @@ async fn static_restart_moves_nothing(zk: bool) -> Result<()> {
     let env = setup_on(name, &resources, None, zk).await?;
     let start = |m: &str| start_member_running(&env, m, &[], &["--static", "--exec", &env.exec]);
     let mut a = start("a")?;
-    let mut b = start("b")?;
+    let b = start("b")?;
     // `a` runs new children for exactly `a_set` (started after `since`), and b holds its 3.
     let both_hold_theirs = |a_set: &BTreeSet<String>, since: u64| -> Result<bool> {
         if !balanced(&env, &resources, &["a", "b"], 3)? {
@@ -736,13 +736,7 @@ async fn static_restart_moves_nothing(zk: bool) -> Result<()> {
         "after SIGKILL a was granted its resources after {}, before the old session expired",
         ms(gaps[1].1 as i128)
     );
-    a.signal(libc::SIGTERM);
-    b.signal(libc::SIGTERM);
-    a.wait_exit(TTL * 4)?;
-    b.wait_exit(TTL * 4)?;
-    assert_no_overlap(&env, "the end")?;
-    let _ = fs::remove_dir_all(&env.dir);
-    Ok(())
+    finish(&env, [a, b])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -753,6 +747,19 @@ async fn member_run_static_restart_moves_nothing_on_sqlite() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_run_static_restart_moves_nothing_on_zookeeper() -> Result<()> {
     static_restart_moves_nothing(true).await
+}
+
+/// SIGTERMs the members, waits for them, and checks the whole run for double access.
+fn finish<const N: usize>(env: &Env, members: [MemberProc; N]) -> Result<()> {
+    for m in &members {
+        m.signal(libc::SIGTERM);
+    }
+    for mut m in members {
+        m.wait_exit(TTL * 4)?;
+    }
+    assert_no_overlap(env, "the end")?;
+    let _ = fs::remove_dir_all(&env.dir);
+    Ok(())
 }
 
 /// `rebalanser status --json` of the test's group.
@@ -799,7 +806,7 @@ async fn crash_looping_child_moves_its_resource(zk: bool) -> Result<()> {
             ],
         )
     };
-    let mut a = start("a")?;
+    let a = start("a")?;
     let r0_state = |want_everywhere: bool| -> Result<bool> {
         let st = status_json(&env)?;
         Ok(st["unhealthy"].as_array().is_some_and(|u| {
@@ -817,7 +824,7 @@ async fn crash_looping_child_moves_its_resource(zk: bool) -> Result<()> {
     wait_until("a runs the others", TTL * 2, || {
         balanced(&env, others, &["a"], 3)
     })?;
-    let mut b = start("b")?;
+    let b = start("b")?;
     wait_until("r0 runs on b", TTL * 5, || {
         let last = latest(&read_ticks(&env.ticks)?);
         Ok(last.get("r0").is_some_and(|t| t.member == "b"))
@@ -828,13 +835,7 @@ async fn crash_looping_child_moves_its_resource(zk: bool) -> Result<()> {
         !ticks.iter().any(|t| t.resource == "r0" && t.member == "a"),
         "r0 never ran on a"
     );
-    a.signal(libc::SIGTERM);
-    b.signal(libc::SIGTERM);
-    a.wait_exit(TTL * 4)?;
-    b.wait_exit(TTL * 4)?;
-    assert_no_overlap(&env, "the end")?;
-    let _ = fs::remove_dir_all(&env.dir);
-    Ok(())
+    finish(&env, [a, b])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,18 +112,8 @@ impl Admin {
     /// it is left in a group that no longer exists (stop members before deleting). The token
     /// generation is kept for a later re-creation. A missing group is [`Error::UnknownGroup`].
     pub async fn delete_group(&self) -> Result<(), Error> {
-        let entries = self.list().await?;
+        let (entries, version) = self.idle_group().await?;
         let meta = self.layout.meta();
-        let Some(version) = entries
-            .iter()
-            .find(|(k, _)| *k == meta)
-            .map(|(_, e)| e.version)
-        else {
-            return Err(Error::UnknownGroup {
-                group: self.group.clone(),
-            });
-        };
-        self.refuse_live_sessions(&entries)?;
         // Everything but the marker first, then the marker: a failure midway leaves a group
         // that still exists, and calling again finishes the job.
         // The token generation survives: a re-created group must not hand out tokens that a
@@ -167,18 +157,8 @@ impl Admin {
     /// restore. Stop every member, wait one TTL (sessions restored from the backup expire),
     /// bump, start the members. A missing group is [`Error::UnknownGroup`].
     pub async fn bump_generation(&self) -> Result<u64, Error> {
-        let entries = self.list().await?;
+        let (entries, meta_version) = self.idle_group().await?;
         let meta = self.layout.meta();
-        let Some(meta_version) = entries
-            .iter()
-            .find(|(k, _)| *k == meta)
-            .map(|(_, e)| e.version)
-        else {
-            return Err(Error::UnknownGroup {
-                group: self.group.clone(),
-            });
-        };
-        self.refuse_live_sessions(&entries)?;
         let key = self.layout.generation();
         let current = entries.iter().find(|(k, _)| *k == key);
         let (old, guard) = match current {
@@ -223,17 +203,30 @@ impl Admin {
         }
     }
 
-    /// [`Error::GroupInUse`] if any entry is owned by a live session.
-    fn refuse_live_sessions(&self, entries: &[(Key, Entry)]) -> Result<(), Error> {
+    /// Every key of the group and the version of its marker, for a change that needs every
+    /// member stopped: [`Error::UnknownGroup`] without the marker, [`Error::GroupInUse`] if
+    /// any key is owned by a live session.
+    async fn idle_group(&self) -> Result<(Vec<(Key, Entry)>, u64), Error> {
+        let entries = self.list().await?;
+        let meta = self.layout.meta();
+        let Some(version) = entries
+            .iter()
+            .find(|(k, _)| *k == meta)
+            .map(|(_, e)| e.version)
+        else {
+            return Err(Error::UnknownGroup {
+                group: self.group.clone(),
+            });
+        };
         let live: BTreeSet<_> = entries.iter().filter_map(|(_, e)| e.owner).collect();
-        if live.is_empty() {
-            return Ok(());
+        if !live.is_empty() {
+            return Err(Error::GroupInUse {
+                group: self.group.clone(),
+                sessions: live.len(),
+                keys: entries.iter().filter(|(_, e)| e.owner.is_some()).count(),
+            });
         }
-        Err(Error::GroupInUse {
-            group: self.group.clone(),
-            sessions: live.len(),
-            keys: entries.iter().filter(|(_, e)| e.owner.is_some()).count(),
-        })
+        Ok((entries, version))
     }
 
     /// The resource set, sorted.

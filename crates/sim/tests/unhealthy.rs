@@ -18,8 +18,12 @@ const RESOURCES: [&str; 4] = ["q1", "q2", "q3", "q4"];
 const BACKOFF: Duration = Duration::from_millis(1000);
 
 fn holding_all() -> Harness {
+    holding_all_with(BACKOFF)
+}
+
+fn holding_all_with(backoff: Duration) -> Harness {
     let mut cfg = member_config("a");
-    cfg.unhealthy_backoff = BACKOFF;
+    cfg.unhealthy_backoff = backoff;
     let mut h = Harness::with_config(&RESOURCES, cfg);
     h.run_for(ms(300), &mut |_| Fate::Normal);
     assert_eq!(h.grants().len(), 4, "{:?}", h.events);
@@ -132,4 +136,28 @@ fn a_resource_failing_here_is_assigned_to_another_member() {
             .count()
     };
     assert_eq!((count("a"), count("b")), (2, 2));
+}
+
+#[test]
+fn a_mark_whose_write_died_with_its_session_is_written_again_under_the_next() {
+    let mut h = holding_all_with(ms(10_000));
+    let mark = h.layout.unhealthy(&MemberId::new("a").unwrap(), &r("q1"));
+    let is_mark = |op: &StoreOp| writes_under(op, "/unhealthy/", |_| true);
+    h.member.report_unhealthy(h.now, &r("q1"));
+    h.pump(&mut first_n(1, is_mark, Fate::Held));
+    let old = h.member.session().expect("a session");
+    h.answer_held_with(Err(rebalanser_core::store::StoreError::SessionExpired));
+    h.release_all_revoked();
+    // The store still holds the old session (the reply lied): the name is free once it
+    // expires there.
+    h.run_for(ms(3000), &mut |_| Fate::Normal);
+    let new = h.member.session().expect("a new session");
+    assert_ne!(old, new);
+    let owner = h.model.entries().get(&mark).and_then(|e| e.owner);
+    assert_eq!(
+        owner,
+        Some(new),
+        "{:?}",
+        h.log.iter().rev().take(20).collect::<Vec<_>>()
+    );
 }

@@ -25,8 +25,9 @@ pub(super) struct Mark {
     until: Time,
     /// The session whose mark key exists (it dies with that session).
     written: Option<SessionId>,
-    /// The mark's `Create` or, once the back-off ended, its `Delete`, in flight.
-    op: Option<OpId>,
+    /// The mark's `Create` or, once the back-off ended, its `Delete`, in flight, and its
+    /// session (a reply of an ended session is never delivered: then it is not in flight).
+    op: Option<(OpId, SessionId)>,
     /// After a failed write: not again before.
     retry_at: Option<Time>,
 }
@@ -79,7 +80,7 @@ impl Member {
         let mut ended = Vec::new();
         let mut sends = Vec::new();
         for (r, m) in &mut self.unhealthy.by_resource {
-            if m.op.is_some() || m.retry_at.is_some_and(|t| now < t) {
+            if m.op.is_some_and(|(_, s)| s == session) || m.retry_at.is_some_and(|t| now < t) {
                 continue;
             }
             let key = self.layout.unhealthy(&me, r);
@@ -120,7 +121,7 @@ impl Member {
                 },
             );
             if let Some(m) = self.unhealthy.by_resource.get_mut(&r) {
-                m.op = Some(op);
+                m.op = Some((op, session));
                 m.retry_at = None;
             }
         }

@@ -45,12 +45,17 @@ pub fn assign_avoiding(
     let mut seen = BTreeSet::new();
     let mut kept: BTreeMap<&MemberId, Vec<&ResourceId>> = BTreeMap::new();
     for m in members.keys() {
-        let mine = prev
+        let mut mine: Vec<&ResourceId> = prev
             .get(m)
             .into_iter()
             .flatten()
             .filter(|r| resources.contains(*r) && !avoids(m, r) && seen.insert(*r))
             .collect();
+        // Over quota, a member keeps first what others avoid: what it gives up must be
+        // placeable on the others.
+        if !avoid.is_empty() {
+            mine.sort_by_key(|r| !avoid.contains_key(*r));
+        }
         kept.insert(m, mine);
     }
     let quota = quotas(members, resources.len(), |m| kept[m].len());
@@ -98,13 +103,39 @@ pub fn assign_avoiding(
         .filter(|(deficit, _)| *deficit > 0)
         .collect();
     for r in resources.iter().filter(|r| !placed.contains(r)) {
-        // Empty only when no member has weight: nothing can be assigned.
-        let Some((deficit, Reverse(m))) = below.pop() else {
-            break;
-        };
-        out.get_mut(&m).map(|s| s.insert(r.clone()));
-        if deficit > 1 {
-            below.push((deficit - 1, Reverse(m)));
+        // Members that avoid `r` are set aside and put back (avoid sets are small).
+        let mut skipped = Vec::new();
+        let mut chosen = None;
+        while let Some((deficit, Reverse(m))) = below.pop() {
+            if avoids(&m, r) {
+                skipped.push((deficit, Reverse(m)));
+            } else {
+                chosen = Some((deficit, m));
+                break;
+            }
+        }
+        below.extend(skipped);
+        match chosen {
+            Some((deficit, m)) => {
+                out.get_mut(&m).map(|s| s.insert(r.clone()));
+                if deficit > 1 {
+                    below.push((deficit - 1, Reverse(m)));
+                }
+            }
+            // Only avoiders are below quota: the least loaded member that does not avoid
+            // it, or nobody.
+            None if avoid.contains_key(r) => {
+                let fallback = out
+                    .iter()
+                    .filter(|(m, _)| members[*m] > 0 && !avoids(m, r))
+                    .min_by_key(|(m, s)| (s.len(), (*m).clone()))
+                    .map(|(m, _)| m.clone());
+                if let Some(m) = fallback {
+                    out.get_mut(&m).map(|s| s.insert(r.clone()));
+                }
+            }
+            // Empty only when no member has weight: nothing can be assigned.
+            None => break,
         }
     }
     out
@@ -218,6 +249,22 @@ mod tests {
         let a = assign_avoiding(&members, &rs(5), &prev, &avoid);
         assert!(a[&m("b")].contains(&r), "{a:?}");
         assert_eq!(a.values().map(BTreeSet::len).sum::<usize>(), 5);
+    }
+
+    #[test]
+    fn a_member_over_quota_keeps_what_the_others_avoid() {
+        let members: BTreeMap<MemberId, u32> = [(m("a"), 1), (m("b"), 1)].into();
+        let prev: Assignment = [(m("b"), rs(4))].into();
+        let r3 = ResourceId::new("r003").unwrap();
+        let avoid = [(r3.clone(), [m("a")].into())].into();
+        let a = assign_avoiding(&members, &rs(4), &prev, &avoid);
+        assert!(a[&m("b")].contains(&r3), "b keeps what a avoids: {a:?}");
+        assert_eq!((a[&m("a")].len(), a[&m("b")].len()), (2, 2));
+        // Kept by a member with no weight, and avoided by the only one with weight: nobody.
+        let members: BTreeMap<MemberId, u32> = [(m("a"), 1), (m("z"), 0)].into();
+        let prev: Assignment = [(m("z"), [r3.clone()].into())].into();
+        let a = assign_avoiding(&members, &rs(4), &prev, &avoid);
+        assert!(a.values().all(|s| !s.contains(&r3)), "{a:?}");
     }
 
     #[test]

@@ -179,8 +179,15 @@ impl Admin {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let new = old.saturating_add(1).max(now);
+        // No election since the listing (an election writes the epoch, and nothing is granted
+        // without a coordinator): no member started across the bump.
+        let epoch = self.layout.epoch();
+        let epoch_guard = match entries.iter().find(|(k, _)| *k == epoch) {
+            Some((_, e)) => Cond::Version(epoch, e.version),
+            None => Cond::Absent(epoch),
+        };
         let op = StoreOp::Txn {
-            conds: vec![Cond::Version(meta, meta_version), guard],
+            conds: vec![Cond::Version(meta, meta_version), guard, epoch_guard],
             writes: vec![Write::Put {
                 key: key.clone(),
                 value: layout::encode(&layout::CounterRec { value: new }),
@@ -620,7 +627,8 @@ impl GroupStatus {
             .avoided()
             .into_iter()
             .map(|(resource, on)| Unhealthy {
-                everywhere: live.keys().all(|m| on.contains(m)),
+                // As the assignor sees it: no member with weight left to take it.
+                everywhere: live.iter().all(|(m, mv)| mv.weight == 0 || on.contains(m)),
                 resource,
                 members: on.into_iter().collect(),
             })

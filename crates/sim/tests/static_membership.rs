@@ -180,3 +180,33 @@ fn a_live_instance_whose_record_was_taken_over_gives_everything_up_and_leaves() 
     // The new instance's record is untouched.
     assert_eq!(h.model.entries()[&key].owner, Some(other));
 }
+
+/// A coordinator stopping for a restart leaves no leader key behind, even holding nothing (it
+/// would be closed in the pass that resigns) and even when its first resignation fails.
+#[test]
+fn a_coordinator_stopping_for_a_restart_resigns_before_it_stops() {
+    let mut h = Harness::with_config(&[], config(true));
+    h.run_for(ms(1000), &mut |_| Fate::Normal);
+    assert!(h.member.is_coordinator().is_some());
+    let leader = format!("{}leader", h.layout.prefix());
+    assert!(h.model.entries().contains_key(&leader));
+    h.member.stop_for_restart(h.now);
+    let is_resign =
+        |op: &StoreOp| writes_under(op, "/leader", |w| matches!(w, Write::Delete { .. }));
+    h.run_for(ms(1000), &mut first_n(1, is_resign, Fate::Unavailable));
+    assert!(
+        h.member.is_closed(),
+        "{:?}",
+        h.log.iter().rev().take(10).collect::<Vec<_>>()
+    );
+    assert!(
+        !h.model.entries().contains_key(&leader),
+        "the leader key outlives the member"
+    );
+    assert!(
+        h.times_of(is_resign).len() >= 2,
+        "the failed resignation was sent again"
+    );
+    // The record stays for the next instance.
+    assert!(member_record_owner(&h).is_some());
+}

@@ -269,7 +269,10 @@ impl Member {
                 // A leaving member stands for election too: when every other member is gone
                 // or leaving, nobody else would move its resources and its leave would wait
                 // out leave_timeout. As coordinator it drains itself like any other member.
-                if self.election.resigned_until(now) {
+                // Not while stopping for a restart: its leader key would outlive it by a TTL.
+                if self.election.resigned_until(now)
+                    || self.leaving.as_ref().is_some_and(|l| l.park)
+                {
                     return;
                 }
                 self.stand_for_election(session);
@@ -319,7 +322,7 @@ impl Member {
     /// Deletes our leader key (the instance created at `create_rev`). Held in the election
     /// slot until answered, so that a view still showing the key does not send a second
     /// delete (`maybe_elect`).
-    fn send_resign(&mut self, session: SessionId, create_rev: u64) {
+    pub(super) fn send_resign(&mut self, session: SessionId, create_rev: u64) {
         let key = self.layout.leader();
         let op = self.send(
             Pending::Resign { session },

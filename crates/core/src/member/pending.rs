@@ -92,6 +92,8 @@ pub(super) enum Pending {
     },
     RegisterVerify {
         session: SessionId,
+        /// The takeover being verified, if it was one.
+        from: Option<SessionId>,
     },
     Drain {
         session: SessionId,
@@ -157,7 +159,7 @@ impl Pending {
             Pending::KeepAlive { session, .. }
             | Pending::Register { session, .. }
             | Pending::Mark { session, .. }
-            | Pending::RegisterVerify { session }
+            | Pending::RegisterVerify { session, .. }
             | Pending::Drain { session }
             | Pending::ClaimCreate { session, .. }
             | Pending::ClaimVerify { session, .. }
@@ -195,7 +197,9 @@ impl Member {
                 resource,
                 create,
             } => self.on_mark(now, session, resource, create, result),
-            Pending::RegisterVerify { session } => self.on_register_verify(now, session, result),
+            Pending::RegisterVerify { session, from } => {
+                self.on_register_verify(now, session, from, result)
+            }
             Pending::Drain { session } => self.on_drain(now, session, result),
             Pending::ClaimCreate { rs, .. } => self.on_claim_create(now, op, rs, result),
             Pending::ClaimVerify { session, rs } => self.on_claim_verify(now, session, rs, result),

@@ -125,7 +125,13 @@ impl Member {
                     // Our own Register was applied after the read that found it absent.
                     self.registration = Registration::Pending;
                     let key = self.layout.member(&self.cfg.name);
-                    self.send(Pending::RegisterVerify { session }, get_lin(key));
+                    self.send(
+                        Pending::RegisterVerify {
+                            session,
+                            from: None,
+                        },
+                        get_lin(key),
+                    );
                     return;
                 }
                 self.view.seq > after_view
@@ -246,12 +252,12 @@ impl Member {
             Ok(_) => {
                 // A success of the wrong kind: settle it by a read.
                 let key = self.layout.member(&self.cfg.name);
-                self.send(Pending::RegisterVerify { session }, get_lin(key));
+                self.send(Pending::RegisterVerify { session, from }, get_lin(key));
             }
             Err(StoreError::Conflict(_)) => self.name_in_use(now, None),
             Err(StoreError::Indeterminate(_)) | Err(StoreError::Unavailable(_)) => {
                 let key = self.layout.member(&self.cfg.name);
-                self.send(Pending::RegisterVerify { session }, get_lin(key));
+                self.send(Pending::RegisterVerify { session, from }, get_lin(key));
             }
             Err(e) => {
                 // Any other failure: report it and try again after a pause (a stuck
@@ -272,11 +278,12 @@ impl Member {
         &mut self,
         now: Time,
         session: SessionId,
+        from: Option<SessionId>,
         result: StoreResult,
     ) {
         match result {
             Ok(StoreReply::Got(Some(e))) if e.owner == Some(session) => {
-                self.registered(session, e.create_rev, None)
+                self.registered(session, e.create_rev, from)
             }
             Ok(StoreReply::Got(Some(e))) => self.name_in_use(now, e.owner),
             Ok(_) => self.name_in_use(now, None),
@@ -333,7 +340,31 @@ impl Member {
             && self.claims.unresolved.is_empty()
             && self.claims.deleting.is_empty()
             && self.claims.in_flight.is_empty();
-        if self.leases.held.is_empty() && (drained || timed_out) {
+        // A member stopping for a restart leaves only once its resignation shows: a leader key
+        // left behind would keep the group without a coordinator for a TTL.
+        let resigned = !park
+            || (self.coord.is_none()
+                && self.election.op.is_none()
+                && self
+                    .view
+                    .group
+                    .leader
+                    .as_ref()
+                    .is_none_or(|l| l.session != session));
+        if park && !resigned && self.coord.is_none() && self.election.op.is_none() {
+            // The view still shows our key (the Resign failed or was not read yet).
+            if let Some(rev) = self
+                .view
+                .group
+                .leader
+                .as_ref()
+                .filter(|l| l.session == session)
+                .map(|l| l.create_rev)
+            {
+                self.send_resign(session, rev);
+            }
+        }
+        if self.leases.held.is_empty() && (drained || timed_out) && (resigned || timed_out) {
             if park {
                 // The session expires on its own, with whatever claims remain (only after a
                 // timed-out delete): its member record holds the assignment until then.

@@ -99,16 +99,17 @@ impl Member {
         }
         for (r, create, key) in sends {
             // A mark names this member and resource, and only this member writes it: a plain
-            // delete cannot remove anything but ours (a mark is advice, never access).
-            let write = if create {
-                Write::Create {
+            // delete cannot remove anything but ours (a mark is advice, never access). A
+            // create replaces the mark an earlier session of this name may have left (a
+            // static restart): the coordinator counts only the current session's.
+            let mut writes = vec![Write::Delete { key: key.clone() }];
+            if create {
+                writes.push(Write::Create {
                     key,
                     value: b"{}".to_vec(),
                     owner: Some(session),
-                }
-            } else {
-                Write::Delete { key }
-            };
+                });
+            }
             let op = self.send(
                 Pending::Mark {
                     session,
@@ -117,7 +118,7 @@ impl Member {
                 },
                 StoreOp::Txn {
                     conds: vec![],
-                    writes: vec![write],
+                    writes,
                 },
             );
             if let Some(m) = self.unhealthy.by_resource.get_mut(&r) {
@@ -142,10 +143,7 @@ impl Member {
         };
         m.op = None;
         match (create, result) {
-            // A Conflict is our own mark (a create whose reply was lost): it exists.
-            (true, Ok(StoreReply::Committed { .. }) | Err(StoreError::Conflict(_))) => {
-                m.written = Some(session)
-            }
+            (true, Ok(StoreReply::Committed { .. })) => m.written = Some(session),
             (false, Ok(StoreReply::Committed { .. })) => self.end_mark(&r),
             (_, Err(StoreError::SessionExpired)) => {}
             _ => m.retry_at = Some(retry_at),

@@ -101,6 +101,17 @@ struct SimArgs {
     /// that degrades then fails under an application that ignores revokes).
     #[arg(long, value_enum, default_value_t = ScenarioArg::Chaos)]
     scenario: ScenarioArg,
+    /// How the simulated group rebalances: per resource, or with a global barrier (every
+    /// member stops everything on any change; checked: no lease of a new round while one of
+    /// an older round is still accessed).
+    #[arg(long, value_enum, default_value_t = ModeArg::Resource)]
+    mode: ModeArg,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ModeArg {
+    Resource,
+    Barrier,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -135,6 +146,7 @@ enum VariantArg {
     UnguardedRebalance,
     AdoptAnyClaim,
     GrantOnClaimSent,
+    BarrierOlderAck,
 }
 
 impl From<VariantArg> for Variant {
@@ -153,6 +165,7 @@ impl From<VariantArg> for Variant {
             VariantArg::UnguardedRebalance => Variant::UnguardedRebalance,
             VariantArg::AdoptAnyClaim => Variant::AdoptAnyClaim,
             VariantArg::GrantOnClaimSent => Variant::GrantOnClaimSent,
+            VariantArg::BarrierOlderAck => Variant::BarrierOlderAck,
         }
     }
 }
@@ -177,6 +190,10 @@ fn sim(a: SimArgs, seeds_given: bool) -> ExitCode {
     let mut template = SimConfig::new(first, a.steps);
     template.variant = variant;
     template.scenario = a.scenario.into();
+    template.mode = match a.mode {
+        ModeArg::Resource => rebalanser_sim::Mode::Resource,
+        ModeArg::Barrier => rebalanser_sim::Mode::Barrier,
+    };
     let reports = run_seeds(first, n, &template, threads);
     // A closed pipe (`| head`) ends the output quietly instead of panicking.
     let mut out = std::io::stdout().lock();
@@ -231,8 +248,13 @@ fn sim(a: SimArgs, seeds_given: bool) -> ExitCode {
                         .unwrap_or_default()
                 ),
             };
+            let mode = if a.mode == ModeArg::Barrier {
+                " --mode barrier"
+            } else {
+                ""
+            };
             say!(
-                "replay: rebalanser sim --seed {} --steps {}{variant}{scenario} --trace",
+                "replay: rebalanser sim --seed {} --steps {}{variant}{scenario}{mode} --trace",
                 r.seed,
                 a.steps
             );

@@ -3,16 +3,24 @@
 
 use crate::config::Variant;
 use crate::ids::ResourceId;
-use crate::layout::{self, Layout, MetaRec};
+use crate::layout::{self, Layout, MetaRec, Mode};
 use crate::store::{Cond, StoreOp, Write};
 
-/// Creates the group marker; `Conflict` when it exists.
+/// Creates the group marker (per-resource mode); `Conflict` when it exists.
 pub fn create_group(layout: &Layout) -> StoreOp {
+    create_group_with(layout, Mode::Resource)
+}
+
+/// Creates the group marker with its rebalancing mode; `Conflict` when it exists.
+pub fn create_group_with(layout: &Layout, mode: Mode) -> StoreOp {
     StoreOp::Txn {
         conds: vec![Cond::Absent(layout.meta())],
         writes: vec![Write::Put {
             key: layout.meta(),
-            value: layout::encode(&MetaRec { rebalanser: 1 }),
+            value: layout::encode(&MetaRec {
+                rebalanser: 1,
+                mode,
+            }),
         }],
     }
 }

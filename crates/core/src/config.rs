@@ -40,6 +40,8 @@ pub enum Variant {
     AdoptAnyClaim,
     /// Grants a lease right after sending the claim's create, before its reply.
     GrantOnClaimSent,
+    /// Barrier mode: the coordinator starts a round on acknowledgements of the previous one.
+    BarrierOlderAck,
 }
 
 /// The initial settle delay ends at most this many delays after the coordinator first saw

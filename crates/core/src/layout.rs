@@ -12,6 +12,8 @@
 //! <group>/assign/<m>/<i>       persistent     chunk i of m's assignment (coordinator only)
 //! <group>/claims/<r>           session-owned  who may access r now; creation rev = token
 //! <group>/unhealthy/<m>/<r>    session-owned  r keeps failing on m: the coordinator avoids it
+//! <group>/barrier              persistent     barrier mode: the round and its phase
+//! <group>/acks/<m>             session-owned  barrier mode: m stopped everything for a round
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -74,7 +76,8 @@ pub fn decode_component(s: &str) -> Option<String> {
 pub enum KeyKind {
     /// `claims/<r>`.
     Claim(ResourceId),
-    /// `members/<m>` or `draining/<m>`: one member's record and draining mark.
+    /// `members/<m>`, `draining/<m>` or `acks/<m>`: one member's record, draining mark and
+    /// barrier acknowledgement.
     OfMember(MemberId),
     /// `assign/<m>/<i>`: one member's assignment.
     Assign(MemberId),
@@ -106,6 +109,12 @@ impl Layout {
     }
     pub fn generation(&self) -> Key {
         format!("{}/generation", self.root)
+    }
+    pub fn barrier(&self) -> Key {
+        format!("{}/barrier", self.root)
+    }
+    pub fn ack(&self, m: &MemberId) -> Key {
+        format!("{}/acks/{}", self.root, encode_component(m.as_str()))
     }
     pub fn epoch(&self) -> Key {
         format!("{}/epoch", self.root)
@@ -148,7 +157,7 @@ impl Layout {
                 Some(r) => KeyKind::Claim(r),
                 None => KeyKind::Other,
             },
-            "members" | "draining" | "assign" => {
+            "members" | "draining" | "assign" | "acks" => {
                 let m = if dir == "assign" {
                     name.split_once('/').map_or(name, |(m, _)| m)
                 } else {
@@ -168,10 +177,17 @@ impl Layout {
     /// mark and assignment, the resource set and the unhealthy marks (everything but the
     /// claims and the group's own keys).
     pub fn plan_prefixes(&self) -> Vec<Key> {
-        ["members", "draining", "resources", "assign", "unhealthy"]
-            .iter()
-            .map(|d| format!("{}/{d}/", self.root))
-            .collect()
+        [
+            "members",
+            "draining",
+            "resources",
+            "assign",
+            "unhealthy",
+            "acks",
+        ]
+        .iter()
+        .map(|d| format!("{}/{d}/", self.root))
+        .collect()
     }
     /// Prefix of every assignment chunk of `m`, with a trailing `/`.
     pub fn assign_prefix(&self, m: &MemberId) -> Key {
@@ -228,6 +244,50 @@ pub struct ClaimRec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetaRec {
     pub rebalanser: u32,
+    /// How the group rebalances, chosen at creation (absent: per resource).
+    #[serde(default, skip_serializing_if = "Mode::is_resource")]
+    pub mode: Mode,
+}
+
+/// How a group rebalances (DESIGN §4.10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Only the resources that must move are stopped and moved.
+    #[default]
+    Resource,
+    /// On any change every member stops everything; the new assignment starts only when all
+    /// acknowledged.
+    Barrier,
+}
+
+impl Mode {
+    fn is_resource(&self) -> bool {
+        *self == Mode::Resource
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Resource => "resource",
+            Mode::Barrier => "barrier",
+        }
+    }
+}
+
+/// `barrier` value (barrier mode): round `round`, written by the coordinator of `epoch`, in
+/// its stop phase (everyone stops everything and acknowledges) or its start phase (the
+/// chunks of this round may be acted on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BarrierRec {
+    pub epoch: Epoch,
+    pub round: u64,
+    pub stop: bool,
+}
+
+/// `acks/<m>` value (barrier mode): `m` holds nothing since the stop of this round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckRec {
+    pub epoch: Epoch,
+    pub round: u64,
 }
 
 /// One chunk of a member's assignment. A member acts only on a complete set of chunks that
@@ -240,6 +300,13 @@ pub struct ChunkRec {
     pub i: u32,
     pub n: u32,
     pub resources: Vec<ResourceId>,
+    /// Barrier mode: the round this assignment is for (0 in per-resource mode).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub round: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -309,6 +376,12 @@ pub struct View {
     /// Per resource, the members it keeps failing on, with the session that marked it (a
     /// mark counts only while that session is the member's current one).
     pub unhealthy: BTreeMap<ResourceId, BTreeMap<MemberId, SessionId>>,
+    /// How the group rebalances (from `meta`).
+    pub mode: Mode,
+    /// Barrier mode: the round record and its version.
+    pub barrier: Option<(BarrierRec, u64)>,
+    /// Barrier mode: each member's acknowledgement, with the session that wrote it.
+    pub acks: BTreeMap<MemberId, (SessionId, AckRec)>,
     /// What a rebalance plan reads, in brief: the number of keys under `members/`,
     /// `draining/`, `resources/` and `assign/`, and the largest revision that wrote one. Any
     /// create or update raises the revision and a delete alone lowers the count, so two views
@@ -393,7 +466,7 @@ pub fn parse_view(layout: &Layout, entries: &[(Key, Entry)]) -> (View, Vec<BadDa
         let extra = parts.next().is_some();
         if matches!(
             kind,
-            "members" | "draining" | "resources" | "assign" | "unhealthy"
+            "members" | "draining" | "resources" | "assign" | "unhealthy" | "acks" | "barrier"
         ) {
             v.plan_input.0 += 1;
             v.plan_input.1 = v.plan_input.1.max(e.mod_rev);
@@ -410,9 +483,25 @@ pub fn parse_view(layout: &Layout, entries: &[(Key, Entry)]) -> (View, Vec<BadDa
         }
         match (kind, a, b) {
             ("meta", None, None) => match decode::<MetaRec>(&e.value) {
-                Some(_) => v.exists = true,
+                Some(m) => {
+                    v.exists = true;
+                    v.mode = m.mode;
+                }
                 None => fail("malformed group marker"),
             },
+            ("barrier", None, None) => match decode::<BarrierRec>(&e.value) {
+                Some(b) => v.barrier = Some((b, e.version)),
+                None => fail("malformed barrier record"),
+            },
+            ("acks", Some(m), None) => {
+                let m = decode_component(m).and_then(|s| MemberId::new(s).ok());
+                match (m, decode::<AckRec>(&e.value), e.owner) {
+                    (Some(m), Some(a), Some(s)) => {
+                        v.acks.insert(m, (s, a));
+                    }
+                    _ => fail("malformed barrier acknowledgement"),
+                }
+            }
             ("generation", None, None) => match decode::<CounterRec>(&e.value) {
                 Some(c) => v.generation = c.value,
                 None => fail("malformed generation"),
@@ -534,7 +623,7 @@ mod tests {
         let (v, _) = parse_view(&layout, &[(layout.generation(), entry(5))]);
         assert!(!v.exists, "no marker, no group");
         let marker = Entry {
-            value: encode(&MetaRec { rebalanser: 1 }),
+            value: encode(&MetaRec { rebalanser: 1, mode: Mode::Resource }),
             ..entry(0)
         };
         let (v, bad) = parse_view(
@@ -565,6 +654,7 @@ mod tests {
                 i,
                 n,
                 resources: vec![ResourceId::new(r).unwrap()],
+                round: 0,
             },
         };
         let good = [chunk(0, 2, 7, 3, 1, "a"), chunk(1, 2, 7, 3, 1, "b")];

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rebalanser_core::admin as ops;
-use rebalanser_core::layout::{self, Layout, MetaRec, View};
+use rebalanser_core::layout::{self, Layout, MetaRec, Mode, View};
 use rebalanser_core::store::{Cond, Entry, Key, StoreError, StoreOp, StoreReply, Write};
 use rebalanser_core::{Epoch, GroupId, MemberId, ResourceId, SessionId, Token};
 use rebalanser_store::Store;
@@ -85,9 +85,25 @@ impl Admin {
         )
     }
 
-    /// Creates the group. Idempotent: succeeds when it already exists.
+    /// Creates the group (per-resource mode). Idempotent: succeeds when it already exists in
+    /// that mode.
     pub async fn create_group(&self) -> Result<(), Error> {
-        create_group(&*self.store, &self.group, &self.layout, self.op_timeout).await
+        self.create_group_with(Mode::Resource).await
+    }
+
+    /// Creates the group with its rebalancing mode, fixed for its lifetime (DESIGN §4.10):
+    /// [`Mode::Barrier`] stops every member's every resource on any change and starts the new
+    /// assignment only when all acknowledged. Idempotent; a group that exists in the other
+    /// mode is [`Error::ModeMismatch`].
+    pub async fn create_group_with(&self, mode: Mode) -> Result<(), Error> {
+        create_group(
+            &*self.store,
+            &self.group,
+            &self.layout,
+            self.op_timeout,
+            mode,
+        )
+        .await
     }
 
     /// Adds resources (idempotent). Every id is validated before anything is written. Large
@@ -294,7 +310,7 @@ impl Admin {
         if ids.is_empty() {
             return Ok(());
         }
-        let Some(version) =
+        let Some((version, _)) =
             read_meta(&*self.store, &self.group, &self.layout, self.op_timeout).await?
         else {
             return Err(Error::UnknownGroup {
@@ -384,13 +400,14 @@ pub(crate) async fn exec(
     }
 }
 
-/// The version of the group marker, `None` when the group does not exist.
+/// The version of the group marker and the group's mode, `None` when the group does not
+/// exist.
 async fn read_meta(
     store: &dyn Store,
     group: &GroupId,
     layout: &Layout,
     timeout: Duration,
-) -> Result<Option<u64>, Error> {
+) -> Result<Option<(u64, Mode)>, Error> {
     let key = layout.meta();
     let reply = exec(
         store,
@@ -403,14 +420,14 @@ async fn read_meta(
     .await?;
     match reply {
         StoreReply::Got(None) => Ok(None),
-        StoreReply::Got(Some(e)) if layout::decode::<MetaRec>(&e.value).is_some() => {
-            Ok(Some(e.version))
-        }
-        StoreReply::Got(Some(_)) => Err(Error::NotAGroup {
-            group: group.clone(),
-            store: store.describe(),
-            key,
-        }),
+        StoreReply::Got(Some(e)) => match layout::decode::<MetaRec>(&e.value) {
+            Some(m) => Ok(Some((e.version, m.mode))),
+            None => Err(Error::NotAGroup {
+                group: group.clone(),
+                store: store.describe(),
+                key,
+            }),
+        },
         other => Err(Error::Store {
             store: store.describe(),
             source: StoreError::Invalid(format!("unexpected reply to get: {other:?}")),
@@ -423,16 +440,34 @@ async fn create_group(
     group: &GroupId,
     layout: &Layout,
     timeout: Duration,
+    mode: Mode,
 ) -> Result<(), Error> {
-    match exec(store, ops::create_group(layout), timeout).await {
+    match exec(store, ops::create_group_with(layout, mode), timeout).await {
         Ok(_) => Ok(()),
         // Conflict: it exists (created concurrently, perhaps). Unknown outcome: look.
-        Err(Error::Store {
-            source: StoreError::Conflict(_) | StoreError::Indeterminate(_),
-            ..
-        }) if read_meta(store, group, layout, timeout).await?.is_some() => Ok(()),
+        Err(
+            e @ Error::Store {
+                source: StoreError::Conflict(_) | StoreError::Indeterminate(_),
+                ..
+            },
+        ) => match read_meta(store, group, layout, timeout).await? {
+            Some((_, m)) => same_mode(group, m, mode),
+            None => Err(e),
+        },
         Err(e) => Err(e),
     }
+}
+
+/// [`Error::ModeMismatch`] unless the group's mode is the one wanted.
+fn same_mode(group: &GroupId, group_mode: Mode, wanted: Mode) -> Result<(), Error> {
+    if group_mode == wanted {
+        return Ok(());
+    }
+    Err(Error::ModeMismatch {
+        group: group.clone(),
+        group_mode: group_mode.as_str(),
+        wanted: wanted.as_str(),
+    })
 }
 
 /// Checks at join that the group exists, creating it when asked to.
@@ -441,13 +476,14 @@ pub(crate) async fn ensure_group(
     group: &GroupId,
     timeout: Duration,
     create: bool,
+    mode: Mode,
 ) -> Result<(), Error> {
     let layout = Layout::new(group);
-    if read_meta(store, group, &layout, timeout).await?.is_some() {
-        return Ok(());
+    if let Some((_, m)) = read_meta(store, group, &layout, timeout).await? {
+        return same_mode(group, m, mode);
     }
     if create {
-        return create_group(store, group, &layout, timeout).await;
+        return create_group(store, group, &layout, timeout, mode).await;
     }
     Err(Error::UnknownGroup {
         group: group.clone(),
@@ -461,6 +497,8 @@ pub struct GroupStatus {
     pub group: GroupId,
     /// The token generation (bumped after a restore or a store migration).
     pub generation: u64,
+    /// How the group rebalances (chosen at creation).
+    pub mode: Mode,
     /// The epoch counter: the epoch of the latest coordinator ever elected.
     pub epoch: Option<Epoch>,
     pub coordinator: Option<CoordinatorInfo>,
@@ -637,6 +675,7 @@ impl GroupStatus {
             group,
             unhealthy,
             generation: v.generation,
+            mode: v.mode,
             epoch: v.epoch.map(|(e, _)| e),
             coordinator: v.leader.as_ref().map(|l| CoordinatorInfo {
                 member: l.member.clone(),

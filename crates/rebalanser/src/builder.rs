@@ -5,6 +5,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rebalanser_core::layout::Mode;
 use rebalanser_core::{Config, GroupId, Member as Core, MemberId};
 use rebalanser_store::Store;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -51,6 +52,7 @@ impl Member {
             min_rebalance_interval: None,
             initial_rebalance_delay: None,
             static_membership: false,
+            mode: Mode::Resource,
             unhealthy_backoff: None,
             stop_timeout: None,
             keepalive_interval: None,
@@ -81,6 +83,7 @@ pub struct MemberBuilder {
     min_rebalance_interval: Option<Duration>,
     initial_rebalance_delay: Option<Duration>,
     static_membership: bool,
+    mode: Mode,
     unhealthy_backoff: Option<Duration>,
     stop_timeout: Option<Duration>,
     keepalive_interval: Option<Duration>,
@@ -135,6 +138,15 @@ impl MemberBuilder {
     /// Rate limit of rebalances while coordinating. Default 100 ms.
     pub fn min_rebalance_interval(mut self, d: Duration) -> Self {
         self.min_rebalance_interval = Some(d);
+        self
+    }
+
+    /// The group's rebalancing mode this member expects (default [`Mode::Resource`]); `join`
+    /// fails with [`Error::ModeMismatch`] on a group created in the other mode, and
+    /// `create_group_if_missing` creates it in this one. In [`Mode::Barrier`] every change
+    /// stops every lease of every member, and the new assignment starts once all stopped.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
         self
     }
 
@@ -262,7 +274,7 @@ impl MemberBuilder {
         // Like the core's listings, this one-off check is outside the timing budget: a busy
         // store (a large group starting) must not fail a join that would have worked.
         let check_timeout = cfg.op_timeout.max(cfg.session_ttl);
-        ensure_group(&*store, &group, check_timeout, self.create_group).await?;
+        ensure_group(&*store, &group, check_timeout, self.create_group, self.mode).await?;
 
         let leave_bound = cfg.leave_timeout + cfg.stop_timeout + cfg.op_timeout * 2;
         let (cmds_tx, cmds_rx) = mpsc::unbounded_channel();

@@ -40,6 +40,17 @@ pub enum Error {
          .create_group_if_missing(true) on the member builder)"
     )]
     UnknownGroup { group: GroupId },
+    /// The group rebalances in another mode than this member (or this creation) asked for.
+    #[error(
+        "group {group} rebalances in {group_mode} mode, not {wanted} mode (a group's mode is \
+         chosen at creation: configure the member with MemberBuilder::mode, or \
+         `member run --mode {group_mode}`)"
+    )]
+    ModeMismatch {
+        group: GroupId,
+        group_mode: &'static str,
+        wanted: &'static str,
+    },
     /// The group key holds something that is not a Rebalanser group marker.
     #[error(
         "group {group} in store {store}: {key} holds data that is not a Rebalanser group marker"

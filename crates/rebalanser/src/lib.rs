@@ -100,6 +100,7 @@ pub use handle::{Events, MemberHandle, MemberStatus, Status};
 pub use lease::{Lease, LeaseChecker};
 pub use url::open_store;
 
+pub use rebalanser_core::layout::Mode;
 pub use rebalanser_core::store::StoreError;
 pub use rebalanser_core::store::{
     txn_bytes, Cond, Entry, Key, StoreOp, StoreReply, StoreResult, Write,

@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
+pub use rebalanser_core::layout::Mode;
 pub use rebalanser_core::Variant;
 pub use world::World;
 
@@ -54,6 +55,8 @@ pub struct SimConfig {
     pub steps: u64,
     pub variant: Variant,
     pub scenario: Scenario,
+    /// How the group rebalances (per resource, or global barrier).
+    pub mode: rebalanser_core::layout::Mode,
     /// Record one line per event (costly; used to print a failing seed).
     pub trace: bool,
 }
@@ -65,6 +68,7 @@ impl SimConfig {
             steps,
             variant: Variant::Correct,
             scenario: Scenario::Chaos,
+            mode: rebalanser_core::layout::Mode::Resource,
             trace: false,
         }
     }

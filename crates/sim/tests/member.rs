@@ -1191,6 +1191,7 @@ fn after_a_conflict_the_coordinator_replans_from_a_fresh_view() {
             i: 0,
             n: 1,
             resources: Vec::new(),
+            round: 0,
         };
         let put = StoreOp::Txn {
             conds: vec![],
@@ -1894,6 +1895,7 @@ fn follower_beside_a_claim_of_q3() -> (Harness, SessionId, impl Fn(&mut Harness,
             i: 0,
             n: 1,
             resources: rs.iter().map(|r| ResourceId::new(*r).unwrap()).collect(),
+            round: 0,
         };
         let put = StoreOp::Txn {
             conds: vec![],

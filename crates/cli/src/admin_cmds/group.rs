@@ -1,6 +1,7 @@
 //! `rebalanser group create|bump-generation`.
 
 use clap::Subcommand;
+use rebalanser::Mode;
 
 use super::common::{connect, emit, Access, CliError, StoreArgs};
 
@@ -50,6 +51,27 @@ enum GroupCmd {
 struct CreateArgs {
     #[command(flatten)]
     store: StoreArgs,
+    /// How the group rebalances, for its whole life: `resource` moves only what must move;
+    /// `barrier` stops every resource of every member on any change and starts the new
+    /// assignment once all have stopped (members must run with the same --mode).
+    #[arg(long, value_enum, default_value_t = ModeArg::Resource)]
+    mode: ModeArg,
+}
+
+/// `--mode` of `group create` and `member run`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModeArg {
+    Resource,
+    Barrier,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Resource => Mode::Resource,
+            ModeArg::Barrier => Mode::Barrier,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -64,12 +86,13 @@ pub async fn run(a: GroupArgs) -> Result<(), CliError> {
             let conn = connect(&a.store, Access::Write).await?;
             let admin = &conn.admin;
             let existed = conn.bounded(admin.exists()).await?;
-            conn.bounded(admin.create_group()).await?;
+            conn.bounded(admin.create_group_with(a.mode.into())).await?;
             let what = if existed { "exists" } else { "created" };
             emit(&format!(
-                "group {} {what} in {}\n",
+                "group {} {what} in {} ({} mode)\n",
                 admin.group(),
-                conn.store
+                conn.store,
+                Mode::from(a.mode).as_str()
             ))
         }
         GroupCmd::BumpGeneration(a) => {

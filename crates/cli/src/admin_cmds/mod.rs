@@ -15,7 +15,7 @@ mod watch;
 
 use std::process::ExitCode;
 
-pub use group::GroupArgs;
+pub use group::{GroupArgs, ModeArg};
 pub use resource::ResourceArgs;
 pub use status::StatusArgs;
 pub use watch::WatchArgs;

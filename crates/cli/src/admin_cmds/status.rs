@@ -30,6 +30,7 @@ integer):
     \"group\": \"jobs\",
     \"store\": \"zk://zk1:2181/rebalanser\",      credentials redacted
     \"generation\": 1,                          token generation
+    \"mode\": \"resource\" | \"barrier\",          how the group rebalances
     \"epoch\": 7 | null,                        epoch counter (latest coordinator elected)
     \"coordinator\": {\"member\": \"w1\", \"session\": \"s1a2b\", \"epoch\": 7} | null,
     \"settled\": true,                          every resource claimed by its assignee

@@ -17,6 +17,7 @@ pub fn to_json(st: &GroupStatus, store: &str) -> Value {
         "group": st.group.as_str(),
         "store": store,
         "generation": st.generation,
+        "mode": st.mode.as_str(),
         "epoch": st.epoch.map(|e| e.0),
         "coordinator": coordinator.map(|c| json!({
             "member": c.member.as_str(),
@@ -230,8 +231,9 @@ pub fn to_text(st: &GroupStatus, store: &str, look: &Look) -> String {
     out.push_str(&style(&line, coord_marked && look.color, BOLD_YELLOW));
     out.push('\n');
     out.push_str(&format!(
-        "epoch:       {epoch}    generation: {}\n",
-        st.generation
+        "epoch:       {epoch}    generation: {}    mode: {}\n",
+        st.generation,
+        st.mode.as_str()
     ));
     out.push_str(&format!("state:       {state}\n"));
     if let Some(m) = look.marks {

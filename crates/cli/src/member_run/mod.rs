@@ -129,6 +129,10 @@ struct RunArgs {
     /// back within the TTL). A previous process still running under the name is told to go.
     #[arg(long = "static", requires = "name")]
     static_membership: bool,
+    /// The group's rebalancing mode (`group create --mode`); joining a group of the other
+    /// mode fails.
+    #[arg(long, value_enum, default_value_t = crate::admin_cmds::ModeArg::Resource)]
+    mode: crate::admin_cmds::ModeArg,
     /// Relative share of the resources.
     #[arg(long, default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -272,6 +276,7 @@ async fn join(a: &RunArgs, stop: Duration) -> Result<MemberHandle, Error> {
         b = b.initial_rebalance_delay(d);
     }
     b = b
+        .mode(a.mode.into())
         .static_membership(a.static_membership)
         .unhealthy_backoff(a.unhealthy_backoff);
     b.join().await

@@ -148,13 +148,20 @@ impl Member {
         match self.view.group.assign.get(&self.cfg.name) {
             None => self.claims.desired.clear(),
             Some(chunks) => match layout::complete_set(chunks) {
-                Some((s, e, mut set)) if s == session => {
+                // Barrier mode: only the chunks of a round in its start phase.
+                Some((s, e, mut set))
+                    if s == session
+                        && chunks
+                            .first()
+                            .is_some_and(|c| self.round_started(c.rec.round)) =>
+                {
                     // Resources failing here are given back (`unhealthy.rs`).
                     set.retain(|r| !self.avoids(r));
                     self.claims.desired = set;
                     self.claims.desired_epoch = e;
                 }
-                // An assignment for an earlier incarnation of this name.
+                // An assignment for an earlier incarnation of this name, or a round that is
+                // stopping or not started.
                 Some(_) => self.claims.desired.clear(),
                 // Torn: keep acting on the last complete set (PITFALLS 21).
                 None => {}

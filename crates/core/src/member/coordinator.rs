@@ -5,7 +5,7 @@
 
 use crate::config::{Variant, INITIAL_DELAY_CAP};
 use crate::ids::{Epoch, OpId, SessionId, Time};
-use crate::layout::{self, CounterRec, LeaderRec};
+use crate::layout::{self, BarrierRec, CounterRec, LeaderRec, Mode};
 use crate::store::{Cond, StoreError, StoreOp, StoreReply, StoreResult, Write};
 
 use super::memo::Memo;
@@ -105,6 +105,24 @@ impl Member {
         let key = (self.view.group.plan_input, epoch, seq);
         let planned = self.coord.as_mut().and_then(|c| c.planned.take(&key));
         let plan = planned.unwrap_or_else(|| self.plan(epoch, seq + 1));
+        // Barrier mode: the memo keeps the plan itself, never what the gate made of it.
+        let barrier = self.view.group.mode == Mode::Barrier;
+        let keep = barrier.then(|| plan.clone());
+        let plan = if barrier {
+            match self.barrier_gate(epoch, plan) {
+                Ok(p) => p,
+                Err(waiting) => {
+                    // Waiting for acknowledgements: their keys' changes bring a new view.
+                    if let Some(c) = self.coord.as_mut() {
+                        c.planned.set(key, waiting);
+                        c.rebalance_at = None;
+                    }
+                    return;
+                }
+            }
+        } else {
+            plan
+        };
         let Some(plan) = plan else {
             if let Some(c) = self.coord.as_mut() {
                 c.planned.set(key, None);
@@ -117,11 +135,75 @@ impl Member {
         };
         if self.settling(now, plan.initial) || self.rate_limited(now) {
             if let Some(c) = self.coord.as_mut() {
-                c.planned.set(key, Some(plan));
+                c.planned.set(key, keep.unwrap_or(Some(plan)));
             }
             return;
         }
         self.send_rebalance(now, session, epoch_version, plan);
+    }
+
+    /// Barrier mode (DESIGN §4.10): what to write instead of `plan`. A change while the round
+    /// runs (or an unfinished round of an earlier coordinator) writes the stop of a new round;
+    /// in the stop phase the plan waits (`Err`, with the plan to keep) until every registered
+    /// member acknowledged this round, and the write that completes it starts the round.
+    /// Claims are taken as always: safety never rests on the acknowledgements.
+    fn barrier_gate(&self, epoch: Epoch, plan: Option<Plan>) -> Result<Option<Plan>, Option<Plan>> {
+        let v = &self.view.group;
+        let key = self.layout.barrier();
+        let (cond, cur) = match v.barrier {
+            Some((b, version)) => (Cond::Version(key.clone(), version), Some(b)),
+            None => (Cond::Absent(key.clone()), None),
+        };
+        let running = cur.is_none_or(|b| !b.stop);
+        let ours = cur.is_some_and(|b| b.epoch == epoch);
+        let round = cur.map_or(0, |b| b.round);
+        let record = |stop: bool, round: u64| Write::Put {
+            key: key.clone(),
+            value: layout::encode(&BarrierRec { epoch, round, stop }),
+        };
+        let alone = |write: Write| Plan {
+            announce: false,
+            initial: false,
+            partial: false,
+            conds: vec![cond.clone()],
+            writes: vec![write],
+            moved: 0,
+            members: 0,
+            resources: 0,
+        };
+        let stop_next = || Ok(Some(alone(record(true, round + 1))));
+        match plan {
+            None if running => Ok(None),
+            None if !ours => stop_next(),
+            None if self.all_acked(epoch, round) => Ok(Some(alone(record(false, round)))),
+            None => Err(None),
+            Some(_) if running || !ours => stop_next(),
+            Some(p) if !self.all_acked(epoch, round) => Err(Some(p)),
+            Some(mut p) => {
+                p.conds.push(cond);
+                if !p.partial {
+                    p.writes.push(record(false, round));
+                }
+                Ok(Some(p))
+            }
+        }
+    }
+
+    /// Barrier mode: every registered member acknowledged round `round` of `epoch` from its
+    /// current session.
+    fn all_acked(&self, epoch: Epoch, round: u64) -> bool {
+        let v = &self.view.group;
+        v.members.iter().all(|(m, mv)| {
+            v.acks.get(m).is_some_and(|(s, a)| {
+                *s == mv.session
+                    && if self.cfg.variant == Variant::BarrierOlderAck {
+                        // Test-only mutation: an acknowledgement of the previous round counts.
+                        a.round + 1 >= round
+                    } else {
+                        a.epoch == epoch && a.round == round
+                    }
+            })
+        })
     }
 
     /// The version of the epoch key when the view shows our leader key and our epoch; `None`
@@ -227,6 +309,7 @@ impl Member {
             Pending::Rebalance {
                 session,
                 sent: now,
+                announce: plan.announce,
                 partial: plan.partial,
                 moved: plan.moved,
                 members: plan.members,
@@ -396,7 +479,7 @@ impl Member {
         now: Time,
         sent: Time,
         partial: bool,
-        (moved, members, resources): (usize, usize, usize),
+        report: Option<(usize, usize, usize)>,
         result: StoreResult,
     ) {
         let max_failures = self.cfg.max_failed_rebalances;
@@ -418,12 +501,14 @@ impl Member {
                 // one it was planned on (that would resend the same writes into a Conflict).
                 c.fresh_from_read = Some(self.view.reads_sent + 1);
                 let epoch = c.epoch;
-                self.events.push_back(Event::Rebalanced {
-                    epoch,
-                    moved,
-                    members,
-                    resources,
-                });
+                if let Some((moved, members, resources)) = report {
+                    self.events.push_back(Event::Rebalanced {
+                        epoch,
+                        moved,
+                        members,
+                        resources,
+                    });
+                }
             }
             Err(e) => {
                 c.failures += 1;

@@ -24,6 +24,7 @@
 //! `pending.rs` (operations in flight and reply dispatch), `events.rs` (the public events).
 //! The test-only `Variant`s are checked where the behaviour they break lives.
 
+mod barrier;
 mod claims;
 mod coordinator;
 mod events;
@@ -97,6 +98,8 @@ pub struct Member {
     election: Election,
     /// Resources the application reported failing here (`unhealthy.rs`).
     unhealthy: unhealthy::Marks,
+    /// Barrier mode: this member's acknowledgement of the round (`barrier.rs`).
+    barrier: barrier::Ack,
     /// The latest `now` a step ran at: timers at or before it are not timers any more.
     last_step: Time,
 }
@@ -121,6 +124,7 @@ impl Member {
             coord: None,
             election: Election::default(),
             unhealthy: unhealthy::Marks::default(),
+            barrier: barrier::Ack::default(),
             last_step: Time::ZERO,
         }
     }
@@ -334,6 +338,7 @@ impl Member {
         self.coordinator_timers(&mut at);
         self.registration_timers(&mut at);
         self.unhealthy_timers(&mut at);
+        self.barrier_timers(&mut at);
         t
     }
 
@@ -429,6 +434,7 @@ impl Member {
         // A read of the assignment alone may have found that only a listing can tell.
         self.reads(now);
         self.reconcile_claims(now);
+        self.barrier_upkeep(now);
         self.finish_leave(now);
     }
 }

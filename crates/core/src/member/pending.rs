@@ -79,6 +79,12 @@ pub(super) enum Pending {
         /// Only this member's assignment (`ViewState::want_own`), not the group.
         own: bool,
     },
+    /// A barrier round's acknowledgement (`barrier.rs`).
+    Ack {
+        session: SessionId,
+        epoch: Epoch,
+        round: u64,
+    },
     /// An unhealthy mark's `Create` (`create`) or `Delete` (`unhealthy.rs`).
     Mark {
         session: SessionId,
@@ -129,6 +135,8 @@ pub(super) enum Pending {
     Rebalance {
         session: SessionId,
         sent: Time,
+        /// Reported as a rebalance (not a barrier record alone).
+        announce: bool,
         /// More transactions must follow to reach the plan's target.
         partial: bool,
         moved: usize,
@@ -159,6 +167,7 @@ impl Pending {
             Pending::KeepAlive { session, .. }
             | Pending::Register { session, .. }
             | Pending::Mark { session, .. }
+            | Pending::Ack { session, .. }
             | Pending::RegisterVerify { session, .. }
             | Pending::Drain { session }
             | Pending::ClaimCreate { session, .. }
@@ -197,6 +206,11 @@ impl Member {
                 resource,
                 create,
             } => self.on_mark(now, session, resource, create, result),
+            Pending::Ack {
+                session,
+                epoch,
+                round,
+            } => self.on_ack(now, session, (epoch, round), result),
             Pending::RegisterVerify { session, from } => {
                 self.on_register_verify(now, session, from, result)
             }
@@ -209,12 +223,16 @@ impl Member {
             Pending::ElectVerify { session } => self.on_elect_verify(session, result),
             Pending::Rebalance {
                 sent,
+                announce,
                 partial,
                 moved,
                 members,
                 resources,
                 ..
-            } => self.on_rebalance(now, sent, partial, (moved, members, resources), result),
+            } => {
+                let report = announce.then_some((moved, members, resources));
+                self.on_rebalance(now, sent, partial, report, result)
+            }
             Pending::Resign { .. } => self.on_resign(op),
         }
     }

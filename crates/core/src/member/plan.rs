@@ -59,6 +59,7 @@ impl Member {
         groups.sort_by_key(|g| g.age);
         let (conds, writes, partial) = self.batch(groups, !fits);
         Some(Plan {
+            announce: true,
             initial: prev.is_empty(),
             partial,
             conds,
@@ -85,9 +86,13 @@ impl Member {
         let mut finals: Vec<WriteGroup> = Vec::new();
         let mut removals: Vec<WriteGroup> = Vec::new();
         for (m, set) in next {
+            // Barrier mode: every assignment is written again for the round.
+            let old_round = existing(m)
+                .iter()
+                .any(|c| c.rec.round != self.barrier_round());
             let unchanged = match prev.get(m) {
                 // A carried assignment names the previous session: always rewritten.
-                Some(p) => p == set && !carried.contains(m),
+                Some(p) => p == set && !carried.contains(m) && !old_round,
                 None => set.is_empty() && existing(m).is_empty(),
             };
             if unchanged {
@@ -175,6 +180,7 @@ impl Member {
                 i,
                 n,
                 resources: part,
+                round: self.barrier_round(),
             };
             g.writes.push(Write::Put {
                 key,
@@ -189,6 +195,17 @@ impl Member {
     }
 }
 
+impl Member {
+    /// Barrier mode: the round of the barrier record (the round being stopped, or started);
+    /// 0 in per-resource mode, where chunks carry no round.
+    pub(super) fn barrier_round(&self) -> u64 {
+        match (self.view.group.mode, self.view.group.barrier) {
+            (crate::layout::Mode::Barrier, Some((b, _))) => b.round,
+            _ => 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct WriteGroup {
     conds: Vec<Cond>,
@@ -199,6 +216,8 @@ struct WriteGroup {
 
 #[derive(Clone)]
 pub(super) struct Plan {
+    /// Reported as a rebalance once committed (not a barrier record written alone).
+    pub(super) announce: bool,
     /// No live member has an assignment for its session yet: the group's first assignment
     /// (held back by the initial settle delay).
     pub(super) initial: bool,
@@ -269,6 +288,7 @@ mod tests {
             i: u32::MAX,
             n: u32::MAX,
             resources: resources.to_vec(),
+            round: u64::MAX,
         };
         layout::encode(&rec).len()
     }

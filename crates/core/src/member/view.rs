@@ -215,12 +215,14 @@ impl Member {
             self.layout.generation(),
             self.layout.epoch(),
             self.layout.leader(),
+            self.layout.barrier(),
         ];
         let prefixes = if self.group_wide() {
             self.layout.plan_prefixes()
         } else {
             keys.push(self.layout.member(me));
             keys.push(self.layout.draining(me));
+            keys.push(self.layout.ack(me));
             vec![self.layout.assign_prefix(me)]
         };
         keys.extend(claims.iter().map(|r| self.layout.claim(r)));

@@ -122,6 +122,12 @@ pub struct World {
     removed: Vec<ResourceId>,
     /// The last token granted per resource, for check (b).
     tokens: Tokens,
+    /// Barrier mode: the round each lease was granted in, by the store (the latest round
+    /// whose start it held at the grant), per (slot, incarnation, resource, lease).
+    grant_rounds: BTreeMap<(usize, u32, ResourceId, rebalanser_core::LeaseId), u64>,
+    /// Barrier mode: the latest round whose start the store committed (rounds that were
+    /// stopped and never started are skipped).
+    started_round: u64,
     /// Sessions whose last keepalive was answered without being seen.
     lied: BTreeSet<SessionId>,
     violations: Vec<String>,
@@ -240,6 +246,8 @@ impl World {
             next_resource: 0,
             removed: Vec::new(),
             tokens: Tokens::default(),
+            grant_rounds: BTreeMap::new(),
+            started_round: 0,
             lied: BTreeSet::new(),
             violations: Vec::new(),
             reported: BTreeSet::new(),
@@ -249,7 +257,7 @@ impl World {
             counters: BTreeMap::new(),
             failover: None,
         };
-        w.admin(admin::create_group(&w.layout));
+        w.admin(admin::create_group_with(&w.layout, w.cfg.mode));
         if cfg.scenario != Scenario::Chaos {
             w.start_scenario();
             return w;

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+use rebalanser_core::layout::Mode;
 use rebalanser_core::{ResourceId, Time};
 
 use super::{State, World};
@@ -118,4 +119,45 @@ fn who(a: &Access<'_, Who, Time>) -> String {
         "m{}#{} (token {}, {}, since {})",
         a.who.0, a.who.1, a.held.token, a.held.session, a.held.since
     )
+}
+
+impl World {
+    /// Barrier mode (DESIGN §4.10): a lease granted in round R (the latest round whose start
+    /// the store committed before the grant) while another application still accesses a lease
+    /// of an earlier round breaks the barrier. Judged from the store's writes and the
+    /// applications' accesses, not from what any member believes.
+    pub(super) fn check_barrier(
+        &mut self,
+        slot: usize,
+        inc: u32,
+        resource: &ResourceId,
+        lease: rebalanser_core::LeaseId,
+    ) {
+        if self.cfg.mode != Mode::Barrier {
+            return;
+        }
+        let round = self.started_round;
+        let now = self.now;
+        let mut older = Vec::new();
+        for (i, s) in self.slots.iter().enumerate() {
+            if s.state != State::Running || s.paused_until.is_some_and(|u| u > now) {
+                continue;
+            }
+            for (r, l, _) in s.app.leases() {
+                if let Some(&g) = self.grant_rounds.get(&(i, s.inc, r.clone(), l)) {
+                    if g < round {
+                        older.push(format!("m{i} {r} (round {g})"));
+                    }
+                }
+            }
+        }
+        self.grant_rounds
+            .insert((slot, inc, resource.clone(), lease), round);
+        if !older.is_empty() {
+            self.violation(format!(
+                "barrier: m{slot} granted {resource} in round {round} while {} still accessed",
+                older.join(", ")
+            ));
+        }
+    }
 }

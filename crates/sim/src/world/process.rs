@@ -137,6 +137,7 @@ impl World {
                         p.why(session)
                     ));
                 }
+                self.check_barrier(i, inc, &resource, lease);
                 if others > 0 {
                     self.violation(format!("m{i} got two leases on {resource}"));
                     // Reported once; the new lease replaces the old one.

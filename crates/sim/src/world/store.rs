@@ -45,6 +45,17 @@ impl World {
         let (StoreOp::Txn { writes, .. }, Ok(_)) = (req, &res) else {
             return res;
         };
+        // Barrier mode: the latest round the store started, for the barrier check.
+        if let Some(b) = self
+            .store
+            .entries()
+            .get(&self.layout.barrier())
+            .and_then(|e| layout::decode::<layout::BarrierRec>(&e.value))
+        {
+            if !b.stop {
+                self.started_round = self.started_round.max(b.round);
+            }
+        }
         let assign_prefix = format!("{}assign/", self.layout.prefix());
         let epoch = self
             .store

@@ -623,7 +623,10 @@ mod tests {
         let (v, _) = parse_view(&layout, &[(layout.generation(), entry(5))]);
         assert!(!v.exists, "no marker, no group");
         let marker = Entry {
-            value: encode(&MetaRec { rebalanser: 1, mode: Mode::Resource }),
+            value: encode(&MetaRec {
+                rebalanser: 1,
+                mode: Mode::Resource,
+            }),
             ..entry(0)
         };
         let (v, bad) = parse_view(

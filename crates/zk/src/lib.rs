@@ -183,6 +183,15 @@ impl Store for ZkStore {
 }
 
 impl Inner {
+    /// The shared connection for a read; synced first when the read must be linearizable.
+    async fn reader(&self, linearizable: bool) -> Result<zk::Client, StoreError> {
+        let c = self.shared().await?;
+        if linearizable {
+            c.sync("/").await.map_err(read_err)?;
+        }
+        Ok(c)
+    }
+
     async fn execute(self: &Arc<Self>, op: StoreOp) -> StoreResult {
         match op {
             StoreOp::OpenSession { ttl } => self.open_session(ttl).await,
@@ -193,10 +202,7 @@ impl Inner {
                     if let Some(e) = key_error(&key) {
                         return Err(StoreError::Invalid(e));
                     }
-                    let c = self.shared().await?;
-                    if linearizable {
-                        c.sync("/").await.map_err(read_err)?;
-                    }
+                    let c = self.reader(linearizable).await?;
                     match c.get_data(&path(&key)).await {
                         Ok((v, _)) if v.is_empty() => Ok(StoreReply::Got(None)),
                         Ok((v, stat)) => Ok(StoreReply::Got(Some(entry(v, &stat)))),
@@ -211,10 +217,7 @@ impl Inner {
                 linearizable,
             } => shared_expiry(
                 async {
-                    let c = self.shared().await?;
-                    if linearizable {
-                        c.sync("/").await.map_err(read_err)?;
-                    }
+                    let c = self.reader(linearizable).await?;
                     let (entries, rev) = self.list(&c, &prefix).await?;
                     Ok(StoreReply::Listed { entries, rev })
                 }
@@ -226,10 +229,7 @@ impl Inner {
                 linearizable,
             } => shared_expiry(
                 async {
-                    let c = self.shared().await?;
-                    if linearizable {
-                        c.sync("/").await.map_err(read_err)?;
-                    }
+                    let c = self.reader(linearizable).await?;
                     let (entries, rev) = self.read_many(&c, &keys, &prefixes).await?;
                     Ok(StoreReply::Listed { entries, rev })
                 }

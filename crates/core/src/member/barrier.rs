@@ -5,8 +5,9 @@
 
 use crate::ids::{Epoch, OpId, SessionId, Time};
 use crate::layout::{self, AckRec, Mode};
-use crate::store::{StoreOp, StoreReply, StoreResult, Write};
+use crate::store::{StoreReply, StoreResult};
 
+use super::pending::replace_owned;
 use super::{Member, Pending};
 
 /// This member's acknowledgement of the current round.
@@ -80,17 +81,7 @@ impl Member {
                 epoch: b.epoch,
                 round: b.round,
             },
-            StoreOp::Txn {
-                conds: vec![],
-                writes: vec![
-                    Write::Delete { key: key.clone() },
-                    Write::Create {
-                        key,
-                        value: layout::encode(&rec),
-                        owner: Some(session),
-                    },
-                ],
-            },
+            replace_owned(key, layout::encode(&rec), session),
         );
         self.barrier.op = Some((op, session));
         self.barrier.retry_at = None;

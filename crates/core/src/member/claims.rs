@@ -532,6 +532,15 @@ impl Member {
         }
     }
 
+    /// The claim operation for these resources was answered: none in flight, each looked at
+    /// by the next pass.
+    fn answered(&mut self, items: &[(ResourceId, Token)]) {
+        for (r, _) in items {
+            self.claims.in_flight.remove(r);
+            self.touch(r);
+        }
+    }
+
     /// The read of `check_deletes`: an instance the store no longer has is gone for good
     /// (settled); one it still has is deleted again, in a batch.
     pub(super) fn on_delete_check(
@@ -540,10 +549,7 @@ impl Member {
         items: Vec<(ResourceId, Token)>,
         result: StoreResult,
     ) {
-        for (r, _) in &items {
-            self.claims.in_flight.remove(r);
-            self.touch(r);
-        }
+        self.answered(&items);
         let Ok(StoreReply::Listed { entries, .. }) = result else {
             for (r, _) in items {
                 self.gate(r, now + self.cfg.retry_delay, false);
@@ -843,10 +849,7 @@ impl Member {
         items: Vec<(ResourceId, Token)>,
         result: StoreResult,
     ) {
-        for (r, _) in &items {
-            self.claims.in_flight.remove(r);
-            self.touch(r);
-        }
+        self.answered(&items);
         let batch = items.len() > 1;
         let (settled, refused) = match &result {
             Ok(_) => (true, false),

@@ -251,6 +251,23 @@ pub(super) fn owned_delete(key: Key, session: SessionId, create_rev: u64) -> Sto
     }
 }
 
+/// Creates `key` owned by `session`, replacing whatever instance of it exists (an earlier
+/// session's, or a late duplicate's): for keys only this member writes and that are advice,
+/// never access (unhealthy marks, barrier acknowledgements).
+pub(super) fn replace_owned(key: Key, value: Vec<u8>, session: SessionId) -> StoreOp {
+    StoreOp::Txn {
+        conds: vec![],
+        writes: vec![
+            Write::Delete { key: key.clone() },
+            Write::Create {
+                key,
+                value,
+                owner: Some(session),
+            },
+        ],
+    }
+}
+
 pub(super) fn get_lin(key: Key) -> StoreOp {
     StoreOp::Get {
         key,

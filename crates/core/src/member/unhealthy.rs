@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use crate::ids::{OpId, ResourceId, SessionId, Time};
 use crate::store::{StoreError, StoreOp, StoreReply, StoreResult, Write};
 
+use super::pending::replace_owned;
 use super::{Member, Pending};
 
 /// This member's marks, per resource.
@@ -102,24 +103,21 @@ impl Member {
             // delete cannot remove anything but ours (a mark is advice, never access). A
             // create replaces the mark an earlier session of this name may have left (a
             // static restart): the coordinator counts only the current session's.
-            let mut writes = vec![Write::Delete { key: key.clone() }];
-            if create {
-                writes.push(Write::Create {
-                    key,
-                    value: b"{}".to_vec(),
-                    owner: Some(session),
-                });
-            }
+            let op = if create {
+                replace_owned(key, b"{}".to_vec(), session)
+            } else {
+                StoreOp::Txn {
+                    conds: vec![],
+                    writes: vec![Write::Delete { key }],
+                }
+            };
             let op = self.send(
                 Pending::Mark {
                     session,
                     resource: r.clone(),
                     create,
                 },
-                StoreOp::Txn {
-                    conds: vec![],
-                    writes,
-                },
+                op,
             );
             if let Some(m) = self.unhealthy.by_resource.get_mut(&r) {
                 m.op = Some((op, session));

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rebalanser_core::admin;
-use rebalanser_core::layout::Layout;
+use rebalanser_core::layout::{self, Layout, Mode};
 use rebalanser_core::store::{StoreError, StoreOp, StoreReply, StoreResult};
 use rebalanser_core::{
     Config, Event, GroupId, LeaseId, Member, ResourceId, SessionId, Time, Variant,
@@ -54,7 +54,7 @@ impl RebalanserModel {
             history: 0,
         });
         store
-            .apply(Time::ZERO, &admin::create_group(&layout))
+            .apply(Time::ZERO, &admin::create_group_with(&layout, setup.mode))
             .unwrap();
         store
             .apply(Time::ZERO, &admin::add_resources(&layout, &resources))
@@ -82,6 +82,8 @@ impl RebalanserModel {
                 removed: BTreeSet::new(),
                 tokens: Tokens::default(),
                 token_violation: None,
+                started_round: 0,
+                barrier_violation: None,
                 seen: BTreeMap::new(),
                 handover: false,
                 quiesced: None,
@@ -166,13 +168,15 @@ impl RebalanserModel {
             if let Event::SessionOpened { session, .. } = e {
                 s.sessions.insert(session);
             }
-            match s.slots[i].app.on_event(&e, ()) {
+            let round = s.started_round;
+            match s.slots[i].app.on_event(&e, round) {
                 AppEffect::Granted {
                     resource,
                     token,
                     session,
                     ..
                 } => {
+                    self.check_barrier(s, i, &resource);
                     if let Some(p) = s.tokens.grant(&resource, i, session, token) {
                         if p.regressed && s.token_violation.is_none() {
                             let (j, sess, t) = (p.owner, p.session, p.token);
@@ -210,10 +214,48 @@ impl RebalanserModel {
         if let Ok(StoreReply::Session { session, .. }) = &res {
             s.sessions.insert(*session);
         }
+        if self.setup.mode == Mode::Barrier && matches!(req, StoreOp::Txn { .. }) && res.is_ok() {
+            let barrier = s
+                .store
+                .entries()
+                .get(&self.layout.barrier())
+                .and_then(|e| layout::decode::<layout::BarrierRec>(&e.value));
+            if let Some(b) = barrier.filter(|b| !b.stop) {
+                s.started_round = s.started_round.max(b.round);
+            }
+        }
         if s.store.rev() != before {
             self.notify_all(s);
         }
         res
+    }
+
+    /// Barrier mode (DESIGN §4.10): a lease granted in round R (the latest round whose start
+    /// the store committed before the grant) while any application still accesses a lease of
+    /// an earlier round breaks the barrier. Judged from the store and the applications only.
+    fn check_barrier(&self, s: &mut State, i: usize, resource: &ResourceId) {
+        if self.setup.mode != Mode::Barrier || s.barrier_violation.is_some() {
+            return;
+        }
+        let round = s.started_round;
+        let older: Vec<String> = s
+            .slots
+            .iter()
+            .enumerate()
+            .flat_map(|(j, slot)| {
+                slot.app
+                    .leases()
+                    .filter(|(_, _, l)| l.since < round)
+                    .map(move |(r, _, l)| format!("m{j} {r} (round {})", l.since))
+            })
+            .collect();
+        if !older.is_empty() {
+            s.barrier_violation = Some(format!(
+                "t={}: m{i} granted {resource} in round {round} while {} still accessed",
+                s.now,
+                older.join(", ")
+            ));
+        }
     }
 
     pub(crate) fn reply(&self, s: &mut State, i: usize, inc: u32, op: u64, res: StoreResult) {

@@ -50,6 +50,11 @@
 //!   exactly one application (granted, not revoked, not released), counts within one, every
 //!   running member joined, one coordinator;
 //!
+//! - [`BARRIER`] (barrier mode, DESIGN §4.10): no lease granted in a round while any
+//!   application still accesses a lease of an earlier round. A lease's round is the latest
+//!   round whose start the store had committed when it was granted (tracked from the store's
+//!   `barrier` key after every transaction), never what a member believes;
+//!
 //! and `sometimes` [`HANDOVER`] (a resource granted to a second member: not vacuous).
 //!
 //! **Time.** The properties are checked on every state, and also inside actions: at a tick,
@@ -66,7 +71,10 @@
 //! The tests (`tests/model.rs`) run three correct-core checks, depth-first to a depth bound,
 //! asserting the number of unique states: 2 members × 2 resources with one fault to depth 14;
 //! 3 × 3 fault-free to depth 12; 2 × 2 with a fault, a delayed reply, an admin change and
-//! `Quiesce` offered in every state to depth 10. Each broken build below is then run with the
+//! `Quiesce` offered in every state to depth 10; and in barrier mode ([`Setup::mode`]) 2 × 2
+//! with one fault to depth 14 and fault-free to depth 16 (the second member's join is a stop
+//! round, both acknowledgements and a start; the handover asserted happens only in the new
+//! round). Each broken build below is then run with the
 //! *same* set-up and depth as one of these (only [`Setup::variant`] changed), breadth-first,
 //! and must be caught:
 //!
@@ -78,7 +86,10 @@
 //!   runs (revoked and not released, or never revoked); with no margin the abort coincides
 //!   with the expiry, which (b) flags;
 //! - `RemoveDeletesClaim` (2 × 2 quiesce everywhere): (d), the admin removal deletes the claim
-//!   of a resource an application is accessing.
+//!   of a resource an application is accessing;
+//! - `BarrierOlderAck` (barrier mode, fault-free, depth 16): [`BARRIER`] in 13 steps, the
+//!   coordinator counts its own acknowledgement of round 1 for round 2, starts it, and is
+//!   granted a resource again while its application still stops the other one.
 //!
 //! Not caught, and why:
 //!
@@ -119,6 +130,7 @@
 
 use std::time::Duration;
 
+use rebalanser_core::layout::Mode;
 use rebalanser_core::{Config, GroupId, MemberId, Variant};
 
 mod actions;
@@ -128,8 +140,8 @@ mod state;
 
 pub use driver::RebalanserModel;
 pub use oracle::{
-    BALANCED, HANDOVER, NO_ACCESS_AFTER_EXPIRY, NO_DOUBLE_ACCESS, NO_UNCLAIMED_ACCESS, SAFETY,
-    TOKENS_INCREASE, TOKEN_IS_CLAIM_REVISION,
+    BALANCED, BARRIER, HANDOVER, NO_ACCESS_AFTER_EXPIRY, NO_DOUBLE_ACCESS, NO_UNCLAIMED_ACCESS,
+    SAFETY, TOKENS_INCREASE, TOKEN_IS_CLAIM_REVISION,
 };
 pub use rebalanser_sim::access::{App, AppLease, Tokens};
 pub use state::{Action, Flight, Slot, State};
@@ -158,6 +170,8 @@ pub struct Setup {
     /// Offer `Quiesce` in every state (not only at the horizon): checks convergence from
     /// every explored state, at the cost of one fault-free run per state.
     pub quiesce_everywhere: bool,
+    /// The group's rebalancing mode, written at creation (DESIGN §4.10).
+    pub mode: Mode,
 }
 
 impl Setup {
@@ -172,6 +186,7 @@ impl Setup {
             horizon: secs(12),
             variant: Variant::Correct,
             quiesce_everywhere: false,
+            mode: Mode::Resource,
         }
     }
 }

@@ -18,12 +18,12 @@ use crate::state::State;
 type Who = (usize, u32);
 
 /// `m0#1`: the process.
-fn who(a: &Access<'_, Who>) -> String {
+fn who(a: &Access<'_, Who, u64>) -> String {
     format!("m{}#{}", a.who.0, a.who.1)
 }
 
 /// `(LeaseId(0), token 0.6, s1, revoked)`: the lease as its application holds it.
-fn lease(a: &Access<'_, Who>) -> String {
+fn lease(a: &Access<'_, Who, u64>) -> String {
     format!(
         "({:?}, token {}, {}{})",
         a.lease,
@@ -33,7 +33,7 @@ fn lease(a: &Access<'_, Who>) -> String {
     )
 }
 
-fn revoked(a: &Access<'_, Who>) -> &'static str {
+fn revoked(a: &Access<'_, Who, u64>) -> &'static str {
     if a.held.revoked {
         ", revoked"
     } else {
@@ -91,7 +91,7 @@ impl RebalanserModel {
 
     /// The oracle's accesses in `s` at its instant, judged against its store: every
     /// application's, revoked or not (a crashed process's application is gone with it).
-    fn judge<'a>(&self, s: &'a State) -> Vec<Finding<'a, Who>> {
+    fn judge<'a>(&self, s: &'a State) -> Vec<Finding<'a, Who, u64>> {
         let accesses = s
             .slots
             .iter()
@@ -223,6 +223,9 @@ impl RebalanserModel {
         if let Some(m) = &s.token_violation {
             v.push((TOKENS_INCREASE, m.clone()));
         }
+        if let Some(m) = &s.barrier_violation {
+            v.push((BARRIER, m.clone()));
+        }
         if let Some(Err(m)) = &s.quiesced {
             v.push((BALANCED, m.clone()));
         }
@@ -237,15 +240,18 @@ pub const NO_UNCLAIMED_ACCESS: &str = "no access without the session's claim in 
 pub const TOKEN_IS_CLAIM_REVISION: &str = "the application's token is its claim's revision";
 pub const TOKENS_INCREASE: &str = "tokens increase";
 pub const BALANCED: &str = "balanced once faults stop";
+/// Barrier mode: no lease granted in a round while one of an earlier round is accessed.
+pub const BARRIER: &str = "no grant of a round while an earlier round's lease is accessed";
 pub const HANDOVER: &str = "handover completes";
 /// The safety properties (everything but the `sometimes` one).
-pub const SAFETY: [&str; 6] = [
+pub const SAFETY: [&str; 7] = [
     NO_DOUBLE_ACCESS,
     NO_ACCESS_AFTER_EXPIRY,
     NO_UNCLAIMED_ACCESS,
     TOKEN_IS_CLAIM_REVISION,
     TOKENS_INCREASE,
     BALANCED,
+    BARRIER,
 ];
 
 /// The properties checked on every state.
@@ -265,6 +271,7 @@ pub(crate) fn properties() -> Vec<Property<RebalanserModel>> {
         }),
         Property::always(TOKENS_INCREASE, |_, s: &State| s.token_violation.is_none()),
         Property::always(BALANCED, |_, s: &State| !matches!(s.quiesced, Some(Err(_)))),
+        Property::always(BARRIER, |_, s: &State| s.barrier_violation.is_none()),
         Property::sometimes(HANDOVER, |_, s: &State| s.handover),
     ]
 }

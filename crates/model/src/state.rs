@@ -24,8 +24,10 @@ pub struct Slot {
     pub core: Option<Member>,
     /// What the application is accessing, by resource and lease: a second grant on a resource
     /// whose first lease is still being stopped is a second entry, not an overwrite. No grant
-    /// time is recorded (`App<()>`): it would tell apart states that differ in nothing else.
-    pub app: App,
+    /// time is recorded: it would tell apart states that differ in nothing else. What is
+    /// recorded is the barrier round the store had started at the grant (always 0 in resource
+    /// mode), for the barrier property.
+    pub app: App<u64>,
     pub notify: bool,
 }
 
@@ -54,6 +56,11 @@ pub struct State {
     /// The last token granted per resource and to which slot.
     pub tokens: Tokens,
     pub token_violation: Option<String>,
+    /// Barrier mode: the latest round whose start the store committed (0 in resource mode).
+    pub started_round: u64,
+    /// Barrier mode: the first grant of a round while a lease of an earlier round was still
+    /// accessed.
+    pub barrier_violation: Option<String>,
     /// A violation of the oracle seen at an instant inside an action rather than in a state:
     /// at a tick, right after the store expired sessions and before anything else happened at
     /// that instant; or at any step of `Quiesce`'s fault-free run. The first per property.
@@ -85,7 +92,11 @@ impl fmt::Debug for State {
                             None => " GONE from the store".into(),
                         },
                         if l.revoked { ", revoked" } else { "" }
-                    )
+                    ) + &if l.since > 0 {
+                        format!(" round {}", l.since)
+                    } else {
+                        String::new()
+                    }
                 })
                 .collect();
             writeln!(
@@ -100,6 +111,9 @@ impl fmt::Debug for State {
         }
         if let Some(v) = &self.token_violation {
             writeln!(f, "  TOKEN VIOLATION {v}")?;
+        }
+        if let Some(v) = &self.barrier_violation {
+            writeln!(f, "  BARRIER VIOLATION {v}")?;
         }
         for (p, v) in &self.seen {
             writeln!(f, "  VIOLATION ({p}) {v}")?;
@@ -125,7 +139,7 @@ impl State {
     fn render(&self, w: &mut impl fmt::Write) -> fmt::Result {
         write!(
             w,
-            "{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}",
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{}|{:?}",
             self.now,
             self.store,
             self.slots,
@@ -137,6 +151,8 @@ impl State {
             self.removed,
             self.tokens,
             self.token_violation,
+            self.started_round,
+            self.barrier_violation,
             self.seen,
             self.handover,
             self.quiesced

@@ -15,6 +15,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 
+use admin_cmds::ModeArg;
 use clap::{Parser, Subcommand, ValueEnum};
 use rebalanser_sim::{run, run_seeds, Scenario, SimConfig, Variant};
 
@@ -108,12 +109,6 @@ struct SimArgs {
     mode: ModeArg,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum ModeArg {
-    Resource,
-    Barrier,
-}
-
 #[derive(Clone, Copy, ValueEnum)]
 enum ScenarioArg {
     Chaos,
@@ -190,10 +185,7 @@ fn sim(a: SimArgs, seeds_given: bool) -> ExitCode {
     let mut template = SimConfig::new(first, a.steps);
     template.variant = variant;
     template.scenario = a.scenario.into();
-    template.mode = match a.mode {
-        ModeArg::Resource => rebalanser_sim::Mode::Resource,
-        ModeArg::Barrier => rebalanser_sim::Mode::Barrier,
-    };
+    template.mode = a.mode.into();
     let reports = run_seeds(first, n, &template, threads);
     // A closed pipe (`| head`) ends the output quietly instead of panicking.
     let mut out = std::io::stdout().lock();

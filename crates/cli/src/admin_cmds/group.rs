@@ -58,11 +58,21 @@ struct CreateArgs {
     mode: ModeArg,
 }
 
-/// `--mode` of `group create` and `member run`.
+/// `--mode` of `group create`, `member run`, `bench` and `sim`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModeArg {
     Resource,
     Barrier,
+}
+
+impl ModeArg {
+    /// As it is spelled on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModeArg::Resource => "resource",
+            ModeArg::Barrier => "barrier",
+        }
+    }
 }
 
 impl From<ModeArg> for Mode {

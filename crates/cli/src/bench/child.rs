@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::counting::CountingStore;
 use super::fleet::{builder, serve, Exit, Sink};
+use crate::admin_cmds::ModeArg;
 
 /// How often the store counts are reported (when they changed).
 const COUNTS_EVERY: Duration = Duration::from_millis(100);
@@ -43,6 +44,9 @@ pub struct BenchMemberArgs {
     /// The members' initial settle delay (default: the library's).
     #[arg(long, value_parser = crate::util::duration_or_zero_arg)]
     initial_rebalance_delay: Option<Duration>,
+    /// The group's mode (the bench created the group with it).
+    #[arg(long, value_enum, default_value_t = ModeArg::Resource)]
+    mode: ModeArg,
 }
 
 pub fn run(a: BenchMemberArgs) -> ExitCode {
@@ -76,7 +80,7 @@ async fn member(a: &BenchMemberArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let store = rebalanser::open_store(&a.store)?;
     let (store, counters) = CountingStore::new(store);
-    let handle = builder(&a.group, &a.name, a.ttl, a.initial_rebalance_delay)
+    let handle = builder(&a.group, &a.name, a.ttl, a.initial_rebalance_delay, a.mode)
         .store(store)
         .join()
         .await?;

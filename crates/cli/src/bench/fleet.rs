@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::counting::{Counters, CountingStore, Counts};
 use super::seen::Seen;
+use crate::admin_cmds::ModeArg;
 use crate::util::boottime_ns;
 
 /// How long a member process may take to start and join before the run fails.
@@ -58,6 +59,8 @@ pub struct Fleet {
     task_counters: BTreeMap<usize, Arc<Counters>>,
     /// The members' initial settle delay (`None`: the library's default).
     pub initial_delay: Option<Duration>,
+    /// The group's mode, which every member must be configured for.
+    pub mode: ModeArg,
 }
 
 /// A member as the bench runs it: timings scaled to the TTL within `Config::validate`
@@ -68,8 +71,9 @@ pub fn builder(
     name: &str,
     ttl: Duration,
     initial_delay: Option<Duration>,
+    mode: ModeArg,
 ) -> MemberBuilder {
-    let b = Member::builder(group);
+    let b = Member::builder(group).mode(mode.into());
     let b = match initial_delay {
         Some(d) => b.initial_rebalance_delay(d),
         None => b,
@@ -95,6 +99,7 @@ impl Fleet {
             next: 0,
             task_counters: BTreeMap::new(),
             initial_delay: None,
+            mode: ModeArg::Resource,
         }
     }
 
@@ -127,9 +132,15 @@ impl Fleet {
                     stores.push(counted);
                 }
                 let joins = ids.iter().zip(stores).map(|(i, store)| {
-                    builder(&self.group, &format!("m{i}"), self.ttl, self.initial_delay)
-                        .store(store)
-                        .join()
+                    builder(
+                        &self.group,
+                        &format!("m{i}"),
+                        self.ttl,
+                        self.initial_delay,
+                        self.mode,
+                    )
+                    .store(store)
+                    .join()
                 });
                 let handles = futures::future::try_join_all(joins).await?;
                 for (&i, handle) in ids.iter().zip(handles) {
@@ -146,6 +157,7 @@ impl Fleet {
                         .args(["bench-member", "--store", url, "--group", &self.group])
                         .args(["--name", &format!("m{i}")])
                         .arg(format!("--ttl={}ms", self.ttl.as_millis()))
+                        .arg(format!("--mode={}", self.mode.name()))
                         .args(
                             self.initial_delay
                                 .map(|d| format!("--initial-rebalance-delay={}ms", d.as_millis())),

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use rebalanser::{Admin, MemoryStore, Store};
+
+use crate::admin_cmds::ModeArg;
 use serde_json::json;
 
 use counting::{CountingStore, Counts};
@@ -53,6 +55,10 @@ pub struct BenchArgs {
     /// TTL/10]. Shows in the start scenario's time and its revokes.
     #[arg(long, value_name = "DURATION", value_parser = crate::util::duration_or_zero_arg)]
     initial_rebalance_delay: Option<Duration>,
+    /// The group's rebalancing mode: `barrier` stops every member on every change before
+    /// anyone starts the new assignment (shows in every scenario's time and revokes).
+    #[arg(long, value_enum, default_value_t = ModeArg::Resource)]
+    mode: ModeArg,
     /// Runs of every scenario (each on a fresh group); the report gives median and range.
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -247,7 +253,7 @@ async fn one_run(
     let (store, counters) = CountingStore::new(shared.clone());
     let store: Arc<dyn Store> = store;
     let admin = Admin::new(shared, &group)?;
-    admin.create_group().await?;
+    admin.create_group_with(a.mode.into()).await?;
     let ids: Vec<String> = (0..a.resources).map(|i| format!("r{i}")).collect();
     for chunk in ids.chunks(5000) {
         admin.add_resources(chunk).await?;
@@ -262,6 +268,7 @@ async fn one_run(
     };
     let mut fleet = Fleet::new(launch, &group, a.ttl);
     fleet.initial_delay = a.initial_rebalance_delay;
+    fleet.mode = a.mode;
     let counts = |fleet: &Fleet| counters.snapshot().plus(&fleet.child_counts());
     let mut out = Vec::new();
     for &scenario in &a.scenarios {

@@ -13,11 +13,13 @@
 mod clock;
 mod nft;
 mod proxy;
+mod rabbitmq;
 mod spawn;
 mod zk;
 
 pub use clock::boottime_ns;
 pub use proxy::FaultProxy;
+pub use rabbitmq::RabbitMq;
 pub use spawn::pid_alive;
 pub use zk::{zkcli, ZkEnsemble, ZkOptions};
 
@@ -26,4 +28,5 @@ const _: fn() = || {
     fn is_send_sync<T: Send + Sync>() {}
     is_send_sync::<ZkEnsemble>();
     is_send_sync::<FaultProxy>();
+    is_send_sync::<RabbitMq>();
 };

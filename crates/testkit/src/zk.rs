@@ -625,7 +625,7 @@ fn random_port() -> u16 {
 
 /// `n` distinct ports in `PORT_RANGE` that were free a moment ago (another process may take one
 /// before the server binds it: `start` retries).
-fn free_ports(n: usize) -> Result<Vec<u16>> {
+pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
     let mut ports: Vec<u16> = Vec::with_capacity(n);
     for _ in 0..10_000 {
         if ports.len() == n {

@@ -70,7 +70,7 @@ enum PolicyArg {
 }
 
 /// One line, one `write(2)` on an `O_APPEND` file: atomic with respect to other appenders.
-fn append(log: &File, line: &str) -> std::io::Result<()> {
+pub(crate) fn append(log: &File, line: &str) -> std::io::Result<()> {
     let n = (&*log).write(line.as_bytes())?;
     if n != line.len() {
         return Err(std::io::Error::other(format!(
@@ -106,35 +106,48 @@ pub fn run(a: ChaosArgs) -> ExitCode {
     code
 }
 
-fn say(name: &str, msg: impl std::fmt::Display) {
+pub(crate) fn say(name: &str, msg: impl std::fmt::Display) {
     eprintln!("{} {name} {msg}", boottime_ns());
 }
 
 async fn join(a: &ChaosArgs) -> Result<MemberHandle, Error> {
-    let ttl = a.ttl;
+    let policy = match a.stop_policy {
+        PolicyArg::Abort => StopPolicy::Abort,
+        PolicyArg::Log => StopPolicy::Log,
+    };
+    let b = || {
+        Member::builder(&a.group)
+            .name(&a.name)
+            .store_url(&a.store)
+            .on_stop_deadline_missed(policy)
+    };
+    join_retrying(b, &a.name, a.ttl).await
+}
+
+/// Joins with timings derived from `ttl`, retrying while the store is unreachable (a
+/// restarted member may come up while a ZooKeeper node is down or an election runs).
+pub(crate) async fn join_retrying(
+    b: impl Fn() -> rebalanser::MemberBuilder,
+    name: &str,
+    ttl: Duration,
+) -> Result<MemberHandle, Error> {
     let start = tokio::time::Instant::now();
     loop {
         // Timings derived from the TTL; they fit the budget even where a keepalive proves
         // only the previous one (ZooKeeper): 3 × ttl/10 + ttl/4 + ttl/5 + ttl/8 = 0.875 ttl.
-        let b = Member::builder(&a.group)
-            .name(&a.name)
-            .store_url(&a.store)
+        let b = b()
             .session_ttl(ttl)
             .keepalive_interval(ttl / 10)
             .op_timeout(ttl / 4)
             .stop_timeout(ttl / 5)
             .safety_margin(ttl / 8)
             .min_rebalance_interval(Duration::from_millis(50).min(ttl / 10))
-            .leave_timeout(ttl * 3)
-            .on_stop_deadline_missed(match a.stop_policy {
-                PolicyArg::Abort => StopPolicy::Abort,
-                PolicyArg::Log => StopPolicy::Log,
-            });
+            .leave_timeout(ttl * 3);
         match b.join().await {
             Ok(m) => return Ok(m),
             // The store may be down for a moment (election, killed node): retry that only.
             Err(e @ Error::Store { .. }) if start.elapsed() < JOIN_RETRY_FOR => {
-                say(&a.name, format_args!("join failed, retrying: {e}"));
+                say(name, format_args!("join failed, retrying: {e}"));
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => return Err(e),

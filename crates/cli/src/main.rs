@@ -9,6 +9,7 @@ mod chaos;
 mod demo;
 mod logging;
 mod member_run;
+mod rabbit_consumer;
 mod util;
 
 use std::ffi::OsString;
@@ -39,6 +40,12 @@ enum Cmd {
     Group(admin_cmds::GroupArgs),
     /// Add, remove or list the resources of a group.
     Resource(admin_cmds::ResourceArgs),
+    /// RabbitMQ consumer groups: declare (or delete) a consistent-hash exchange and its N
+    /// queues, and make the queues a group's resources.
+    ///
+    /// Example: rebalanser rabbitmq setup --amqp amqp://guest:guest@127.0.0.1:5672/%2f
+    ///   --exchange orders --queues 16 --store sqlite:///tmp/g.db --group orders
+    Rabbitmq(admin_cmds::RabbitArgs),
     /// Show a group: members, coordinator and epoch, each resource's owner and token,
     /// handovers in progress.
     Status(admin_cmds::StatusArgs),
@@ -67,6 +74,11 @@ enum Cmd {
     /// scripts/chaos-zk). Leaves gracefully on SIGTERM/SIGINT.
     #[command(hide = true)]
     ChaosMember(chaos::ChaosArgs),
+    /// Test tooling, not for production: one RabbitMQ queue-group consumer that records every
+    /// processed message to a shared file, for the RabbitMQ chaos test
+    /// (crates/cli/tests/rabbitmq_chaos.rs, scripts/chaos-rabbitmq). Leaves on SIGTERM.
+    #[command(hide = true)]
+    RabbitmqConsumer(rabbit_consumer::RabbitConsumerArgs),
     /// Bench tooling: one member of `rebalanser bench` in its own process, reporting what its
     /// application holds on stdout.
     #[command(hide = true)]
@@ -304,7 +316,10 @@ fn main() -> ExitCode {
         }
     };
     // `sim` prints its own report; `chaos-member` sets up its own logging.
-    if !matches!(cli.cmd, Cmd::Sim(_) | Cmd::ChaosMember(_)) {
+    if !matches!(
+        cli.cmd,
+        Cmd::Sim(_) | Cmd::ChaosMember(_) | Cmd::RabbitmqConsumer(_)
+    ) {
         // The demo and the bench speak for themselves on stdout; their members' log lines
         // would only interleave.
         let default = if matches!(cli.cmd, Cmd::Demo(_) | Cmd::Bench(_) | Cmd::BenchMember(_)) {
@@ -317,8 +332,10 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Sim(a) => sim(a, seeds_given),
         Cmd::ChaosMember(a) => chaos::run(a),
+        Cmd::RabbitmqConsumer(a) => rabbit_consumer::run(a),
         Cmd::Group(a) => admin_cmds::group(a),
         Cmd::Resource(a) => admin_cmds::resource(a),
+        Cmd::Rabbitmq(a) => admin_cmds::rabbitmq(a),
         Cmd::Status(a) => admin_cmds::status(a),
         Cmd::Watch(a) => admin_cmds::watch(a),
         Cmd::Member(a) => member_run::member(a, cli.log_format),

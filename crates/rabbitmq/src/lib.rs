@@ -38,6 +38,7 @@
 mod connector;
 mod consumer;
 pub mod topology;
+pub mod verify;
 
 pub use consumer::{HandlerError, Message, QueueGroup};
 pub use lapin;

@@ -2,16 +2,16 @@
 //! sends sequenced messages per key; nothing confirmed is lost, per-key order holds, and no
 //! queue is ever in two members' handlers at once.
 
-mod common;
-
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use common::{verify, Body, Log, Processed, Report};
 use rebalanser::{Admin, Member, StopPolicy};
 use rebalanser_rabbitmq::topology::{self, Publisher};
+use rebalanser_rabbitmq::verify::{verify, Body, Processed, Report};
 use rebalanser_rabbitmq::{HandlerError, Message, QueueGroup};
+use rebalanser_testkit::boottime_ns;
 use rebalanser_testkit::RabbitMq;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -20,6 +20,29 @@ const GROUP: &str = "consumers";
 const EXCHANGE: &str = "orders";
 const QUEUES: usize = 8;
 const KEYS: u32 = 100;
+
+/// Every handler appends here.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<Processed>>>);
+
+impl Log {
+    fn push(&self, p: Processed) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+    }
+
+    fn snapshot(&self) -> Vec<Processed> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Distinct (key, seq) processed so far.
+    fn distinct(&self) -> usize {
+        let v = self.snapshot();
+        v.iter()
+            .map(|p| (p.key, p.seq))
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+}
 
 struct Consumer {
     stop: oneshot::Sender<()>,
@@ -52,7 +75,7 @@ async fn consumer(
     let handler = move |m: Message| {
         let (log, who) = (log.clone(), who.clone());
         async move {
-            let start = Instant::now();
+            let start_ns = boottime_ns();
             let body: Body = serde_json::from_slice(&m.payload)?;
             tokio::time::sleep(Duration::from_millis(1)).await;
             log.push(Processed {
@@ -62,8 +85,9 @@ async fn consumer(
                 member: who,
                 token: m.token.to_string(),
                 redelivered: m.redelivered,
-                start,
-                end: Instant::now(),
+                sent_ns: body.sent_ns,
+                start_ns,
+                end_ns: boottime_ns(),
             });
             Ok::<(), HandlerError>(())
         }
@@ -130,7 +154,11 @@ async fn scenario(broken: bool) -> Result<(Report, usize)> {
     let rounds = 30u64;
     for seq in 0..rounds {
         for key in 0..KEYS {
-            let body = serde_json::to_vec(&Body { key, seq })?;
+            let body = serde_json::to_vec(&Body {
+                key,
+                seq,
+                sent_ns: boottime_ns(),
+            })?;
             publisher.publish(&format!("k{key}"), &body).await?;
             confirmed.insert((key, seq));
         }

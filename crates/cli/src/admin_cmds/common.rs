@@ -63,6 +63,8 @@ pub enum CliError {
     },
     /// What the API said (a bad URL, a store failure...).
     Api(Error),
+    /// What the RabbitMQ broker (or its URL) said.
+    Broker(String),
     /// Writing the output failed (other than a closed pipe).
     Output(std::io::Error),
     /// Stdout was closed (`| head`): stop quietly.
@@ -119,6 +121,7 @@ impl fmt::Display for CliError {
                 write!(f, "group {group} does not exist in {store} ({hint})")
             }
             CliError::Api(e) => write!(f, "{e}"),
+            CliError::Broker(e) => write!(f, "{e}"),
             CliError::Output(e) => write!(f, "cannot write the output: {e}"),
             CliError::ClosedPipe => write!(f, "stdout closed"),
         }

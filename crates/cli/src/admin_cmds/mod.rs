@@ -1,5 +1,7 @@
-//! `rebalanser group create|bump-generation`, `rebalanser resource add|remove|list`, `rebalanser status`, `rebalanser watch`: the admin
-//! side of the CLI, on the public `rebalanser::Admin` API only.
+//! `rebalanser group create|bump-generation`, `rebalanser resource add|remove|list`,
+//! `rebalanser status`, `rebalanser watch`, `rebalanser rabbitmq setup|teardown`: the admin
+//! side of the CLI, on the public `rebalanser::Admin` API only (and, for RabbitMQ, the
+//! broker's topology through `rebalanser-rabbitmq`).
 //!
 //! Every failure is one line on stderr starting `rebalanser: ` (a bad URL, an unreachable
 //! store — bounded by `--timeout` —, a missing group, a bad id or duration), with exit status
@@ -8,6 +10,7 @@
 mod common;
 mod group;
 mod quiet;
+mod rabbitmq;
 mod resource;
 mod status;
 mod view;
@@ -16,12 +19,17 @@ mod watch;
 use std::process::ExitCode;
 
 pub use group::{GroupArgs, ModeArg};
+pub use rabbitmq::RabbitArgs;
 pub use resource::ResourceArgs;
 pub use status::StatusArgs;
 pub use watch::WatchArgs;
 
 pub fn group(a: GroupArgs) -> ExitCode {
     common::run(group::run(a))
+}
+
+pub fn rabbitmq(a: RabbitArgs) -> ExitCode {
+    common::run(rabbitmq::run(a))
 }
 
 pub fn resource(a: ResourceArgs) -> ExitCode {

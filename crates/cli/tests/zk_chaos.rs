@@ -37,7 +37,7 @@ use rebalanser::Admin;
 use rebalanser_testkit::{ZkEnsemble, ZkOptions};
 
 mod common;
-use common::{boottime_ns, BIN};
+use common::{boottime_ns, env_or, Rng, BIN};
 
 // ---------------------------------------------------------------------------------------------
 // The checker.
@@ -424,40 +424,6 @@ r2 a 1.6r1 b 5 1110
 // ---------------------------------------------------------------------------------------------
 // The harness.
 // ---------------------------------------------------------------------------------------------
-
-/// SplitMix64: the fault order is a function of the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// A duration uniformly in [lo, hi].
-    fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
-        let span = (hi - lo).as_millis() as u64;
-        lo + Duration::from_millis(self.below(span + 1))
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    match std::env::var(key) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{key}={v:?} is not a valid value")),
-        _ => default,
-    }
-}
 
 #[derive(Debug, Clone)]
 struct ChaosConfig {

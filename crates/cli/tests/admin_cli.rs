@@ -731,3 +731,86 @@ fn watch_marks_ownership_changes_when_members_join() {
     assert!(out.contains("r1 claim -→w1 ("), "{out}");
     drop(rt);
 }
+
+/// `rabbitmq setup` declares the exchange and queues and makes them the group's resources (a
+/// message published by key lands in one of them); `teardown` removes both. A bad AMQP URL and
+/// an unreachable broker are one-line errors that never echo the password.
+#[test]
+fn rabbitmq_setup_and_teardown() {
+    let broker = rebalanser_testkit::RabbitMq::start().expect("broker");
+    let amqp = broker.url();
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", dir.path().join("g.db").display());
+    let base = [
+        "--exchange",
+        "orders",
+        "--queues",
+        "3",
+        "--store",
+        &store,
+        "-g",
+        "q",
+    ];
+    let out = ok(&[&["rabbitmq", "setup", "--amqp", &amqp][..], &base[..]].concat());
+    assert!(out.contains("3 queues orders.0000..orders.0002"), "{out}");
+    let listed = ok(&["resource", "list", "--store", &store, "-g", "q"]);
+    assert_eq!(
+        listed.lines().collect::<Vec<_>>(),
+        ["orders.0000", "orders.0001", "orders.0002"]
+    );
+    // Idempotent.
+    ok(&[&["rabbitmq", "setup", "--amqp", &amqp][..], &base[..]].concat());
+    // The exchange routes by key onto the queues.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let p = rebalanser_rabbitmq::topology::Publisher::connect(&amqp, "orders")
+            .await
+            .unwrap();
+        p.publish("k1", b"x").await.unwrap();
+        p.close().await;
+    });
+    let out = ok(&[&["rabbitmq", "teardown", "--amqp", &amqp][..], &base[..]].concat());
+    assert!(out.contains("removed 3 queues"), "{out}");
+    assert_eq!(ok(&["resource", "list", "--store", &store, "-g", "q"]), "");
+    rt.block_on(async {
+        let e = rebalanser_rabbitmq::topology::Publisher::connect(&amqp, "orders")
+            .await
+            .unwrap()
+            .publish("k1", b"x")
+            .await;
+        assert!(e.is_err(), "the exchange survived the teardown");
+    });
+
+    let line = fails_with(
+        &[
+            &[
+                "rabbitmq",
+                "setup",
+                "--amqp",
+                "amqp://bob:hunter2@h:notaport/%2f",
+            ][..],
+            &base[..],
+        ]
+        .concat(),
+    );
+    assert!(
+        line.contains("bad AMQP URL") && !line.contains("hunter2"),
+        "{line}"
+    );
+    let line = fails_with(
+        &[
+            &[
+                "rabbitmq",
+                "setup",
+                "--amqp",
+                "amqp://bob:hunter2@127.0.0.1:1/%2f",
+            ][..],
+            &base[..],
+        ]
+        .concat(),
+    );
+    assert!(
+        line.contains("cannot connect") && !line.contains("hunter2"),
+        "{line}"
+    );
+}

@@ -82,6 +82,11 @@ pub(crate) fn append(log: &File, line: &str) -> std::io::Result<()> {
 }
 
 pub fn run(a: ChaosArgs) -> ExitCode {
+    run_tool("chaos-member", main_loop(a))
+}
+
+/// A test tool's process: logs on stderr (`RUST_LOG`, default warn), a two-worker runtime.
+pub(crate) fn run_tool(tool: &str, main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -97,11 +102,11 @@ pub fn run(a: ChaosArgs) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("chaos-member: cannot start the runtime: {e}");
+            eprintln!("{tool}: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let code = rt.block_on(main_loop(a));
+    let code = rt.block_on(main);
     rt.shutdown_timeout(Duration::from_millis(500));
     code
 }

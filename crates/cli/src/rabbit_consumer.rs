@@ -20,7 +20,7 @@ use rebalanser_rabbitmq::{HandlerError, Message, QueueGroup};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin_cmds::ModeArg;
-use crate::chaos::{append, join_retrying, say};
+use crate::chaos::{append, join_retrying, run_tool, say};
 use crate::util::boottime_ns;
 
 #[derive(clap::Args, Debug)]
@@ -53,28 +53,7 @@ pub struct RabbitConsumerArgs {
 }
 
 pub fn run(a: RabbitConsumerArgs) -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("rabbitmq-consumer: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let code = rt.block_on(consume(a));
-    rt.shutdown_timeout(Duration::from_millis(500));
-    code
+    run_tool("rabbitmq-consumer", consume(a))
 }
 
 async fn consume(a: RabbitConsumerArgs) -> ExitCode {

@@ -23,7 +23,6 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -35,7 +34,7 @@ use rebalanser_rabbitmq::verify::{verify, Body, Processed, Report};
 use rebalanser_testkit::{FaultProxy, RabbitMq, ZkEnsemble};
 
 mod common;
-use common::{boottime_ns, env_or, Rng, BIN};
+use common::{boottime_ns, env_or, tie_to_test, Rng, BIN};
 
 const GROUP: &str = "chaos";
 const EXCHANGE: &str = "chaos";
@@ -104,19 +103,7 @@ impl Consumers {
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
-        // SAFETY: only async-signal-safe calls (prctl) between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
-                Ok(())
-            });
-        }
+        tie_to_test(&mut cmd);
         let child = cmd.spawn().context("spawn rabbitmq-consumer")?;
         self.live.push((name, child));
         Ok(())

@@ -26,7 +26,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::process::CommandExt as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -37,7 +36,7 @@ use rebalanser::Admin;
 use rebalanser_testkit::{ZkEnsemble, ZkOptions};
 
 mod common;
-use common::{boottime_ns, env_or, Rng, BIN};
+use common::{boottime_ns, env_or, tie_to_test, Rng, BIN};
 
 // ---------------------------------------------------------------------------------------------
 // The checker.
@@ -514,25 +513,7 @@ impl Members {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        // SAFETY: only async-signal-safe calls (prctl, setrlimit) between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                // Die with the test process however it dies; no core files from aborts.
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
-                let zero = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                libc::setrlimit(libc::RLIMIT_CORE, &zero);
-                Ok(())
-            });
-        }
+        tie_to_test(&mut cmd);
         let child = cmd.spawn().context("spawn chaos-member")?;
         let slot = &mut self.slots[i];
         slot.child = Some(child);

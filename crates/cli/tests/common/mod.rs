@@ -331,3 +331,27 @@ pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
         _ => default,
     }
 }
+
+/// Has `cmd`'s process die with the test process however it dies, and write no core file
+/// when it aborts (the abort policy of a member past its deadline).
+pub fn tie_to_test(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: only async-signal-safe calls (prctl, setrlimit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            let zero = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &zero);
+            Ok(())
+        });
+    }
+}

@@ -18,7 +18,8 @@
 //!
 //! Environment: `CHAOS_SECS` (default 30: each of the six faults once), `CHAOS_SEED` (random, printed), `CHAOS_DIR` (keep
 //! the record and consumer output there), `CHAOS_CONSUMERS` (3), `CHAOS_QUEUES` (8),
-//! `CHAOS_KEYS` (1000), `CHAOS_RATE` (messages per second, 300). `scripts/chaos-rabbitmq
+//! `CHAOS_KEYS` (1000), `CHAOS_RATE` (messages per second, 300), `CHAOS_MODE` (resource or
+//! barrier for both tests; by default SQLite runs per-resource and ZooKeeper barrier mode). `scripts/chaos-rabbitmq
 //! SECONDS SEED` runs the long version on both stores and modes.
 
 use std::collections::BTreeSet;
@@ -48,6 +49,8 @@ struct Config {
     keys: u32,
     rate: u64,
     dir: Option<PathBuf>,
+    /// `CHAOS_MODE=resource|barrier` overrides each test's mode.
+    mode: Option<&'static str>,
 }
 
 impl Config {
@@ -61,6 +64,12 @@ impl Config {
             keys: env_or("CHAOS_KEYS", 1000),
             rate: env_or("CHAOS_RATE", 300),
             dir: std::env::var("CHAOS_DIR").ok().map(PathBuf::from),
+            mode: match std::env::var("CHAOS_MODE").as_deref() {
+                Ok("resource") => Some("resource"),
+                Ok("barrier") => Some("barrier"),
+                Ok(m) if !m.is_empty() => panic!("CHAOS_MODE={m:?}: resource or barrier"),
+                _ => None,
+            },
         }
     }
 }
@@ -418,7 +427,7 @@ async fn rabbitmq_chaos_on_sqlite() -> Result<()> {
     let cfg = Config::from_env();
     let dir = tempfile::tempdir()?;
     let store = format!("sqlite://{}", dir.path().join("g.db").display());
-    let report = run(&cfg, store, "resource").await?;
+    let report = run(&cfg, store, cfg.mode.unwrap_or("resource")).await?;
     assert!(report.is_clean(), "seed {}: {report:#?}", cfg.seed);
     assert!(report.processed > 0);
     Ok(())
@@ -429,7 +438,7 @@ async fn rabbitmq_chaos_on_zookeeper_in_barrier_mode() -> Result<()> {
     let cfg = Config::from_env();
     let zk = ZkEnsemble::shared();
     let store = format!("zk://{}/rbchaos{}", zk.connect_string(), cfg.seed);
-    let report = run(&cfg, store, "barrier").await?;
+    let report = run(&cfg, store, cfg.mode.unwrap_or("barrier")).await?;
     assert!(report.is_clean(), "seed {}: {report:#?}", cfg.seed);
     assert!(report.processed > 0);
     Ok(())

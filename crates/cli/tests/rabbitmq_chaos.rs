@@ -9,7 +9,8 @@
 //! message. For `CHAOS_SECS` the test injects, in an order drawn from the seed: SIGKILL of a
 //! consumer (restarted a moment later), SIGSTOP of a consumer beyond its session TTL, a graceful
 //! leave (SIGTERM) with a new consumer joining later, a broker restart (SIGKILL, same data), every
-//! consumer connection cut at the proxy, and the proxy black-holed for a second. Then the faults
+//! consumer connection cut at the proxy, and the proxy black-holed for 5 s (beyond twice the
+//! consumers' 2 s heartbeat, so the broker and the client each declare the link dead). Then the faults
 //! and the publisher stop, everything confirmed must be processed, the consumers leave, and the
 //! verifier judges the record: no confirmed message lost, no per-key order violation outside
 //! redeliveries, no queue in two consumers' handlers at once. The report also gives redelivery
@@ -209,13 +210,30 @@ fn read_record(path: &Path) -> Result<Vec<Processed>> {
     Ok(out)
 }
 
+/// Waits (30 s at most) for a consumer sent SIGTERM to exit 0; what went wrong otherwise. One
+/// paused past its TTL may have aborted instead.
+async fn left_cleanly(name: &str, c: &mut Child, was_paused: bool) -> Result<Option<String>> {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = c.try_wait()? {
+            return Ok((!st.success() && !was_paused)
+                .then(|| format!("{name} exited with {st} after SIGTERM")));
+        }
+        if Instant::now() > end {
+            let _ = c.kill();
+            return Ok(Some(format!("{name} did not leave within 30 s of SIGTERM")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A fault and when it began (CLOCK_BOOTTIME ns).
 struct Fault {
     what: String,
     at: u64,
 }
 
-async fn run(cfg: &Config, store: String, mode: &'static str) -> Result<Report> {
+async fn run(cfg: &Config, store: String, mode: &'static str) -> Result<(Report, Vec<String>)> {
     let tmp = tempfile::tempdir()?;
     let dir = match &cfg.dir {
         Some(d) => {
@@ -275,6 +293,9 @@ async fn run(cfg: &Config, store: String, mode: &'static str) -> Result<Report> 
 
     let mut rng = Rng(cfg.seed);
     let mut faults: Vec<Fault> = Vec::new();
+    // Consumers paused beyond their TTL may abort (`StopPolicy::Abort`): that is allowed.
+    let mut paused: BTreeSet<String> = BTreeSet::new();
+    let mut problems = Vec::new();
     let start = Instant::now();
     // Every kind once per round of six, in a seeded order: the default length covers one round.
     let mut order: Vec<u64> = Vec::new();
@@ -301,6 +322,7 @@ async fn run(cfg: &Config, store: String, mode: &'static str) -> Result<Report> 
             1 if n > 1 => {
                 let i = rng.below(n as u64) as usize;
                 let name = consumers.live[i].0.clone();
+                paused.insert(name.clone());
                 consumers.signal(i, libc::SIGSTOP);
                 let pause = rng.between(TTL * 3 / 2, TTL * 3);
                 tokio::time::sleep(pause).await;
@@ -310,12 +332,10 @@ async fn run(cfg: &Config, store: String, mode: &'static str) -> Result<Report> 
             2 if n > 1 => {
                 let i = rng.below(n as u64) as usize;
                 consumers.signal(i, libc::SIGTERM);
-                let (name, c) = consumers.remove(i);
-                tokio::task::spawn_blocking(move || {
-                    let mut c = c;
-                    let _ = c.wait();
-                });
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                let (name, mut c) = consumers.remove(i);
+                if let Some(p) = left_cleanly(&name, &mut c, paused.contains(&name)).await? {
+                    problems.push(p);
+                }
                 consumers.spawn()?;
                 format!("{name} left gracefully, a new consumer joined")
             }
@@ -329,9 +349,9 @@ async fn run(cfg: &Config, store: String, mode: &'static str) -> Result<Report> 
             }
             _ => {
                 proxy.blackhole();
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
                 proxy.heal();
-                "proxy black-holed for 1 s".to_string()
+                "proxy black-holed for 5 s".to_string()
             }
         };
         println!("fault at {:.1}s: {what}", start.elapsed().as_secs_f64());
@@ -361,16 +381,25 @@ async fn run(cfg: &Config, store: String, mode: &'static str) -> Result<Report> 
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Every consumer still running leaves on SIGTERM and exits 0 within 30 s; one that exited
+    // by itself before must have been paused past its TTL (an abort is then what it promises).
     for i in 0..consumers.live.len() {
-        consumers.signal(i, libc::SIGTERM);
-    }
-    let live = std::mem::take(&mut consumers.live);
-    tokio::task::spawn_blocking(move || {
-        for (_, mut c) in live {
-            let _ = c.wait();
+        let (name, c) = &mut consumers.live[i];
+        match c.try_wait()? {
+            Some(st) if !paused.contains(name.as_str()) => {
+                problems.push(format!(
+                    "{name} exited by itself ({st}) without being paused"
+                ));
+            }
+            Some(_) => {}
+            None => consumers.signal(i, libc::SIGTERM),
         }
-    })
-    .await?;
+    }
+    for (name, c) in &mut consumers.live {
+        if let Some(p) = left_cleanly(name, c, paused.contains(name.as_str())).await? {
+            problems.push(p);
+        }
+    }
     let log = read_record(&record)?;
     let report = verify(&confirmed, &log);
     println!(
@@ -415,11 +444,16 @@ async fn run(cfg: &Config, store: String, mode: &'static str) -> Result<Report> 
             &report.lost[..report.lost.len().min(10)]
         );
     }
-    if !report.is_clean() || cfg.dir.is_some() {
+    for p in &problems {
+        println!("  ! {p}");
+    }
+    if cfg.dir.is_some() {
+        println!("  record and consumer output in {}", dir.display());
+    } else if !report.is_clean() || !problems.is_empty() {
         let keep = tmp.keep();
         println!("  record and consumer output kept in {}", keep.display());
     }
-    Ok(report)
+    Ok((report, problems))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,8 +461,9 @@ async fn rabbitmq_chaos_on_sqlite() -> Result<()> {
     let cfg = Config::from_env();
     let dir = tempfile::tempdir()?;
     let store = format!("sqlite://{}", dir.path().join("g.db").display());
-    let report = run(&cfg, store, cfg.mode.unwrap_or("resource")).await?;
+    let (report, problems) = run(&cfg, store, cfg.mode.unwrap_or("resource")).await?;
     assert!(report.is_clean(), "seed {}: {report:#?}", cfg.seed);
+    assert!(problems.is_empty(), "seed {}: {problems:?}", cfg.seed);
     assert!(report.processed > 0);
     Ok(())
 }
@@ -438,8 +473,9 @@ async fn rabbitmq_chaos_on_zookeeper_in_barrier_mode() -> Result<()> {
     let cfg = Config::from_env();
     let zk = ZkEnsemble::shared();
     let store = format!("zk://{}/rbchaos{}", zk.connect_string(), cfg.seed);
-    let report = run(&cfg, store, cfg.mode.unwrap_or("barrier")).await?;
+    let (report, problems) = run(&cfg, store, cfg.mode.unwrap_or("barrier")).await?;
     assert!(report.is_clean(), "seed {}: {report:#?}", cfg.seed);
+    assert!(problems.is_empty(), "seed {}: {problems:?}", cfg.seed);
     assert!(report.processed > 0);
     Ok(())
 }

@@ -3,11 +3,16 @@
 //! first consumer that notices, under the lock.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
 use crate::{redact, Error};
+
+/// The longest a connection attempt (TCP and the AMQP handshake) may take: a host that
+/// accepts but never answers must not hold every consumer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) struct Connector {
     url: String,
@@ -30,18 +35,35 @@ impl Connector {
                 return Ok(c.clone());
             }
         }
-        let c = Connection::connect(&self.url, ConnectionProperties::default())
-            .await
-            .map_err(|e| Error::Amqp(format!("cannot connect to {}: {e}", redact(&self.url))))?;
+        let url = redact(&self.url);
+        let c = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(&self.url, ConnectionProperties::default()),
+        )
+        .await
+        .map_err(|_| {
+            Error::Amqp(format!(
+                "cannot connect to {url}: no answer in {CONNECT_TIMEOUT:?}"
+            ))
+        })?
+        .map_err(|e| Error::Amqp(format!("cannot connect to {url}: {e}")))?;
         let c = Arc::new(c);
         *slot = Some(c.clone());
         Ok(c)
     }
 
-    /// Closes the connection, if any (on shutdown).
+    /// Stops handing out `conn` (a channel on it could not be closed): the next `get` dials.
+    pub(crate) async fn discard(&self, conn: &Arc<Connection>) {
+        let mut slot = self.current.lock().await;
+        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *slot = None;
+        }
+    }
+
+    /// Closes the connection, if any (on shutdown), without waiting long on a dead link.
     pub(crate) async fn close(&self) {
         if let Some(c) = self.current.lock().await.take() {
-            let _ = c.close(200, "bye".into()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.close(200, "bye".into())).await;
         }
     }
 }

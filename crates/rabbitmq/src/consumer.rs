@@ -5,16 +5,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt as _, StreamExt as _};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Channel;
 use rebalanser::{Lease, LeaseChecker, MemberHandle, Token};
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::connector::Connector;
-use crate::{check_url, Error};
+use crate::{check_url, redact, Error};
 
 /// What a handler returns when it could not process a delivery: the delivery goes back to the
 /// queue (in order) and is tried again after a back-off.
@@ -37,7 +39,7 @@ pub struct Message {
 }
 
 /// Consumes the queues a Rebalanser member leases (see the crate docs).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct QueueGroup {
     url: String,
     prefetch: u16,
@@ -46,6 +48,17 @@ pub struct QueueGroup {
     max_backoff: Duration,
     /// Test-only mutation (see [`QueueGroup::broken_release_early`]).
     release_early: bool,
+}
+
+impl std::fmt::Debug for QueueGroup {
+    /// The URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueGroup")
+            .field("url", &redact(&self.url))
+            .field("prefetch", &self.prefetch)
+            .field("unhealthy_after", &self.unhealthy_after)
+            .finish_non_exhaustive()
+    }
 }
 
 impl QueueGroup {
@@ -125,7 +138,7 @@ impl QueueGroup {
                     break;
                 }
                 // Reap finished consumers as they end, so the set does not grow.
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                Some(r) = tasks.join_next(), if !tasks.is_empty() => log_join(&who, r),
             }
         }
         let result = if left {
@@ -134,9 +147,17 @@ impl QueueGroup {
         } else {
             Ok(())
         };
-        while tasks.join_next().await.is_some() {}
+        while let Some(r) = tasks.join_next().await {
+            log_join(&who, r);
+        }
         conn.close().await;
         result
+    }
+}
+
+fn log_join(member: &str, r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r {
+        error!(member = %member, reason = %e, "a queue's consumer task failed");
     }
 }
 
@@ -153,11 +174,15 @@ struct Consuming<'a> {
 enum End {
     /// The lease was revoked or is no longer valid: give the queue back.
     Stop,
-    /// The handler failed: back off and consume again.
+    /// The handler failed (or panicked): back off and consume again.
     HandlerFailed(String),
     /// The broker or the connection failed: back off and consume again.
     Broker(String),
 }
+
+/// How long closing a channel may take before the connection is given up on (a half-open link
+/// answers nothing until heartbeats declare it dead).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Job {
     cfg: Arc<QueueGroup>,
@@ -180,10 +205,16 @@ impl Job {
         let checker = lease.checker();
         let mut held = Some(lease);
         while checker.is_valid() && !checker.is_revoked() {
-            let reason = match self
-                .consume(&checker, &mut held, &queue, token, &*handler)
-                .await
-            {
+            let mut acked = 0u64;
+            let end = self
+                .consume(&checker, &mut held, &queue, token, &*handler, &mut acked)
+                .await;
+            if acked > 0 {
+                // Progress: failures are counted in a row, and the back-off starts over.
+                failures = 0;
+                backoff = self.cfg.backoff;
+            }
+            let reason = match end {
                 End::Stop => break,
                 End::HandlerFailed(e) => {
                     failures += 1;
@@ -210,8 +241,14 @@ impl Job {
         drop(held);
     }
 
-    /// One consumption: channel, exclusive consumer, deliveries one by one; always ends with
-    /// the channel closed, which puts every delivery not acked back in the queue.
+    /// One consumption: channel, exclusive consumer, deliveries one by one; always ends by
+    /// closing the channel, which cancels the consumer and puts every delivery not acked back
+    /// in the queue in one step at the broker. No separate `basic.cancel` first: that would
+    /// drop the exclusive consumer while unacked deliveries still sit on the channel, and a
+    /// close that then fails (a dead link) would leave the next owner free to consume later
+    /// messages before those come back. If the close fails or times out, the channel (and its
+    /// exclusive consumer) lives at the broker until the broker drops the connection, which
+    /// requeues first: the next owner is refused until then, so releasing is safe.
     async fn consume<H, F>(
         &self,
         lease: &LeaseChecker,
@@ -219,12 +256,19 @@ impl Job {
         queue: &str,
         token: Token,
         handler: &H,
+        acked: &mut u64,
     ) -> End
     where
         H: Fn(Message) -> F,
         F: Future<Output = Result<(), HandlerError>>,
     {
-        let channel = match self.open().await {
+        // Nothing is in flight while opening: a revoke may stop it at once.
+        let opened = tokio::select! {
+            biased;
+            _ = lease.revoked() => return End::Stop,
+            c = self.open() => c,
+        };
+        let (conn, channel) = match opened {
             Ok(c) => c,
             Err(e) => return End::Broker(e.to_string()),
         };
@@ -236,21 +280,30 @@ impl Job {
             queue,
             token,
         };
-        let end = self.deliveries(&on, held, handler).await;
-        let _ = channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
-        let _ = channel.close(200, "revoked".into()).await;
+        let end = self.deliveries(&on, held, handler, acked).await;
+        match tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "revoked".into())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                debug!(member = %self.member, resource = %queue, token = %token, reason = %e,
+                    "channel close failed: the broker drops the channel with the connection");
+                self.conn.discard(&conn).await;
+            }
+            Err(_) => {
+                warn!(member = %self.member, resource = %queue, token = %token,
+                    "channel close timed out: giving up on the connection");
+                self.conn.discard(&conn).await;
+            }
+        }
         end
     }
 
-    async fn open(&self) -> Result<Channel, Error> {
+    async fn open(&self) -> Result<(Arc<lapin::Connection>, Channel), Error> {
         let conn = self.conn.get().await?;
         let channel = conn.create_channel().await?;
         channel
             .basic_qos(self.cfg.prefetch, BasicQosOptions::default())
             .await?;
-        Ok(channel)
+        Ok((conn, channel))
     }
 
     async fn deliveries<H, F>(
@@ -258,6 +311,7 @@ impl Job {
         on: &Consuming<'_>,
         held: &mut Option<Lease>,
         handler: &H,
+        acked: &mut u64,
     ) -> End
     where
         H: Fn(Message) -> F,
@@ -270,13 +324,16 @@ impl Job {
             ..BasicConsumeOptions::default()
         };
         let (lease, queue) = (on.lease, on.queue);
-        let mut consumer = match on
-            .channel
-            .basic_consume(queue.into(), on.tag.into(), options, FieldTable::default())
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => return End::Broker(format!("cannot consume {queue}: {e}")),
+        let consuming =
+            on.channel
+                .basic_consume(queue.into(), on.tag.into(), options, FieldTable::default());
+        let mut consumer = tokio::select! {
+            biased;
+            _ = lease.revoked() => return End::Stop,
+            c = consuming => match c {
+                Ok(c) => c,
+                Err(e) => return End::Broker(format!("cannot consume {queue}: {e}")),
+            },
         };
         let mut late_until = None;
         loop {
@@ -292,6 +349,7 @@ impl Job {
                         if !broken {
                             return End::Stop;
                         }
+                        // Release first, then go on consuming: the bug this variant stands for.
                         drop(held.take());
                         late_until = Some(tokio::time::Instant::now() + Duration::from_millis(300));
                         continue;
@@ -316,14 +374,41 @@ impl Job {
                 redelivered: delivery.redelivered,
                 lease: lease.clone(),
             };
-            match handler(msg).await {
-                Ok(()) => {
+            // A panic is a failure like an `Err`: the delivery goes back and the lease stays
+            // held until the channel is closed (a panic unwinding through here would drop it
+            // first).
+            let outcome = AssertUnwindSafe(handler(msg)).catch_unwind().await;
+            match outcome {
+                Ok(Ok(())) => {
                     if let Err(e) = delivery.ack(Default::default()).await {
                         return End::Broker(format!("ack failed: {e}"));
                     }
+                    *acked += 1;
                 }
-                Err(e) => return End::HandlerFailed(e.to_string()),
+                Ok(Err(e)) => return End::HandlerFailed(error_chain(&*e)),
+                Err(panic) => return End::HandlerFailed(panic_message(&panic)),
             }
         }
     }
+}
+
+/// An error and its sources, `: `-separated.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    let what = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".into());
+    format!("the handler panicked: {what}")
 }

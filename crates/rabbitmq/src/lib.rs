@@ -70,22 +70,24 @@ pub fn check_url(url: &str) -> Result<(), Error> {
         Ok(_) => Ok(()),
         Err(e) => Err(Error::BadUrl {
             url: redact(url),
-            reason: e,
+            // The parser's message may quote the whole input, password included.
+            reason: e.replace(url, &redact(url)),
         }),
     }
 }
 
-/// `url` with any password replaced by `***`, for messages and logs.
+/// `url` with any password replaced by `***`, for messages and logs: whatever follows
+/// `user:` up to the last `@`, with or without `//` after the scheme.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some(at) = url.rfind('@') else {
         return url.to_string();
     };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some((auth, host)) => (auth, host),
-        None => return url.to_string(),
+    let start = match url.find("://") {
+        Some(i) if i < at => i + 3,
+        _ => url.find(':').map_or(0, |i| i + 1),
     };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
         None => url.to_string(),
     }
 }
@@ -102,14 +104,18 @@ mod tests {
         );
         assert_eq!(redact("amqp://h:5672"), "amqp://h:5672");
         assert_eq!(redact("amqp://bob@h"), "amqp://bob@h");
+        assert_eq!(redact("amqp:bob:secret@h"), "amqp:bob:***@h");
+        assert_eq!(redact("amqp://bob:s@cr@t@h/v"), "amqp://bob:***@h/v");
     }
 
     #[test]
     fn a_bad_url_is_a_typed_error_without_the_password() {
-        let e = check_url("amqp://bob:secret@h:notaport/%2f").unwrap_err();
-        let text = e.to_string();
-        assert!(matches!(e, Error::BadUrl { .. }), "{text}");
-        assert!(!text.contains("secret"), "{text}");
+        for url in ["amqp://bob:secret@h:notaport/%2f", "amqp:bob:secret@h"] {
+            let e = check_url(url).unwrap_err();
+            let text = e.to_string();
+            assert!(matches!(e, Error::BadUrl { .. }), "{text}");
+            assert!(!text.contains("secret"), "{text}");
+        }
         check_url("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
     }
 }

@@ -88,10 +88,15 @@ pub fn verify(confirmed: &BTreeSet<(u32, u64)>, log: &[Processed]) -> Report {
         .max()
         .unwrap_or(0);
     let mut high: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut seen: BTreeSet<(u32, u64)> = BTreeSet::new();
     for p in &by_time {
         let h = high.entry(p.key).or_insert(p.seq);
+        let again = !seen.insert((p.key, p.seq));
         if p.seq < *h {
-            if p.redelivered {
+            // Excused only as a repeat: a redelivery of a message processed before (its ack
+            // was lost with a consumer). A redelivered message processed for the first time
+            // after a later one is an order violation like any other.
+            if p.redelivered && again {
                 r.redelivery_reorders += 1;
             } else {
                 r.order_violations.push(format!(
@@ -111,7 +116,8 @@ pub fn verify(confirmed: &BTreeSet<(u32, u64)>, log: &[Processed]) -> Report {
         let mut open: Option<&Processed> = None;
         for p in runs {
             if let Some(o) = open {
-                if o.end_ns > p.start_ns && o.member != p.member {
+                // Identity is the lease: two tokens in one member are two owners too.
+                if o.end_ns > p.start_ns && (&o.member, &o.token) != (&p.member, &p.token) {
                     r.concurrent.push(format!(
                         "{q}: {} (token {}) until {} and {} (token {}) from {}",
                         o.member, o.token, o.end_ns, p.member, p.token, p.start_ns
@@ -172,5 +178,17 @@ mod tests {
         assert_eq!(r.redelivery_reorders, 1);
         assert_eq!(r.duplicates, 1);
         assert_eq!(r.concurrent.len(), 1, "{r:?}");
+    }
+
+    /// A redelivery is excused only as a repeat: the first processing of a message after a
+    /// later one is a violation even when the broker marked it redelivered (what a consumer
+    /// that released before its channel closed produces).
+    #[test]
+    fn a_first_processing_out_of_order_is_a_violation_even_if_redelivered() {
+        let confirmed = [(1, 0), (1, 1)].into_iter().collect();
+        let log = vec![p(1, 1, "b", 0, 10, false), p(1, 0, "b", 20, 30, true)];
+        let r = verify(&confirmed, &log);
+        assert_eq!(r.order_violations.len(), 1, "{r:?}");
+        assert_eq!(r.redelivery_reorders, 0);
     }
 }

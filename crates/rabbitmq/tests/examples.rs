@@ -67,6 +67,14 @@ async fn the_readme_example_runs() -> Result<()> {
         });
         consumers.push(Proc(child));
     }
+    // Both joined before anything happens: Ctrl-C during a join is not the example's promise.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admin.status().await?.members.len() < 2 {
+        if Instant::now() > deadline {
+            bail!("the two consumers did not join within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let published = Command::new(example("rabbitmq-publisher")?)
         .args([&amqp, "orders", "20", "5"])
         .output()?;

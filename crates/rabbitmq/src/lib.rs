@@ -13,10 +13,15 @@
 //!    on the lease) and manual acknowledgements;
 //! 2. each delivery goes to the application's handler, one at a time per queue (order), only
 //!    while the lease is valid; `Ok` acks it, `Err` ends this consumption (see below);
-//! 3. on a revoke: cancel the consumer, let the delivery in the handler finish and ack it, close
-//!    the channel — the broker puts every delivery not acked (the prefetched rest) back at its
-//!    place in the queue — and only then release the lease, so the next owner starts exactly
-//!    after the last message this one processed.
+//! 3. on a revoke: let the delivery in the handler finish and ack it, then close the channel —
+//!    the broker cancels the consumer and puts every delivery not acked (the prefetched rest)
+//!    back at its place in the queue, in one step — and only then release the lease, so the
+//!    next owner starts exactly after the last message this one processed. No `basic.cancel`
+//!    before the close: it would drop the exclusive consumer while unacked deliveries still sit
+//!    on the channel. A close that fails or hangs (5 s) leaves the channel to the broker, which
+//!    drops it with the connection, requeueing first; until then its exclusive consumer keeps
+//!    the next owner out, so the lease is released anyway. A panicking handler counts as a
+//!    failed one.
 //!
 //! **Failures.** A handler `Err` closes the channel (the failed delivery and the prefetched
 //! rest go back, in order, marked redelivered), waits a back-off and consumes again; after

@@ -46,10 +46,6 @@ pub struct RabbitConsumerArgs {
     prefetch: u16,
     #[arg(long, value_enum, default_value_t = ModeArg::Resource)]
     mode: ModeArg,
-    /// Deliberately broken: release a queue before its deliveries are done (the verifier
-    /// must catch it).
-    #[arg(long)]
-    broken_release_early: bool,
 }
 
 pub fn run(a: RabbitConsumerArgs) -> ExitCode {
@@ -68,16 +64,13 @@ async fn consume(a: RabbitConsumerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut group = match QueueGroup::new(&a.amqp) {
+    let group = match QueueGroup::new(&a.amqp) {
         Ok(g) => g.prefetch(a.prefetch),
         Err(e) => {
             say(&name, e);
             return ExitCode::FAILURE;
         }
     };
-    if a.broken_release_early {
-        group = group.broken_release_early();
-    }
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

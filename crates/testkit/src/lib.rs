@@ -12,12 +12,14 @@
 
 mod clock;
 mod nft;
+mod postgres;
 mod proxy;
 mod rabbitmq;
 mod spawn;
 mod zk;
 
 pub use clock::boottime_ns;
+pub use postgres::Postgres;
 pub use proxy::FaultProxy;
 pub use rabbitmq::RabbitMq;
 pub use spawn::pid_alive;
@@ -29,4 +31,5 @@ const _: fn() = || {
     is_send_sync::<ZkEnsemble>();
     is_send_sync::<FaultProxy>();
     is_send_sync::<RabbitMq>();
+    is_send_sync::<Postgres>();
 };

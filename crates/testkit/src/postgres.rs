@@ -1,0 +1,273 @@
+//! A real PostgreSQL server for integration tests (the Debian `postgresql` 15 package).
+//!
+//! The server runs as the `postgres` process itself in the foreground (not through `pg_ctl`,
+//! which would detach it), on a free loopback port, with its data directory and socket
+//! directory in a temporary directory of its own, `fsync=off`. PostgreSQL refuses to run as
+//! root: when the test runs as root, `initdb` and the server run as the `postgres` system user
+//! (`Command::uid`, applied before the child is tied to the test process, so it still dies
+//! with it). [`Postgres::restart`] kills the server and starts it on the same data;
+//! [`Postgres::psql`] runs one SQL statement through `psql` (e.g.
+//! `pg_terminate_backend`).
+
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::spawn::{signal, spawn_tied};
+use crate::zk::free_ports;
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+const NOT_INSTALLED: &str = "PostgreSQL 15 is not installed: run apt-get install -y postgresql";
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const START_ATTEMPTS: usize = 3;
+
+/// One server (see the module docs). Killed when dropped.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    /// The uid and gid the server runs as (`postgres` when the test runs as root).
+    user: Option<(u32, u32)>,
+    log: PathBuf,
+    server: Mutex<Option<Child>>,
+}
+
+impl Postgres {
+    /// Creates a cluster and starts it; fails loudly (never skips) if the package is missing or
+    /// the server does not accept connections.
+    pub fn start() -> Result<Postgres> {
+        if !Path::new(BIN).join("postgres").exists() {
+            bail!("{NOT_INSTALLED} ({BIN}/postgres is missing)");
+        }
+        let mut last = None;
+        for _ in 0..START_ATTEMPTS {
+            match Postgres::try_start() {
+                Ok(p) => return Ok(p),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
+    }
+
+    fn try_start() -> Result<Postgres> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("rbtest-pg-{}-", std::process::id()))
+            .tempdir()
+            .context("cannot create a temp dir")?;
+        let user = server_user()?;
+        if let Some((uid, gid)) = user {
+            chown(dir.path(), uid, gid)?;
+        }
+        let p = Postgres {
+            port: free_ports(1)?[0],
+            log: dir.path().join("pg.log"),
+            dir,
+            user,
+            server: Mutex::new(None),
+        };
+        let mut initdb = Command::new(Path::new(BIN).join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(p.data())
+            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"])
+            .stdin(Stdio::null());
+        p.as_server_user(&mut initdb);
+        let out = initdb.output().context("cannot run initdb")?;
+        if !out.status.success() {
+            bail!(
+                "initdb failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        p.spawn()?;
+        p.wait_ready(START_TIMEOUT)?;
+        Ok(p)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn as_server_user(&self, cmd: &mut Command) {
+        if let Some((uid, gid)) = self.user {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.current_dir(self.dir.path());
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres` (trust authentication).
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The server's (postmaster's) pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        lock(&self.server).as_ref().map(|c| c.id())
+    }
+
+    /// Kills the server (SIGKILL of the postmaster; its backends exit when they notice) and
+    /// starts it again on the same data and port, returning once it accepts connections.
+    pub fn restart(&self) -> Result<()> {
+        self.kill()?;
+        // Backends of the killed postmaster hold the shared memory until they exit.
+        thread::sleep(Duration::from_millis(300));
+        self.spawn()?;
+        self.wait_ready(START_TIMEOUT)
+    }
+
+    /// Kills the server (SIGKILL).
+    pub fn kill(&self) -> Result<()> {
+        if let Some(mut c) = lock(&self.server).take() {
+            let _ = c.kill();
+            c.wait().context("cannot reap the server")?;
+        }
+        Ok(())
+    }
+
+    pub fn pause(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    pub fn resume(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, sig: libc::c_int) -> Result<()> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| anyhow!("the server is not running"))?;
+        signal(pid, sig).with_context(|| format!("cannot signal the server (pid {pid})"))
+    }
+
+    /// Runs one SQL statement with `psql` and returns its unaligned, tuples-only output.
+    pub fn psql(&self, sql: &str) -> Result<String> {
+        let mut cmd = Command::new(Path::new(BIN).join("psql"));
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-X", "-A", "-t", "-q"])
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+            .stdin(Stdio::null());
+        let out = cmd.output().context("cannot run psql")?;
+        if !out.status.success() {
+            bail!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn spawn(&self) -> Result<()> {
+        let mut slot = lock(&self.server);
+        if slot.is_some() {
+            bail!("the server is already running");
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("cannot open {}", self.log.display()))?;
+        writeln!(&log, "==== rebalanser-testkit: starting the server ====")?;
+        let mut cmd = Command::new(Path::new(BIN).join("postgres"));
+        cmd.arg("-D")
+            .arg(self.data())
+            .args(["-p", &self.port.to_string()])
+            .arg("-k")
+            .arg(self.dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-c", "max_connections=200"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.as_server_user(&mut cmd);
+        // The old postmaster's pid file would stop a restart after a kill.
+        let _ = fs::remove_file(self.data().join("postmaster.pid"));
+        let child = spawn_tied(cmd).map_err(|e| anyhow!("cannot start postgres: {e}"))?;
+        *slot = Some(child);
+        Ok(())
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = lock(&self.server).as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    bail!(
+                        "the server exited ({status}) before serving; log tail:\n{}",
+                        self.log_tail()
+                    );
+                }
+            }
+            if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok()
+                && self.psql("select 1").is_ok_and(|s| s == "1")
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the server did not accept connections on {} within {timeout:?}; log \
+                     tail:\n{}",
+                    self.addr(),
+                    self.log_tail()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// `Some((uid, gid))` of the `postgres` user when running as root (PostgreSQL refuses root).
+fn server_user() -> Result<Option<(u32, u32)>> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let name = std::ffi::CString::new("postgres").expect("no NUL in a literal");
+    // SAFETY: getpwnam reads a static buffer; the fields are copied out at once and no other
+    // thread of the testkit calls it.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        bail!(
+            "running as root, and there is no postgres user to run PostgreSQL as ({NOT_INSTALLED})"
+        );
+    }
+    // SAFETY: pw is non-null and points to a valid passwd record (see above).
+    let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
+    Ok(Some((uid, gid)))
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .with_context(|| format!("cannot chown {} to the postgres user", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

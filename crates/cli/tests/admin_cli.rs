@@ -763,7 +763,7 @@ fn rabbitmq_setup_and_teardown() {
     // The exchange routes by key onto the queues.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let p = rebalanser_rabbitmq::topology::Publisher::connect(&amqp, "orders")
+        let p = rebalanser_rabbitmq::topology::Publisher::connect(&amqp, "orders", 3)
             .await
             .unwrap();
         p.publish("k1", b"x").await.unwrap();
@@ -773,7 +773,7 @@ fn rabbitmq_setup_and_teardown() {
     assert!(out.contains("removed 3 queues"), "{out}");
     assert_eq!(ok(&["resource", "list", "--store", &store, "-g", "q"]), "");
     rt.block_on(async {
-        let e = rebalanser_rabbitmq::topology::Publisher::connect(&amqp, "orders")
+        let e = rebalanser_rabbitmq::topology::Publisher::connect(&amqp, "orders", 3)
             .await
             .unwrap()
             .publish("k1", b"x")

@@ -3,8 +3,9 @@
 //!
 //! `rebalanser rabbitmq setup` declares a consistent-hash exchange and its queues and makes
 //! them the group's resources. A publisher in this test sends sequenced messages over
-//! `CHAOS_KEYS` keys at a steady rate, each confirmed by the broker, reconnecting when the
-//! broker goes away. `CHAOS_CONSUMERS` `rebalanser rabbitmq-consumer` processes (the hidden test
+//! `CHAOS_KEYS` keys at a steady rate to each key's queue (`topology::Publisher`, which routes
+//! by its own stable hash: the exchange's ring remaps keys when the broker restarts), each
+//! confirmed by the broker, reconnecting when the broker goes away. `CHAOS_CONSUMERS` `rebalanser rabbitmq-consumer` processes (the hidden test
 //! tool) consume through the test's TCP fault proxy and append one JSON line per processed
 //! message. For `CHAOS_SECS` the test injects, in an order drawn from the seed: SIGKILL of a
 //! consumer (restarted a moment later), SIGSTOP of a consumer beyond its session TTL, a graceful
@@ -146,6 +147,7 @@ impl Drop for Consumers {
 /// on to its next seq; the publisher reconnects.
 async fn publish(
     amqp: String,
+    queues: usize,
     keys: u32,
     rate: u64,
     stop: Arc<Mutex<bool>>,
@@ -161,7 +163,7 @@ async fn publish(
         tick.tick().await;
         let p = match publisher.as_ref() {
             Some(p) => p,
-            None => match Publisher::connect(&amqp, EXCHANGE).await {
+            None => match Publisher::connect(&amqp, EXCHANGE, queues).await {
                 Ok(p) => publisher.insert(p),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -284,6 +286,7 @@ async fn run(cfg: &Config, store: String, mode: &'static str) -> Result<(Report,
     let confirmed = Arc::new(Mutex::new(BTreeSet::new()));
     let publisher = tokio::spawn(publish(
         direct.clone(),
+        cfg.queues,
         cfg.keys,
         cfg.rate,
         stop.clone(),

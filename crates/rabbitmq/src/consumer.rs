@@ -180,9 +180,14 @@ enum End {
     Broker(String),
 }
 
-/// How long closing a channel may take before the connection is given up on (a half-open link
-/// answers nothing until heartbeats declare it dead).
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long closing a channel is waited for. Safety does not rest on it (until the broker
+/// processes the close, the channel's exclusive consumer keeps the next owner out, and the
+/// close requeues before it lets anyone in), so the wait is short: it must fit in the
+/// member's stop budget even when the link is dead.
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(250);
+/// The longest any other broker operation of a consumption may take (opening a channel,
+/// consuming, an ack): a link that went silent must not hold a queue's consumer forever.
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Job {
     cfg: Arc<QueueGroup>,
@@ -266,11 +271,12 @@ impl Job {
         let opened = tokio::select! {
             biased;
             _ = lease.revoked() => return End::Stop,
-            c = self.open() => c,
+            c = tokio::time::timeout(OP_TIMEOUT, self.open()) => c,
         };
         let (conn, channel) = match opened {
-            Ok(c) => c,
-            Err(e) => return End::Broker(e.to_string()),
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return End::Broker(e.to_string()),
+            Err(_) => return End::Broker(format!("opening a channel took over {OP_TIMEOUT:?}")),
         };
         let tag = format!("{}/{token}", self.member);
         let on = Consuming {
@@ -289,9 +295,8 @@ impl Job {
                 self.conn.discard(&conn).await;
             }
             Err(_) => {
-                warn!(member = %self.member, resource = %queue, token = %token,
-                    "channel close timed out: giving up on the connection");
-                self.conn.discard(&conn).await;
+                debug!(member = %self.member, resource = %queue, token = %token,
+                    "channel close not confirmed in time: the broker finishes it");
             }
         }
         end
@@ -330,9 +335,10 @@ impl Job {
         let mut consumer = tokio::select! {
             biased;
             _ = lease.revoked() => return End::Stop,
-            c = consuming => match c {
-                Ok(c) => c,
-                Err(e) => return End::Broker(format!("cannot consume {queue}: {e}")),
+            c = tokio::time::timeout(OP_TIMEOUT, consuming) => match c {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return End::Broker(format!("cannot consume {queue}: {e}")),
+                Err(_) => return End::Broker(format!("consuming {queue} took over {OP_TIMEOUT:?}")),
             },
         };
         let mut late_until = None;
@@ -380,10 +386,17 @@ impl Job {
             let outcome = AssertUnwindSafe(handler(msg)).catch_unwind().await;
             match outcome {
                 Ok(Ok(())) => {
-                    if let Err(e) = delivery.ack(Default::default()).await {
-                        return End::Broker(format!("ack failed: {e}"));
+                    match tokio::time::timeout(OP_TIMEOUT, delivery.ack(Default::default())).await {
+                        Ok(Ok(true)) => *acked += 1,
+                        Ok(Ok(false)) => {
+                            return End::Broker(
+                                "the delivery could not be acked (channel gone)".into(),
+                            )
+                        }
+                        Ok(Err(e)) => return End::Broker(format!("ack failed: {e}")),
+                        // Unacked: the broker redelivers it (a duplicate, marked redelivered).
+                        Err(_) => return End::Broker(format!("ack took over {OP_TIMEOUT:?}")),
                     }
-                    *acked += 1;
                 }
                 Ok(Err(e)) => return End::HandlerFailed(error_chain(&*e)),
                 Err(panic) => return End::HandlerFailed(panic_message(&panic)),

@@ -18,7 +18,7 @@
 //!    back at its place in the queue, in one step — and only then release the lease, so the
 //!    next owner starts exactly after the last message this one processed. No `basic.cancel`
 //!    before the close: it would drop the exclusive consumer while unacked deliveries still sit
-//!    on the channel. A close that fails or hangs (5 s) leaves the channel to the broker, which
+//!    on the channel. A close that fails or hangs (250 ms) leaves the channel to the broker, which
 //!    drops it with the connection, requeueing first; until then its exclusive consumer keeps
 //!    the next owner out, so the lease is released anyway. A panicking handler counts as a
 //!    failed one.

@@ -76,7 +76,7 @@ async fn the_readme_example_runs() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let published = Command::new(example("rabbitmq-publisher")?)
-        .args([&amqp, "orders", "20", "5"])
+        .args([&amqp, "orders", "4", "20", "5"])
         .output()?;
     assert!(published.status.success(), "{published:?}");
 

@@ -149,7 +149,7 @@ async fn scenario(broken: bool) -> Result<(Report, usize)> {
     ];
 
     // Publish 100 keys × 30 messages at a steady pace; change the group on the way.
-    let publisher = Publisher::connect(&amqp, EXCHANGE).await?;
+    let publisher = Publisher::connect(&amqp, EXCHANGE, QUEUES).await?;
     let mut confirmed = BTreeSet::new();
     let rounds = 30u64;
     for seq in 0..rounds {

@@ -16,13 +16,13 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::spawn::{signal, spawn_tied};
+use crate::spawn::{lock, signal, spawn_tied, start_with_retries, tail};
 use crate::zk::free_ports;
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -47,14 +47,7 @@ impl Postgres {
         if !Path::new(BIN).join("postgres").exists() {
             bail!("{NOT_INSTALLED} ({BIN}/postgres is missing)");
         }
-        let mut last = None;
-        for _ in 0..START_ATTEMPTS {
-            match Postgres::try_start() {
-                Ok(p) => return Ok(p),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
+        start_with_retries(START_ATTEMPTS, Postgres::try_start)
     }
 
     fn try_start() -> Result<Postgres> {
@@ -118,9 +111,7 @@ impl Postgres {
     }
 
     pub fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        tail(&self.log, 40)
     }
 
     /// The server's (postmaster's) pid while it runs.
@@ -266,8 +257,4 @@ fn chown(path: &Path, uid: u32, gid: u32) -> Result<()> {
         .with_context(|| format!("cannot chown {} to the postgres user", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
     Ok(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -15,13 +15,13 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::spawn::{signal, spawn_tied};
+use crate::spawn::{lock, signal, spawn_tied, start_with_retries, tail};
 use crate::zk::free_ports;
 
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
@@ -59,14 +59,7 @@ impl RabbitMq {
         if !Path::new(SERVER).exists() {
             bail!("{NOT_INSTALLED} ({SERVER} is missing)");
         }
-        let mut last = None;
-        for _ in 0..START_ATTEMPTS {
-            match RabbitMq::try_start() {
-                Ok(b) => return Ok(b),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
+        start_with_retries(START_ATTEMPTS, RabbitMq::try_start)
     }
 
     fn try_start() -> Result<RabbitMq> {
@@ -125,9 +118,7 @@ impl RabbitMq {
 
     /// The last lines of the broker's log.
     pub fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        tail(&self.log, 40)
     }
 
     /// Kills the broker (SIGKILL: no clean shutdown) and starts it again on the same data and
@@ -295,8 +286,4 @@ fn amqp_answers(addr: SocketAddr) -> bool {
     }
     let mut first = [0u8; 1];
     matches!(s.read_exact(&mut first), Ok(()) if first[0] == 1)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

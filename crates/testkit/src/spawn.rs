@@ -99,3 +99,40 @@ pub(crate) fn signal(pid: u32, sig: libc::c_int) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// A fixture's state behind a mutex: a test that panicked while holding it leaves it usable
+/// (it holds child processes).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The last `lines` lines of a server's log (read from its last 16 KiB), for error messages.
+pub(crate) fn tail(path: &std::path::Path, lines: usize) -> String {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return format!("(no log at {})", path.display());
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs a server fixture's `start` up to `attempts` times: parallel test processes pick free
+/// ports independently and may collide, and a fresh set of ports fixes it.
+pub(crate) fn start_with_retries<T>(
+    attempts: usize,
+    mut start: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut last = None;
+    for _ in 0..attempts {
+        match start() {
+            Ok(t) => return Ok(t),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+}

@@ -10,20 +10,20 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::nft;
-use crate::spawn::{pid_alive, signal, spawn_tied};
+use crate::spawn::{lock, pid_alive, signal, spawn_tied, tail};
 
 const ZK_JAR: &str = "/usr/share/java/zookeeper.jar";
 /// Without a binding slf4j logs nothing, and a server that fails to start leaves no trace.
@@ -568,11 +568,6 @@ impl Drop for ZkEnsemble {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A test that panicked while holding the lock leaves the state usable (it is a Child).
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn check_installed() -> Result<()> {
     if !Path::new(ZK_JAR).exists() {
         bail!("{NOT_INSTALLED} ({ZK_JAR} is missing)");
@@ -660,19 +655,6 @@ pub(crate) fn four_letter(addr: SocketAddr, word: &str) -> std::io::Result<Strin
     let mut reply = String::new();
     s.read_to_string(&mut reply)?;
     Ok(reply)
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let Ok(mut f) = File::open(path) else {
-        return format!("(no log at {})", path.display());
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Removes temp dirs of ensembles whose test process died without dropping them (SIGKILL, or the

@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,19 @@ pub struct Postgres {
     server: Mutex<Option<Child>>,
 }
 
+static SHARED: OnceLock<Result<Postgres, String>> = OnceLock::new();
+
 impl Postgres {
+    /// One server shared by every test of this process, started on first use, for suites that
+    /// isolate tests by a unique schema: never dropped (the kernel kills it with the process).
+    /// Panics, failing the calling test, when it cannot start; later calls fail fast.
+    pub fn shared() -> &'static Postgres {
+        match SHARED.get_or_init(|| Postgres::start().map_err(|e| format!("{e:#}"))) {
+            Ok(pg) => pg,
+            Err(e) => panic!("the shared PostgreSQL server did not start: {e}"),
+        }
+    }
+
     /// Creates a cluster and starts it; fails loudly (never skips) if the package is missing or
     /// the server does not accept connections.
     pub fn start() -> Result<Postgres> {

@@ -441,6 +441,9 @@ enum Final {
     },
 }
 
+/// A row to upsert: key, value, version, create_rev, owner.
+type RowOut<'a> = (&'a str, &'a [u8], i64, i64, Option<i64>);
+
 struct Meta {
     version: u64,
     create_rev: u64,
@@ -598,34 +601,35 @@ async fn txn_body(
             .map_err(before)?;
         c.client.execute(&st, &[&gone]).await.map_err(before)?;
     }
-    let mut cols: (
-        Vec<&str>,
-        Vec<&[u8]>,
-        Vec<i64>,
-        Vec<i64>,
-        Vec<i64>,
-        Vec<Option<i64>>,
-    ) = Default::default();
-    for (k, f) in &state {
-        if let Final::Row {
-            value,
-            version,
-            create_rev,
-            owner,
-        } = f
-        {
-            cols.0.push(k);
-            cols.1.push(value);
-            cols.2.push(to_i64(*version));
-            cols.3.push(to_i64(create_rev.unwrap_or(rev)));
-            cols.4.push(to_i64(rev));
-            cols.5.push(owner.map(|o| to_i64(o.0)));
-        }
-    }
-    if !cols.0.is_empty() {
+    let rows: Vec<RowOut<'_>> = state
+        .iter()
+        .filter_map(|(k, f)| match f {
+            Final::Row {
+                value,
+                version,
+                create_rev,
+                owner,
+            } => Some((
+                *k,
+                value.as_slice(),
+                to_i64(*version),
+                to_i64(create_rev.unwrap_or(rev)),
+                owner.map(|o| to_i64(o.0)),
+            )),
+            Final::Absent => None,
+        })
+        .collect();
+    if !rows.is_empty() {
+        // Column arrays for `unnest`.
+        let keys: Vec<&str> = rows.iter().map(|r| r.0).collect();
+        let values: Vec<&[u8]> = rows.iter().map(|r| r.1).collect();
+        let versions: Vec<i64> = rows.iter().map(|r| r.2).collect();
+        let creates: Vec<i64> = rows.iter().map(|r| r.3).collect();
+        let mods: Vec<i64> = vec![to_i64(rev); rows.len()];
+        let owners: Vec<Option<i64>> = rows.iter().map(|r| r.4).collect();
         let st = c.st("upsert", &ctx.sql.upsert).await.map_err(before)?;
         let params: [&(dyn ToSql + Sync); 6] =
-            [&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5];
+            [&keys, &values, &versions, &creates, &mods, &owners];
         c.client.execute(&st, &params).await.map_err(before)?;
     }
     let changed: Vec<&str> = state.keys().copied().collect();

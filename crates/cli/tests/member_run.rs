@@ -1,6 +1,7 @@
 //! `rebalanser member run --exec`: real member processes, real guard processes, real children,
-//! on a real store (SQLite by default; `MEMBER_RUN_STORE=zk` runs the same on the shared test
-//! ZooKeeper server).
+//! on a real store (SQLite by default; `MEMBER_RUN_STORE=zk` or `=postgres` runs the same on the
+//! shared test ZooKeeper or PostgreSQL server; the scenarios that matter per store also run on
+//! each explicitly).
 //!
 //! The children are a small bash loop (`tick.sh`, written by the test) that appends one line per
 //! access to a shared file about every 20 ms:
@@ -280,21 +281,47 @@ fn owned_by(ticks: &[Tick], member: &str) -> BTreeMap<String, Tick> {
         .collect()
 }
 
-async fn setup(name: &str, resources: &[String], exit_after: Option<u32>) -> Result<Env> {
-    let zk = std::env::var("MEMBER_RUN_STORE").as_deref() == Ok("zk");
-    setup_on(name, resources, exit_after, zk).await
+/// The store a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Zk,
+    Postgres,
 }
 
-/// [`setup`] on the shared test ZooKeeper (`zk`) or on a SQLite file.
+impl Backend {
+    fn from_env() -> Backend {
+        match std::env::var("MEMBER_RUN_STORE").as_deref() {
+            Ok("zk") => Backend::Zk,
+            Ok("postgres") => Backend::Postgres,
+            _ => Backend::Sqlite,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Zk => "zk",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+async fn setup(name: &str, resources: &[String], exit_after: Option<u32>) -> Result<Env> {
+    setup_on(name, resources, exit_after, Backend::from_env()).await
+}
+
+/// [`setup`] on the shared test ZooKeeper or PostgreSQL server (a chroot or schema of its own),
+/// or on a SQLite file.
 async fn setup_on(
     name: &str,
     resources: &[String],
     exit_after: Option<u32>,
-    zk: bool,
+    backend: Backend,
 ) -> Result<Env> {
     let dir = common::temp_dir("rb-member-run", name)?;
-    let store = match zk {
-        true => {
+    let store = match backend {
+        Backend::Zk => {
             let zk = rebalanser_testkit::ZkEnsemble::shared();
             format!(
                 "zk://{}/member-run-{name}-{}",
@@ -302,7 +329,15 @@ async fn setup_on(
                 unix_ns()
             )
         }
-        false => format!("sqlite://{}", dir.join("rb.db").display()),
+        Backend::Postgres => {
+            let pg = rebalanser_testkit::Postgres::shared();
+            let schema: String = format!("mr_{name}_{}", unix_ns())
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            format!("{}?schema={schema}", pg.url())
+        }
+        Backend::Sqlite => format!("sqlite://{}", dir.join("rb.db").display()),
     };
     let group = format!("mr-{name}");
     let ids: Vec<&str> = resources.iter().map(String::as_str).collect();
@@ -342,8 +377,23 @@ async fn setup_on(
 /// ticks ever interleave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_run_kill_pause_leave() -> Result<()> {
+    kill_pause_leave(Backend::from_env()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_run_kill_pause_leave_on_postgres() -> Result<()> {
+    kill_pause_leave(Backend::Postgres).await
+}
+
+async fn kill_pause_leave(backend: Backend) -> Result<()> {
     let resources: Vec<String> = (0..9).map(|i| format!("r{i}")).collect();
-    let env = setup("scenario", &resources, None).await?;
+    let env = setup_on(
+        &format!("scenario-{}", backend.label()),
+        &resources,
+        None,
+        backend,
+    )
+    .await?;
     let t0 = unix_ns();
     let rel = |ns: u64| format!("{:.3}s", (ns as f64 - t0 as f64) / 1e9);
 
@@ -656,10 +706,10 @@ async fn member_run_kill_pause_leave() -> Result<()> {
 /// (nothing moves); after the SIGTERM it is granted them before the old session could expire
 /// (its claims were given up), after the SIGKILL once that session expired (its claims ruled
 /// until then). No double access throughout.
-async fn static_restart_moves_nothing(zk: bool) -> Result<()> {
+async fn static_restart_moves_nothing(backend: Backend) -> Result<()> {
     let resources: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
-    let name = if zk { "static-zk" } else { "static-sqlite" };
-    let env = setup_on(name, &resources, None, zk).await?;
+    let name = format!("static-{}", backend.label());
+    let env = setup_on(&name, &resources, None, backend).await?;
     let start = |m: &str| start_member_running(&env, m, &[], &["--static", "--exec", &env.exec]);
     let mut a = start("a")?;
     let b = start("b")?;
@@ -741,12 +791,17 @@ async fn static_restart_moves_nothing(zk: bool) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_run_static_restart_moves_nothing_on_sqlite() -> Result<()> {
-    static_restart_moves_nothing(false).await
+    static_restart_moves_nothing(Backend::Sqlite).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_run_static_restart_moves_nothing_on_zookeeper() -> Result<()> {
-    static_restart_moves_nothing(true).await
+    static_restart_moves_nothing(Backend::Zk).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_run_static_restart_moves_nothing_on_postgres() -> Result<()> {
+    static_restart_moves_nothing(Backend::Postgres).await
 }
 
 /// SIGTERMs the members, waits for them, and checks the whole run for double access.
@@ -779,14 +834,10 @@ fn status_json(env: &Env) -> Result<serde_json::Value> {
 /// 3 at once there) makes a give r0 back after `--unhealthy-after 3` failures. Alone, a keeps
 /// its other resources and r0 is assigned to nobody (`status`: failing on every member); once
 /// b joins, r0 runs on b and nowhere else, and a is still avoided for it.
-async fn crash_looping_child_moves_its_resource(zk: bool) -> Result<()> {
+async fn crash_looping_child_moves_its_resource(backend: Backend) -> Result<()> {
     let resources: Vec<String> = (0..4).map(|i| format!("r{i}")).collect();
-    let name = if zk {
-        "unhealthy-zk"
-    } else {
-        "unhealthy-sqlite"
-    };
-    let env = setup_on(name, &resources, None, zk).await?;
+    let name = format!("unhealthy-{}", backend.label());
+    let env = setup_on(&name, &resources, None, backend).await?;
     let exec = format!(
         "[ \"$REBALANSER_MEMBER\" = a ] && [ {{resource}} = r0 ] && exit 3; {}",
         env.exec
@@ -840,12 +891,17 @@ async fn crash_looping_child_moves_its_resource(zk: bool) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_run_moves_a_crash_looping_childs_resource_on_sqlite() -> Result<()> {
-    crash_looping_child_moves_its_resource(false).await
+    crash_looping_child_moves_its_resource(Backend::Sqlite).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_run_moves_a_crash_looping_childs_resource_on_zookeeper() -> Result<()> {
-    crash_looping_child_moves_its_resource(true).await
+    crash_looping_child_moves_its_resource(Backend::Zk).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_run_moves_a_crash_looping_childs_resource_on_postgres() -> Result<()> {
+    crash_looping_child_moves_its_resource(Backend::Postgres).await
 }
 
 /// A child that exits by itself while its lease is valid is restarted, with growing delays,

@@ -1,7 +1,8 @@
 //! Store selection by URL (DESIGN §2). This build has `sqlite:///path.db` (the embedded
 //! default: processes on one host share the file; opening it checks the file and may wait up
-//! to the busy/open timeout), `zk://[user:password@]h1:p1,h2:p2[/chroot]` and
-//! `memory://name`; any other well formed URL (`etcd://`, `postgres://`, ...) is
+//! to the busy/open timeout), `zk://[user:password@]h1:p1,h2:p2[/chroot]`,
+//! `postgres://user:password@host:port/database?schema=NAME` (connects on first use) and
+//! `memory://name`; any other well formed URL (`etcd://`, ...) is
 //! [`Error::UnsupportedStore`], kept apart from [`Error::BadUrl`] so that a typo and a missing
 //! backend read differently.
 
@@ -69,6 +70,20 @@ pub fn open_store(url: &str) -> Result<Arc<dyn Store>, Error> {
                 reason: e.to_string(),
             }),
         },
+        "postgres" | "postgresql" => {
+            match rebalanser_postgres::PostgresStore::from_url(url) {
+                Ok(s) => Ok(Arc::new(s)),
+                // Connects lazily: only a malformed URL fails here, and its message quotes the
+                // URL with the password replaced.
+                Err(rebalanser_postgres::PostgresError::Url { url, reason }) => {
+                    Err(Error::BadUrl { url, reason })
+                }
+                Err(e) => Err(Error::StoreOpen {
+                    url: rebalanser_postgres::redact(url),
+                    reason: e.to_string(),
+                }),
+            }
+        }
         _ => Err(Error::UnsupportedStore {
             url: url.to_string(),
         }),
@@ -147,6 +162,15 @@ mod tests {
         }
         let zk = open_store("zk://app:pw@h1:2181,h2:2181/svc").expect("a zk URL");
         assert_eq!(zk.describe(), "zk://app:***@h1:2181,h2:2181/svc");
+        let pg = open_store("postgres://app:pw@db:5432/jobs?schema=team").expect("a postgres URL");
+        assert_eq!(pg.describe(), "postgres://app:***@db:5432/jobs?schema=team");
+        match open_store("postgres://app:secret@db/jobs?schema=Team") {
+            Err(e @ Error::BadUrl { .. }) => {
+                assert!(e.to_string().contains("schema"), "{e}");
+                assert!(!e.to_string().contains("secret"), "password echoed: {e}");
+            }
+            other => panic!("{other:?}"),
+        }
         for url in ["etcd://h:2379", "ftp://x"] {
             assert!(
                 matches!(open_store(url), Err(Error::UnsupportedStore { .. })),

@@ -1,5 +1,6 @@
-//! The member runtime on a real ZooKeeper server (one standalone server per test process,
-//! one chroot per test): balance, join, graceful leave, crash, resource churn, foreign data.
+//! The member runtime on real ZooKeeper and PostgreSQL servers (one server of each per test
+//! process, one chroot or schema per test): balance, join, graceful leave, crash, resource
+//! churn, foreign data. Every scenario runs on both stores (`zk_*` and `pg_*`).
 //!
 //! Every lease goes through the access monitor, which fails on two valid leases on one
 //! resource. Times to balance are printed (`cargo test ... -- --nocapture`); only generous
@@ -14,8 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use rebalanser::{Admin, GroupId, Member, MemberId, RevokeReason, Status, Store};
 use rebalanser_core::layout::Layout;
-use rebalanser_testkit::ZkEnsemble;
-use rebalanser_zk::ZkStore;
+use rebalanser_testkit::{Postgres, ZkEnsemble};
 
 /// A name that needs the key encoding (`.` becomes `%2E`).
 const GROUP: &str = "it.group";
@@ -25,13 +25,74 @@ const RESOURCES: usize = 50;
 /// Failure bound for anything that should take a fraction of a second to a few seconds.
 const LIMIT: Duration = Duration::from_secs(20);
 
+/// The store a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Zk,
+    Postgres,
+}
+
+impl Backend {
+    fn label(self) -> &'static str {
+        match self {
+            Backend::Zk => "zk",
+            Backend::Postgres => "pg",
+        }
+    }
+
+    /// The test's own chroot or schema on the shared server.
+    fn url(self, test: &str) -> String {
+        match self {
+            Backend::Zk => {
+                let zk = blocking(ZkEnsemble::shared);
+                format!("zk://{}{}", zk.connect_string(), chroot(test))
+            }
+            Backend::Postgres => {
+                let pg = blocking(Postgres::shared);
+                format!("{}?schema={}", pg.url(), schema(test))
+            }
+        }
+    }
+
+    /// Writes `value` under `key` behind the store's back, as a careless operator would with
+    /// the store's own tool.
+    fn write_by_hand(self, test: &str, key: &str, value: &str) {
+        match self {
+            Backend::Zk => {
+                // The ZooKeeper backend keeps a namespace's keys flat: `ns/a/b` is `/ns/a%2Fb`.
+                let (ns, rest) = key.split_once('/').expect("a namespaced key");
+                let path = format!(
+                    "{}/{ns}/{}",
+                    chroot(test),
+                    rest.replace('%', "%25").replace('/', "%2F")
+                );
+                let zk = ZkEnsemble::shared();
+                blocking(|| zk.zkcli(0, &["create", &path, value]))
+                    .unwrap_or_else(|e| panic!("zkcli create {path}: {e:#}"));
+            }
+            Backend::Postgres => {
+                // With a NOTIFY, as a tool that knows the channel would; members would also
+                // find it at their next periodic re-read.
+                let s = schema(test);
+                let sql = format!(
+                    "BEGIN; INSERT INTO {s}.kv (key, value, version, create_rev, mod_rev) \
+                     SELECT '{key}', convert_to('{value}', 'UTF8'), 0, rev + 1, rev + 1 \
+                     FROM {s}.meta; UPDATE {s}.meta SET rev = rev + 1; \
+                     SELECT pg_notify('rebalanser.{s}', '{key}'); COMMIT;"
+                );
+                blocking(|| Postgres::shared().psql(&sql))
+                    .unwrap_or_else(|e| panic!("psql insert {key}: {e:#}"));
+            }
+        }
+    }
+}
+
 fn chroot(test: &str) -> String {
     format!("/it-{test}-{}", std::process::id())
 }
 
-fn zk_url(test: &str) -> String {
-    let zk = blocking(ZkEnsemble::shared);
-    format!("zk://{}{}", zk.connect_string(), chroot(test))
+fn schema(test: &str) -> String {
+    format!("it_{test}_{}", std::process::id())
 }
 
 fn builder(url: &str) -> rebalanser::MemberBuilder {
@@ -48,9 +109,9 @@ struct Setup {
 
 /// A group of `resources` with `members` joined through their own store URLs, balanced and
 /// settled; prints the time to balance.
-async fn balanced(test: &str, members: usize, resources: usize) -> Setup {
+async fn balanced(backend: Backend, test: &str, members: usize, resources: usize) -> Setup {
     common::logs();
-    let url = zk_url(test);
+    let url = backend.url(test);
     let admin = group_named(&url, GROUP, resources).await;
     let mon = Monitor::default();
     let start = Instant::now();
@@ -70,7 +131,10 @@ async fn balanced(test: &str, members: usize, resources: usize) -> Setup {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let took = start.elapsed();
-    println!("zk[{test}]: initial balance {members}x{resources} in {took:?} (from the first join)");
+    println!(
+        "{}[{test}]: initial balance {members}x{resources} in {took:?} (from the first join)",
+        backend.label()
+    );
     wait_settled(&admin, &mon, &refs(&all), resources, LIMIT)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -111,9 +175,8 @@ async fn leave_everyone(workers: Vec<Worker>) {
 }
 
 /// 1. Five members balance fifty resources, ten each, every resource claimed by its assignee.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn zk_initial_balance() {
-    let s = balanced("initial", MEMBERS, RESOURCES).await;
+async fn initial_balance(backend: Backend) {
+    let s = balanced(backend, "initial", MEMBERS, RESOURCES).await;
     let per = s.mon.per_holder();
     assert!(per.values().all(|&c| c == RESOURCES / MEMBERS), "{per:?}");
     let status = s.admin.status().await.expect("status");
@@ -129,7 +192,8 @@ async fn zk_initial_balance() {
     // move must have fenced the previous owner.
     s.mon.assert_tokens_grow();
     println!(
-        "zk[initial]: {} grants until balanced (the first member took everything, then shed)",
+        "{}[initial]: {} grants until balanced (the first member took everything, then shed)",
+        backend.label(),
         s.mon.grants()
     );
     s.mon.assert_clean();
@@ -143,9 +207,8 @@ async fn zk_initial_balance() {
 
 /// 2. A sixth member joins: only the resources it takes move (8 or 9 of 50), none between the
 /// five others.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn zk_sixth_member_joins_and_only_its_share_moves() {
-    let mut s = balanced("join", MEMBERS, RESOURCES).await;
+async fn sixth_member_joins_and_only_its_share_moves(backend: Backend) {
+    let mut s = balanced(backend, "join", MEMBERS, RESOURCES).await;
     let before = s.mon.holders();
     let grants_before = s.mon.grants();
 
@@ -164,7 +227,7 @@ async fn zk_sixth_member_joins_and_only_its_share_moves() {
     let moved = moved(&before, &after);
     let newcomer = s.mon.per_holder().get("m5").copied().unwrap_or(0);
     println!(
-        "zk[join]: 6th member balanced in {took:?}; {moved} of {RESOURCES} resources moved (ideal {}..={})",
+        "{}[join]: 6th member balanced in {took:?}; {moved} of {RESOURCES} resources moved (ideal {}..={})", backend.label(),
         RESOURCES / 6,
         RESOURCES.div_ceil(6)
     );
@@ -189,9 +252,8 @@ async fn zk_sixth_member_joins_and_only_its_share_moves() {
 
 /// 3. Graceful leaves (a plain member, then the coordinator) hand over through the normal
 /// protocol, well under the TTL: no session expiry is waited for.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn zk_graceful_leave_hands_over_well_under_the_ttl() {
-    let s = balanced("leave", MEMBERS, RESOURCES).await;
+async fn graceful_leave_hands_over_well_under_the_ttl(backend: Backend) {
+    let s = balanced(backend, "leave", MEMBERS, RESOURCES).await;
     let mut rest = Vec::new();
     let mut coordinator = None;
     for w in s.workers {
@@ -225,8 +287,9 @@ async fn zk_graceful_leave_hands_over_well_under_the_ttl() {
         let handed_over = start.elapsed();
         let moved = moved(&before, &s.mon.holders());
         println!(
-            "zk[leave]: {what} {name}: leave() returned after {left:?}; balanced over {} members \
+            "{}[leave]: {what} {name}: leave() returned after {left:?}; balanced over {} members \
              {handed_over:?} after leave() started; {moved} moved",
+            backend.label(),
             stay.len()
         );
         assert!(
@@ -257,9 +320,8 @@ async fn zk_graceful_leave_hands_over_well_under_the_ttl() {
 /// 4. A crashed member (the coordinator: the others must also elect) keeps its claims until its
 /// session expires: its resources are granted elsewhere only after its leases' deadline, and
 /// within TTL + a bound.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn zk_crashed_member_is_taken_over_only_after_its_session_expires() {
-    let s = balanced("crash", MEMBERS, RESOURCES).await;
+async fn crashed_member_is_taken_over_only_after_its_session_expires(backend: Backend) {
+    let s = balanced(backend, "crash", MEMBERS, RESOURCES).await;
     let mut rest = Vec::new();
     let mut victim = None;
     for w in s.workers {
@@ -303,8 +365,8 @@ async fn zk_crashed_member_is_taken_over_only_after_its_session_expires() {
     let first = regrants.iter().map(|g| g.at).min().unwrap() - crashed_at;
     let last = regrants.iter().map(|g| g.at).max().unwrap() - crashed_at;
     println!(
-        "zk[crash]: coordinator {name} crashed; its leases stayed valid {remaining:?}; \
-         first re-grant after {first:?}, all {} re-granted after {last:?}; balanced over {} after {took:?}",
+        "{}[crash]: coordinator {name} crashed; its leases stayed valid {remaining:?}; \
+         first re-grant after {first:?}, all {} re-granted after {last:?}; balanced over {} after {took:?}", backend.label(),
         leases.len(),
         stay.len()
     );
@@ -330,9 +392,8 @@ async fn zk_crashed_member_is_taken_over_only_after_its_session_expires() {
 /// 5. A resource added, removed while its owner holds the claim, and added again: the removal
 /// revokes the lease; after the re-add exactly one member holds it, under a larger fencing
 /// token once the old claim was deleted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn zk_resource_add_remove_readd_fences_with_a_larger_token() {
-    let s = balanced("churn", MEMBERS, RESOURCES).await;
+async fn resource_add_remove_readd_fences_with_a_larger_token(backend: Backend) {
+    let s = balanced(backend, "churn", MEMBERS, RESOURCES).await;
     let all = names(MEMBERS);
     let r = "extra";
     let holder_of = |mon: &Monitor| mon.holders().get(r).cloned();
@@ -352,7 +413,8 @@ async fn zk_resource_add_remove_readd_fences_with_a_larger_token() {
         .unwrap_or_else(|e| panic!("{e}"));
     let (owner, t1) = token_of(&s.mon).expect("granted");
     println!(
-        "zk[churn]: added {r}: held by {owner} (token {t1}) after {:?}",
+        "{}[churn]: added {r}: held by {owner} (token {t1}) after {:?}",
+        backend.label(),
         start.elapsed()
     );
 
@@ -386,7 +448,10 @@ async fn zk_resource_add_remove_readd_fences_with_a_larger_token() {
             .all(|h| h.resource.as_str() != r),
         "{status:#?}"
     );
-    println!("zk[churn]: removed {r}: lease revoked after {revoked:?}");
+    println!(
+        "{}[churn]: removed {r}: lease revoked after {revoked:?}",
+        backend.label()
+    );
 
     // Re-add: exactly one holder, under a new claim, so a larger token.
     let start = Instant::now();
@@ -396,7 +461,8 @@ async fn zk_resource_add_remove_readd_fences_with_a_larger_token() {
         .unwrap_or_else(|e| panic!("{e}"));
     let (owner2, t2) = token_of(&s.mon).expect("granted again");
     println!(
-        "zk[churn]: re-added {r}: held by {owner2} (token {t2}, was {t1}) after {:?}",
+        "{}[churn]: re-added {r}: held by {owner2} (token {t2}, was {t1}) after {:?}",
+        backend.label(),
         start.elapsed()
     );
     assert!(t2 > t1, "token {t2} after re-add is not larger than {t1}");
@@ -411,7 +477,8 @@ async fn zk_resource_add_remove_readd_fences_with_a_larger_token() {
         .unwrap_or_else(|e| panic!("{e}"));
     let (owner3, t3) = token_of(&s.mon).expect("held");
     println!(
-        "zk[churn]: remove+re-add back to back: held by {owner3} (token {t3}) after {:?}",
+        "{}[churn]: remove+re-add back to back: held by {owner3} (token {t3}) after {:?}",
+        backend.label(),
         start.elapsed()
     );
     assert!(t3 >= t2, "token went back: {t3} < {t2}");
@@ -435,11 +502,10 @@ async fn zk_resource_add_remove_readd_fences_with_a_larger_token() {
 /// foreign key at the group's root, which `status` reports) reports them by key once, every
 /// member keeps its leases and none spins: its op rate stays at the keepalive level measured
 /// before the bad data.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn zk_bad_data_is_reported_by_key_and_does_not_make_members_spin() {
+async fn bad_data_is_reported_by_key_and_does_not_make_members_spin(backend: Backend) {
     common::logs();
     let test = "baddata";
-    let url = zk_url(test);
+    let url = backend.url(test);
     let admin = group_named(&url, GROUP, RESOURCES).await;
     let mon = Monitor::default();
     let mut workers = Vec::new();
@@ -447,8 +513,8 @@ async fn zk_bad_data_is_reported_by_key_and_does_not_make_members_spin() {
     let mut stores = BTreeMap::new();
     let start = Instant::now();
     for name in names(MEMBERS) {
-        let zk: Arc<dyn Store> = Arc::new(ZkStore::from_url(&url).expect("url"));
-        let store = CountingStore::new(zk);
+        let inner: Arc<dyn Store> = rebalanser::open_store(&url).expect("url");
+        let store = CountingStore::new(inner);
         let m = zk_fast(Member::builder(GROUP).store(store.clone()), TTL)
             .name(&name)
             .join()
@@ -463,7 +529,10 @@ async fn zk_bad_data_is_reported_by_key_and_does_not_make_members_spin() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let took = start.elapsed();
-    println!("zk[{test}]: initial balance {MEMBERS}x{RESOURCES} in {took:?} (from the first join)");
+    println!(
+        "{}[{test}]: initial balance {MEMBERS}x{RESOURCES} in {took:?} (from the first join)",
+        backend.label()
+    );
     wait_settled(&admin, &mon, &refs(&all), RESOURCES, LIMIT)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -483,7 +552,10 @@ async fn zk_bad_data_is_reported_by_key_and_does_not_make_members_spin() {
     let (c0, t0) = (snapshot(), Instant::now());
     tokio::time::sleep(window).await;
     let baseline = rates(&c0, t0.elapsed().as_secs_f64());
-    println!("zk[{test}]: steady-state ops/s per member without bad data: {baseline:.1?}");
+    println!(
+        "{}[{test}]: steady-state ops/s per member without bad data: {baseline:.1?}",
+        backend.label()
+    );
 
     // Foreign data, written by hand as a careless operator would.
     let layout = Layout::new(&GroupId::new(GROUP).unwrap());
@@ -491,25 +563,16 @@ async fn zk_bad_data_is_reported_by_key_and_does_not_make_members_spin() {
     let foreign = format!("{}stray", layout.prefix());
     let holders = mon.holders();
     let grants = mon.grants();
-    let root = chroot(test);
     let injected = Instant::now();
     let mut written = BTreeMap::new();
     for key in [&intruder, &foreign] {
-        // The ZooKeeper backend keeps a namespace's keys flat: `ns/a/b` is `/ns/a%2Fb`.
-        let (ns, rest) = key.split_once('/').expect("a namespaced key");
-        let path = format!(
-            "{root}/{ns}/{}",
-            rest.replace('%', "%25").replace('/', "%2F")
-        );
-        let zk = ZkEnsemble::shared();
         let value = if *key == intruder {
             "not json"
         } else {
             "garbage"
         };
         written.insert(key.clone(), Instant::now());
-        blocking(|| zk.zkcli(0, &["create", &path, value]))
-            .unwrap_or_else(|e| panic!("zkcli create {path}: {e:#}"));
+        backend.write_by_hand(test, key, value);
     }
     let reported = |log: &EventLog, key: &str| {
         log.count(|s| matches!(s, Status::BadData { key: k, .. } if k == key))
@@ -530,7 +593,8 @@ async fn zk_bad_data_is_reported_by_key_and_does_not_make_members_spin() {
         .min()
         .unwrap();
     println!(
-        "zk[{test}]: the coordinator reported {intruder} {:?} after zkCli started writing it",
+        "{}[{test}]: the coordinator reported {intruder} {:?} after it was written by hand",
+        backend.label(),
         at.saturating_duration_since(written[&intruder])
     );
     let status = admin.status().await.expect("status");
@@ -545,7 +609,10 @@ async fn zk_bad_data_is_reported_by_key_and_does_not_make_members_spin() {
     let (c1, t1) = (snapshot(), Instant::now());
     tokio::time::sleep(window).await;
     let with_bad = rates(&c1, t1.elapsed().as_secs_f64());
-    println!("zk[{test}]: steady-state ops/s per member with bad data: {with_bad:.1?}");
+    println!(
+        "{}[{test}]: steady-state ops/s per member with bad data: {with_bad:.1?}",
+        backend.label()
+    );
     for (name, rate) in &with_bad {
         let base = baseline[name];
         assert!(
@@ -570,3 +637,33 @@ async fn zk_bad_data_is_reported_by_key_and_does_not_make_members_spin() {
     leave_everyone(workers).await;
     mon.assert_clean();
 }
+
+macro_rules! on_every_store {
+    ($($scenario:ident),* $(,)?) => {
+        mod zk {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::$scenario(super::Backend::Zk).await
+                }
+            )*
+        }
+        mod pg {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::$scenario(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_store!(
+    initial_balance,
+    sixth_member_joins_and_only_its_share_moves,
+    graceful_leave_hands_over_well_under_the_ttl,
+    crashed_member_is_taken_over_only_after_its_session_expires,
+    resource_add_remove_readd_fences_with_a_larger_token,
+    bad_data_is_reported_by_key_and_does_not_make_members_spin,
+);

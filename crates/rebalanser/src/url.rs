@@ -169,7 +169,8 @@ mod tests {
                 assert!(e.to_string().contains("schema"), "{e}");
                 assert!(!e.to_string().contains("secret"), "password echoed: {e}");
             }
-            other => panic!("{other:?}"),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("a bad schema accepted"),
         }
         for url in ["etcd://h:2379", "ftp://x"] {
             assert!(

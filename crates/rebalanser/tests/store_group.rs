@@ -174,7 +174,7 @@ async fn leave_everyone(workers: Vec<Worker>) {
     leave_together(workers, Duration::from_secs(10)).await
 }
 
-/// 1. Five members balance fifty resources, ten each, every resource claimed by its assignee.
+/// Five members balance fifty resources, ten each, every resource claimed by its assignee.
 async fn initial_balance(backend: Backend) {
     let s = balanced(backend, "initial", MEMBERS, RESOURCES).await;
     let per = s.mon.per_holder();
@@ -205,7 +205,7 @@ async fn initial_balance(backend: Backend) {
     assert!(status.resources.iter().all(|r| r.claim.is_none()));
 }
 
-/// 2. A sixth member joins: only the resources it takes move (8 or 9 of 50), none between the
+/// A sixth member joins: only the resources it takes move (8 or 9 of 50), none between the
 /// five others.
 async fn sixth_member_joins_and_only_its_share_moves(backend: Backend) {
     let mut s = balanced(backend, "join", MEMBERS, RESOURCES).await;
@@ -250,7 +250,7 @@ async fn sixth_member_joins_and_only_its_share_moves(backend: Backend) {
     s.mon.assert_clean();
 }
 
-/// 3. Graceful leaves (a plain member, then the coordinator) hand over through the normal
+/// Graceful leaves (a plain member, then the coordinator) hand over through the normal
 /// protocol, well under the TTL: no session expiry is waited for.
 async fn graceful_leave_hands_over_well_under_the_ttl(backend: Backend) {
     let s = balanced(backend, "leave", MEMBERS, RESOURCES).await;
@@ -317,7 +317,7 @@ async fn graceful_leave_hands_over_well_under_the_ttl(backend: Backend) {
     s.mon.assert_clean();
 }
 
-/// 4. A crashed member (the coordinator: the others must also elect) keeps its claims until its
+/// A crashed member (the coordinator: the others must also elect) keeps its claims until its
 /// session expires: its resources are granted elsewhere only after its leases' deadline, and
 /// within TTL + a bound.
 async fn crashed_member_is_taken_over_only_after_its_session_expires(backend: Backend) {
@@ -389,7 +389,7 @@ async fn crashed_member_is_taken_over_only_after_its_session_expires(backend: Ba
     s.mon.assert_clean();
 }
 
-/// 5. A resource added, removed while its owner holds the claim, and added again: the removal
+/// A resource added, removed while its owner holds the claim, and added again: the removal
 /// revokes the lease; after the re-add exactly one member holds it, under a larger fencing
 /// token once the old claim was deleted.
 async fn resource_add_remove_readd_fences_with_a_larger_token(backend: Backend) {
@@ -497,7 +497,7 @@ async fn resource_add_remove_readd_fences_with_a_larger_token(backend: Backend) 
     s.mon.assert_clean();
 }
 
-/// 6. Malformed and foreign keys written by hand under the group while members run: the
+/// Malformed and foreign keys written by hand under the group while members run: the
 /// member that reads them (the coordinator reads every member record; no member reads a
 /// foreign key at the group's root, which `status` reports) reports them by key once, every
 /// member keeps its leases and none spins: its op rate stays at the keepalive level measured

@@ -1,6 +1,8 @@
 //! Shared test harness: fast timings, an access monitor, and members served by worker tasks.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod faults;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -6,7 +6,7 @@
 //! committed before it, and the revision a transaction takes is one more than the last
 //! committed one, so revisions (fencing tokens) strictly grow in commit order (PITFALLS 17).
 //! The conditions and the writes' preconditions are read with one statement, decided here as
-//! `MemModel` decides them, and applied with at most three (deletes, one upsert of every
+//! `MemModel` decides them, and applied with at most three (deletes, one insert of every
 //! key's final row, the notification).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -198,6 +198,15 @@ async fn read(
     keys: &[Key],
     prefixes: &[Key],
 ) -> Result<StoreReply, Fail> {
+    // A PostgreSQL `text` cannot hold NUL (sending one fails the statement), and no key holds
+    // one (`key_error` refuses control characters): a prefix with a NUL matches no key, as in
+    // `MemModel`, so it is left out rather than sent.
+    let prefixes: Vec<Key> = prefixes
+        .iter()
+        .filter(|p| !p.contains('\0'))
+        .cloned()
+        .collect();
+    let prefixes = prefixes.as_slice();
     let mut rows = Vec::new();
     if let ([], [p]) = (keys, prefixes) {
         if let Some(hi) = successor(p) {
@@ -207,9 +216,12 @@ async fn read(
             return listed(&rows);
         }
     }
-    if let Some(p) = prefixes.iter().find(|p| successor(p).is_none()) {
-        // A prefix with no upper bound ("" or all U+10FFFF): everything from it on, which
-        // covers the other prefixes and keys only partly, so read those separately below.
+    // The prefixes with no upper bound ("" or all U+10FFFF) are nested: the keys under the
+    // shortest are every key from it on, which includes those under the others. (Reading only
+    // the first one found missed the rest: `["\u{10FFFF}", ""]` listed nothing.)
+    if let Some(p) = prefixes.iter().filter(|p| successor(p).is_none()).min() {
+        // Everything from it on, which covers the bounded prefixes and the keys only partly,
+        // so read those separately below.
         let st = c.st("list_all", &ctx.sql.list_all).await.map_err(before)?;
         rows = c.client.query(&st, &[p]).await.map_err(before)?;
     }
@@ -441,7 +453,7 @@ enum Final {
     },
 }
 
-/// A row to upsert: key, value, version, create_rev, owner.
+/// A row to insert: key, value, version, create_rev, owner.
 type RowOut<'a> = (&'a str, &'a [u8], i64, i64, Option<i64>);
 
 struct Meta {
@@ -589,10 +601,13 @@ async fn txn_body(
         return Ok(StoreReply::Committed { rev });
     }
     let rev = rev + 1;
+    // Every existing row the transaction writes goes, deleted or to be inserted again in its
+    // final version: no `ON CONFLICT` upsert (the key constraint cannot arbitrate one; see
+    // `schema`).
     let gone: Vec<&str> = state
-        .iter()
-        .filter(|(k, f)| matches!(f, Final::Absent) && metas.contains_key(**k))
-        .map(|(k, _)| *k)
+        .keys()
+        .copied()
+        .filter(|k| metas.contains_key(*k))
         .collect();
     if !gone.is_empty() {
         let st = c
@@ -627,7 +642,7 @@ async fn txn_body(
         let creates: Vec<i64> = rows.iter().map(|r| r.3).collect();
         let mods: Vec<i64> = vec![to_i64(rev); rows.len()];
         let owners: Vec<Option<i64>> = rows.iter().map(|r| r.4).collect();
-        let st = c.st("upsert", &ctx.sql.upsert).await.map_err(before)?;
+        let st = c.st("insert", &ctx.sql.insert).await.map_err(before)?;
         let params: [&(dyn ToSql + Sync); 6] =
             [&keys, &values, &versions, &creates, &mods, &owners];
         c.client.execute(&st, &params).await.map_err(before)?;

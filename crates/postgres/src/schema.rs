@@ -4,13 +4,21 @@
 //! ```sql
 //! meta(id = 1, app = 'rebalanser', schema_version, rev, created_at)  -- the revision counter
 //! sessions(id IDENTITY, ttl_us, renewals, opened_at, renewed_at, client)
-//! kv(key TEXT COLLATE "C" PRIMARY KEY, value BYTEA, version, create_rev, mod_rev,
-//!    owner NULL REFERENCES sessions(id) ON DELETE CASCADE)
+//! kv(key TEXT COLLATE "C" UNIQUE (an SP-GiST exclusion constraint), value BYTEA, version,
+//!    create_rev, mod_rev, owner NULL REFERENCES sessions(id) ON DELETE CASCADE)
 //! ```
 //!
 //! `opened_at`/`renewed_at` are the server's wall clock, for people reading the table; nothing
 //! is decided by them (expiry: the crate docs). `COLLATE "C"` orders keys by bytes, which for
 //! UTF-8 is `str` order, so a prefix is one index range.
+//!
+//! Keys are unique by `EXCLUDE USING spgist (key WITH =)`, not a B-tree primary key: a B-tree
+//! entry holds at most 2704 bytes (after compression), so a B-tree on `key` refuses an
+//! incompressible key longer than that, and the contract requires keys up to `MAX_KEY_BYTES`
+//! (4096) of any content. SP-GiST's radix tree for text takes keys of any length and serves
+//! `=`, `= ANY` and the range scans of prefixes. It cannot be the arbiter of `ON CONFLICT`, so
+//! a transaction deletes the rows it rewrites and inserts their new versions (every writer
+//! holds the counter row, so no one else inserts a key meanwhile; the constraint is the net).
 //!
 //! A new schema's revision counter and session ids start at the server's wall clock in
 //! microseconds, not at 0: a schema dropped and created again must not issue revisions
@@ -38,7 +46,7 @@ pub(crate) struct Sql {
     pub metas: String,
     pub live_sessions: String,
     pub delete_keys: String,
-    pub upsert: String,
+    pub insert: String,
     pub open: String,
     pub keepalive: String,
     pub delete_owned: String,
@@ -82,13 +90,12 @@ impl Sql {
             ),
             live_sessions: format!("SELECT id FROM {s}.sessions WHERE id = ANY($1::bigint[])"),
             delete_keys: format!("DELETE FROM {s}.kv WHERE key = ANY($1::text[])"),
-            upsert: format!(
+            // The final rows of the keys a transaction writes, once `delete_keys` removed the
+            // old ones (no `ON CONFLICT`: see the module docs on the key constraint).
+            insert: format!(
                 "INSERT INTO {s}.kv (key, value, version, create_rev, mod_rev, owner) \
                  SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::bigint[], \
-                                      $5::bigint[], $6::bigint[]) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-                 version = excluded.version, create_rev = excluded.create_rev, \
-                 mod_rev = excluded.mod_rev, owner = excluded.owner"
+                                      $5::bigint[], $6::bigint[])"
             ),
             open: format!("INSERT INTO {s}.sessions (ttl_us, client) VALUES ($1, $2) RETURNING id"),
             // One autocommit statement: a session exists until it is deleted, so this never
@@ -138,12 +145,13 @@ fn ddl(s: &str, floor: i64) -> String {
             client TEXT NOT NULL
         );
         CREATE TABLE {s}.kv (
-            key TEXT COLLATE \"C\" PRIMARY KEY,
+            key TEXT COLLATE \"C\" NOT NULL,
             value BYTEA NOT NULL,
             version BIGINT NOT NULL,
             create_rev BIGINT NOT NULL,
             mod_rev BIGINT NOT NULL,
-            owner BIGINT REFERENCES {s}.sessions (id) ON DELETE CASCADE
+            owner BIGINT REFERENCES {s}.sessions (id) ON DELETE CASCADE,
+            CONSTRAINT kv_key EXCLUDE USING spgist (key WITH =)
         );
         CREATE INDEX kv_owner ON {s}.kv (owner) WHERE owner IS NOT NULL;
         INSERT INTO {s}.meta (id, app, schema_version, rev) VALUES (1, '{APP}', {SCHEMA_VERSION}, {floor});"

@@ -248,3 +248,48 @@ fn a_store_only_one_process_can_see_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("separate processes"), "{stderr}");
 }
+
+/// `--store postgres://...`: the same story on a real PostgreSQL server, in a group of its own
+/// that the demo deletes at the end.
+#[test]
+fn the_demo_runs_on_postgres() {
+    let pg = rebalanser_testkit::Postgres::shared();
+    let url = format!("{}?schema=demo_{}", pg.url(), std::process::id());
+    let out = demo(&[
+        "--store",
+        &url,
+        "--members",
+        "3",
+        "--resources",
+        "9",
+        "--duration",
+        "0",
+    ])
+    .output()
+    .expect("run rebalanser demo");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    for n in 1..=5 {
+        assert!(
+            stdout.contains(&format!("=> step {n} settled in ")),
+            "no line for step {n}:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("No resource was ever claimed by two members"),
+        "{stdout}"
+    );
+    // The demo's group is gone again.
+    let left = pg
+        .psql(&format!(
+            "SELECT count(*) FROM demo_{}.kv",
+            std::process::id()
+        ))
+        .expect("psql");
+    assert_eq!(left, "0", "the demo left keys behind");
+}

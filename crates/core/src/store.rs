@@ -73,6 +73,34 @@ pub fn txn_size_error(conds: &[Cond], writes: &[Write]) -> Option<String> {
         .then(|| format!("transaction of {total} bytes of keys and values (limit {MAX_TXN_BYTES})"))
 }
 
+/// Why a transaction can never succeed, if it cannot: the checks every store makes before it
+/// looks at any data, in `MemModel`'s order (each write's key and value, the transaction's size,
+/// each condition's key).
+pub fn txn_request_error(conds: &[Cond], writes: &[Write]) -> Option<String> {
+    for w in writes {
+        if let Some(e) = key_error(w.key()) {
+            return Some(e);
+        }
+        if let Write::Create { key, value, .. } | Write::Put { key, value } = w {
+            if let Some(e) = value_error(key, value) {
+                return Some(e);
+            }
+        }
+    }
+    if let Some(e) = txn_size_error(conds, writes) {
+        return Some(e);
+    }
+    conds.iter().find_map(|c| key_error(c.key()))
+}
+
+impl Cond {
+    pub fn key(&self) -> &str {
+        match self {
+            Cond::Absent(k) | Cond::Version(k, _) | Cond::Owned { key: k, .. } => k,
+        }
+    }
+}
+
 /// Why `value` cannot be stored under `key`, if it cannot. Values are 1..=[`MAX_VALUE_BYTES`]
 /// bytes: an empty value is refused because hierarchical stores need empty nodes as the
 /// directories between keys, and the protocol never writes one.

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rebalanser_core::store::{key_error, txn_size_error, value_error};
+use rebalanser_core::store::{key_error, txn_request_error};
 use rebalanser_core::SessionId;
 use rebalanser_store::{Cond, Entry, Key, StoreError, StoreOp, StoreReply, StoreResult, Write};
 use rusqlite::{Connection, OptionalExtension};
@@ -146,7 +146,7 @@ pub(crate) fn execute(c: &Connection, ctx: &Ctx<'_>, op: &StoreOp) -> Outcome {
             Ok(StoreReply::Closed)
         }),
         StoreOp::Txn { conds, writes } => {
-            if let Some(e) = validate(conds, writes) {
+            if let Some(e) = txn_request_error(conds, writes) {
                 return refused(StoreError::Invalid(e));
             }
             write(c, ctx, |c, now| txn(c, ctx, now, conds, writes))
@@ -170,30 +170,6 @@ fn replaced(ctx: &Ctx<'_>) -> Outcome {
         ))),
         sql_error: None,
         replaced: true,
-    }
-}
-
-/// The request checks of `MemModel::txn`, in its order.
-fn validate(conds: &[Cond], writes: &[Write]) -> Option<String> {
-    for w in writes {
-        if let Some(e) = key_error(w.key()) {
-            return Some(e);
-        }
-        if let Write::Create { key, value, .. } | Write::Put { key, value } = w {
-            if let Some(e) = value_error(key, value) {
-                return Some(e);
-            }
-        }
-    }
-    if let Some(e) = txn_size_error(conds, writes) {
-        return Some(e);
-    }
-    conds.iter().find_map(|c| key_error(cond_key(c)))
-}
-
-fn cond_key(c: &Cond) -> &str {
-    match c {
-        Cond::Absent(k) | Cond::Version(k, _) | Cond::Owned { key: k, .. } => k,
     }
 }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use rebalanser_core::ids::{SessionId, Time};
 use rebalanser_core::store::{
-    key_error, txn_size_error, value_error, Cond, Entry, Key, StoreError, StoreOp, StoreReply,
-    StoreResult, Write,
+    key_error, txn_request_error, Cond, Entry, Key, StoreError, StoreOp, StoreReply, StoreResult,
+    Write,
 };
 
 #[derive(Debug, Clone)]
@@ -236,26 +236,8 @@ impl MemModel {
     }
 
     fn txn(&mut self, conds: &[Cond], writes: &[Write]) -> StoreResult {
-        for w in writes {
-            if let Some(e) = key_error(w.key()) {
-                return Err(StoreError::Invalid(e));
-            }
-            if let Write::Create { key, value, .. } | Write::Put { key, value } = w {
-                if let Some(e) = value_error(key, value) {
-                    return Err(StoreError::Invalid(e));
-                }
-            }
-        }
-        if let Some(e) = txn_size_error(conds, writes) {
+        if let Some(e) = txn_request_error(conds, writes) {
             return Err(StoreError::Invalid(e));
-        }
-        for c in conds {
-            let key = match c {
-                Cond::Absent(k) | Cond::Version(k, _) | Cond::Owned { key: k, .. } => k,
-            };
-            if let Some(e) = key_error(key) {
-                return Err(StoreError::Invalid(e));
-            }
         }
         for c in conds {
             let ok = match c {

@@ -27,8 +27,8 @@ pub enum Error {
     /// The URL is well formed but this build has no backend for its scheme.
     #[error(
         "unsupported store URL {url:?}: this build supports sqlite:///PATH, \
-         zk://HOST:PORT[,...][/CHROOT], postgres://USER@HOST:PORT/DATABASE[?schema=NAME] \
-         and memory://NAME"
+         zk://HOST:PORT[,...][/CHROOT], postgres://USER@HOST:PORT/DATABASE[?schema=NAME], \
+         etcd://HOST:PORT[,...][/PREFIX] and memory://NAME"
     )]
     UnsupportedStore { url: String },
     /// The store named by the URL could not be opened (e.g. a SQLite file that is not a

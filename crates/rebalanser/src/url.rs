@@ -1,8 +1,9 @@
 //! Store selection by URL (DESIGN §2). This build has `sqlite:///path.db` (the embedded
 //! default: processes on one host share the file; opening it checks the file and may wait up
 //! to the busy/open timeout), `zk://[user:password@]h1:p1,h2:p2[/chroot]`,
-//! `postgres://user:password@host:port/database?schema=NAME` (connects on first use) and
-//! `memory://name`; any other well formed URL (`etcd://`, ...) is
+//! `postgres://user:password@host:port/database?schema=NAME` and
+//! `etcd://[user:password@]h1:p1,h2:p2[/prefix]` (both connect on first use) and
+//! `memory://name`; any other well formed URL is
 //! [`Error::UnsupportedStore`], kept apart from [`Error::BadUrl`] so that a typo and a missing
 //! backend read differently.
 
@@ -84,6 +85,14 @@ pub fn open_store(url: &str) -> Result<Arc<dyn Store>, Error> {
                 }),
             }
         }
+        "etcd" => match rebalanser_etcd::EtcdStore::from_url(url) {
+            Ok(s) => Ok(Arc::new(s)),
+            // The etcd parser's message already quotes the (redacted) URL.
+            Err(e) => Err(Error::BadUrl {
+                url: e.url,
+                reason: e.reason,
+            }),
+        },
         _ => Err(Error::UnsupportedStore {
             url: url.to_string(),
         }),
@@ -172,7 +181,13 @@ mod tests {
             Err(other) => panic!("{other}"),
             Ok(_) => panic!("a bad schema accepted"),
         }
-        for url in ["etcd://h:2379", "ftp://x"] {
+        let etcd = open_store("etcd://app:pw@h1:2379,h2:2379/svc").expect("an etcd URL");
+        assert_eq!(etcd.describe(), "etcd://app:***@h1:2379,h2:2379/svc");
+        assert!(matches!(
+            open_store("etcd://app:pw@h1"),
+            Err(Error::BadUrl { .. })
+        ));
+        for url in ["mysql://h:3306", "ftp://x"] {
             assert!(
                 matches!(open_store(url), Err(Error::UnsupportedStore { .. })),
                 "{url}"

@@ -1,6 +1,7 @@
-//! The member runtime on real ZooKeeper and PostgreSQL servers (one server of each per test
-//! process, one chroot or schema per test): balance, join, graceful leave, crash, resource
-//! churn, foreign data. Every scenario runs on both stores (`zk_*` and `pg_*`).
+//! The member runtime on real ZooKeeper, PostgreSQL and etcd servers (one server or cluster of
+//! each per test process, one chroot, schema or prefix per test): balance, join, graceful
+//! leave, crash, resource churn, foreign data. Every scenario runs on every store (modules
+//! `zk`, `pg`, `etcd`).
 //!
 //! Every lease goes through the access monitor, which fails on two valid leases on one
 //! resource. Times to balance are printed (`cargo test ... -- --nocapture`); only generous
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use rebalanser::{Admin, GroupId, Member, MemberId, RevokeReason, Status, Store};
 use rebalanser_core::layout::Layout;
-use rebalanser_testkit::{Postgres, ZkEnsemble};
+use rebalanser_testkit::{EtcdCluster, Postgres, ZkEnsemble};
 
 /// A name that needs the key encoding (`.` becomes `%2E`).
 const GROUP: &str = "it.group";
@@ -30,6 +31,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 enum Backend {
     Zk,
     Postgres,
+    Etcd,
 }
 
 impl Backend {
@@ -37,6 +39,7 @@ impl Backend {
         match self {
             Backend::Zk => "zk",
             Backend::Postgres => "pg",
+            Backend::Etcd => "etcd",
         }
     }
 
@@ -50,6 +53,10 @@ impl Backend {
             Backend::Postgres => {
                 let pg = blocking(Postgres::shared);
                 format!("{}?schema={}", pg.url(), schema(test))
+            }
+            Backend::Etcd => {
+                let etcd = blocking(EtcdCluster::shared);
+                format!("etcd://{}{}", etcd.endpoints(), chroot(test))
             }
         }
     }
@@ -82,6 +89,11 @@ impl Backend {
                 );
                 blocking(|| Postgres::shared().psql(&sql))
                     .unwrap_or_else(|e| panic!("psql insert {key}: {e:#}"));
+            }
+            Backend::Etcd => {
+                let raw = format!("{}/{key}", chroot(test));
+                blocking(|| EtcdCluster::shared().etcdctl(0, &["put", &raw, value]))
+                    .unwrap_or_else(|e| panic!("etcdctl put {raw}: {e:#}"));
             }
         }
     }
@@ -653,6 +665,14 @@ macro_rules! on_every_store {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $scenario() {
                     super::$scenario(super::Backend::Postgres).await
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::$scenario(super::Backend::Etcd).await
                 }
             )*
         }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::spawn::{lock, signal, spawn_tied, start_with_retries, tail};
+use crate::spawn::{kill_child, lock, signal, spawn_tied, start_with_retries, tail};
 use crate::zk::free_ports;
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -143,11 +143,7 @@ impl Postgres {
 
     /// Kills the server (SIGKILL).
     pub fn kill(&self) -> Result<()> {
-        if let Some(mut c) = lock(&self.server).take() {
-            let _ = c.kill();
-            c.wait().context("cannot reap the server")?;
-        }
-        Ok(())
+        kill_child(&self.server).context("cannot reap the server")
     }
 
     pub fn pause(&self) -> Result<()> {

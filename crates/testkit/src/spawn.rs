@@ -14,7 +14,7 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::mpsc;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 
 struct SpawnRequest {
@@ -97,6 +97,37 @@ pub(crate) fn signal(pid: u32, sig: libc::c_int) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// SIGKILLs the child in `slot`, if one runs, and reaps it: a crash, with no goodbye to peers or
+/// clients. Does nothing when the slot is empty, so cleanup paths can call it freely.
+pub(crate) fn kill_child(slot: &Mutex<Option<Child>>) -> io::Result<()> {
+    let child = lock(slot).take();
+    if let Some(mut child) = child {
+        let _ = signal(child.id(), libc::SIGKILL);
+        child.wait()?;
+    }
+    Ok(())
+}
+
+/// Removes the temp dirs named `{prefix}{pid}-...` whose test process is gone (SIGKILLed, or
+/// holding a never-dropped `shared` server), so repeated runs do not fill /tmp.
+pub(crate) fn sweep_stale_dirs(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !pid_alive(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::nft;
-use crate::spawn::{lock, pid_alive, signal, spawn_tied, tail};
+use crate::spawn::{kill_child, lock, signal, spawn_tied, sweep_stale_dirs, tail};
 
 const ZK_JAR: &str = "/usr/share/java/zookeeper.jar";
 /// Without a binding slf4j logs nothing, and a server that fails to start leaves no trace.
@@ -129,7 +129,7 @@ impl ZkEnsemble {
         if opts.nodes == 0 {
             bail!("ZkOptions::nodes must be at least 1");
         }
-        sweep_stale_dirs();
+        sweep_stale_dirs("rbtest-zk-");
         nft::sweep_stale_tables();
         let mut errors = Vec::new();
         for attempt in 1..=START_ATTEMPTS {
@@ -371,14 +371,7 @@ impl ZkEnsemble {
     /// SIGKILLs node `i` and reaps it: a crash, with no goodbye to peers or clients. Killing a
     /// node that is not running does nothing, so cleanup paths can call it freely.
     pub fn kill(&self, i: usize) -> Result<()> {
-        let child = lock(&self.nodes[i].proc).take();
-        if let Some(mut child) = child {
-            let _ = signal(child.id(), libc::SIGKILL);
-            child
-                .wait()
-                .with_context(|| format!("cannot reap node {i}"))?;
-        }
-        Ok(())
+        kill_child(&self.nodes[i].proc).with_context(|| format!("cannot reap node {i}"))
     }
 
     /// Starts node `i` again with its config and data (killing it first if it runs) and waits
@@ -655,26 +648,6 @@ pub(crate) fn four_letter(addr: SocketAddr, word: &str) -> std::io::Result<Strin
     let mut reply = String::new();
     s.read_to_string(&mut reply)?;
     Ok(reply)
-}
-
-/// Removes temp dirs of ensembles whose test process died without dropping them (SIGKILL, or the
-/// never-dropped `shared` server), so repeated runs do not fill /tmp.
-fn sweep_stale_dirs() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("rbtest-zk-")) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !pid_alive(pid) {
-            let _ = fs::remove_dir_all(entry.path());
-        }
-    }
 }
 
 /// `zkCli.sh` for a given server address; see [`ZkEnsemble::zkcli`].

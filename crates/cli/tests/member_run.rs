@@ -1,7 +1,7 @@
 //! `rebalanser member run --exec`: real member processes, real guard processes, real children,
-//! on a real store (SQLite by default; `MEMBER_RUN_STORE=zk` or `=postgres` runs the same on the
-//! shared test ZooKeeper or PostgreSQL server; the scenarios that matter per store also run on
-//! each explicitly).
+//! on a real store (SQLite by default; `MEMBER_RUN_STORE=zk`, `=postgres` or `=etcd` runs the
+//! same on the shared test ZooKeeper server, PostgreSQL server or etcd cluster; the scenarios
+//! that matter per store also run on each explicitly).
 //!
 //! The children are a small bash loop (`tick.sh`, written by the test) that appends one line per
 //! access to a shared file about every 20 ms:
@@ -287,6 +287,7 @@ enum Backend {
     Sqlite,
     Zk,
     Postgres,
+    Etcd,
 }
 
 impl Backend {
@@ -294,6 +295,7 @@ impl Backend {
         match std::env::var("MEMBER_RUN_STORE").as_deref() {
             Ok("zk") => Backend::Zk,
             Ok("postgres") => Backend::Postgres,
+            Ok("etcd") => Backend::Etcd,
             _ => Backend::Sqlite,
         }
     }
@@ -303,6 +305,7 @@ impl Backend {
             Backend::Sqlite => "sqlite",
             Backend::Zk => "zk",
             Backend::Postgres => "postgres",
+            Backend::Etcd => "etcd",
         }
     }
 }
@@ -336,6 +339,14 @@ async fn setup_on(
                 .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
                 .collect();
             format!("{}?schema={schema}", pg.url())
+        }
+        Backend::Etcd => {
+            let etcd = rebalanser_testkit::EtcdCluster::shared();
+            format!(
+                "etcd://{}/member-run-{name}-{}",
+                etcd.endpoints(),
+                unix_ns()
+            )
         }
         Backend::Sqlite => format!("sqlite://{}", dir.join("rb.db").display()),
     };
@@ -383,6 +394,11 @@ async fn member_run_kill_pause_leave() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_run_kill_pause_leave_on_postgres() -> Result<()> {
     kill_pause_leave(Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_run_kill_pause_leave_on_etcd() -> Result<()> {
+    kill_pause_leave(Backend::Etcd).await
 }
 
 async fn kill_pause_leave(backend: Backend) -> Result<()> {
@@ -802,6 +818,11 @@ async fn member_run_static_restart_moves_nothing_on_zookeeper() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_run_static_restart_moves_nothing_on_postgres() -> Result<()> {
     static_restart_moves_nothing(Backend::Postgres).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_run_static_restart_moves_nothing_on_etcd() -> Result<()> {
+    static_restart_moves_nothing(Backend::Etcd).await
 }
 
 /// SIGTERMs the members, waits for them, and checks the whole run for double access.

@@ -1,0 +1,59 @@
+//! What the store finds out about the server it talks to: the version check of PITFALLS 3 on
+//! the installed etcd, and an unreachable server answered in bounded time.
+
+use std::time::{Duration, Instant};
+
+use rebalanser_etcd::{EtcdOptions, EtcdStore};
+use rebalanser_store::{Store, StoreError, StoreOp};
+use rebalanser_testkit::EtcdCluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_version_is_checked_against_the_lease_bug() {
+    let etcd = EtcdCluster::shared();
+    let store = EtcdStore::from_url(&format!("etcd://{}/version", etcd.endpoints())).unwrap();
+    let v = store.check_version().await.expect("status");
+    println!("etcd server {v:?}");
+    // Debian bookworm's etcd is 3.4.23: affected by etcd #15247.
+    assert!(v.version.starts_with("3."), "{v:?}");
+    assert_eq!(
+        v.affected,
+        rebalanser_etcd::version_affected(&v.version),
+        "{v:?}"
+    );
+    if v.version == "3.4.23" {
+        assert!(v.affected, "3.4.23 has the lease bug");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_unavailable_in_bounded_time_without_the_password() {
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let opts = EtcdOptions {
+        connect_timeout: Duration::from_millis(500),
+        op_timeout: Duration::from_secs(1),
+    };
+    let store =
+        EtcdStore::from_url_with(&format!("etcd://app:hunter2@127.0.0.1:{port}/x"), opts).unwrap();
+    assert_eq!(
+        store.describe(),
+        format!("etcd://app:***@127.0.0.1:{port}/x")
+    );
+    let t = Instant::now();
+    let r = store
+        .execute(StoreOp::Get {
+            key: "g/k".into(),
+            linearizable: true,
+        })
+        .await;
+    let took = t.elapsed();
+    match &r {
+        Err(StoreError::Unavailable(m)) => assert!(!m.contains("hunter2"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}

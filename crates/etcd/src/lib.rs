@@ -356,54 +356,33 @@ impl Inner {
         let id = to_i64(session.0);
         // Taken out while in use (see the crate docs); put back only after a clean answer.
         let taken = lock(&self.keepers).remove(&id);
-        let (mut keeper, mut stream, ttl) = match taken {
-            Some((mut keeper, mut stream)) => {
-                keeper
-                    .keep_alive()
-                    .await
-                    .map_err(|e| fail(&self.url, Kind::Write, e))?;
-                let r = stream
-                    .message()
+        let (mut keeper, mut stream) = match taken {
+            Some(pair) => pair,
+            // Opening a stream renews once and answers inside the client library, which keeps
+            // that answer's TTL to itself; the renewal below asks again (harmless).
+            None => {
+                let mut lease = self.client().await?.lease_client();
+                lease
+                    .keep_alive(id)
                     .await
                     .map_err(|e| fail(&self.url, Kind::Write, e))?
-                    .ok_or_else(|| {
-                        StoreError::Indeterminate(format!("{}: keepalive stream ended", self.url))
-                    })?;
-                (keeper, stream, Some(r.ttl()))
-            }
-            None => {
-                // Opening the stream sends the first keepalive and waits for its answer.
-                let mut lease = self.client().await?.lease_client();
-                match lease.keep_alive(id).await {
-                    Ok((k, s)) => (k, s, None),
-                    Err(e) => return Err(fail(&self.url, Kind::Write, e)),
-                }
             }
         };
-        let ttl = if let Some(ttl) = ttl {
-            if ttl <= 0 {
-                return Err(StoreError::SessionExpired);
-            }
-            ttl
-        } else {
-            // A new stream's first answer is consumed by the client library; ask for the TTL
-            // once more on the stream (a second renewal, harmless).
-            keeper
-                .keep_alive()
-                .await
-                .map_err(|e| fail(&self.url, Kind::Write, e))?;
-            let r = stream
-                .message()
-                .await
-                .map_err(|e| fail(&self.url, Kind::Write, e))?
-                .ok_or_else(|| {
-                    StoreError::Indeterminate(format!("{}: keepalive stream ended", self.url))
-                })?;
-            if r.ttl() <= 0 {
-                return Err(StoreError::SessionExpired);
-            }
-            r.ttl()
-        };
+        keeper
+            .keep_alive()
+            .await
+            .map_err(|e| fail(&self.url, Kind::Write, e))?;
+        let ttl = stream
+            .message()
+            .await
+            .map_err(|e| fail(&self.url, Kind::Write, e))?
+            .ok_or_else(|| {
+                StoreError::Indeterminate(format!("{}: keepalive stream ended", self.url))
+            })?
+            .ttl();
+        if ttl <= 0 {
+            return Err(StoreError::SessionExpired);
+        }
         lock(&self.keepers).insert(id, (keeper, stream));
         Ok(StoreReply::KeptAlive {
             ttl: Duration::from_secs(to_u64(ttl)),

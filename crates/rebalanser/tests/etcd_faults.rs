@@ -11,12 +11,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::faults::*;
 use common::*;
-use rebalanser::Status;
 use rebalanser_testkit::EtcdCluster;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -47,21 +45,6 @@ async fn etcd_blackhole_longer_than_the_ttl_stops_the_member_before_its_session_
         |hp| url(hp, "blackout"),
     )
     .await
-}
-
-/// Events since `t0` over every member: suspended members, sessions lost, failed operations.
-fn trouble(g: &Group, t0: Instant) -> (BTreeMap<String, usize>, usize, usize) {
-    let mut susp = BTreeMap::new();
-    let (mut lost, mut errors) = (0, 0);
-    for (name, log) in &g.logs {
-        let n = count(log, t0, suspended);
-        if n > 0 {
-            susp.insert(name.clone(), n);
-        }
-        lost += count(log, t0, session_lost);
-        errors += count(log, t0, |s| matches!(s, Status::Error { .. }));
-    }
-    (susp, lost, errors)
 }
 
 /// A group on a private 3-node cluster, every member given every endpoint.

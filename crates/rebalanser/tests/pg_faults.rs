@@ -9,12 +9,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::faults::*;
 use common::*;
-use rebalanser::Status;
 use rebalanser_testkit::Postgres;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -46,21 +44,6 @@ async fn pg_blackhole_longer_than_the_ttl_stops_the_member_before_its_session_ex
         |hp| url(hp, "blackout"),
     )
     .await
-}
-
-/// Events since `t0` over every member: suspended members, sessions lost, failed operations.
-fn trouble(g: &Group, t0: Instant) -> (BTreeMap<String, usize>, usize, usize) {
-    let mut susp = BTreeMap::new();
-    let (mut lost, mut errors) = (0, 0);
-    for (name, log) in &g.logs {
-        let n = count(log, t0, suspended);
-        if n > 0 {
-            susp.insert(name.clone(), n);
-        }
-        lost += count(log, t0, session_lost);
-        errors += count(log, t0, |s| matches!(s, Status::Error { .. }));
-    }
-    (susp, lost, errors)
 }
 
 /// The server is SIGKILLed and started again on the same data (about a second without a

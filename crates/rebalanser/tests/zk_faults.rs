@@ -10,12 +10,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::faults::*;
 use common::*;
-use rebalanser::Status;
 use rebalanser_testkit::{ZkEnsemble, ZkOptions};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -95,17 +94,7 @@ async fn zk_leader_killed_the_group_recovers_on_the_new_leader() {
         .filter(|gr| gr.at >= t0)
         .collect();
     let last_regrant = regrants.iter().map(|gr| gr.at - t0).max();
-    let mut susp = BTreeMap::new();
-    let mut lost = 0;
-    let mut errors = 0;
-    for (name, log) in &g.logs {
-        let n = count(log, t0, suspended);
-        if n > 0 {
-            susp.insert(name.clone(), n);
-        }
-        lost += count(log, t0, session_lost);
-        errors += count(log, t0, |s| matches!(s, Status::Error { .. }));
-    }
+    let (susp, lost, errors) = trouble(&g, t0);
     let after = g.mon.holders();
     let moved = moved(&before, &after);
     println!(

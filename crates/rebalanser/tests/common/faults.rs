@@ -429,3 +429,19 @@ pub async fn blackhole_longer_than_the_ttl_stops_the_member_before_its_session_e
     assert_m0_rejoined(&g, label, test, "blackhole", back, t0, healed).await;
     finish(&g.mon, g.workers).await;
 }
+
+/// Events since `t0` over every member: suspended members (with how often), sessions lost,
+/// failed operations.
+pub fn trouble(g: &Group, t0: Instant) -> (BTreeMap<String, usize>, usize, usize) {
+    let mut susp = BTreeMap::new();
+    let (mut lost, mut errors) = (0, 0);
+    for (name, log) in &g.logs {
+        let n = count(log, t0, suspended);
+        if n > 0 {
+            susp.insert(name.clone(), n);
+        }
+        lost += count(log, t0, session_lost);
+        errors += count(log, t0, |s| matches!(s, Status::Error { .. }));
+    }
+    (susp, lost, errors)
+}

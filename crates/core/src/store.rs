@@ -93,6 +93,86 @@ pub fn txn_request_error(conds: &[Cond], writes: &[Write]) -> Option<String> {
     conds.iter().find_map(|c| key_error(c.key()))
 }
 
+/// What a store knows about an existing key when it decides a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyMeta {
+    pub version: u64,
+    pub create_rev: u64,
+    pub owner: Option<SessionId>,
+}
+
+impl From<&Entry> for KeyMeta {
+    fn from(e: &Entry) -> KeyMeta {
+        KeyMeta {
+            version: e.version,
+            create_rev: e.create_rev,
+            owner: e.owner,
+        }
+    }
+}
+
+/// Why a transaction that passed [`txn_request_error`] is refused on this state, if it is: the
+/// decision every store makes, in `MemModel`'s order. Each condition against the state before
+/// the transaction (`Conflict` naming the first that fails); then each write against the state
+/// the writes before it produce: a `Create` of a key that exists is `Conflict`, of a key whose
+/// owner session is gone `SessionExpired`; a `Put` of a session-owned key is `Invalid`.
+/// `meta(key)` is the key's state before the transaction (`None`: absent); `alive(session)`
+/// whether a session exists.
+pub fn txn_refusal(
+    conds: &[Cond],
+    writes: &[Write],
+    meta: impl Fn(&str) -> Option<KeyMeta>,
+    mut alive: impl FnMut(SessionId) -> bool,
+) -> Option<StoreError> {
+    for c in conds {
+        let ok = match c {
+            Cond::Absent(k) => meta(k).is_none(),
+            Cond::Version(k, v) => meta(k).is_some_and(|m| m.version == *v),
+            Cond::Owned {
+                key,
+                session,
+                create_rev,
+            } => {
+                meta(key).is_some_and(|m| m.owner == Some(*session) && m.create_rev == *create_rev)
+            }
+        };
+        if !ok {
+            return Some(StoreError::Conflict(format!("{c:?}")));
+        }
+    }
+    // Per key: absent (`None`) or present and whether session-owned.
+    let mut state: std::collections::BTreeMap<&str, Option<bool>> = Default::default();
+    for w in writes {
+        let key = w.key();
+        let now = *state
+            .entry(key)
+            .or_insert_with(|| meta(key).map(|m| m.owner.is_some()));
+        match w {
+            Write::Create { owner, .. } => {
+                if now.is_some() {
+                    return Some(StoreError::Conflict(format!("{key} exists")));
+                }
+                if owner.is_some_and(|s| !alive(s)) {
+                    return Some(StoreError::SessionExpired);
+                }
+                state.insert(key, Some(owner.is_some()));
+            }
+            Write::Put { .. } => {
+                if now == Some(true) {
+                    return Some(StoreError::Invalid(format!(
+                        "{key} is session-owned and cannot be rewritten"
+                    )));
+                }
+                state.insert(key, Some(false));
+            }
+            Write::Delete { .. } => {
+                state.insert(key, None);
+            }
+        }
+    }
+    None
+}
+
 impl Cond {
     pub fn key(&self) -> &str {
         match self {

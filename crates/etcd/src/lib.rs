@@ -52,7 +52,7 @@ use etcd_client::{
 };
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use rebalanser_core::store::{key_error, txn_request_error};
+use rebalanser_core::store::{key_error, txn_refusal, txn_request_error, KeyMeta};
 use rebalanser_core::SessionId;
 use rebalanser_store::{
     BoxFuture, Cond, Entry, Key, Store, StoreError, StoreOp, StoreReply, StoreResult, WatchEvent,
@@ -545,56 +545,26 @@ impl Inner {
         writes: &[Write],
         state: &BTreeMap<Key, Entry>,
     ) -> StoreError {
-        for c in conds {
-            let ok = match c {
-                Cond::Absent(k) => !state.contains_key(k),
-                Cond::Version(k, v) => state.get(k).is_some_and(|e| e.version == *v),
-                Cond::Owned {
-                    key,
-                    session,
-                    create_rev,
-                } => state
-                    .get(key)
-                    .is_some_and(|e| e.owner == Some(*session) && e.create_rev == *create_rev),
-            };
-            if !ok {
-                return StoreError::Conflict(format!("{c:?}"));
-            }
-        }
-        let mut exists: BTreeMap<&str, Option<bool>> = BTreeMap::new();
+        // The owners a `Create` names, looked up only now (a refusal is the rare path).
+        let mut alive = BTreeSet::new();
         for w in writes {
-            let key = w.key();
-            let now = *exists
-                .entry(key)
-                .or_insert_with(|| state.get(key).map(|e| e.owner.is_some()));
-            match w {
-                Write::Create { owner, .. } => {
-                    if now.is_some() {
-                        return StoreError::Conflict(format!("{key} exists"));
-                    }
-                    if let Some(s) = owner {
-                        if !self.lease_alive(*s).await {
-                            return StoreError::SessionExpired;
-                        }
-                    }
-                    exists.insert(key, Some(owner.is_some()));
-                }
-                Write::Put { .. } => {
-                    if now == Some(true) {
-                        return StoreError::Invalid(format!(
-                            "{key} is session-owned and cannot be rewritten"
-                        ));
-                    }
-                    exists.insert(key, Some(false));
-                }
-                Write::Delete { .. } => {
-                    exists.insert(key, None);
+            if let Write::Create { owner: Some(s), .. } = w {
+                if self.lease_alive(*s).await {
+                    alive.insert(*s);
                 }
             }
         }
+        txn_refusal(
+            conds,
+            writes,
+            |k| state.get(k).map(KeyMeta::from),
+            |s| alive.contains(&s),
+        )
         // The compares failed on a state in which every check passes: something changed
         // between (a key's instance replaced) — nothing was applied, the caller re-reads.
-        StoreError::Conflict("the transaction's conditions no longer hold".into())
+        .unwrap_or_else(|| {
+            StoreError::Conflict("the transaction's conditions no longer hold".into())
+        })
     }
 
     async fn lease_alive(&self, s: SessionId) -> bool {

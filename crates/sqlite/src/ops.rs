@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rebalanser_core::store::{key_error, txn_request_error};
+use rebalanser_core::store::{key_error, txn_refusal, txn_request_error, KeyMeta};
 use rebalanser_core::SessionId;
 use rebalanser_store::{Cond, Entry, Key, StoreError, StoreOp, StoreReply, StoreResult, Write};
 use rusqlite::{Connection, OptionalExtension};
@@ -372,10 +372,6 @@ fn select(
     Ok(out)
 }
 
-/// What a key holds as the transaction's writes are checked one after another:
-/// `None` absent, `Some(owned)` present.
-type KeyState = Option<bool>;
-
 fn txn(
     c: &Connection,
     ctx: &Ctx<'_>,
@@ -383,54 +379,35 @@ fn txn(
     conds: &[Cond],
     writes: &[Write],
 ) -> Result<StoreReply, Fail> {
-    // Conditions, against the state after reaping.
-    for cond in conds {
-        let ok = match cond {
-            Cond::Absent(k) => meta_of(c, k)?.is_none(),
-            Cond::Version(k, v) => meta_of(c, k)?.is_some_and(|m| m.version == *v),
-            Cond::Owned {
-                key,
-                session,
-                create_rev,
-            } => meta_of(c, key)?
-                .is_some_and(|m| m.owner == Some(session.0) && m.create_rev == *create_rev),
-        };
-        if !ok {
-            return Err(Fail::Refused(StoreError::Conflict(format!("{cond:?}"))));
+    // Every key the transaction names, and the owners it creates keys for, read once under
+    // the write lock after reaping; then decided as `MemModel` decides.
+    let mut metas = BTreeMap::new();
+    for k in conds
+        .iter()
+        .map(Cond::key)
+        .chain(writes.iter().map(Write::key))
+    {
+        if !metas.contains_key(k) {
+            metas.insert(k, meta_of(c, k)?);
         }
     }
-    // Every write against the state the writes before it produce (as `MemModel` does).
-    let mut state: BTreeMap<&str, KeyState> = BTreeMap::new();
+    let mut alive = std::collections::BTreeSet::new();
     for w in writes {
-        let key = w.key();
-        let s = match state.get(key) {
-            Some(s) => *s,
-            None => meta_of(c, key)?.map(|m| m.owner.is_some()),
-        };
-        match w {
-            Write::Create { owner, .. } => {
-                if s.is_some() {
-                    return Err(Fail::Refused(StoreError::Conflict(format!("{key} exists"))));
-                }
-                if let Some(o) = owner {
-                    if !session_alive(c, ctx, now, *o)? {
-                        return Err(Fail::Refused(StoreError::SessionExpired));
-                    }
-                }
-                state.insert(key, Some(owner.is_some()));
-            }
-            Write::Put { .. } => {
-                if s == Some(true) {
-                    return Err(Fail::Refused(StoreError::Invalid(format!(
-                        "{key} is session-owned and cannot be rewritten"
-                    ))));
-                }
-                state.insert(key, Some(false));
-            }
-            Write::Delete { .. } => {
-                state.insert(key, None);
+        if let Write::Create { owner: Some(o), .. } = w {
+            if session_alive(c, ctx, now, *o)? {
+                alive.insert(*o);
             }
         }
+    }
+    let meta = |k: &str| {
+        metas.get(k).copied().flatten().map(|m: Meta| KeyMeta {
+            version: m.version,
+            create_rev: m.create_rev,
+            owner: m.owner.map(SessionId),
+        })
+    };
+    if let Some(e) = txn_refusal(conds, writes, meta, |s| alive.contains(&s)) {
+        return Err(Fail::Refused(e));
     }
     if writes.is_empty() {
         return Ok(StoreReply::Committed {
@@ -467,6 +444,7 @@ fn txn(
     Ok(StoreReply::Committed { rev })
 }
 
+#[derive(Clone, Copy)]
 struct Meta {
     version: u64,
     create_rev: u64,

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use rebalanser_core::ids::{SessionId, Time};
 use rebalanser_core::store::{
-    key_error, txn_request_error, Cond, Entry, Key, StoreError, StoreOp, StoreReply, StoreResult,
-    Write,
+    key_error, txn_refusal, txn_request_error, Cond, Entry, Key, KeyMeta, StoreError, StoreOp,
+    StoreReply, StoreResult, Write,
 };
 
 #[derive(Debug, Clone)]
@@ -239,54 +239,13 @@ impl MemModel {
         if let Some(e) = txn_request_error(conds, writes) {
             return Err(StoreError::Invalid(e));
         }
-        for c in conds {
-            let ok = match c {
-                Cond::Absent(k) => !self.data.contains_key(k),
-                Cond::Version(k, v) => self.data.get(k).is_some_and(|e| e.version == *v),
-                Cond::Owned {
-                    key,
-                    session,
-                    create_rev,
-                } => self
-                    .data
-                    .get(key)
-                    .is_some_and(|e| e.owner == Some(*session) && e.create_rev == *create_rev),
-            };
-            if !ok {
-                return Err(StoreError::Conflict(format!("{c:?}")));
-            }
-        }
-        // Validate every write against the state the writes before it produce.
-        let mut exists: BTreeMap<&str, Option<bool>> = BTreeMap::new();
-        for w in writes {
-            let key = w.key();
-            let state = *exists
-                .entry(key)
-                .or_insert_with(|| self.data.get(key).map(|e| e.owner.is_some()));
-            match w {
-                Write::Create { owner, .. } => {
-                    if state.is_some() {
-                        return Err(StoreError::Conflict(format!("{key} exists")));
-                    }
-                    if let Some(s) = owner {
-                        if !self.sessions.contains_key(s) {
-                            return Err(StoreError::SessionExpired);
-                        }
-                    }
-                    exists.insert(key, Some(owner.is_some()));
-                }
-                Write::Put { .. } => {
-                    if state == Some(true) {
-                        return Err(StoreError::Invalid(format!(
-                            "{key} is session-owned and cannot be rewritten"
-                        )));
-                    }
-                    exists.insert(key, Some(false));
-                }
-                Write::Delete { .. } => {
-                    exists.insert(key, None);
-                }
-            }
+        if let Some(e) = txn_refusal(
+            conds,
+            writes,
+            |k| self.data.get(k).map(KeyMeta::from),
+            |s| self.sessions.contains_key(&s),
+        ) {
+            return Err(e);
         }
         if writes.is_empty() {
             return Ok(StoreReply::Committed { rev: self.rev });

@@ -1,10 +1,11 @@
 //! `rebalanser chaos-member`: **test tooling**, hidden from `--help`.
 //!
 //! One group member in its own process, joined through the public API only, that records every
-//! access it makes to a resource as one line in a shared log file. The multi-process chaos test
-//! (`crates/cli/tests/zk_chaos.rs`, `scripts/chaos-zk`) runs several of these against a real
-//! ZooKeeper ensemble, kills, pauses and restarts them and the servers, and then checks from the
-//! log alone that no resource was ever accessed by two members at once.
+//! access it makes to a resource as one line in a shared log file. The multi-process chaos tests
+//! (`crates/cli/tests/zk_chaos.rs` and `pg_chaos.rs` on `tests/common/chaos.rs`;
+//! `scripts/chaos-zk`, `scripts/chaos-pg`) run several of these against a real ZooKeeper
+//! ensemble or PostgreSQL server, kill, pause and restart them and the servers, and then check
+//! from the log alone that no resource was ever accessed by two members at once.
 //!
 //! Log format, one line per access ("tick"), about every 10 ms per lease:
 //!

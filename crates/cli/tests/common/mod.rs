@@ -1,8 +1,11 @@
-//! Shared harness of the CLI's process tests (`member_run`, `redteam_member_run`, `zk_chaos`):
-//! the `rebalanser` binary, clocks, process probes, polling, `member run` processes, and the
-//! hidden `guard` driven over its socket the way `member run` drives it.
+//! Shared harness of the CLI's process tests (`member_run`, `redteam_member_run`, `zk_chaos`,
+//! `pg_chaos`, `rabbitmq_chaos`): the `rebalanser` binary, clocks, process probes, polling,
+//! `member run` processes, the hidden `guard` driven over its socket the way `member run`
+//! drives it, and ([`chaos`]) the multi-process chaos harness with its access-log checker.
 // Each test binary that declares `mod common;` uses only a subset of these helpers.
 #![allow(dead_code)]
+
+pub mod chaos;
 
 use std::fs;
 use std::io::BufRead as _;

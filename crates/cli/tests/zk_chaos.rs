@@ -3,7 +3,7 @@
 //! The harness and the checker are `common::chaos` (see its module doc): four
 //! `rebalanser chaos-member` processes share one group of 30 resources and log every access;
 //! members are SIGKILLed (restarted under the same name after a delay shorter or longer than
-//! their session TTL) and SIGSTOPped for 1–3 × TTL. The ZooKeeper faults here ([`ZkFaults`]):
+//! their session TTL) and SIGSTOPped for 1–3 × TTL. The ZooKeeper faults (`common::cluster_faults`):
 //! SIGKILL of a ZooKeeper node (leader or follower; restarted 2–5 s later), SIGSTOP of the
 //! ZooKeeper leader for 2–5 s; they never overlap. Out of every 8 fault picks: member kill 3,
 //! member pause 2, node kill 2, leader pause 1. Then the faults stop, every node must serve
@@ -17,173 +17,30 @@
 //! keep accessing a resource after giving up its lease, and requires the checker to find the
 //! double access.
 
-use std::fs;
-use std::path::Path;
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use rebalanser_testkit::{ZkEnsemble, ZkOptions};
 
 mod common;
-use common::chaos::{finish, ms_, run_chaos, ChaosConfig, StoreFaults, Timeline, SERIAL};
-use common::Rng;
+use common::chaos::{finish, run_chaos, ChaosConfig, SERIAL};
+use common::cluster_faults::{zk_timings, ClusterFaults};
 
-enum ZkFault {
-    None,
-    Killed {
-        node: usize,
-        restart_at: Instant,
-    },
-    /// A restart runs on its own thread (it waits until the node serves).
-    Restarting(JoinHandle<Result<()>>),
-    Paused {
-        node: usize,
-        resume_at: Instant,
-    },
-}
-
-/// A private 3-node ensemble (tick 200 ms) and its faults: node SIGKILL + restart, leader
-/// SIGSTOP.
-struct ZkFaults {
-    zk: Arc<ZkEnsemble>,
-    fault: ZkFault,
-}
-
-impl ZkFaults {
-    fn start() -> Result<ZkFaults> {
-        let zk = ZkEnsemble::start(ZkOptions {
-            nodes: 3,
-            tick_ms: 200,
-            ..ZkOptions::default()
-        })?;
-        Ok(ZkFaults {
-            zk: Arc::new(zk),
-            fault: ZkFault::None,
-        })
-    }
-}
-
-fn joined(h: JoinHandle<Result<()>>) -> Result<()> {
-    match h.join() {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => bail!("a ZooKeeper node did not come back; see its log: {e:#}"),
-        Err(_) => bail!("a ZooKeeper node did not come back; see its log"),
-    }
-}
-
-impl StoreFaults for ZkFaults {
-    fn url(&self) -> String {
-        format!(
-            "zk://{}/chaos-{}",
-            self.zk.connect_string(),
-            std::process::id()
-        )
-    }
-
-    /// Node kill 2, leader pause 1.
-    fn weight(&self) -> u64 {
-        3
-    }
-
-    fn busy(&self) -> bool {
-        !matches!(self.fault, ZkFault::None)
-    }
-
-    fn inject(&mut self, pick: u64, rng: &mut Rng, tl: &mut Timeline) -> Result<()> {
-        let zk = &self.zk;
-        if pick <= 1 {
-            let leader = zk.leader();
-            let node = match leader {
-                Some(l) if rng.chance(50) => l,
-                Some(l) => (l + 1 + rng.below(2) as usize) % 3,
-                None => rng.below(3) as usize,
-            };
-            let role = if Some(node) == leader {
-                "leader"
-            } else {
-                "follower"
-            };
-            zk.kill(node)?;
-            let d = rng.between(ms_(2000), ms_(5000));
-            tl.fault(
-                "zk SIGKILL",
-                format_args!("node {node} ({role}), restart in {:.1}s", d.as_secs_f64()),
-            );
-            self.fault = ZkFault::Killed {
-                node,
-                restart_at: Instant::now() + d,
-            };
-        } else if let Some(node) = zk.leader() {
-            let d = rng.between(ms_(2000), ms_(5000));
-            zk.pause(node)?;
-            tl.fault(
-                "zk leader SIGSTOP",
-                format_args!("node {node} for {:.1}s", d.as_secs_f64()),
-            );
-            self.fault = ZkFault::Paused {
-                node,
-                resume_at: Instant::now() + d,
-            };
-        } else {
-            tl.note("no zk leader right now: fault skipped");
-        }
-        Ok(())
-    }
-
-    fn step(&mut self, now: Instant, ending: bool, tl: &mut Timeline) -> Result<()> {
-        self.fault = match std::mem::replace(&mut self.fault, ZkFault::None) {
-            ZkFault::Killed { node, restart_at } if ending || now >= restart_at => {
-                tl.note(format_args!("restarting zk node {node}"));
-                let zk = Arc::clone(&self.zk);
-                ZkFault::Restarting(std::thread::spawn(move || {
-                    zk.restart(node)
-                        .with_context(|| format!("zk node {node} did not restart"))
-                }))
-            }
-            ZkFault::Restarting(h) if h.is_finished() => {
-                joined(h)?;
-                tl.note("zk node serves again");
-                ZkFault::None
-            }
-            ZkFault::Paused { node, resume_at } if ending || now >= resume_at => {
-                self.zk.resume(node)?;
-                tl.note(format_args!("SIGCONT zk node {node}"));
-                ZkFault::None
-            }
-            other => other,
-        };
-        if ending {
-            if let ZkFault::Restarting(h) = std::mem::replace(&mut self.fault, ZkFault::None) {
-                joined(h)?;
-                tl.note("zk node serves again");
-            }
-        }
-        Ok(())
-    }
-
-    fn wait_healthy(&mut self) -> Result<()> {
-        for i in 0..self.zk.len() {
-            self.zk
-                .wait_serving(i, Duration::from_secs(60))
-                .with_context(|| format!("zk node {i} after the faults"))?;
-        }
-        Ok(())
-    }
-
-    fn save_logs(&self, dir: &Path) {
-        for i in 0..self.zk.len() {
-            let _ = fs::copy(self.zk.log_path(i), dir.join(format!("zk{i}.log")));
-        }
-    }
+/// A private 3-node ensemble (tick 200 ms) and its faults (`common::cluster_faults`).
+fn zk_faults() -> Result<ClusterFaults<ZkEnsemble>> {
+    let zk = ZkEnsemble::start(ZkOptions {
+        nodes: 3,
+        tick_ms: 200,
+        ..ZkOptions::default()
+    })?;
+    let url = format!("zk://{}/chaos-{}", zk.connect_string(), std::process::id());
+    let (down, pause) = zk_timings();
+    Ok(ClusterFaults::new(zk, url, down, pause))
 }
 
 #[test]
 fn zk_chaos() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let cfg = ChaosConfig::from_env();
-    let out = run_chaos(&cfg, ZkFaults::start).expect("the chaos harness itself failed");
+    let out = run_chaos(&cfg, zk_faults).expect("the chaos harness itself failed");
     let keep = cfg.dir.is_some();
     let ok = finish(&out, keep);
     assert!(
@@ -204,7 +61,7 @@ fn zk_chaos_catches_a_member_that_lingers() {
     let mut cfg = ChaosConfig::from_env();
     cfg.secs = 8;
     cfg.linger_ms = 1000;
-    let out = run_chaos(&cfg, ZkFaults::start).expect("the chaos harness itself failed");
+    let out = run_chaos(&cfg, zk_faults).expect("the chaos harness itself failed");
     let _ = finish(&out, true);
     assert!(
         !out.report.overlaps.is_empty(),

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod cluster_faults;
 
 use std::fs;
 use std::io::BufRead as _;

@@ -61,7 +61,7 @@ use rebalanser_store::{
 
 use crate::error::{fail, Kind};
 
-pub use crate::url::{redact, EtcdUrl, EtcdUrlError, DEFAULT_PREFIX};
+pub use crate::url::{redact, EtcdUrl, EtcdUrlError, TlsFiles, DEFAULT_PREFIX};
 
 /// The first versions without etcd #15247 (a lease revoked while kept alive) in each line.
 pub const SAFE_VERSIONS: [(u32, u32, u32); 2] = [(3, 4, 31), (3, 5, 13)];
@@ -242,11 +242,18 @@ impl Inner {
         if let Some((user, pw)) = &self.url.credentials {
             opts = opts.with_user(user.clone(), pw.clone());
         }
+        let scheme = match &self.url.tls {
+            Some(t) => {
+                opts = opts.with_tls(self.tls_options(t)?);
+                "https"
+            }
+            None => "http",
+        };
         let endpoints: Vec<String> = self
             .url
             .endpoints
             .iter()
-            .map(|e| format!("http://{e}"))
+            .map(|e| format!("{scheme}://{e}"))
             .collect();
         let connect = Client::connect(endpoints, Some(opts));
         let client = match tokio::time::timeout(self.opts.connect_timeout, connect).await {
@@ -261,6 +268,21 @@ impl Inner {
         };
         *slot = Some(client.clone());
         Ok(client)
+    }
+
+    /// TLS from the URL's files, read now (they may have been rotated since the URL was
+    /// parsed). A file that cannot be read is `Invalid`: no retry will help.
+    fn tls_options(&self, t: &url::TlsFiles) -> Result<etcd_client::TlsOptions, StoreError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| StoreError::Invalid(format!("{}: {}: {e}", self.url, p.display())))
+        };
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&t.ca)?));
+        if let Some((cert, key)) = &t.identity {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(tls)
     }
 
     fn key(&self, key: &str) -> Vec<u8> {

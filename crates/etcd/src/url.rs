@@ -1,6 +1,10 @@
-//! `etcd://[user:password@]host:port[,host:port...][/prefix]` URLs.
+//! `etcd://[user:password@]host:port[,host:port...][/prefix][?cacert=PATH[&cert=PATH&key=PATH]]`
+//! URLs. `cacert` turns TLS on: the servers' certificates must be signed by that CA and name
+//! the host connected to; `cert` and `key` give a client certificate for servers that ask for
+//! one (`--client-cert-auth`).
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// Why an `etcd://` URL was refused. The URL is quoted with its password replaced.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +25,14 @@ pub struct EtcdUrl {
     /// Every key the store writes lives under `/<prefix>/`. No leading or trailing `/`.
     pub prefix: String,
     pub credentials: Option<(String, String)>,
+    pub tls: Option<TlsFiles>,
+}
+
+/// The files TLS is configured from (read when the store connects).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 impl fmt::Debug for EtcdUrl {
@@ -37,7 +49,14 @@ impl fmt::Display for EtcdUrl {
         if let Some((user, _)) = &self.credentials {
             write!(f, "{user}:***@")?;
         }
-        write!(f, "{}/{}", self.endpoints.join(","), self.prefix)
+        write!(f, "{}/{}", self.endpoints.join(","), self.prefix)?;
+        if let Some(t) = &self.tls {
+            write!(f, "?cacert={}", t.ca.display())?;
+            if let Some((c, k)) = &t.identity {
+                write!(f, "&cert={}&key={}", c.display(), k.display())?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -50,9 +69,14 @@ impl EtcdUrl {
         let rest = url
             .strip_prefix("etcd://")
             .ok_or_else(|| err("must start with etcd://"))?;
-        if rest.contains(['?', '#']) {
-            return Err(err("query strings and fragments are not supported"));
+        if rest.contains('#') {
+            return Err(err("fragments are not supported"));
         }
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        let tls = tls_params(query).map_err(|r| err(&r))?;
         let (authority, prefix) = match rest.split_once('/') {
             Some((a, p)) => (a, p.trim_end_matches('/')),
             None => (rest, ""),
@@ -99,6 +123,7 @@ impl EtcdUrl {
             endpoints,
             prefix,
             credentials,
+            tls,
         })
     }
 
@@ -108,12 +133,58 @@ impl EtcdUrl {
     }
 }
 
+/// The TLS parameters of a query string: `cacert` (turns TLS on), `cert` and `key` (both or
+/// neither). Each file must be readable now, so a wrong path is a URL error, not a connection
+/// that keeps failing.
+fn tls_params(query: Option<&str>) -> Result<Option<TlsFiles>, String> {
+    let Some(q) = query else { return Ok(None) };
+    let (mut ca, mut cert, mut key) = (None, None, None);
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("parameter {pair:?} has no value (KEY=VALUE)"))?;
+        let slot = match k {
+            "cacert" => &mut ca,
+            "cert" => &mut cert,
+            "key" => &mut key,
+            _ => {
+                return Err(format!(
+                    "unknown parameter {k:?} (known: cacert, cert, key)"
+                ))
+            }
+        };
+        if v.is_empty() {
+            return Err(format!("{k} needs a file path"));
+        }
+        if slot.replace(PathBuf::from(v)).is_some() {
+            return Err(format!("{k} given twice"));
+        }
+    }
+    for (name, p) in [("cacert", &ca), ("cert", &cert), ("key", &key)] {
+        if let Some(p) = p {
+            std::fs::File::open(p).map_err(|e| format!("{name} {}: {e}", p.display()))?;
+        }
+    }
+    let identity = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("cert and key go together".into()),
+    };
+    match ca {
+        Some(ca) => Ok(Some(TlsFiles { ca, identity })),
+        None if identity.is_some() => Err("a client certificate needs cacert (TLS)".into()),
+        None => Ok(None),
+    }
+}
+
 /// `url` with the password replaced by `***`.
 pub fn redact(url: &str) -> String {
     let Some(s) = url.find("://") else {
         return url.to_string();
     };
-    let end = url[s + 3..].find('/').map_or(url.len(), |i| s + 3 + i);
+    let end = url[s + 3..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| s + 3 + i);
     match url[s + 3..end].rfind('@') {
         Some(at) => {
             let info = &url[s + 3..s + 3 + at];
@@ -144,6 +215,19 @@ mod tests {
         let d = EtcdUrl::parse("etcd://h:2379").unwrap();
         assert_eq!(d.prefix, DEFAULT_PREFIX);
         assert_eq!(EtcdUrl::parse("etcd://h:2379/x/").unwrap().prefix, "x");
+        let ca = std::env::temp_dir().join(format!("rb-etcd-url-{}.pem", std::process::id()));
+        std::fs::write(&ca, "x").unwrap();
+        let t = EtcdUrl::parse(&format!("etcd://h:2379/x?cacert={}", ca.display())).unwrap();
+        assert_eq!(t.tls.as_ref().map(|t| t.ca.clone()), Some(ca.clone()));
+        assert!(t
+            .to_string()
+            .ends_with(&format!("/x?cacert={}", ca.display())));
+        let half = format!("etcd://h:2379/x?cacert={0}&cert={0}", ca.display());
+        assert!(EtcdUrl::parse(&half)
+            .unwrap_err()
+            .reason
+            .contains("together"));
+        let _ = std::fs::remove_file(&ca);
     }
 
     #[test]
@@ -156,7 +240,13 @@ mod tests {
             ("etcd://u:secret@:1", "no host"),
             ("etcd://u:secret@h:1/a//b", "prefix"),
             ("etcd://u:secret@h:1/a/../b", "prefix"),
-            ("etcd://u:secret@h:1/a?x=1", "query"),
+            ("etcd://u:secret@h:1/a?x=1", "unknown parameter"),
+            (
+                "etcd://u:secret@h:1/a?cacert=/nonexistent/ca.pem",
+                "/nonexistent/ca.pem",
+            ),
+            ("etcd://u:secret@h:1/a?cacert=", "file path"),
+            ("etcd://u:secret@h:1/a#f", "fragments"),
         ] {
             let e = EtcdUrl::parse(url).unwrap_err().to_string();
             assert!(e.contains(why), "{url}: {e}");

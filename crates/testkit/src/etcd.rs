@@ -57,6 +57,19 @@ pub struct EtcdOptions {
     /// More flags for every member, e.g. `--pre-vote` (off by default in 3.4) or
     /// `--max-txn-ops=1024`.
     pub extra_args: Vec<String>,
+    /// Serve clients over TLS only (peers stay plain).
+    pub tls: Option<EtcdTls>,
+}
+
+/// The files of a TLS client port: the server's certificate and key, and the CA that signed
+/// it (etcdctl trusts it; with `client_cert_auth`, clients must present a certificate it
+/// signed).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_cert_auth: bool,
 }
 
 impl Default for EtcdOptions {
@@ -66,6 +79,7 @@ impl Default for EtcdOptions {
             heartbeat_ms: 100,
             election_timeout_ms: 1000,
             extra_args: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -215,7 +229,7 @@ impl EtcdCluster {
             .iter()
             .map(|n| format!("{}=http://127.0.0.1:{}", n.name, n.peer_port))
             .collect();
-        let client = format!("http://127.0.0.1:{}", node.client_port);
+        let client = format!("{}://127.0.0.1:{}", self.scheme(), node.client_port);
         let peer = format!("http://127.0.0.1:{}", node.peer_port);
         let mut cmd = Command::new(ETCD);
         clean_env(&mut cmd, "ETCD_");
@@ -236,6 +250,17 @@ impl EtcdCluster {
             // 3.4's default logger (capnslog) is deprecated and says so at every start.
             .args(["--logger=zap", "--log-outputs=stderr"])
             .args(&self.opts.extra_args)
+            .args(self.opts.tls.iter().flat_map(|t| {
+                let mut a = vec![
+                    format!("--cert-file={}", t.cert.display()),
+                    format!("--key-file={}", t.key.display()),
+                ];
+                if t.client_cert_auth {
+                    a.push("--client-cert-auth".into());
+                    a.push(format!("--trusted-ca-file={}", t.ca.display()));
+                }
+                a
+            }))
             .current_dir(&node.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -311,6 +336,14 @@ impl EtcdCluster {
                 Some(status)
             }
             _ => None,
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
         }
     }
 
@@ -492,9 +525,22 @@ impl EtcdCluster {
         // etcdctl refuses a flag given both as ETCDCTL_* and on the command line.
         clean_env(&mut cmd, "ETCDCTL_");
         cmd.env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.client_addr(i)))
+            .arg(format!(
+                "--endpoints={}://{}",
+                self.scheme(),
+                self.client_addr(i)
+            ))
             .arg(format!("--dial-timeout={}ms", timeout.as_millis()))
             .arg(format!("--command-timeout={}ms", timeout.as_millis()))
+            .args(self.opts.tls.iter().flat_map(|t| {
+                let mut a = vec![format!("--cacert={}", t.ca.display())];
+                if t.client_cert_auth {
+                    // The server's own pair serves etcdctl as a client certificate: same CA.
+                    a.push(format!("--cert={}", t.cert.display()));
+                    a.push(format!("--key={}", t.key.display()));
+                }
+                a
+            }))
             .args(args);
         let (status, out, err) = run_bounded(cmd, ETCDCTL_LIMIT)
             .with_context(|| format!("etcdctl {args:?} against member {i}"))?;

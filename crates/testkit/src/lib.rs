@@ -19,14 +19,16 @@ mod postgres;
 mod proxy;
 mod rabbitmq;
 mod spawn;
+mod tls;
 mod zk;
 
 pub use clock::boottime_ns;
-pub use etcd::{EtcdCluster, EtcdOptions};
+pub use etcd::{EtcdCluster, EtcdOptions, EtcdTls};
 pub use postgres::Postgres;
 pub use proxy::FaultProxy;
 pub use rabbitmq::RabbitMq;
 pub use spawn::pid_alive;
+pub use tls::TestCerts;
 pub use zk::{zkcli, ZkEnsemble, ZkOptions};
 
 /// The fixtures are shared between a test's threads and tasks.

@@ -22,13 +22,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::spawn::{kill_child, lock, signal, spawn_tied, start_with_retries, tail};
+use crate::spawn::{
+    kill_child, lock, signal, spawn_tied, start_with_retries, sweep_stale_dirs, tail,
+};
 use crate::zk::free_ports;
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 const NOT_INSTALLED: &str = "PostgreSQL 15 is not installed: run apt-get install -y postgresql";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const START_ATTEMPTS: usize = 3;
+/// Temp dirs are named `{DIR_PREFIX}{pid}-...`: [`sweep_stale_dirs`] finds a gone process's.
+const DIR_PREFIX: &str = "rbtest-pg-";
 
 /// One server (see the module docs). Killed when dropped.
 pub struct Postgres {
@@ -59,12 +63,15 @@ impl Postgres {
         if !Path::new(BIN).join("postgres").exists() {
             bail!("{NOT_INSTALLED} ({BIN}/postgres is missing)");
         }
+        // The shared server is never dropped, so its data directory (~40 MB) outlives every
+        // test process that used one: remove those of processes that are gone.
+        sweep_stale_dirs(DIR_PREFIX);
         start_with_retries(START_ATTEMPTS, Postgres::try_start)
     }
 
     fn try_start() -> Result<Postgres> {
         let dir = tempfile::Builder::new()
-            .prefix(&format!("rbtest-pg-{}-", std::process::id()))
+            .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
             .tempdir()
             .context("cannot create a temp dir")?;
         let user = server_user()?;

@@ -330,18 +330,32 @@ impl Inner {
             let _ = connection.await;
         });
         let ms = |d: Duration| d.as_millis().max(1);
-        client
-            .batch_execute(&format!(
-                "SET idle_in_transaction_session_timeout = {}; SET statement_timeout = {}",
-                ms(self.opts.idle_in_transaction),
-                ms(self.opts.op_timeout)
+        // Bounded on the client too: a server (or network) that falls silent right after the
+        // start-up would otherwise hold this forever (no server-side timeout is in force yet,
+        // and TCP notices a silent peer only after many minutes): an operation that needed a
+        // new connection would hang, and so would the reaper, which then never reaps again
+        // (found by tests/faults.rs `a_server_silent_after_the_startup_does_not_hang_the_store`).
+        let setup = async {
+            client
+                .batch_execute(&format!(
+                    "SET idle_in_transaction_session_timeout = {}; SET statement_timeout = {}",
+                    ms(self.opts.idle_in_transaction),
+                    ms(self.opts.op_timeout)
+                ))
+                .await
+                .map_err(|e| connect(e.to_string()))?;
+            if !self.ready.load(Ordering::SeqCst) {
+                schema::ensure(&mut client, &self.at, &self.sql.schema).await?;
+                self.ready.store(true, Ordering::SeqCst);
+            }
+            Ok::<_, PostgresError>(())
+        };
+        let limit = self.opts.op_timeout;
+        tokio::time::timeout(limit, setup).await.map_err(|_| {
+            connect(format!(
+                "no answer to the connection's set-up within {limit:?}"
             ))
-            .await
-            .map_err(|e| connect(e.to_string()))?;
-        if !self.ready.load(Ordering::SeqCst) {
-            schema::ensure(&mut client, &self.at, &self.sql.schema).await?;
-            self.ready.store(true, Ordering::SeqCst);
-        }
+        })??;
         Ok(Conn::new(client))
     }
 

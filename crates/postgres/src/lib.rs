@@ -60,7 +60,9 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use rebalanser_store::{BoxFuture, Key, Store, StoreError, StoreOp, StoreResult, WatchEvent};
-use tokio_postgres::{Client, Config, Connection, NoTls, Socket};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Config, Connection, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{poisons_connection, schema_missing};
 use crate::listen::Note;
@@ -146,8 +148,13 @@ pub struct PostgresStore {
 
 type Lane = tokio::sync::Mutex<Option<Conn>>;
 
+/// A connection's driver, TLS or not (one type: `sslmode` decides whether TLS is used).
+pub(crate) type PgConnection =
+    Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
+
 pub(crate) struct Inner {
     config: Config,
+    tls: Option<url::TlsFiles>,
     /// `postgres://user:***@host/db?schema=s`, for logs and messages.
     at: String,
     sql: Sql,
@@ -195,6 +202,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 config: parsed.config,
+                tls: parsed.tls,
                 at: parsed.redacted,
                 sql: Sql::new(&parsed.schema),
                 opts,
@@ -299,11 +307,54 @@ impl Inner {
         }
     }
 
+    /// The TLS connector: from the URL's files, read now (a rotated certificate is picked up by
+    /// the next connection); without TLS one that is never used (`sslmode` is `disable`).
+    fn tls(&self) -> Result<MakeRustlsConnect, String> {
+        // The process's provider if the application installed one, else ring (the one this
+        // crate compiles; rustls marks it deprecated only for lacking post-quantum key
+        // exchange, which a database connection here does not need).
+        #[allow(deprecated)]
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let mut roots = rustls::RootCertStore::empty();
+        let Some(t) = &self.tls else {
+            return Ok(MakeRustlsConnect::new(
+                builder.with_root_certificates(roots).with_no_client_auth(),
+            ));
+        };
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let file = |p: &std::path::Path, e: &dyn std::fmt::Display| {
+            format!("TLS file {}: {e}", p.display())
+        };
+        for cert in CertificateDer::pem_file_iter(&t.ca).map_err(|e| file(&t.ca, &e))? {
+            roots
+                .add(cert.map_err(|e| file(&t.ca, &e))?)
+                .map_err(|e| file(&t.ca, &e))?;
+        }
+        let builder = builder.with_root_certificates(roots);
+        let config = match &t.identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .map_err(|e| file(cert, &e))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| file(cert, &e))?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file(key, &e))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        Ok(MakeRustlsConnect::new(config))
+    }
+
     /// A new connection (its driver task spawned) with the server-side bounds set.
-    async fn connect_raw(
-        &self,
-        lane: &str,
-    ) -> Result<(Client, Connection<Socket, tokio_postgres::tls::NoTlsStream>), String> {
+    async fn connect_raw(&self, lane: &str) -> Result<(Client, PgConnection), String> {
         let mut cfg = self.config.clone();
         if cfg.get_application_name().is_none() {
             cfg.application_name(format!("rebalanser/{lane}"));
@@ -312,7 +363,8 @@ impl Inner {
         if cfg.get_connect_timeout().is_none_or(|t| *t > limit) {
             cfg.connect_timeout(limit);
         }
-        let (client, connection) = tokio::time::timeout(limit, cfg.connect(NoTls))
+        let tls = self.tls()?;
+        let (client, connection) = tokio::time::timeout(limit, cfg.connect(tls))
             .await
             .map_err(|_| format!("no connection within {limit:?}"))?
             .map_err(|e| e.to_string())?;

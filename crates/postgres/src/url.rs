@@ -1,8 +1,17 @@
 //! `postgres://user:password@host:port/database?schema=NAME&...` URLs.
 //!
-//! Everything but `schema` is handed to tokio-postgres, which knows libpq's parameters
-//! (`connect_timeout`, `application_name`, `target_session_attrs`, `sslmode`, ...). The
-//! password is never printed: [`redact`] replaces it wherever a URL is quoted.
+//! `schema` and the TLS files (`sslrootcert`, `sslcert`, `sslkey`) are this crate's; the rest
+//! is handed to tokio-postgres, which knows libpq's parameters (`connect_timeout`,
+//! `application_name`, `target_session_attrs`, ...). The password is never printed:
+//! [`redact`] replaces it wherever a URL is quoted.
+//!
+//! TLS: `sslmode=require`, `verify-ca` or `verify-full`, or just `sslrootcert=PATH`, connects
+//! over TLS and always verifies the server's certificate against `sslrootcert` (the CA that
+//! signed it) and the host name — stricter than libpq's `require`, which checks nothing, so
+//! `sslrootcert` is required with it. `sslcert` and `sslkey` give a client certificate.
+//! `sslmode=disable`, `allow` or `prefer` (libpq's default) connect in plain text.
+
+use std::path::PathBuf;
 
 use tokio_postgres::config::SslMode;
 use tokio_postgres::Config;
@@ -21,6 +30,15 @@ pub(crate) struct Parsed {
     pub schema: String,
     /// The URL as given, password replaced, for logs and errors.
     pub redacted: String,
+    pub tls: Option<TlsFiles>,
+}
+
+/// The files TLS is configured from (read at every connection, so a rotated certificate is
+/// picked up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 pub(crate) fn parse(url: &str) -> Result<Parsed, PostgresError> {
@@ -41,6 +59,9 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, PostgresError> {
         None => (url, None),
     };
     let mut schema = None;
+    let (mut rootcert, mut cert, mut key) = (None, None, None);
+    // libpq's modes; tokio-postgres knows only three of them, so this crate reads it.
+    let mut wants_tls = false;
     let mut kept = Vec::new();
     for pair in query.into_iter().flat_map(|q| q.split('&')) {
         if pair.is_empty() {
@@ -50,6 +71,34 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, PostgresError> {
             Some(("schema", v)) => {
                 if schema.replace(v.to_string()).is_some() {
                     return Err(err("schema given twice".into()));
+                }
+            }
+            Some((k @ ("sslrootcert" | "sslcert" | "sslkey"), v)) => {
+                let slot = match k {
+                    "sslrootcert" => &mut rootcert,
+                    "sslcert" => &mut cert,
+                    _ => &mut key,
+                };
+                if v.is_empty() {
+                    return Err(err(format!("{k} needs a file path")));
+                }
+                if let Err(e) = std::fs::File::open(v) {
+                    return Err(err(format!("{k} {v}: {e}")));
+                }
+                if slot.replace(PathBuf::from(v)).is_some() {
+                    return Err(err(format!("{k} given twice")));
+                }
+            }
+            Some(("sslmode", v)) => {
+                wants_tls = match v {
+                    "disable" | "allow" | "prefer" => false,
+                    "require" | "verify-ca" | "verify-full" => true,
+                    _ => {
+                        return Err(err(format!(
+                            "sslmode {v:?}: one of disable, allow, prefer, require, verify-ca, \
+                             verify-full"
+                        )))
+                    }
                 }
             }
             Some(_) => kept.push(pair),
@@ -68,7 +117,7 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, PostgresError> {
     } else {
         format!("{base}?{}", kept.join("&"))
     };
-    let config: Config = rebuilt
+    let mut config: Config = rebuilt
         .parse()
         // tokio-postgres's messages name the option, never the password.
         .map_err(|e: tokio_postgres::Error| err(e.to_string()))?;
@@ -78,17 +127,33 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, PostgresError> {
     if config.get_user().is_none() {
         return Err(err("no user: postgres://USER@HOST:PORT/DATABASE".into()));
     }
-    if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
-        return Err(err(
-            "sslmode=require: this build has no TLS for PostgreSQL yet; use sslmode=disable \
-             or prefer (plain connections), or a TLS-terminating proxy"
-                .into(),
-        ));
-    }
+    let identity = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err(err("sslcert and sslkey go together".into())),
+    };
+    let tls =
+        match rootcert {
+            Some(ca) => Some(TlsFiles { ca, identity }),
+            None if wants_tls || identity.is_some() => return Err(err(
+                "TLS needs sslrootcert=PATH, the CA that signed the server's certificate: this \
+                 store always verifies the server (unlike libpq's sslmode=require)"
+                    .into(),
+            )),
+            None => None,
+        };
+    // TLS exactly when asked for: never the opportunistic `prefer`, which would fail on a
+    // server offering TLS with a certificate this store cannot verify.
+    config.ssl_mode(if tls.is_some() {
+        SslMode::Require
+    } else {
+        SslMode::Disable
+    });
     Ok(Parsed {
         config,
         schema,
         redacted,
+        tls,
     })
 }
 
@@ -158,6 +223,19 @@ mod tests {
         );
         let d = parse("postgresql://app@h/db").expect("valid");
         assert_eq!(d.schema, DEFAULT_SCHEMA);
+        assert_eq!(d.tls, None);
+        assert_eq!(d.config.get_ssl_mode(), SslMode::Disable);
+        let ca = std::env::temp_dir().join(format!("rb-pg-url-{}.pem", std::process::id()));
+        std::fs::write(&ca, "x").unwrap();
+        let t = parse(&format!("postgres://app@h/db?sslrootcert={}", ca.display())).unwrap();
+        assert_eq!(t.tls.as_ref().map(|t| t.ca.clone()), Some(ca.clone()));
+        assert_eq!(t.config.get_ssl_mode(), SslMode::Require);
+        let half = format!(
+            "postgres://app@h/db?sslrootcert={0}&sslcert={0}",
+            ca.display()
+        );
+        assert!(parse(&half).err().unwrap().to_string().contains("together"));
+        let _ = std::fs::remove_file(&ca);
     }
 
     #[test]
@@ -169,7 +247,17 @@ mod tests {
             ("postgres://u:secret@h/db?schema=a&schema=b", "twice"),
             ("postgres://u:secret@h/db?bogus=1", "bogus"),
             ("postgres://u:secret@h/db?flag", "no value"),
-            ("postgres://u:secret@h/db?sslmode=require", "TLS"),
+            ("postgres://u:secret@h/db?sslmode=require", "sslrootcert"),
+            (
+                "postgres://u:secret@h/db?sslmode=verify-full",
+                "sslrootcert",
+            ),
+            (
+                "postgres://u:secret@h/db?sslrootcert=/nonexistent/ca.pem",
+                "/nonexistent",
+            ),
+            ("postgres://u:secret@h/db?sslrootcert=", "file path"),
+            ("postgres://u:secret@h/db?sslmode=maybe", "sslmode"),
             ("postgres://", "no host"),
             ("postgres://h/db#x", "fragment"),
         ] {

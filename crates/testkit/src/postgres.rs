@@ -25,6 +25,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::spawn::{
     kill_child, lock, signal, spawn_tied, start_with_retries, sweep_stale_dirs, tail,
 };
+use crate::tls::TestCerts;
 use crate::zk::free_ports;
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -60,16 +61,27 @@ impl Postgres {
     /// Creates a cluster and starts it; fails loudly (never skips) if the package is missing or
     /// the server does not accept connections.
     pub fn start() -> Result<Postgres> {
+        Self::start_with(None)
+    }
+
+    /// A server that takes TCP clients over TLS only, and only with a client certificate
+    /// signed by `certs`' CA (`hostssl … trust clientcert=verify-ca`; plain TCP is rejected).
+    /// `psql` goes through the Unix socket.
+    pub fn start_tls(certs: &TestCerts) -> Result<Postgres> {
+        Self::start_with(Some(certs))
+    }
+
+    fn start_with(tls: Option<&TestCerts>) -> Result<Postgres> {
         if !Path::new(BIN).join("postgres").exists() {
             bail!("{NOT_INSTALLED} ({BIN}/postgres is missing)");
         }
         // The shared server is never dropped, so its data directory (~40 MB) outlives every
         // test process that used one: remove those of processes that are gone.
         sweep_stale_dirs(DIR_PREFIX);
-        start_with_retries(START_ATTEMPTS, Postgres::try_start)
+        start_with_retries(START_ATTEMPTS, || Postgres::try_start(tls))
     }
 
-    fn try_start() -> Result<Postgres> {
+    fn try_start(tls: Option<&TestCerts>) -> Result<Postgres> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
             .tempdir()
@@ -100,9 +112,46 @@ impl Postgres {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        if let Some(certs) = tls {
+            p.configure_tls(certs)?;
+        }
         p.spawn()?;
         p.wait_ready(START_TIMEOUT)?;
         Ok(p)
+    }
+
+    /// Copies the server's certificate, key and the CA into the data directory (owned by the
+    /// server's user, the key 0600, as PostgreSQL demands), turns `ssl` on and allows TCP
+    /// clients only over TLS with a certificate from that CA.
+    fn configure_tls(&self, certs: &TestCerts) -> Result<()> {
+        let data = self.data();
+        for (from, to, mode) in [
+            (&certs.server_cert, "server.crt", 0o644),
+            (&certs.server_key, "server.key", 0o600),
+            (&certs.ca, "root.crt", 0o644),
+        ] {
+            let dest = data.join(to);
+            fs::copy(from, &dest).with_context(|| format!("cannot copy {}", from.display()))?;
+            if let Some((uid, gid)) = self.user {
+                std::os::unix::fs::chown(&dest, Some(uid), Some(gid))?;
+            }
+            fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
+        }
+        let mut conf = OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))?;
+        writeln!(
+            conf,
+            "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n\
+             ssl_ca_file = 'root.crt'"
+        )?;
+        fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust clientcert=verify-ca\n\
+             hostnossl all all 127.0.0.1/32 reject\n",
+        )?;
+        Ok(())
     }
 
     fn data(&self) -> PathBuf {
@@ -171,7 +220,11 @@ impl Postgres {
     /// Runs one SQL statement with `psql` and returns its unaligned, tuples-only output.
     pub fn psql(&self, sql: &str) -> Result<String> {
         let mut cmd = Command::new(Path::new(BIN).join("psql"));
-        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+        // The Unix socket: it works whatever the TCP rules (a TLS-only server rejects plain
+        // TCP).
+        cmd.arg("-h")
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string()])
             .args(["-U", "postgres", "-d", "postgres", "-X", "-A", "-t", "-q"])
             .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
             .stdin(Stdio::null());

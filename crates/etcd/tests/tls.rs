@@ -95,7 +95,10 @@ async fn tls_with_client_certificates() {
             certs.client_cert.display(),
             certs.client_key.display()
         ),
-        format!("etcd://app:hunter2@{hosts}/tls?cacert={}", certs.ca.display()),
+        format!(
+            "etcd://app:hunter2@{hosts}/tls?cacert={}",
+            certs.ca.display()
+        ),
         format!("etcd://app:hunter2@{hosts}/tls"),
     ];
     for url in refused {

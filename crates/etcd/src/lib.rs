@@ -272,7 +272,7 @@ impl Inner {
 
     /// TLS from the URL's files, read now (they may have been rotated since the URL was
     /// parsed). A file that cannot be read is `Invalid`: no retry will help.
-    fn tls_options(&self, t: &url::TlsFiles) -> Result<etcd_client::TlsOptions, StoreError> {
+    fn tls_options(&self, t: &TlsFiles) -> Result<etcd_client::TlsOptions, StoreError> {
         let read = |p: &std::path::Path| {
             std::fs::read(p)
                 .map_err(|e| StoreError::Invalid(format!("{}: {}: {e}", self.url, p.display())))

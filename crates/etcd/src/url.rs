@@ -4,7 +4,8 @@
 //! one (`--client-cert-auth`).
 
 use std::fmt;
-use std::path::PathBuf;
+
+pub use rebalanser_store::TlsFiles;
 
 /// Why an `etcd://` URL was refused. The URL is quoted with its password replaced.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,13 +27,6 @@ pub struct EtcdUrl {
     pub prefix: String,
     pub credentials: Option<(String, String)>,
     pub tls: Option<TlsFiles>,
-}
-
-/// The files TLS is configured from (read when the store connects).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub ca: PathBuf,
-    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 impl fmt::Debug for EtcdUrl {
@@ -133,9 +127,7 @@ impl EtcdUrl {
     }
 }
 
-/// The TLS parameters of a query string: `cacert` (turns TLS on), `cert` and `key` (both or
-/// neither). Each file must be readable now, so a wrong path is a URL error, not a connection
-/// that keeps failing.
+/// The TLS parameters of a query string: `cacert` (turns TLS on), `cert` and `key`.
 fn tls_params(query: Option<&str>) -> Result<Option<TlsFiles>, String> {
     let Some(q) = query else { return Ok(None) };
     let (mut ca, mut cert, mut key) = (None, None, None);
@@ -153,28 +145,11 @@ fn tls_params(query: Option<&str>) -> Result<Option<TlsFiles>, String> {
                 ))
             }
         };
-        if v.is_empty() {
-            return Err(format!("{k} needs a file path"));
-        }
-        if slot.replace(PathBuf::from(v)).is_some() {
+        if slot.replace(v).is_some() {
             return Err(format!("{k} given twice"));
         }
     }
-    for (name, p) in [("cacert", &ca), ("cert", &cert), ("key", &key)] {
-        if let Some(p) = p {
-            std::fs::File::open(p).map_err(|e| format!("{name} {}: {e}", p.display()))?;
-        }
-    }
-    let identity = match (cert, key) {
-        (Some(c), Some(k)) => Some((c, k)),
-        (None, None) => None,
-        _ => return Err("cert and key go together".into()),
-    };
-    match ca {
-        Some(ca) => Ok(Some(TlsFiles { ca, identity })),
-        None if identity.is_some() => Err("a client certificate needs cacert (TLS)".into()),
-        None => Ok(None),
-    }
+    TlsFiles::from_params(("cacert", ca), ("cert", cert), ("key", key))
 }
 
 /// `url` with the password replaced by `***`.

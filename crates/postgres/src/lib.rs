@@ -154,7 +154,7 @@ pub(crate) type PgConnection =
 
 pub(crate) struct Inner {
     config: Config,
-    tls: Option<url::TlsFiles>,
+    tls: Option<rebalanser_store::TlsFiles>,
     /// `postgres://user:***@host/db?schema=s`, for logs and messages.
     at: String,
     sql: Sql,

@@ -11,8 +11,7 @@
 //! `sslrootcert` is required with it. `sslcert` and `sslkey` give a client certificate.
 //! `sslmode=disable`, `allow` or `prefer` (libpq's default) connect in plain text.
 
-use std::path::PathBuf;
-
+use rebalanser_store::TlsFiles;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::Config;
 
@@ -31,14 +30,6 @@ pub(crate) struct Parsed {
     /// The URL as given, password replaced, for logs and errors.
     pub redacted: String,
     pub tls: Option<TlsFiles>,
-}
-
-/// The files TLS is configured from (read at every connection, so a rotated certificate is
-/// picked up).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub ca: PathBuf,
-    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 pub(crate) fn parse(url: &str) -> Result<Parsed, PostgresError> {
@@ -79,13 +70,7 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, PostgresError> {
                     "sslcert" => &mut cert,
                     _ => &mut key,
                 };
-                if v.is_empty() {
-                    return Err(err(format!("{k} needs a file path")));
-                }
-                if let Err(e) = std::fs::File::open(v) {
-                    return Err(err(format!("{k} {v}: {e}")));
-                }
-                if slot.replace(PathBuf::from(v)).is_some() {
+                if slot.replace(v).is_some() {
                     return Err(err(format!("{k} given twice")));
                 }
             }
@@ -127,21 +112,19 @@ pub(crate) fn parse(url: &str) -> Result<Parsed, PostgresError> {
     if config.get_user().is_none() {
         return Err(err("no user: postgres://USER@HOST:PORT/DATABASE".into()));
     }
-    let identity = match (cert, key) {
-        (Some(c), Some(k)) => Some((c, k)),
-        (None, None) => None,
-        _ => return Err(err("sslcert and sslkey go together".into())),
-    };
-    let tls =
-        match rootcert {
-            Some(ca) => Some(TlsFiles { ca, identity }),
-            None if wants_tls || identity.is_some() => return Err(err(
-                "TLS needs sslrootcert=PATH, the CA that signed the server's certificate: this \
-                 store always verifies the server (unlike libpq's sslmode=require)"
-                    .into(),
-            )),
-            None => None,
-        };
+    let tls = TlsFiles::from_params(
+        ("sslrootcert", rootcert),
+        ("sslcert", cert),
+        ("sslkey", key),
+    )
+    .map_err(&err)?;
+    if tls.is_none() && wants_tls {
+        return Err(err(
+            "TLS needs sslrootcert=PATH, the CA that signed the server's certificate: this \
+             store always verifies the server (unlike libpq's sslmode=require)"
+                .into(),
+        ));
+    }
     // TLS exactly when asked for: never the opportunistic `prefer`, which would fail on a
     // server offering TLS with a certificate this store cannot verify.
     config.ssl_mode(if tls.is_some() {

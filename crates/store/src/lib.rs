@@ -19,6 +19,7 @@
 
 pub mod memory;
 pub mod model;
+pub mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +31,7 @@ pub use model::{MemModel, ModelConfig};
 pub use rebalanser_core::store::{
     Cond, Entry, Key, StoreError, StoreOp, StoreReply, StoreResult, Write,
 };
+pub use tls::TlsFiles;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -1331,7 +1331,7 @@ fn member_run_rejects_bad_input() -> Result<()> {
     let db = format!("sqlite://{}", dir.join("x.db").display());
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--store", "nonsense"], "malformed store URL"),
-        (vec!["--store", "etcd://h:1"], "unsupported store URL"),
+        (vec!["--store", "mysql://h:1"], "unsupported store URL"),
         (vec!["--store", &db, "--session-ttl", "0s"], "--session-ttl"),
         (vec!["--store", &db, "--session-ttl", "2"], "unit"),
         (

@@ -183,12 +183,12 @@ async fn bad_urls_and_missing_stores_are_typed() {
         assert!(matches!(e, Error::BadUrl { .. }), "{url}: {e:?}");
     }
     let e = Member::builder("g")
-        .store_url("etcd://h1:2379")
+        .store_url("mysql://h1:3306")
         .join()
         .await
         .expect_err("unsupported");
     assert!(matches!(e, Error::UnsupportedStore { .. }), "{e:?}");
-    assert!(msg(&e).contains("etcd://h1:2379"), "{e}");
+    assert!(msg(&e).contains("mysql://h1:3306"), "{e}");
     // A supported store that cannot be reached: a typed error naming it, not a hang.
     let e = Member::builder("g")
         .store_url("zk://127.0.0.1:1/x")
@@ -197,6 +197,23 @@ async fn bad_urls_and_missing_stores_are_typed() {
         .expect_err("unreachable");
     assert!(matches!(e, Error::Store { .. }), "{e:?}");
     assert!(msg(&e).contains("zk://127.0.0.1:1/x"), "{e}");
+    // The same for the other networked stores, their passwords never in the message.
+    for url in [
+        "etcd://app:hunter2@127.0.0.1:1/x",
+        "postgres://app:hunter2@127.0.0.1:1/db?schema=x",
+    ] {
+        let e = Member::builder("g")
+            .store_url(url)
+            .join()
+            .await
+            .expect_err("unreachable");
+        assert!(matches!(e, Error::Store { .. }), "{url}: {e:?}");
+        assert!(msg(&e).contains("127.0.0.1:1"), "{e}");
+        assert!(
+            !msg(&e).contains("hunter2") && !format!("{e:?}").contains("hunter2"),
+            "{e:?}"
+        );
+    }
 
     let e = Member::builder("g").join().await.expect_err("no store");
     assert!(matches!(e, Error::NoStore { .. }), "{e:?}");

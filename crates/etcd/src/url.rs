@@ -70,7 +70,7 @@ impl EtcdUrl {
             Some((r, q)) => (r, Some(q)),
             None => (rest, None),
         };
-        let tls = tls_params(query).map_err(|r| err(&r))?;
+        let tls = TlsFiles::from_query(query).map_err(|r| err(&r))?;
         let (authority, prefix) = match rest.split_once('/') {
             Some((a, p)) => (a, p.trim_end_matches('/')),
             None => (rest, ""),
@@ -125,31 +125,6 @@ impl EtcdUrl {
     pub fn root(&self) -> String {
         format!("/{}/", self.prefix)
     }
-}
-
-/// The TLS parameters of a query string: `cacert` (turns TLS on), `cert` and `key`.
-fn tls_params(query: Option<&str>) -> Result<Option<TlsFiles>, String> {
-    let Some(q) = query else { return Ok(None) };
-    let (mut ca, mut cert, mut key) = (None, None, None);
-    for pair in q.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("parameter {pair:?} has no value (KEY=VALUE)"))?;
-        let slot = match k {
-            "cacert" => &mut ca,
-            "cert" => &mut cert,
-            "key" => &mut key,
-            _ => {
-                return Err(format!(
-                    "unknown parameter {k:?} (known: cacert, cert, key)"
-                ))
-            }
-        };
-        if slot.replace(v).is_some() {
-            return Err(format!("{k} given twice"));
-        }
-    }
-    TlsFiles::from_params(("cacert", ca), ("cert", cert), ("key", key))
 }
 
 /// `url` with the password replaced by `***`.

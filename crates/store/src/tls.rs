@@ -15,6 +15,32 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// The TLS parameters of a URL's query string (`cacert` turns TLS on; `cert` and `key`),
+    /// the form of `zk://` and `etcd://` URLs. Any other parameter is an error.
+    pub fn from_query(query: Option<&str>) -> Result<Option<TlsFiles>, String> {
+        let Some(q) = query else { return Ok(None) };
+        let (mut ca, mut cert, mut key) = (None, None, None);
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("parameter {pair:?} has no value (KEY=VALUE)"))?;
+            let slot = match k {
+                "cacert" => &mut ca,
+                "cert" => &mut cert,
+                "key" => &mut key,
+                _ => {
+                    return Err(format!(
+                        "unknown parameter {k:?} (known: cacert, cert, key)"
+                    ))
+                }
+            };
+            if slot.replace(v).is_some() {
+                return Err(format!("{k} given twice"));
+            }
+        }
+        Self::from_params(("cacert", ca), ("cert", cert), ("key", key))
+    }
+
     /// The files of a URL's TLS parameters, each given as (the parameter's name in this URL
     /// scheme, its value): `None` when none is given (no TLS); an error naming the parameter
     /// when a file cannot be opened, a value is empty, or only one of certificate and key is

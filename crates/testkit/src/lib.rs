@@ -29,7 +29,7 @@ pub use proxy::FaultProxy;
 pub use rabbitmq::RabbitMq;
 pub use spawn::pid_alive;
 pub use tls::TestCerts;
-pub use zk::{zkcli, ZkEnsemble, ZkOptions};
+pub use zk::{zkcli, ZkEnsemble, ZkOptions, ZkTls};
 
 /// The fixtures are shared between a test's threads and tasks.
 const _: fn() = || {

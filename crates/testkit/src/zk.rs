@@ -28,6 +28,10 @@ use crate::spawn::{kill_child, lock, signal, spawn_tied, sweep_stale_dirs, tail}
 const ZK_JAR: &str = "/usr/share/java/zookeeper.jar";
 /// Without a binding slf4j logs nothing, and a server that fails to start leaves no trace.
 const SLF4J_SIMPLE_JAR: &str = "/usr/share/java/slf4j-simple.jar";
+const NETTY_TLS_JARS: [&str; 2] = [
+    "/usr/share/java/netty-codec.jar",
+    "/usr/share/java/netty-resolver.jar",
+];
 const ZK_CLI: &str = "/usr/share/zookeeper/bin/zkCli.sh";
 const NOT_INSTALLED: &str = "ZooKeeper is not installed: run apt-get install -y zookeeper";
 
@@ -61,6 +65,19 @@ pub struct ZkOptions {
     /// `maxSessionTimeout` in ticks (ZooKeeper's default is 20 ticks): a test that asks for a
     /// longer session than this gets silently capped, which it may want to control.
     pub max_session_ticks: Option<u32>,
+    /// Also serve clients over TLS on a `secureClientPort` of each node (Netty).
+    pub tls: Option<ZkTls>,
+}
+
+/// The files of a TLS client port: the server's certificate and key, the CA clients' (and with
+/// `client_auth`, the CA the clients' certificates must come from).
+#[derive(Debug, Clone)]
+pub struct ZkTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `ssl.clientAuth=need` (else `none`).
+    pub client_auth: bool,
 }
 
 impl Default for ZkOptions {
@@ -71,6 +88,7 @@ impl Default for ZkOptions {
             sync_limit: 5,
             init_limit: 10,
             max_session_ticks: None,
+            tls: None,
         }
     }
 }
@@ -93,6 +111,8 @@ struct Node {
     cfg: PathBuf,
     log: PathBuf,
     client_port: u16,
+    /// The TLS client port (used only with `ZkOptions::tls`).
+    secure_port: u16,
     quorum_port: u16,
     election_port: u16,
     proc: Mutex<Option<Child>>,
@@ -168,7 +188,7 @@ impl ZkEnsemble {
             .prefix(&format!("rbtest-zk-{}-", std::process::id()))
             .tempdir()
             .context("cannot create a temp dir")?;
-        let ports = free_ports(opts.nodes * 3)?;
+        let ports = free_ports(opts.nodes * 4)?;
         let nodes: Vec<Node> = (0..opts.nodes)
             .map(|index| {
                 let node_dir = dir.path().join(format!("node{}", index + 1));
@@ -178,9 +198,10 @@ impl ZkEnsemble {
                     cfg: node_dir.join("zoo.cfg"),
                     log: node_dir.join("zk.log"),
                     dir: node_dir,
-                    client_port: ports[index * 3],
-                    quorum_port: ports[index * 3 + 1],
-                    election_port: ports[index * 3 + 2],
+                    client_port: ports[index * 4],
+                    quorum_port: ports[index * 4 + 1],
+                    election_port: ports[index * 4 + 2],
+                    secure_port: ports[index * 4 + 3],
                     proc: Mutex::new(None),
                 }
             })
@@ -190,6 +211,15 @@ impl ZkEnsemble {
                 .with_context(|| format!("cannot create {}", node.data_dir.display()))?;
             if opts.nodes > 1 {
                 fs::write(node.data_dir.join("myid"), format!("{}\n", node.index + 1))?;
+            }
+            if let Some(t) = &opts.tls {
+                // A PEM key store holds the key and the certificate in one file.
+                let pem = format!(
+                    "{}{}",
+                    fs::read_to_string(&t.key).context("the TLS key")?,
+                    fs::read_to_string(&t.cert).context("the TLS certificate")?
+                );
+                fs::write(node.dir.join("keystore.pem"), pem)?;
             }
             fs::write(&node.cfg, zoo_cfg(opts, node, &nodes))?;
         }
@@ -223,6 +253,14 @@ impl ZkEnsemble {
         if Path::new(SLF4J_SIMPLE_JAR).exists() {
             classpath.push(':');
             classpath.push_str(SLF4J_SIMPLE_JAR);
+        }
+        if self.opts.tls.is_some() {
+            // Netty's TLS pipeline needs its codec and resolver, which the package's jar
+            // manifest leaves out (it lists only what the plain NIO server uses).
+            for jar in NETTY_TLS_JARS {
+                classpath.push(':');
+                classpath.push_str(jar);
+            }
         }
         let mut cmd = Command::new("java");
         cmd.args([
@@ -331,6 +369,16 @@ impl ZkEnsemble {
     pub fn connect_string(&self) -> String {
         let addrs: Vec<String> = (0..self.len())
             .map(|i| self.client_addr(i).to_string())
+            .collect();
+        addrs.join(",")
+    }
+
+    /// The TLS client endpoints of every node (with `ZkOptions::tls`), `127.0.0.1:p1,...`.
+    pub fn secure_connect_string(&self) -> String {
+        let addrs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.secure_port))
             .collect();
         addrs.join(",")
     }
@@ -579,6 +627,24 @@ fn zoo_cfg(opts: &ZkOptions, node: &Node, all: &[Node]) -> String {
     // The test machine's disk is not what is under test, and SIGKILL (the only crash the tests
     // make) keeps the page cache.
     cfg.push_str("forceSync=no\n");
+    if let Some(t) = &opts.tls {
+        cfg.push_str("serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n");
+        let _ = writeln!(cfg, "secureClientPort={}", node.secure_port);
+        cfg.push_str("secureClientPortAddress=127.0.0.1\n");
+        let _ = writeln!(
+            cfg,
+            "ssl.keyStore.location={}",
+            node.dir.join("keystore.pem").display()
+        );
+        cfg.push_str("ssl.keyStore.type=PEM\n");
+        let _ = writeln!(cfg, "ssl.trustStore.location={}", t.ca.display());
+        cfg.push_str("ssl.trustStore.type=PEM\n");
+        let _ = writeln!(
+            cfg,
+            "ssl.clientAuth={}",
+            if t.client_auth { "need" } else { "none" }
+        );
+    }
     if let Some(ticks) = opts.max_session_ticks {
         let _ = writeln!(cfg, "maxSessionTimeout={}", u64::from(ticks) * opts.tick_ms);
     }

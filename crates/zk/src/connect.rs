@@ -23,16 +23,46 @@ pub(crate) fn is_terminal(s: zk::SessionState) -> bool {
 }
 
 impl Inner {
-    pub(crate) fn connector(&self, ttl: Duration) -> zk::Connector {
-        let c = zk::Client::connector()
+    pub(crate) fn connector(&self, ttl: Duration) -> Result<zk::Connector, StoreError> {
+        let mut c = zk::Client::connector()
             .with_session_timeout(ttl)
             .with_connection_timeout(self.opts.connect_timeout);
-        match &self.url.digest {
+        if let Some(t) = &self.url.tls {
+            c = c.with_tls(self.tls_options(t)?);
+        }
+        Ok(match &self.url.digest {
             Some((user, password)) => {
                 c.with_auth("digest", format!("{user}:{password}").as_bytes())
             }
             None => c,
+        })
+    }
+
+    /// TLS from the URL's files, read now (a rotated certificate is picked up by the next
+    /// connection). A file that cannot be read or parsed is `Invalid`: no retry will help.
+    fn tls_options(&self, t: &rebalanser_store::TlsFiles) -> Result<zk::TlsOptions, StoreError> {
+        // zookeeper-client asks rustls for the process's default provider, which is ambiguous
+        // when two are compiled in (ring for PostgreSQL and etcd, aws-lc-rs by
+        // zookeeper-client's own rustls): install ring unless the application chose one.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            #[allow(deprecated)] // ring lacks post-quantum key exchange; nothing here needs it
+            let _ = rustls::crypto::ring::default_provider().install_default();
         }
+        let invalid = |what: &dyn std::fmt::Display| {
+            StoreError::Invalid(format!("{}: TLS: {what}", self.url))
+        };
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|e| invalid(&format!("{}: {e}", p.display())))
+        };
+        let mut o = zk::TlsOptions::new()
+            .with_pem_ca(&read(&t.ca)?)
+            .map_err(|e| invalid(&format!("{}: {e}", t.ca.display())))?;
+        if let Some((cert, key)) = &t.identity {
+            o = o
+                .with_pem_identity(&read(cert)?, &read(key)?)
+                .map_err(|e| invalid(&format!("{}: {e}", cert.display())))?;
+        }
+        Ok(o)
     }
 
     /// The ACL of every znode this store creates: all rights for our digest identity when
@@ -49,7 +79,7 @@ impl Inner {
         ttl: Duration,
         chroot: bool,
     ) -> Result<zk::Client, StoreError> {
-        self.connect_with(self.connector(ttl), chroot).await
+        self.connect_with(self.connector(ttl)?, chroot).await
     }
 
     pub(crate) async fn connect_with(
@@ -61,7 +91,14 @@ impl Inner {
         if chroot && self.url.chroot != "/" {
             cluster.push_str(&self.url.chroot);
         }
-        let connect = connector.connect(&cluster);
+        let secure = self.url.tls.is_some();
+        let connect = async move {
+            if secure {
+                connector.secure_connect(&cluster).await
+            } else {
+                connector.connect(&cluster).await
+            }
+        };
         match tokio::time::timeout(self.opts.connect_timeout, connect).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(zk::Error::SessionExpired)) => Err(StoreError::SessionExpired),

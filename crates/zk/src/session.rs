@@ -37,7 +37,7 @@ impl Inner {
         // runtime died or abandoned it) expires after its timeout like a crashed process's,
         // instead of being closed by the library behind the protocol's back.
         let c = self
-            .connect_with(self.connector(ttl).with_detached(), true)
+            .connect_with(self.connector(ttl)?.with_detached(), true)
             .await?;
         let id = SessionId(c.session_id().0 as u64);
         let granted = c.session_timeout();
@@ -90,7 +90,7 @@ impl Inner {
         };
         lock(&self.closing).insert(s, (info.clone(), ttl));
         let closer = match self
-            .connect_with(self.connector(ttl).with_session(info), true)
+            .connect_with(self.connector(ttl)?.with_session(info), true)
             .await
         {
             Ok(c) => c,

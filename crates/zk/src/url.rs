@@ -1,6 +1,11 @@
-//! `zk://[user:password@]host:port[,host:port...][/chroot]` URLs.
+//! `zk://[user:password@]host:port[,host:port...][/chroot][?cacert=PATH[&cert=PATH&key=PATH]]`
+//! URLs. `cacert` turns TLS on (the servers' `secureClientPort`): their certificates must be
+//! signed by that CA and name the host connected to; `cert` and `key` give a client
+//! certificate for servers with `ssl.clientAuth=need`.
 
 use std::fmt;
+
+pub use rebalanser_store::TlsFiles;
 
 /// Why a `zk://` URL was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,6 +25,7 @@ pub struct ZkUrl {
     /// Digest credentials (`user`, `password`): every node the store creates gets an ACL that
     /// gives all rights to this identity only.
     pub digest: Option<(String, String)>,
+    pub tls: Option<TlsFiles>,
 }
 
 impl fmt::Debug for ZkUrl {
@@ -40,6 +46,12 @@ impl fmt::Display for ZkUrl {
         if self.chroot != "/" {
             f.write_str(&self.chroot)?;
         }
+        if let Some(t) = &self.tls {
+            write!(f, "?cacert={}", t.ca.display())?;
+            if let Some((c, k)) = &t.identity {
+                write!(f, "&cert={}&key={}", c.display(), k.display())?;
+            }
+        }
         Ok(())
     }
 }
@@ -53,6 +65,16 @@ impl ZkUrl {
         let rest = url
             .strip_prefix("zk://")
             .ok_or_else(|| err("must start with zk://"))?;
+        // The query starts at the first '?' after the credentials (a password may hold '?').
+        let after_credentials = rest.rfind('@').map_or(0, |a| a + 1);
+        let (rest, query) = match rest[after_credentials..].find('?') {
+            Some(q) => (
+                &rest[..after_credentials + q],
+                Some(&rest[after_credentials + q + 1..]),
+            ),
+            None => (rest, None),
+        };
+        let tls = TlsFiles::from_query(query).map_err(|r| err(&r))?;
         // Credentials end at the last '@' (a password may hold '/' or '@'); they are
         // percent-decoded, and no error ever quotes them.
         let (digest, rest) = match rest.rsplit_once('@') {
@@ -113,6 +135,7 @@ impl ZkUrl {
             hosts: parsed,
             chroot,
             digest,
+            tls,
         })
     }
 
@@ -190,6 +213,11 @@ mod tests {
             ("zk://h:1/zookeeper", "reserved"),
             ("zk://user@h:1", "user:password"),
             ("zk://:pw@h:1", "empty user"),
+            ("zk://h:1/a?x=1", "unknown parameter"),
+            (
+                "zk://h:1/a?cacert=/nonexistent/ca.pem",
+                "/nonexistent/ca.pem",
+            ),
         ] {
             let e = ZkUrl::parse(url).expect_err(url);
             assert!(e.to_string().contains(why), "{url}: {e}");

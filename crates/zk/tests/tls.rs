@@ -13,7 +13,6 @@ use rebalanser_zk::{ZkOptions as StoreOptions, ZkStore, ZkUrl};
 fn store(url: &str) -> ZkStore {
     let opts = StoreOptions {
         connect_timeout: Duration::from_secs(3),
-        ..StoreOptions::default()
     };
     ZkStore::new(ZkUrl::parse(url).expect("url"), opts)
 }

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use rebalanser_core::store::{key_error, txn_size_error, value_error};
+use rebalanser_core::store::{key_error, txn_refusal, txn_request_error, KeyMeta};
 use rebalanser_core::SessionId;
 use rebalanser_store::{Cond, Entry, Key, StoreError, StoreOp, StoreReply, StoreResult, Write};
 use tokio_postgres::types::ToSql;
@@ -97,7 +97,7 @@ pub(crate) async fn execute(c: &mut Conn, ctx: &Ctx<'_>, op: &StoreOp) -> Outcom
         StoreOp::OpenSession { ttl } => open(c, ctx, *ttl).await,
         StoreOp::KeepAlive { session } => keepalive(c, ctx, *session).await,
         StoreOp::CloseSession { session } => close(c, ctx, *session).await,
-        StoreOp::Txn { conds, writes } => match validate(conds, writes) {
+        StoreOp::Txn { conds, writes } => match txn_request_error(conds, writes) {
             Some(e) => Err(Fail::Refused(StoreError::Invalid(e))),
             None => txn(c, ctx, conds, writes).await,
         },
@@ -111,30 +111,6 @@ fn before(e: tokio_postgres::Error) -> Fail {
 
 fn commit(e: tokio_postgres::Error) -> Fail {
     Fail::Pg(Phase::Commit, e)
-}
-
-/// The request checks of `MemModel::txn`, in its order.
-fn validate(conds: &[Cond], writes: &[Write]) -> Option<String> {
-    for w in writes {
-        if let Some(e) = key_error(w.key()) {
-            return Some(e);
-        }
-        if let Write::Create { key, value, .. } | Write::Put { key, value } = w {
-            if let Some(e) = value_error(key, value) {
-                return Some(e);
-            }
-        }
-    }
-    if let Some(e) = txn_size_error(conds, writes) {
-        return Some(e);
-    }
-    conds.iter().find_map(|c| key_error(cond_key(c)))
-}
-
-fn cond_key(c: &Cond) -> &str {
-    match c {
-        Cond::Absent(k) | Cond::Version(k, _) | Cond::Owned { key: k, .. } => k,
-    }
 }
 
 fn to_u64(v: i64) -> u64 {
@@ -485,7 +461,7 @@ async fn txn_body(
     // Every key the transaction names, read once, after the lock (so: the latest commit).
     let names: BTreeSet<&str> = conds
         .iter()
-        .map(cond_key)
+        .map(Cond::key)
         .chain(writes.iter().map(Write::key))
         .collect();
     let names: Vec<&str> = names.into_iter().collect();
@@ -502,22 +478,6 @@ async fn txn_body(
                 owner: owner.map(|o| SessionId(to_u64(o))),
             },
         );
-    }
-    for cond in conds {
-        let ok = match cond {
-            Cond::Absent(k) => !metas.contains_key(k),
-            Cond::Version(k, v) => metas.get(k).is_some_and(|m| m.version == *v),
-            Cond::Owned {
-                key,
-                session,
-                create_rev,
-            } => metas
-                .get(key)
-                .is_some_and(|m| m.owner == Some(*session) && m.create_rev == *create_rev),
-        };
-        if !ok {
-            return Err(Fail::Refused(StoreError::Conflict(format!("{cond:?}"))));
-        }
     }
     // Owners of creates: alive iff their row exists (a session exists until it is deleted).
     let owners: Vec<i64> = writes
@@ -537,7 +497,18 @@ async fn txn_body(
             alive.insert(to_u64(r.try_get::<_, i64>(0).map_err(before)?));
         }
     }
-    // Every write against the state the writes before it produce, as `MemModel` does.
+    let meta = |k: &str| {
+        metas.get(k).map(|m| KeyMeta {
+            version: m.version,
+            create_rev: m.create_rev,
+            owner: m.owner,
+        })
+    };
+    if let Some(e) = txn_refusal(conds, writes, meta, |s| alive.contains(&s.0)) {
+        return Err(Fail::Refused(e));
+    }
+    // What each key holds after the writes, each against the state the ones before produce
+    // (every write passed `txn_refusal`'s checks).
     let mut state: BTreeMap<&str, Final> = BTreeMap::new();
     for w in writes {
         let key = w.key();
@@ -554,28 +525,13 @@ async fn txn_body(
                 None => Final::Absent,
             });
         let next = match w {
-            Write::Create { value, owner, .. } => {
-                if matches!(now, Final::Row { .. }) {
-                    return Err(Fail::Refused(StoreError::Conflict(format!("{key} exists"))));
-                }
-                if let Some(o) = owner {
-                    if !alive.contains(&o.0) {
-                        return Err(Fail::Refused(StoreError::SessionExpired));
-                    }
-                }
-                Final::Row {
-                    value: value.clone(),
-                    version: 0,
-                    create_rev: None,
-                    owner: *owner,
-                }
-            }
+            Write::Create { value, owner, .. } => Final::Row {
+                value: value.clone(),
+                version: 0,
+                create_rev: None,
+                owner: *owner,
+            },
             Write::Put { value, .. } => match now {
-                Final::Row { owner: Some(_), .. } => {
-                    return Err(Fail::Refused(StoreError::Invalid(format!(
-                        "{key} is session-owned and cannot be rewritten"
-                    ))))
-                }
                 Final::Row {
                     version,
                     create_rev,

@@ -24,7 +24,7 @@ use anyhow::Result;
 use rebalanser_testkit::EtcdCluster;
 
 mod common;
-use common::chaos::{finish, ms_, run_chaos, ChaosConfig, SERIAL};
+use common::chaos::{chaos_catches_lingering_members, chaos_test, ms_};
 use common::cluster_faults::ClusterFaults;
 
 /// A private 3-node cluster and its faults (`common::cluster_faults`).
@@ -41,30 +41,12 @@ fn etcd_faults() -> Result<ClusterFaults<EtcdCluster>> {
 
 #[test]
 fn etcd_chaos() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let cfg = ChaosConfig::from_env();
-    let out = run_chaos(&cfg, etcd_faults).expect("the chaos harness itself failed");
-    let keep = cfg.dir.is_some();
-    let ok = finish(&out, keep);
-    assert!(
-        ok,
-        "chaos run failed (seed {}; replay the fault order with CHAOS_SEED={} CHAOS_SECS={})",
-        cfg.seed, cfg.seed, cfg.secs
-    );
+    chaos_test(etcd_faults);
 }
 
-/// The checker must catch a real double access in the real harness on this store too: members
-/// that keep accessing a resource for a second after giving its lease up.
+/// The checker catches the double access of members that linger after their leases, on this
+/// store too.
 #[test]
 fn etcd_chaos_catches_a_member_that_lingers() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut cfg = ChaosConfig::from_env();
-    cfg.secs = 8;
-    cfg.linger_ms = 1000;
-    let out = run_chaos(&cfg, etcd_faults).expect("the chaos harness itself failed");
-    let _ = finish(&out, true);
-    assert!(
-        !out.report.overlaps.is_empty(),
-        "the checker missed the double access of lingering members"
-    );
+    chaos_catches_lingering_members(etcd_faults);
 }

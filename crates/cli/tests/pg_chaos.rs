@@ -37,7 +37,7 @@ use anyhow::{bail, Context, Result};
 use rebalanser_testkit::Postgres;
 
 mod common;
-use common::chaos::{finish, ms_, run_chaos, ChaosConfig, StoreFaults, Timeline, SERIAL};
+use common::chaos::{chaos_catches_lingering_members, chaos_test, ms_, StoreFaults, Timeline};
 use common::Rng;
 
 /// The backends of the store's connections (`rebalanser/<lane>`), not `psql`'s.
@@ -306,32 +306,12 @@ impl StoreFaults for PgFaults {
 
 #[test]
 fn pg_chaos() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let cfg = ChaosConfig::from_env();
-    let out = run_chaos(&cfg, PgFaults::start).expect("the chaos harness itself failed");
-    let keep = cfg.dir.is_some();
-    let ok = finish(&out, keep);
-    assert!(
-        ok,
-        "chaos run failed (seed {}; replay the fault order with CHAOS_SEED={} CHAOS_SECS={})",
-        cfg.seed, cfg.seed, cfg.secs
-    );
+    chaos_test(PgFaults::start);
 }
 
-/// The checker must catch a real double access on this store too: members that keep
-/// accessing a resource for a second after giving its lease up (see
-/// `zk_chaos_catches_a_member_that_lingers`). A short run: overlaps come with the first
-/// handovers.
+/// The checker catches the double access of members that linger after their leases, on this
+/// store too.
 #[test]
 fn pg_chaos_catches_a_member_that_lingers() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut cfg = ChaosConfig::from_env();
-    cfg.secs = 8;
-    cfg.linger_ms = 1000;
-    let out = run_chaos(&cfg, PgFaults::start).expect("the chaos harness itself failed");
-    let _ = finish(&out, true);
-    assert!(
-        !out.report.overlaps.is_empty(),
-        "the checker missed the double access of lingering members"
-    );
+    chaos_catches_lingering_members(PgFaults::start);
 }

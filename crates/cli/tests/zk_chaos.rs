@@ -21,7 +21,7 @@ use anyhow::Result;
 use rebalanser_testkit::{ZkEnsemble, ZkOptions};
 
 mod common;
-use common::chaos::{finish, run_chaos, ChaosConfig, SERIAL};
+use common::chaos::{chaos_catches_lingering_members, chaos_test};
 use common::cluster_faults::{zk_timings, ClusterFaults};
 
 /// A private 3-node ensemble (tick 200 ms) and its faults (`common::cluster_faults`).
@@ -38,33 +38,12 @@ fn zk_faults() -> Result<ClusterFaults<ZkEnsemble>> {
 
 #[test]
 fn zk_chaos() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let cfg = ChaosConfig::from_env();
-    let out = run_chaos(&cfg, zk_faults).expect("the chaos harness itself failed");
-    let keep = cfg.dir.is_some();
-    let ok = finish(&out, keep);
-    assert!(
-        ok,
-        "chaos run failed (seed {}; replay the fault order with CHAOS_SEED={} CHAOS_SECS={})",
-        cfg.seed, cfg.seed, cfg.secs
-    );
+    chaos_test(zk_faults);
 }
 
-/// The checker must catch a real double access in the real harness: members that keep
-/// accessing a resource for a second after giving its lease up (the core's broken variants
-/// cannot be selected through the public API the members use; this breaks the application
-/// side instead, which the checker cannot tell apart). A short run: overlaps come with the
-/// first handovers.
+/// The checker catches the double access of members that linger after their leases, on this
+/// store too.
 #[test]
 fn zk_chaos_catches_a_member_that_lingers() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut cfg = ChaosConfig::from_env();
-    cfg.secs = 8;
-    cfg.linger_ms = 1000;
-    let out = run_chaos(&cfg, zk_faults).expect("the chaos harness itself failed");
-    let _ = finish(&out, true);
-    assert!(
-        !out.report.overlaps.is_empty(),
-        "the checker missed the double access of lingering members"
-    );
+    chaos_catches_lingering_members(zk_faults);
 }

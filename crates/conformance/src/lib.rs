@@ -799,3 +799,52 @@ macro_rules! conformance_tests {
         )*
     };
 }
+
+/// A store works end to end, as after a connection set up differently (TLS): a watch arms
+/// (`Reset`), a session opens, a key it owns is created and read back as its own, and the watch
+/// hears of it. Panics naming the step that failed.
+pub async fn works_end_to_end(store: &dyn Store, prefix: &str, ttl: Duration) {
+    let key = format!("{prefix}k");
+    let mut watch = store.watch(prefix.to_string());
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.next()).await;
+    assert!(
+        matches!(first, Ok(Some(WatchEvent::Reset))),
+        "the watch did not arm: {first:?}"
+    );
+    let session = match store.execute(StoreOp::OpenSession { ttl }).await {
+        Ok(StoreReply::Session { session, .. }) => session,
+        other => panic!("open a session: {other:?}"),
+    };
+    let r = store
+        .execute(StoreOp::Txn {
+            conds: vec![],
+            writes: vec![Write::Create {
+                key: key.clone(),
+                value: b"v".to_vec(),
+                owner: Some(session),
+            }],
+        })
+        .await;
+    assert!(
+        matches!(r, Ok(StoreReply::Committed { .. })),
+        "create: {r:?}"
+    );
+    let got = store
+        .execute(StoreOp::Get {
+            key: key.clone(),
+            linearizable: true,
+        })
+        .await;
+    assert!(
+        matches!(&got, Ok(StoreReply::Got(Some(e))) if e.owner == Some(session)),
+        "read back: {got:?}"
+    );
+    let mut woke = false;
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
+        if ev.may_concern(&key) {
+            woke = true;
+            break;
+        }
+    }
+    assert!(woke, "no notification of {key}");
+}

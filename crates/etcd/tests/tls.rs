@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
+use rebalanser_conformance::works_end_to_end;
 use rebalanser_etcd::{EtcdOptions, EtcdStore};
-use rebalanser_store::{Store, StoreError, StoreOp, StoreReply, WatchEvent, Write};
+use rebalanser_store::{Store, StoreError, StoreOp};
 use rebalanser_testkit::{EtcdCluster, EtcdOptions as ClusterOptions, EtcdTls, TestCerts};
 
 fn opts() -> EtcdOptions {
@@ -40,51 +40,7 @@ async fn tls_with_client_certificates() {
         certs.client_key.display()
     );
     let store = EtcdStore::from_url_with(&url, opts()).expect("url");
-    let mut watch = store.watch("g/".into());
-    // Armed once it says `Reset`.
-    let first = tokio::time::timeout(Duration::from_secs(5), watch.next()).await;
-    assert!(matches!(first, Ok(Some(WatchEvent::Reset))), "{first:?}");
-    let session = match store
-        .execute(StoreOp::OpenSession {
-            ttl: Duration::from_secs(5),
-        })
-        .await
-    {
-        Ok(StoreReply::Session { session, .. }) => session,
-        other => panic!("open over TLS: {other:?}"),
-    };
-    let r = store
-        .execute(StoreOp::Txn {
-            conds: vec![],
-            writes: vec![Write::Create {
-                key: "g/k".into(),
-                value: b"v".to_vec(),
-                owner: Some(session),
-            }],
-        })
-        .await;
-    assert!(matches!(r, Ok(StoreReply::Committed { .. })), "{r:?}");
-    let got = store
-        .execute(StoreOp::Get {
-            key: "g/k".into(),
-            linearizable: true,
-        })
-        .await;
-    assert!(
-        matches!(&got, Ok(StoreReply::Got(Some(e))) if e.owner == Some(session)),
-        "{got:?}"
-    );
-    let mut seen = Vec::new();
-    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(2), watch.next()).await {
-        seen.push(ev.clone());
-        if matches!(ev, WatchEvent::Keys(_)) {
-            break;
-        }
-    }
-    assert!(
-        seen.contains(&WatchEvent::Keys(vec!["g/k".into()])),
-        "{seen:?}"
-    );
+    works_end_to_end(&store, "g/", Duration::from_secs(5)).await;
 
     // Refused: another CA, no client certificate, plain HTTP. The URL's password never shows.
     let other = TestCerts::new().expect("other certificates");

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
+use rebalanser_conformance::works_end_to_end;
 use rebalanser_postgres::{PostgresError, PostgresOptions, PostgresStore};
-use rebalanser_store::{Store, StoreOp, StoreReply, WatchEvent, Write};
+use rebalanser_store::Store;
 use rebalanser_testkit::{Postgres, TestCerts};
 
 fn opts() -> PostgresOptions {
@@ -40,34 +40,7 @@ async fn tls_with_client_certificates() {
         "{}",
         store.describe()
     );
-    let mut watch = store.watch("g/".into());
-    let first = tokio::time::timeout(Duration::from_secs(5), watch.next()).await;
-    assert!(matches!(first, Ok(Some(WatchEvent::Reset))), "{first:?}");
-    let session = match store
-        .execute(StoreOp::OpenSession {
-            ttl: Duration::from_secs(5),
-        })
-        .await
-    {
-        Ok(StoreReply::Session { session, .. }) => session,
-        other => panic!("open over TLS: {other:?}"),
-    };
-    let r = store
-        .execute(StoreOp::Txn {
-            conds: vec![],
-            writes: vec![Write::Create {
-                key: "g/k".into(),
-                value: b"v".to_vec(),
-                owner: Some(session),
-            }],
-        })
-        .await;
-    assert!(matches!(r, Ok(StoreReply::Committed { .. })), "{r:?}");
-    let ev = tokio::time::timeout(Duration::from_secs(5), watch.next()).await;
-    assert_eq!(
-        ev.ok().flatten(),
-        Some(WatchEvent::Keys(vec!["g/k".into()]))
-    );
+    works_end_to_end(&store, "g/", Duration::from_secs(5)).await;
     // Every connection of the store is encrypted (the server would reject the others anyway).
     let plain = pg
         .psql(

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
-use rebalanser_store::{Store, StoreError, StoreOp, StoreReply, WatchEvent, Write};
+use rebalanser_conformance::works_end_to_end;
+use rebalanser_store::{Store, StoreError, StoreOp};
 use rebalanser_testkit::{TestCerts, ZkEnsemble, ZkOptions, ZkTls};
 use rebalanser_zk::{ZkOptions as StoreOptions, ZkStore, ZkUrl};
 
@@ -39,48 +39,7 @@ async fn tls_with_client_certificates() {
         certs.client_cert.display(),
         certs.client_key.display()
     );
-    let s = store(&url);
-    let mut watch = s.watch("g/".into());
-    let first = tokio::time::timeout(Duration::from_secs(10), watch.next()).await;
-    assert!(matches!(first, Ok(Some(WatchEvent::Reset))), "{first:?}");
-    let session = match s
-        .execute(StoreOp::OpenSession {
-            ttl: Duration::from_secs(4),
-        })
-        .await
-    {
-        Ok(StoreReply::Session { session, .. }) => session,
-        other => panic!("open over TLS: {other:?}"),
-    };
-    let r = s
-        .execute(StoreOp::Txn {
-            conds: vec![],
-            writes: vec![Write::Create {
-                key: "g/k".into(),
-                value: b"v".to_vec(),
-                owner: Some(session),
-            }],
-        })
-        .await;
-    assert!(matches!(r, Ok(StoreReply::Committed { .. })), "{r:?}");
-    let got = s
-        .execute(StoreOp::Get {
-            key: "g/k".into(),
-            linearizable: true,
-        })
-        .await;
-    assert!(
-        matches!(&got, Ok(StoreReply::Got(Some(e))) if e.owner == Some(session)),
-        "{got:?}"
-    );
-    let mut woke = false;
-    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(3), watch.next()).await {
-        if ev.may_concern("g/k") {
-            woke = true;
-            break;
-        }
-    }
-    assert!(woke, "no notification of g/k over TLS");
+    works_end_to_end(&store(&url), "g/", Duration::from_secs(4)).await;
 
     // Refused: another CA, no client certificate. The URL's password never shows.
     let other = TestCerts::new().expect("other certificates");

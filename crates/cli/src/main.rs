@@ -57,7 +57,7 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Measure how fast a group becomes stable after a change (start, join, leave, crash,
     /// single-resource handover), what moved and what it cost the store; members in this
-    /// process on memory://, a process each on sqlite:// and zk://.
+    /// process on memory://, a process each on sqlite://, zk://, postgres:// and etcd://.
     ///
     /// Example: rebalanser bench --members 10 --resources 10000 --reps 3
     ///

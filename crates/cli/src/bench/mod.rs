@@ -1,8 +1,8 @@
 //! `rebalanser bench`: how long a group takes to become stable after a change, what moved,
 //! and what it cost the store. On `memory://` the members run in this process; on any other
-//! store (`sqlite://`, `zk://`, or a ZooKeeper the bench starts itself with `--zk-start`) each
-//! member is a process of its own (`rebalanser bench-member`, child.rs), so a crash is a real
-//! `kill -9`. Every number is a measurement of this run on this machine; BENCHMARKS.md records
+//! store (`sqlite://`, `zk://`, `postgres://`, `etcd://`, or a ZooKeeper the bench starts itself
+//! with `--zk-start`) each member is a process of its own (`rebalanser bench-member`,
+//! child.rs), so a crash is a real `kill -9`. Every number is a measurement of this run on this machine; BENCHMARKS.md records
 //! them with the machine and the command.
 //!
 //! "Stable" is judged from what the application holds, not from the members' own state:
@@ -32,8 +32,9 @@ use fleet::{Fleet, Launch};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// The store: memory:// (members in this process), or sqlite:///PATH.db or
-    /// zk://HOST:PORT[/chroot] (each member a process of its own).
+    /// The store: memory:// (members in this process), or sqlite:///PATH.db,
+    /// zk://HOST:PORT[/chroot], postgres://USER@HOST:PORT/DB[?schema=NAME] or
+    /// etcd://HOST:PORT[/prefix] (each member a process of its own).
     #[arg(long, default_value = "memory://", conflicts_with = "zk_start")]
     store: String,
     /// Start a ZooKeeper server for the bench (tickTime 200 ms, on a free loopback port, its

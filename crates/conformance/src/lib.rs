@@ -20,7 +20,7 @@ use futures::StreamExt;
 use rebalanser_core::layout::{decode_component, encode_component};
 use rebalanser_core::store::{
     Cond, Entry, Key, StoreError, StoreOp, StoreReply, StoreResult, Write, MAX_KEY_BYTES,
-    MAX_VALUE_BYTES,
+    MAX_TXN_CONDS, MAX_TXN_WRITES, MAX_VALUE_BYTES,
 };
 use rebalanser_core::SessionId;
 use rebalanser_store::{MemoryStore, Store, WatchEvent};
@@ -168,11 +168,76 @@ fn committed(r: &StoreResult, what: &str) -> u64 {
     }
 }
 
+fn invalid(r: &StoreResult, what: &str) {
+    assert!(
+        matches!(r, Err(StoreError::Invalid(_))),
+        "{what}: expected Invalid, got {r:?}"
+    );
+}
+
 fn conflict(r: &StoreResult, what: &str) {
     assert!(
         matches!(r, Err(StoreError::Conflict(_))),
         "{what}: expected Conflict, got {r:?}"
     );
+}
+
+/// Transactions as large as the contract allows work on every store: `MAX_TXN_WRITES`
+/// session-owned creates, then `MAX_TXN_CONDS` ownership conditions guarding as many deletes
+/// (etcd needs two compares per ownership condition: more than one transaction level); a
+/// refused one at that size names the condition that failed; one more condition or write is
+/// `Invalid`.
+pub async fn transactions_at_the_size_limits(s: &Subject) {
+    let session = s.open(s.short_ttl * 20).await;
+    let key = |i: usize| format!("{}big/k{i:03}", s.prefix);
+    let creates: Vec<Write> = (0..MAX_TXN_WRITES)
+        .map(|i| Write::Create {
+            key: key(i),
+            value: b"v".to_vec(),
+            owner: Some(session),
+        })
+        .collect();
+    let rev = committed(&s.txn(vec![], creates).await, "MAX_TXN_WRITES creates");
+    let owned = |i: usize, r: u64| Cond::Owned {
+        key: key(i),
+        session,
+        create_rev: r,
+    };
+    let deletes: Vec<Write> = (0..MAX_TXN_WRITES)
+        .map(|i| Write::Delete { key: key(i) })
+        .collect();
+    // The last condition names a revision no instance has: refused, nothing deleted.
+    let mut conds: Vec<Cond> = (0..MAX_TXN_CONDS).map(|i| owned(i, rev)).collect();
+    conds[MAX_TXN_CONDS - 1] = owned(MAX_TXN_CONDS - 1, rev + 1_000_000);
+    let r = s.txn(conds.clone(), deletes.clone()).await;
+    match &r {
+        Err(StoreError::Conflict(m)) => assert!(
+            m.contains(&key(MAX_TXN_CONDS - 1)),
+            "the refusal names another condition: {m}"
+        ),
+        other => panic!("a failing last condition: expected Conflict, got {other:?}"),
+    }
+    assert!(
+        s.get(&key(0)).await.is_some(),
+        "a refused transaction deleted keys"
+    );
+    // One too many, either way.
+    let mut too_many = conds.clone();
+    too_many.push(owned(0, rev));
+    invalid(
+        &s.txn(too_many, vec![]).await,
+        "MAX_TXN_CONDS + 1 conditions",
+    );
+    let mut too_many = deletes.clone();
+    too_many.push(Write::Delete {
+        key: key(MAX_TXN_WRITES),
+    });
+    invalid(&s.txn(vec![], too_many).await, "MAX_TXN_WRITES + 1 writes");
+    // All conditions hold: every key goes.
+    conds[MAX_TXN_CONDS - 1] = owned(MAX_TXN_CONDS - 1, rev);
+    committed(&s.txn(conds, deletes).await, "MAX_TXN_CONDS conditions");
+    let (left, _) = s.list(&format!("{}big/", s.prefix)).await;
+    assert!(left.is_empty(), "{} keys left", left.len());
 }
 
 /// Racing create-if-absent: exactly one wins, the others see `Conflict`.
@@ -787,6 +852,7 @@ macro_rules! conformance_tests {
             watch_wakes_up_after_a_reconnect,
             empty_values_and_malformed_keys_are_invalid,
             reads_of_keys_and_prefixes,
+            transactions_at_the_size_limits,
         );
     };
     (@each $make:expr; $($check:ident),* $(,)?) => {

@@ -150,6 +150,8 @@ pub enum ConfigError {
          its key (4096 bytes), and be at most the stores' limit (917504 bytes)"
     )]
     TxnBytes { max_txn_bytes: usize, chunk: usize },
+    #[error("max_txn_writes is {0}; every store takes at most 128 writes per transaction")]
+    TxnWrites(usize),
 }
 
 impl Config {
@@ -268,6 +270,9 @@ impl Config {
             if n == 0 {
                 return Err(ConfigError::Zero { field });
             }
+        }
+        if self.max_txn_writes > crate::store::MAX_TXN_WRITES {
+            return Err(ConfigError::TxnWrites(self.max_txn_writes));
         }
         if !(256..=crate::store::MAX_VALUE_BYTES).contains(&self.assignment_chunk_bytes) {
             return Err(ConfigError::ChunkSize(self.assignment_chunk_bytes));

@@ -47,6 +47,14 @@ pub fn key_error(key: &str) -> Option<String> {
 /// `Config::max_txn_bytes`, stays below it.
 pub const MAX_TXN_BYTES: usize = 896 * 1024;
 
+/// Most conditions, most writes, and most distinct keys (named by conditions and writes
+/// together) a transaction may hold on every store: etcd's default `--max-txn-ops` is 128
+/// compares and operations per transaction, and its backend can always express a transaction
+/// of 128 keys in one compare per key.
+pub const MAX_TXN_CONDS: usize = 128;
+pub const MAX_TXN_WRITES: usize = 128;
+pub const MAX_TXN_KEYS: usize = 128;
+
 /// The size of a transaction as the limits count it: the keys of its conditions, the keys
 /// and values of its writes.
 pub fn txn_bytes(conds: &[Cond], writes: &[Write]) -> usize {
@@ -89,6 +97,20 @@ pub fn txn_request_error(conds: &[Cond], writes: &[Write]) -> Option<String> {
     }
     if let Some(e) = txn_size_error(conds, writes) {
         return Some(e);
+    }
+    let keys: std::collections::BTreeSet<&str> = conds
+        .iter()
+        .map(Cond::key)
+        .chain(writes.iter().map(Write::key))
+        .collect();
+    if conds.len() > MAX_TXN_CONDS || writes.len() > MAX_TXN_WRITES || keys.len() > MAX_TXN_KEYS {
+        return Some(format!(
+            "transaction of {} conditions, {} writes and {} keys (limits {MAX_TXN_CONDS}, \
+             {MAX_TXN_WRITES} and {MAX_TXN_KEYS})",
+            conds.len(),
+            writes.len(),
+            keys.len()
+        ));
     }
     conds.iter().find_map(|c| key_error(c.key()))
 }

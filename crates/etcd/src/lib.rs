@@ -414,12 +414,17 @@ impl Inner {
     /// Gets of these keys and prefixes, as one transaction per `MAX_TXN_OPS`, the later ones
     /// pinned to the first one's revision: one snapshot.
     async fn read(&self, keys: &[Key], prefixes: &[Key]) -> StoreResult {
+        self.read_at(keys, prefixes, None).await
+    }
+
+    /// [`Inner::read`] at revision `at` if given (a snapshot of the past, while not compacted).
+    async fn read_at(&self, keys: &[Key], prefixes: &[Key], at: Option<i64>) -> StoreResult {
         let mut gets: Vec<(Vec<u8>, bool)> = keys.iter().map(|k| (self.key(k), false)).collect();
         gets.extend(prefixes.iter().map(|p| (self.key(p), true)));
         let mut kv = self.client().await?.kv_client();
-        let mut rev: Option<i64> = None;
+        let mut rev: Option<i64> = at;
         let mut all = BTreeMap::new();
-        if gets.is_empty() {
+        if gets.is_empty() && rev.is_none() {
             let r = kv
                 .get(self.key(""), Some(GetOptions::new().with_count_only()))
                 .await
@@ -460,10 +465,14 @@ impl Inner {
     }
 
     async fn txn(&self, conds: &[Cond], writes: &[Write]) -> StoreResult {
+        // Keys whose conditions already rule out a session-owned key (absent, or a version
+        // compare that comes with `lease == 0`): their first write needs no compare of its own.
+        let mut covered: BTreeSet<&str> = BTreeSet::new();
         let mut compares = Vec::new();
         for c in conds {
             match c {
                 Cond::Absent(k) => {
+                    covered.insert(k);
                     compares.push(Compare::create_revision(self.key(k), CompareOp::Equal, 0))
                 }
                 Cond::Version(k, v) => {
@@ -473,6 +482,7 @@ impl Inner {
                     compares.push(Compare::version(self.key(k), CompareOp::Equal, v));
                     // A session-owned key has version 0 whatever etcd counts (crate docs).
                     compares.push(Compare::lease(self.key(k), CompareOp::Equal, 0));
+                    covered.insert(k);
                 }
                 Cond::Owned {
                     key,
@@ -493,30 +503,22 @@ impl Inner {
             }
         }
         // One final operation per key (etcd refuses two on one key); the precondition of the
-        // first write of each key is a compare.
+        // first write of each key is a compare, unless a condition already covers it.
         let mut last: BTreeMap<&str, &Write> = BTreeMap::new();
         for w in writes {
             let k = w.key();
             if !last.contains_key(k) {
                 match w {
-                    Write::Create { .. } => {
+                    Write::Create { .. } if !covered.contains(k) => {
                         compares.push(Compare::create_revision(self.key(k), CompareOp::Equal, 0))
                     }
-                    Write::Put { .. } => {
+                    Write::Put { .. } if !covered.contains(k) => {
                         compares.push(Compare::lease(self.key(k), CompareOp::Equal, 0))
                     }
-                    Write::Delete { .. } => {}
+                    _ => {}
                 }
             }
             last.insert(k, w);
-        }
-        if compares.len() > MAX_TXN_OPS || last.len() > MAX_TXN_OPS {
-            return Err(StoreError::Invalid(format!(
-                "a transaction of {} conditions and {} keys: etcd takes at most {MAX_TXN_OPS} \
-                 of each",
-                compares.len(),
-                last.len()
-            )));
         }
         let mut ops = Vec::new();
         for (k, w) in &last {
@@ -532,31 +534,87 @@ impl Inner {
                 Write::Delete { .. } => TxnOp::delete(self.key(k), None),
             });
         }
-        let named: BTreeSet<&str> = conds
+        if compares.len() > MAX_TXN_OPS {
+            // etcd takes at most MAX_TXN_OPS compares in a transaction, nested ones included.
+            return self.txn_optimistic(conds, writes, ops).await;
+        }
+        let mut kv = self.client().await?.kv_client();
+        let r = kv
+            .txn(Txn::new().when(compares).and_then(ops))
+            .await
+            .map_err(|e| fail(&self.url, Kind::Write, e))?;
+        let rev = r.header().map_or(0, |h| h.revision());
+        if r.succeeded() {
+            return Ok(StoreReply::Committed { rev: to_u64(rev) });
+        }
+        // Nothing was written, so the revision did not move: the keys as the compares saw them.
+        let named: Vec<Key> = conds
             .iter()
             .map(Cond::key)
             .chain(writes.iter().map(Write::key))
+            .collect::<BTreeSet<&str>>()
+            .into_iter()
+            .map(str::to_string)
             .collect();
-        let snapshot: Vec<TxnOp> = named
+        let state = match self.read_at(&named, &[], Some(rev)).await? {
+            StoreReply::Listed { entries, .. } => entries.into_iter().collect(),
+            _ => BTreeMap::new(),
+        };
+        Err(self.refusal(conds, writes, &state).await)
+    }
+
+    /// A transaction whose compares would not fit in one etcd transaction, decided from a read
+    /// instead: read every key it names, decide as `MemModel` would on that state, and commit
+    /// only if none of those keys changed since (one compare per key, which the contract's
+    /// `MAX_TXN_KEYS` keeps within etcd's limit). A key changed in between: read and decide
+    /// again, a few times.
+    async fn txn_optimistic(
+        &self,
+        conds: &[Cond],
+        writes: &[Write],
+        ops: Vec<TxnOp>,
+    ) -> StoreResult {
+        let named: Vec<Key> = conds
             .iter()
-            .map(|k| TxnOp::get(self.key(k), None))
+            .map(Cond::key)
+            .chain(writes.iter().map(Write::key))
+            .collect::<BTreeSet<&str>>()
+            .into_iter()
+            .map(str::to_string)
             .collect();
-        let mut kv = self.client().await?.kv_client();
-        let r = kv
-            .txn(Txn::new().when(compares).and_then(ops).or_else(snapshot))
-            .await
-            .map_err(|e| fail(&self.url, Kind::Write, e))?;
-        let rev = to_u64(r.header().map_or(0, |h| h.revision()));
-        if r.succeeded() {
-            return Ok(StoreReply::Committed { rev });
-        }
-        let mut state = BTreeMap::new();
-        for resp in r.op_responses() {
-            if let TxnOpResponse::Get(g) = resp {
-                self.entries(g.kvs(), &mut state);
+        for _ in 0..5 {
+            let state: BTreeMap<Key, Entry> = match self.read_at(&named, &[], None).await? {
+                StoreReply::Listed { entries, .. } => entries.into_iter().collect(),
+                _ => BTreeMap::new(),
+            };
+            let refused = txn_refusal(conds, writes, |k| state.get(k).map(KeyMeta::from), |_| true);
+            if refused.is_some() {
+                // With the owners' liveness looked up, in case a dead owner comes first.
+                return Err(self.refusal(conds, writes, &state).await);
+            }
+            let unchanged: Vec<Compare> = named
+                .iter()
+                .map(|k| match state.get(k) {
+                    Some(e) => {
+                        Compare::mod_revision(self.key(k), CompareOp::Equal, to_i64(e.mod_rev))
+                    }
+                    None => Compare::create_revision(self.key(k), CompareOp::Equal, 0),
+                })
+                .collect();
+            let mut kv = self.client().await?.kv_client();
+            let r = kv
+                .txn(Txn::new().when(unchanged).and_then(ops.clone()))
+                .await
+                .map_err(|e| fail(&self.url, Kind::Write, e))?;
+            if r.succeeded() {
+                let rev = r.header().map_or(0, |h| h.revision());
+                return Ok(StoreReply::Committed { rev: to_u64(rev) });
             }
         }
-        Err(self.refusal(conds, writes, &state).await)
+        Err(StoreError::Unavailable(format!(
+            "{}: the transaction's keys kept changing while it was decided",
+            self.url
+        )))
     }
 
     /// Why a transaction whose compares failed was refused, decided from the snapshot its

@@ -18,9 +18,10 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::url::open_store;
 
-/// Resource writes per transaction: keeps each request far below every store's request limit
-/// (ZooKeeper's jute.maxbuffer is about 1 MiB; a resource key is at most ~1.6 KiB encoded).
-const WRITES_PER_TXN: usize = 256;
+/// Resource writes per transaction: within every store's limits (at most
+/// `MAX_TXN_WRITES` writes, etcd's 128 operations per branch; ZooKeeper's jute.maxbuffer of
+/// about 1 MiB, and a resource key is at most ~1.6 KiB encoded).
+const WRITES_PER_TXN: usize = 64;
 /// Attempts of an idempotent write whose outcome was unknown or that found the store down.
 const ATTEMPTS: u32 = 3;
 const RETRY_DELAY: Duration = Duration::from_millis(100);
@@ -107,7 +108,7 @@ impl Admin {
     }
 
     /// Adds resources (idempotent). Every id is validated before anything is written. Large
-    /// sets are written in batches of 256, each atomic, so a failure midway may leave a
+    /// sets are written in batches of 64, each atomic, so a failure midway may leave a
     /// prefix added; repeating the call is safe.
     pub async fn add_resources<S: AsRef<str>>(&self, ids: &[S]) -> Result<(), Error> {
         let ids = validate(ids)?;

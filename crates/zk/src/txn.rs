@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rebalanser_core::store::{key_error, txn_size_error, value_error};
+use rebalanser_core::store::txn_request_error;
 use rebalanser_core::SessionId;
 use rebalanser_store::{Cond, StoreError, StoreResult, Write};
 use zookeeper_client as zk;
@@ -108,22 +108,16 @@ impl Inner {
         conds: Vec<Cond>,
         writes: Vec<Write>,
     ) -> StoreResult {
-        for w in &writes {
-            if let Some(e) = key_error(w.key()).or_else(|| self.reserved(w.key())) {
-                return Err(StoreError::Invalid(e));
-            }
-            if let Write::Create { key, value, .. } | Write::Put { key, value } = w {
-                if let Some(e) = value_error(key, value) {
-                    return Err(StoreError::Invalid(e));
-                }
-            }
+        if let Some(e) = txn_request_error(&conds, &writes) {
+            return Err(StoreError::Invalid(e));
         }
-        for c in &conds {
-            if let Some(e) = key_error(cond_key(c)).or_else(|| self.reserved(cond_key(c))) {
-                return Err(StoreError::Invalid(e));
-            }
-        }
-        if let Some(e) = txn_size_error(&conds, &writes) {
+        // Keys this backend keeps for itself.
+        let reserved = writes
+            .iter()
+            .map(Write::key)
+            .chain(conds.iter().map(Cond::key))
+            .find_map(|k| self.reserved(k));
+        if let Some(e) = reserved {
             return Err(StoreError::Invalid(e));
         }
         let keys: BTreeSet<&str> = conds

@@ -208,7 +208,7 @@ async fn fixed_listing_a_large_group_kills_the_connection() {
     let mut writes = Vec::new();
     for i in 0..n {
         writes.push(put(&format!("big/resources/resource-{i:06}"), b"{}"));
-        if writes.len() == 2000 {
+        if writes.len() == rebalanser_core::store::MAX_TXN_WRITES || i == n - 1 {
             committed(&exec(&s, txn(std::mem::take(&mut writes))).await, "batch");
         }
     }

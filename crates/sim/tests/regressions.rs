@@ -951,7 +951,10 @@ fn txn_size(op: &StoreOp) -> (usize, usize) {
 /// simulator's store does not enforce the limits, so only this counts them).
 #[test]
 fn a_rebalance_is_split_exactly_at_the_transaction_limits() {
-    let roomy = (1000, rebalanser_core::store::MAX_TXN_BYTES);
+    let roomy = (
+        rebalanser_core::store::MAX_TXN_WRITES,
+        rebalanser_core::store::MAX_TXN_BYTES,
+    );
     for (change, a_gets) in [(Change::Join, 10), (Change::AddResources, 15)] {
         let (whole, got) = split_rebalance(change, roomy);
         assert_eq!(

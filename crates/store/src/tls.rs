@@ -1,7 +1,8 @@
 //! The TLS files a networked backend's URL names (a CA to verify the servers, optionally a
 //! client certificate and key), checked when the URL is parsed: a wrong path is a URL error,
-//! not a connection that keeps failing. Backends read the files at every connection, so a
-//! rotated certificate is picked up without a restart.
+//! not a connection that keeps failing. PostgreSQL and ZooKeeper read the files for every new
+//! connection, so a rotated certificate is picked up without a restart; etcd when the store
+//! creates its client (once per store).
 
 use std::path::PathBuf;
 

@@ -218,6 +218,16 @@ impl Store for EtcdStore {
     }
 }
 
+/// Every key a transaction names, each once.
+fn named_keys(conds: &[Cond], writes: &[Write]) -> Vec<Key> {
+    let keys: BTreeSet<&str> = conds
+        .iter()
+        .map(Cond::key)
+        .chain(writes.iter().map(Write::key))
+        .collect();
+    keys.into_iter().map(str::to_string).collect()
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -548,14 +558,7 @@ impl Inner {
             return Ok(StoreReply::Committed { rev: to_u64(rev) });
         }
         // Nothing was written, so the revision did not move: the keys as the compares saw them.
-        let named: Vec<Key> = conds
-            .iter()
-            .map(Cond::key)
-            .chain(writes.iter().map(Write::key))
-            .collect::<BTreeSet<&str>>()
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+        let named = named_keys(conds, writes);
         let state = match self.read_at(&named, &[], Some(rev)).await? {
             StoreReply::Listed { entries, .. } => entries.into_iter().collect(),
             _ => BTreeMap::new(),
@@ -574,14 +577,7 @@ impl Inner {
         writes: &[Write],
         ops: Vec<TxnOp>,
     ) -> StoreResult {
-        let named: Vec<Key> = conds
-            .iter()
-            .map(Cond::key)
-            .chain(writes.iter().map(Write::key))
-            .collect::<BTreeSet<&str>>()
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+        let named = named_keys(conds, writes);
         for _ in 0..5 {
             let state: BTreeMap<Key, Entry> = match self.read_at(&named, &[], None).await? {
                 StoreReply::Listed { entries, .. } => entries.into_iter().collect(),

@@ -25,9 +25,11 @@
 //!   are never rewritten (a put on one is refused), so its last modification *is* the creation
 //!   of the instance, and tokens stay strictly growing per resource (PITFALLS 17). Persistent
 //!   keys use `create_revision`; versions are etcd's minus one (etcd counts from 1).
-//! - A failed transaction reads every key it names in its failure branch (same revision), and
-//!   the refusal is decided from that snapshot the way `MemModel` orders its checks (conditions,
-//!   then each write), so a refusal names the same cause on every store.
+//! - A refused transaction reads every key it names at the revision it failed at (nothing was
+//!   written, so the revision did not move), and the refusal is decided from that snapshot by
+//!   the core's `txn_refusal`, so a refusal names the same cause on every store. A transaction
+//!   whose compares exceed etcd's 128 is decided from a read instead and committed only if none
+//!   of its keys changed since.
 //! - Reads are linearizable (etcd's default, never `serializable`). A `Read` of many keys is
 //!   one transaction of gets, or several pinned to the first one's revision.
 //! - Watches: one etcd watch per prefix, `Reset` once it is created; it ends on cancellation

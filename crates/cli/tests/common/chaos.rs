@@ -432,6 +432,9 @@ pub struct ChaosConfig {
     pub ttl: Duration,
     /// Passed to every member as `--unsafe-linger-ms` (0: a correct member).
     pub linger_ms: u64,
+    /// Start the members one after another, `stagger` apart, instead of all at once: every
+    /// later join then moves resources away from members already holding them.
+    pub stagger: Duration,
     pub dir: Option<PathBuf>,
 }
 
@@ -451,6 +454,7 @@ impl ChaosConfig {
             resources: env_or("CHAOS_RESOURCES", 30),
             ttl: Duration::from_millis(env_or("CHAOS_TTL_MS", 2000)),
             linger_ms: 0,
+            stagger: Duration::ZERO,
             dir: std::env::var_os("CHAOS_DIR").map(PathBuf::from),
         }
     }
@@ -706,6 +710,9 @@ pub fn run_chaos<S: StoreFaults>(
             .collect(),
     };
     for i in 0..cfg.members {
+        if i > 0 {
+            std::thread::sleep(cfg.stagger);
+        }
         members.spawn(i)?;
     }
     let mut tl = Timeline {
@@ -1062,12 +1069,14 @@ pub fn chaos_test<S: StoreFaults>(start: impl FnOnce() -> Result<S>) {
 /// accessing a resource for a second after giving its lease up (the core's broken variants
 /// cannot be selected through the public API the members use; this breaks the application
 /// side instead, which the checker cannot tell apart). A short run: overlaps come with the
-/// first handovers.
+/// first handovers between members, which the staggered start guarantees (random faults alone
+/// may move nothing in 8 s: a killed member restarted under its name takes its resources back).
 pub fn chaos_catches_lingering_members<S: StoreFaults>(start: impl FnOnce() -> Result<S>) {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut cfg = ChaosConfig::from_env();
     cfg.secs = 8;
     cfg.linger_ms = 1000;
+    cfg.stagger = Duration::from_millis(1500);
     let out = run_chaos(&cfg, start).expect("the chaos harness itself failed");
     let _ = finish(&out, true);
     assert!(

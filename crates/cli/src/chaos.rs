@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use crate::util::boottime_ns;
 
-use rebalanser::{Error, Lease, Member, MemberHandle, StopPolicy};
+use rebalanser::{Error, Lease, Member, StopPolicy};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
 
@@ -116,7 +116,7 @@ pub(crate) fn say(name: &str, msg: impl std::fmt::Display) {
     eprintln!("{} {name} {msg}", boottime_ns());
 }
 
-async fn join(a: &ChaosArgs) -> Result<MemberHandle, Error> {
+async fn join(a: &ChaosArgs) -> Result<Member, Error> {
     let policy = match a.stop_policy {
         PolicyArg::Abort => StopPolicy::Abort,
         PolicyArg::Log => StopPolicy::Log,
@@ -136,7 +136,7 @@ pub(crate) async fn join_retrying(
     b: impl Fn() -> rebalanser::MemberBuilder,
     name: &str,
     ttl: Duration,
-) -> Result<MemberHandle, Error> {
+) -> Result<Member, Error> {
     let start = tokio::time::Instant::now();
     loop {
         // Timings derived from the TTL; they fit the budget even where a keepalive proves

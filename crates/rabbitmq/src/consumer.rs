@@ -11,7 +11,7 @@ use futures::{FutureExt as _, StreamExt as _};
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Channel;
-use rebalanser::{Lease, LeaseChecker, MemberHandle, Token};
+use rebalanser::{Lease, LeaseChecker, Member, Token};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
@@ -105,7 +105,7 @@ impl QueueGroup {
     /// returns. Returns earlier if the member stops by itself.
     pub async fn run<H, F>(
         self,
-        mut member: MemberHandle,
+        mut member: Member,
         handler: H,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error>

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rebalanser::{Admin, GroupStatus, Lease, LeaseChecker, Member, MemberHandle, StopPolicy};
+use rebalanser::{Admin, GroupStatus, Lease, LeaseChecker, Member, StopPolicy};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -317,7 +317,7 @@ impl Worker {
 }
 
 async fn serve(
-    mut member: MemberHandle,
+    mut member: Member,
     name: &'static str,
     mut ctl: mpsc::UnboundedReceiver<Ctl>,
     monitor: Monitor,

@@ -13,10 +13,10 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::admin::ensure_group;
 use crate::driver::Driver;
 use crate::error::Error;
-use crate::handle::{MemberHandle, MemberStatus};
+use crate::handle::{Member, MemberStatus};
 use crate::url::open_store;
 
-/// Capacity of each status event stream; a slower reader gets [`crate::Status::Lagged`].
+/// Capacity of each status event stream; a slower reader gets [`crate::MemberEvent::Lagged`].
 const EVENT_CAPACITY: usize = 1024;
 
 /// What to do when the application keeps a lease past its deadline, or longer than
@@ -27,18 +27,15 @@ pub enum StopPolicy {
     /// only safe one once a lease may outlive its claim.
     #[default]
     Abort,
-    /// Log at error level and report [`crate::Status::StopDeadlineMissed`], nothing more.
+    /// Log at error level and report [`crate::MemberEvent::StopDeadlineMissed`], nothing more.
     /// For tests and for applications that enforce the stop themselves.
     Log,
 }
 
-/// Entry point for joining a group: `Member::builder("group")…join().await`.
-///
-/// Not constructible: it only names the builder (the running member is a [`MemberHandle`]).
-#[derive(Debug)]
-pub enum Member {}
-
 impl Member {
+    /// Entry point for joining a group: `Member::builder("group")…join().await` returns the
+    /// running [`Member`].
+    ///
     /// Starts configuring a member of `group`. Nothing is validated until
     /// [`MemberBuilder::join`], which reports every problem as a typed [`Error`].
     pub fn builder(group: &str) -> MemberBuilder {
@@ -164,7 +161,7 @@ impl MemberBuilder {
     /// back: nothing moves to other members. The resources are granted once the previous
     /// session's claims are gone: at once after a graceful stop, after that session's expiry
     /// after a crash. If the previous instance is in fact still running, it is told
-    /// ([`Status::Replaced`]), gives everything up and leaves. Default off.
+    /// ([`MemberEvent::Replaced`]), gives everything up and leaves. Default off.
     pub fn static_membership(mut self, on: bool) -> Self {
         self.static_membership = on;
         self
@@ -221,9 +218,9 @@ impl MemberBuilder {
     }
 
     /// Validates everything, checks that the group exists, and starts the member. Returns as
-    /// soon as the member's driver runs; watch [`MemberHandle::events`] for `Joined`.
+    /// soon as the member's driver runs; watch [`Member::events`] for `Joined`.
     /// Must be called inside a tokio runtime (the driver is a spawned task).
-    pub async fn join(self) -> Result<MemberHandle, Error> {
+    pub async fn join(self) -> Result<Member, Error> {
         let group = GroupId::new(self.group)?;
         let name = match self.name {
             Some(n) => MemberId::new(n)?,
@@ -290,7 +287,7 @@ impl MemberBuilder {
             snapshot_tx,
         );
         let task = tokio::spawn(driver.run(store, cmds_rx));
-        Ok(MemberHandle {
+        Ok(Member {
             group,
             name,
             leases: leases_rx,

@@ -1,4 +1,4 @@
-//! A callback adapter over [`MemberHandle`], for applications that prefer
+//! A callback adapter over [`Member`], for applications that prefer
 //! `on_assigned` / `on_revoked` to a stream of leases.
 //!
 //! The adapter owns every lease. `on_assigned(&lease)` starts the work (read the resource id
@@ -17,12 +17,12 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
-use crate::handle::{MemberHandle, Status};
+use crate::handle::{Member, MemberEvent};
 use crate::lease::Lease;
 
 type OnAssigned = Box<dyn FnMut(&Lease) + Send>;
 type OnRevoked = Box<dyn FnMut(&ResourceId) + Send>;
-type OnError = Box<dyn FnMut(&Status) + Send>;
+type OnError = Box<dyn FnMut(&MemberEvent) + Send>;
 
 /// The callbacks; every one is optional.
 pub struct Callbacks {
@@ -59,16 +59,16 @@ impl Callbacks {
         self
     }
 
-    /// Called with every status event that reports a problem ([`Status::is_problem`]).
-    pub fn on_error(mut self, f: impl FnMut(&Status) + Send + 'static) -> Self {
+    /// Called with every status event that reports a problem ([`MemberEvent::is_problem`]).
+    pub fn on_error(mut self, f: impl FnMut(&MemberEvent) + Send + 'static) -> Self {
         self.on_error = Box::new(f);
         self
     }
 
     /// Runs the callbacks for `member` on a spawned task. Dropping the returned handle leaves
-    /// the group, like dropping a [`MemberHandle`].
+    /// the group, like dropping a [`Member`].
     #[must_use = "dropping the handle makes the member leave at once"]
-    pub fn run(self, member: MemberHandle) -> CallbackHandle {
+    pub fn run(self, member: Member) -> CallbackHandle {
         let (leave_tx, leave_rx) = oneshot::channel();
         let task = tokio::spawn(drive(self, member, leave_rx));
         CallbackHandle {
@@ -86,7 +86,7 @@ pub struct CallbackHandle {
 }
 
 impl CallbackHandle {
-    /// Leaves gracefully (see [`MemberHandle::leave`]); revokes keep reaching `on_revoked`
+    /// Leaves gracefully (see [`Member::leave`]); revokes keep reaching `on_revoked`
     /// until the member has left.
     pub async fn leave(mut self) -> Result<(), Error> {
         if let Some(tx) = self.leave.take() {
@@ -107,7 +107,7 @@ impl CallbackHandle {
 
 async fn drive(
     mut cb: Callbacks,
-    mut member: MemberHandle,
+    mut member: Member,
     mut leave_rx: oneshot::Receiver<()>,
 ) -> Result<(), Error> {
     let mut events = member.events();

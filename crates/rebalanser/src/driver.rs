@@ -29,7 +29,7 @@ use tracing::{debug, error, info, trace, warn, Instrument, Span};
 
 use crate::builder::StopPolicy;
 use crate::clock;
-use crate::handle::{MemberStatus, Status};
+use crate::handle::{MemberEvent, MemberStatus};
 use crate::lease::{Cmd, DropLog, Lease, LeaseShared};
 
 /// Longest the driver sleeps without re-reading the clock. The tokio timer runs on the
@@ -43,7 +43,7 @@ pub(crate) struct Driver {
     pub(crate) policy: StopPolicy,
     pub(crate) cmds_tx: mpsc::UnboundedSender<Cmd>,
     pub(crate) leases_tx: mpsc::UnboundedSender<Lease>,
-    pub(crate) status_tx: broadcast::Sender<Status>,
+    pub(crate) status_tx: broadcast::Sender<MemberEvent>,
     pub(crate) snapshot_tx: watch::Sender<MemberStatus>,
     pub(crate) span: Span,
     deadlines: BTreeMap<SessionId, Arc<AtomicU64>>,
@@ -85,7 +85,7 @@ impl Driver {
         policy: StopPolicy,
         cmds_tx: mpsc::UnboundedSender<Cmd>,
         leases_tx: mpsc::UnboundedSender<Lease>,
-        status_tx: broadcast::Sender<Status>,
+        status_tx: broadcast::Sender<MemberEvent>,
         snapshot_tx: watch::Sender<MemberStatus>,
     ) -> Driver {
         let cfg = core.config();
@@ -138,7 +138,7 @@ impl Driver {
         }
     }
 
-    fn emit(&self, s: Status) {
+    fn emit(&self, s: MemberEvent) {
         // No subscriber is fine: events are informational.
         let _ = self.status_tx.send(s);
     }
@@ -243,7 +243,7 @@ impl Driver {
                 );
                 self.record_epoch(epoch);
                 info!(resource = %resource, token = %token, epoch = epoch.0, "lease granted");
-                self.emit(Status::Granted {
+                self.emit(MemberEvent::Granted {
                     resource: resource.clone(),
                     token,
                     epoch,
@@ -265,7 +265,7 @@ impl Driver {
                 reason,
             } => {
                 info!(resource = %resource, reason = reason.as_str(), "lease revoked");
-                self.emit(Status::Revoked {
+                self.emit(MemberEvent::Revoked {
                     resource: resource.clone(),
                     reason,
                 });
@@ -284,12 +284,12 @@ impl Driver {
             }
             Event::SessionOpened { session, ttl } => {
                 info!(to = %session, ttl_ms = ttl.as_millis() as u64, "session opened");
-                self.emit(Status::SessionOpened { session, ttl });
+                self.emit(MemberEvent::SessionOpened { session, ttl });
             }
             Event::Joined { session } => {
                 self.joined = true;
                 info!(to = %session, "joined");
-                self.emit(Status::Joined { session });
+                self.emit(MemberEvent::Joined { session });
             }
             Event::NameInUse { holder } => {
                 warn!(
@@ -297,7 +297,7 @@ impl Driver {
                     reason = "name_in_use",
                     "member name held by another live session; waiting for it to expire"
                 );
-                self.emit(Status::NameInUse { holder });
+                self.emit(MemberEvent::NameInUse { holder });
             }
             Event::TookOver { from } => {
                 info!(
@@ -305,7 +305,7 @@ impl Driver {
                     reason = "static_restart",
                     "took the static member's name over from its previous session"
                 );
-                self.emit(Status::TookOver { from });
+                self.emit(MemberEvent::TookOver { from });
             }
             Event::Replaced { by } => {
                 warn!(
@@ -313,16 +313,16 @@ impl Driver {
                     reason = "replaced",
                     "a newer instance of this static member took the name over; leaving"
                 );
-                self.emit(Status::Replaced { by });
+                self.emit(MemberEvent::Replaced { by });
             }
             Event::BecameCoordinator { epoch } => {
                 self.record_epoch(epoch);
                 info!(epoch = epoch.0, "became coordinator");
-                self.emit(Status::BecameCoordinator { epoch });
+                self.emit(MemberEvent::BecameCoordinator { epoch });
             }
             Event::SteppedDown { epoch } => {
                 info!(epoch = epoch.0, "stepped down as coordinator");
-                self.emit(Status::SteppedDown { epoch });
+                self.emit(MemberEvent::SteppedDown { epoch });
             }
             Event::Rebalanced {
                 epoch,
@@ -331,7 +331,7 @@ impl Driver {
                 resources,
             } => {
                 info!(epoch = epoch.0, moved, members, resources, "rebalanced");
-                self.emit(Status::Rebalanced {
+                self.emit(MemberEvent::Rebalanced {
                     epoch,
                     moved,
                     members,
@@ -346,7 +346,7 @@ impl Driver {
                     remaining_ms = remaining.as_millis() as u64,
                     "session in doubt: every lease revoked"
                 );
-                self.emit(Status::Suspended { remaining });
+                self.emit(MemberEvent::Suspended { remaining });
             }
             Event::TtlTooShort { granted, needed } => {
                 error!(
@@ -355,18 +355,18 @@ impl Driver {
                     needed_ms = needed.as_millis() as u64,
                     "the store granted a session timeout the timings do not fit in; leaving"
                 );
-                self.emit(Status::TtlTooShort { granted, needed });
+                self.emit(MemberEvent::TtlTooShort { granted, needed });
             }
             Event::Resumed => {
                 self.suspended = false;
                 info!("session proved alive again; resuming");
-                self.emit(Status::Resumed);
+                self.emit(MemberEvent::Resumed);
             }
             Event::SessionLost { session } => {
                 self.joined = false;
                 self.suspended = false;
                 info!(from = %session, reason = "session_expired", "session lost; rejoining");
-                self.emit(Status::SessionLost { session });
+                self.emit(MemberEvent::SessionLost { session });
             }
             Event::StopDeadlineMissed { resources } => {
                 // The core judged from the releases it had been told of when it stepped. A lease
@@ -396,19 +396,19 @@ impl Driver {
             }
             Event::BadData(b) => {
                 warn!(key = %b.key, reason = b.reason, "skipping data that cannot be understood");
-                self.emit(Status::BadData {
+                self.emit(MemberEvent::BadData {
                     key: b.key,
                     reason: b.reason,
                 });
             }
             Event::StoreError { op, error } => {
                 warn!(op, error = %error, "store operation failed");
-                self.emit(Status::Error { op, error });
+                self.emit(MemberEvent::Error { op, error });
             }
             Event::Left => {
                 self.joined = false;
                 info!("left the group");
-                self.emit(Status::Left);
+                self.emit(MemberEvent::Left);
             }
         }
     }
@@ -426,7 +426,7 @@ impl Driver {
             policy = ?self.policy,
             "the application did not release leases in time"
         );
-        self.emit(Status::StopDeadlineMissed { resources });
+        self.emit(MemberEvent::StopDeadlineMissed { resources });
         match self.policy {
             StopPolicy::Abort => {
                 error!("aborting the process: a lease may outlive its deadline otherwise");

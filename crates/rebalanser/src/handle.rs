@@ -1,4 +1,4 @@
-//! [`MemberHandle`]: what `join` returns — the stream of leases, status events and `leave`.
+//! [`Member`]: what `join` returns — the stream of leases, status events and `leave`.
 
 use std::fmt;
 use std::pin::Pin;
@@ -16,10 +16,10 @@ use crate::error::Error;
 use crate::lease::{Cmd, Lease};
 
 /// A change in a member's life, for logging, metrics and UIs. Leases themselves come from
-/// [`MemberHandle::next_lease`]; `Granted`/`Revoked` here only report them.
+/// [`Member::next_lease`]; `Granted`/`Revoked` here only report them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Status {
+pub enum MemberEvent {
     /// A store session was opened (at join, and again after a session was lost).
     SessionOpened { session: SessionId, ttl: Duration },
     /// Registered in the group under this session.
@@ -79,47 +79,47 @@ pub enum Status {
     Left,
 }
 
-impl Status {
+impl MemberEvent {
     /// True for the events that report a problem (the ones the callback adapter passes to
     /// `on_error`).
     pub fn is_problem(&self) -> bool {
         matches!(
             self,
-            Status::NameInUse { .. }
-                | Status::Replaced { .. }
-                | Status::Suspended { .. }
-                | Status::SessionLost { .. }
-                | Status::StopDeadlineMissed { .. }
-                | Status::TtlTooShort { .. }
-                | Status::BadData { .. }
-                | Status::Error { .. }
-                | Status::Lagged { .. }
+            MemberEvent::NameInUse { .. }
+                | MemberEvent::Replaced { .. }
+                | MemberEvent::Suspended { .. }
+                | MemberEvent::SessionLost { .. }
+                | MemberEvent::StopDeadlineMissed { .. }
+                | MemberEvent::TtlTooShort { .. }
+                | MemberEvent::BadData { .. }
+                | MemberEvent::Error { .. }
+                | MemberEvent::Lagged { .. }
         )
     }
 }
 
-impl fmt::Display for Status {
+impl fmt::Display for MemberEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Status::SessionOpened { session, ttl } => {
+            MemberEvent::SessionOpened { session, ttl } => {
                 write!(f, "session {session} opened (ttl {ttl:?})")
             }
-            Status::Joined { session } => write!(f, "joined with session {session}"),
-            Status::NameInUse { holder } => {
+            MemberEvent::Joined { session } => write!(f, "joined with session {session}"),
+            MemberEvent::NameInUse { holder } => {
                 write!(f, "member name in use by session {holder}; waiting for it to expire")
             }
-            Status::TookOver { from } => write!(
+            MemberEvent::TookOver { from } => write!(
                 f,
                 "static member restarted: took the name over from session {from}"
             ),
-            Status::Replaced { by } => write!(
+            MemberEvent::Replaced { by } => write!(
                 f,
                 "a newer instance of this static member (session {by}) took the name over; \
                  leaving"
             ),
-            Status::BecameCoordinator { epoch } => write!(f, "became coordinator (epoch {epoch})"),
-            Status::SteppedDown { epoch } => write!(f, "stepped down as coordinator (epoch {epoch})"),
-            Status::Rebalanced {
+            MemberEvent::BecameCoordinator { epoch } => write!(f, "became coordinator (epoch {epoch})"),
+            MemberEvent::SteppedDown { epoch } => write!(f, "stepped down as coordinator (epoch {epoch})"),
+            MemberEvent::Rebalanced {
                 epoch,
                 moved,
                 members,
@@ -128,39 +128,39 @@ impl fmt::Display for Status {
                 f,
                 "rebalanced {resources} resources over {members} members, {moved} moved (epoch {epoch})"
             ),
-            Status::Granted {
+            MemberEvent::Granted {
                 resource,
                 token,
                 epoch,
             } => write!(f, "granted {resource} (token {token}, epoch {epoch})"),
-            Status::Revoked { resource, reason } => {
+            MemberEvent::Revoked { resource, reason } => {
                 write!(f, "revoked {resource} ({})", reason.as_str())
             }
-            Status::Suspended { remaining } => write!(
+            MemberEvent::Suspended { remaining } => write!(
                 f,
                 "session in doubt: every lease revoked, valid for at most {remaining:?}"
             ),
-            Status::Resumed => write!(f, "session proved alive again"),
-            Status::SessionLost { session } => write!(f, "session {session} expired; rejoining"),
-            Status::StopDeadlineMissed { resources } => write!(
+            MemberEvent::Resumed => write!(f, "session proved alive again"),
+            MemberEvent::SessionLost { session } => write!(f, "session {session} expired; rejoining"),
+            MemberEvent::StopDeadlineMissed { resources } => write!(
                 f,
                 "the application did not stop in time on {} resource(s): {resources:?}",
                 resources.len()
             ),
-            Status::BadData { key, reason } => write!(f, "skipped {key}: {reason}"),
-            Status::Error { op, error } => write!(f, "store operation {op} failed: {error}"),
-            Status::TtlTooShort { granted, needed } => write!(
+            MemberEvent::BadData { key, reason } => write!(f, "skipped {key}: {reason}"),
+            MemberEvent::Error { op, error } => write!(f, "store operation {op} failed: {error}"),
+            MemberEvent::TtlTooShort { granted, needed } => write!(
                 f,
                 "the store granted a session timeout of {granted:?}, but the timings need more \
                  than {needed:?}; leaving"
             ),
-            Status::Lagged { missed } => write!(f, "event stream lagged; {missed} events lost"),
-            Status::Left => write!(f, "left the group"),
+            MemberEvent::Lagged { missed } => write!(f, "event stream lagged; {missed} events lost"),
+            MemberEvent::Left => write!(f, "left the group"),
         }
     }
 }
 
-/// A cheap snapshot of a member's state (see [`MemberHandle::status`]).
+/// A cheap snapshot of a member's state (see [`Member::status`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MemberStatus {
@@ -170,7 +170,7 @@ pub struct MemberStatus {
     pub joined: bool,
     /// `Some(epoch)` while this member coordinates the group.
     pub coordinator: Option<Epoch>,
-    /// The session is in doubt (see [`Status::Suspended`]).
+    /// The session is in doubt (see [`MemberEvent::Suspended`]).
     pub suspended: bool,
     /// Leases granted and not yet released.
     pub leases: usize,
@@ -178,18 +178,18 @@ pub struct MemberStatus {
     pub left: bool,
 }
 
-/// A stream of [`Status`] events. Ends when the member's driver stops.
+/// A stream of [`MemberEvent`] events. Ends when the member's driver stops.
 pub struct Events {
-    inner: BoxStream<'static, Status>,
+    inner: BoxStream<'static, MemberEvent>,
 }
 
 impl Events {
-    pub(crate) fn new(rx: broadcast::Receiver<Status>) -> Events {
+    pub(crate) fn new(rx: broadcast::Receiver<MemberEvent>) -> Events {
         let inner = futures::stream::unfold(rx, |mut rx| async move {
             match rx.recv().await {
                 Ok(s) => Some((s, rx)),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    Some((Status::Lagged { missed }, rx))
+                    Some((MemberEvent::Lagged { missed }, rx))
                 }
                 Err(broadcast::error::RecvError::Closed) => None,
             }
@@ -199,14 +199,14 @@ impl Events {
     }
 
     /// The next event; `None` once the member's driver has stopped.
-    pub async fn recv(&mut self) -> Option<Status> {
+    pub async fn recv(&mut self) -> Option<MemberEvent> {
         self.inner.next().await
     }
 }
 
 impl Stream for Events {
-    type Item = Status;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Status>> {
+    type Item = MemberEvent;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<MemberEvent>> {
         self.inner.poll_next_unpin(cx)
     }
 }
@@ -219,23 +219,23 @@ impl fmt::Debug for Events {
 
 /// A member of a group, running. Returned by [`crate::MemberBuilder::join`].
 ///
-/// Take leases with [`MemberHandle::next_lease`] (or use the handle as a `Stream` of
+/// Take leases with [`Member::next_lease`] (or use the handle as a `Stream` of
 /// [`Lease`]s) and keep doing so: leases wait in a queue until taken. A lease revoked while
 /// still queued is released by the library itself, since the application never saw it, but
 /// its entry stays queued until taken (and then skipped): an application that never takes
 /// leases makes the queue grow with every grant.
 ///
-/// Dropping the handle starts a graceful leave in the background; [`MemberHandle::leave`]
+/// Dropping the handle starts a graceful leave in the background; [`Member::leave`]
 /// does the same and waits for it. Either way, leases the application still holds must be
 /// released (dropped) when revoked, or the member cannot close its session.
-pub struct MemberHandle {
+pub struct Member {
     pub(crate) group: GroupId,
     pub(crate) name: MemberId,
     pub(crate) leases: mpsc::UnboundedReceiver<Lease>,
     pub(crate) cmds: mpsc::UnboundedSender<Cmd>,
-    pub(crate) status_tx: broadcast::Sender<Status>,
+    pub(crate) status_tx: broadcast::Sender<MemberEvent>,
     /// The receiver subscribed at join, so the first `events()` call misses nothing.
-    pub(crate) first_events: Mutex<Option<broadcast::Receiver<Status>>>,
+    pub(crate) first_events: Mutex<Option<broadcast::Receiver<MemberEvent>>>,
     pub(crate) snapshot: watch::Receiver<MemberStatus>,
     pub(crate) driver: AbortHandle,
     pub(crate) leave_bound: Duration,
@@ -243,7 +243,7 @@ pub struct MemberHandle {
     pub(crate) crashed: bool,
 }
 
-impl MemberHandle {
+impl Member {
     /// The member's name.
     pub fn name(&self) -> &MemberId {
         &self.name
@@ -275,7 +275,7 @@ impl MemberHandle {
         }
     }
 
-    /// Status events from now on; the first call also returns everything since `join`.
+    /// MemberEvent events from now on; the first call also returns everything since `join`.
     /// Each call returns an independent stream.
     pub fn events(&self) -> Events {
         let first = self
@@ -308,7 +308,7 @@ impl MemberHandle {
     /// later. An instance started under the same name before then takes the record over and
     /// is granted the same resources, with nothing moved to other members. If none comes,
     /// the resources move when the session expires. Without static membership, this is
-    /// [`MemberHandle::leave`]. Bounded like `leave`.
+    /// [`Member::leave`]. Bounded like `leave`.
     pub async fn stop_for_restart(self) -> Result<(), Error> {
         self.stop(Cmd::StopForRestart).await
     }
@@ -352,14 +352,14 @@ impl MemberHandle {
     }
 }
 
-impl Stream for MemberHandle {
+impl Stream for Member {
     type Item = Lease;
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Lease>> {
         self.get_mut().poll_lease(cx)
     }
 }
 
-impl Drop for MemberHandle {
+impl Drop for Member {
     fn drop(&mut self) {
         if self.crashed {
             return;
@@ -370,9 +370,9 @@ impl Drop for MemberHandle {
     }
 }
 
-impl fmt::Debug for MemberHandle {
+impl fmt::Debug for Member {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemberHandle")
+        f.debug_struct("Member")
             .field("group", &self.group)
             .field("name", &self.name)
             .field("status", &*self.snapshot.borrow())

@@ -18,7 +18,7 @@ pub(crate) enum Cmd {
         lease: LeaseId,
     },
     Leave,
-    /// A static member stopping for a restart (`MemberHandle::stop_for_restart`).
+    /// A static member stopping for a restart (`Member::stop_for_restart`).
     StopForRestart,
     /// The application reports the resource failing here (`Lease::report_unhealthy`).
     Unhealthy {

@@ -57,14 +57,14 @@
 //!
 //! # Map
 //!
-//! - [`Member::builder`] → [`MemberBuilder`] → [`MemberBuilder::join`] → [`MemberHandle`]:
-//!   leases ([`MemberHandle::next_lease`], or the handle as a `Stream`), status events
-//!   ([`MemberHandle::events`]) and [`MemberHandle::leave`].
+//! - [`Member::builder`] → [`MemberBuilder`] → [`MemberBuilder::join`] → [`Member`]:
+//!   leases ([`Member::next_lease`], or the handle as a `Stream`), status events
+//!   ([`Member::events`]) and [`Member::leave`].
 //! - [`Lease`]: one resource; [`Lease::is_valid`] is computed at call time from a deadline on
 //!   the boot-time [`clock`], so it turns false on time even if the member's task is stalled.
 //! - [`Admin`]: create or delete a group (refused while members live), add/remove/list
 //!   resources, [`Admin::status`].
-//! - [`Callbacks`]: `on_assigned` / `on_revoked` / `on_error` over a [`MemberHandle`].
+//! - [`Callbacks`]: `on_assigned` / `on_revoked` / `on_error` over a [`Member`].
 //!
 //! **Architecture invariant:** this crate is the only place that spawns tasks or reads the
 //! real clock; all protocol decisions are the core's. One tokio task per member owns the
@@ -93,10 +93,10 @@ pub use admin::{
     Admin, BadKey, ClaimInfo, CoordinatorInfo, GroupStatus, Handover, MemberInfo, ResourceStatus,
     Unhealthy,
 };
-pub use builder::{Member, MemberBuilder, StopPolicy};
+pub use builder::{MemberBuilder, StopPolicy};
 pub use callbacks::{CallbackHandle, Callbacks};
 pub use error::Error;
-pub use handle::{Events, MemberHandle, MemberStatus, Status};
+pub use handle::{Events, Member, MemberEvent, MemberStatus};
 pub use lease::{Lease, LeaseChecker};
 pub use url::open_store;
 
@@ -121,10 +121,10 @@ mod tests {
     fn public_types_cross_threads() {
         send_sync::<Lease>();
         send_sync::<LeaseChecker>();
-        send_sync::<MemberHandle>();
+        send_sync::<Member>();
         send_sync::<Admin>();
         send_sync::<Error>();
-        send_sync::<Status>();
+        send_sync::<MemberEvent>();
         send_sync::<CallbackHandle>();
     }
 }

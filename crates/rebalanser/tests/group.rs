@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{group, url, wait_balanced, wait_until, Monitor, Worker};
-use rebalanser::{Member, Status};
+use rebalanser::{Member, MemberEvent};
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -177,24 +177,30 @@ async fn events_report_joining_coordinating_granting_and_leaving() {
     while let Ok(Some(s)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await {
         seen.push(s);
     }
-    let has = |f: &dyn Fn(&Status) -> bool| seen.iter().any(f);
-    assert!(has(&|s| matches!(s, Status::Joined { .. })), "{seen:#?}");
+    let has = |f: &dyn Fn(&MemberEvent) -> bool| seen.iter().any(f);
     assert!(
-        has(&|s| matches!(s, Status::BecameCoordinator { .. })),
+        has(&|s| matches!(s, MemberEvent::Joined { .. })),
         "{seen:#?}"
     );
-    assert!(has(&|s| matches!(s, Status::Granted { .. })), "{seen:#?}");
     assert!(
-        has(&|s| matches!(s, Status::Rebalanced { .. })),
+        has(&|s| matches!(s, MemberEvent::BecameCoordinator { .. })),
         "{seen:#?}"
     );
-    assert_eq!(seen.last(), Some(&Status::Left), "{seen:#?}");
+    assert!(
+        has(&|s| matches!(s, MemberEvent::Granted { .. })),
+        "{seen:#?}"
+    );
+    assert!(
+        has(&|s| matches!(s, MemberEvent::Rebalanced { .. })),
+        "{seen:#?}"
+    );
+    assert_eq!(seen.last(), Some(&MemberEvent::Left), "{seen:#?}");
     assert!(!has(&|s| s.is_problem()), "{seen:#?}");
     // Two grants, and one more each after the leases were dropped while still assigned;
     // anything beyond that is a grant/release loop.
     let grants = seen
         .iter()
-        .filter(|s| matches!(s, Status::Granted { .. }))
+        .filter(|s| matches!(s, MemberEvent::Granted { .. }))
         .count();
     assert!((2..=4).contains(&grants), "{seen:#?}");
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{fast, group, url, wait_balanced, Monitor, Worker};
 use futures::stream::BoxStream;
-use rebalanser::{Member, MemoryStore, Status, Store};
+use rebalanser::{Member, MemberEvent, MemoryStore, Store};
 use rebalanser_store::{BoxFuture, StoreOp, StoreResult, WatchEvent};
 
 /// A store whose operations never answer while `cut` is set, like a partitioned network.
@@ -84,24 +84,24 @@ async fn a_partitioned_member_stops_in_time_and_rejoins_after_healing() {
     {
         seen.push(s);
     }
-    let count = |f: &dyn Fn(&Status) -> bool| seen.iter().filter(|s| f(s)).count();
+    let count = |f: &dyn Fn(&MemberEvent) -> bool| seen.iter().filter(|s| f(s)).count();
     assert_eq!(
-        count(&|s| matches!(s, Status::Suspended { .. })),
+        count(&|s| matches!(s, MemberEvent::Suspended { .. })),
         1,
         "{seen:#?}"
     );
     assert_eq!(
-        count(&|s| matches!(s, Status::SessionLost { .. })),
+        count(&|s| matches!(s, MemberEvent::SessionLost { .. })),
         1,
         "{seen:#?}"
     );
     assert_eq!(
-        count(&|s| matches!(s, Status::Joined { .. })),
+        count(&|s| matches!(s, MemberEvent::Joined { .. })),
         2,
         "{seen:#?}"
     );
     assert_eq!(
-        count(&|s| matches!(s, Status::StopDeadlineMissed { .. })),
+        count(&|s| matches!(s, MemberEvent::StopDeadlineMissed { .. })),
         0,
         "the workers stopped on revoke: {seen:#?}"
     );

@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use common::{fast, group, url, wait_until, EventLog};
-use rebalanser::{Member, Status};
+use rebalanser::{Member, MemberEvent};
 
 const RESOURCES: usize = 20;
 const TTL: Duration = Duration::from_millis(1000);
@@ -23,7 +23,11 @@ const TTL: Duration = Duration::from_millis(1000);
 /// every lease at once but the first `keep` and then blocks the executor for `block`. Returns
 /// the member's events once the driver has caught up (the kept leases are dropped then), and
 /// the resources of the kept leases.
-async fn drop_then_starve(test: &str, keep: usize, block: Duration) -> (Vec<Status>, Vec<String>) {
+async fn drop_then_starve(
+    test: &str,
+    keep: usize,
+    block: Duration,
+) -> (Vec<MemberEvent>, Vec<String>) {
     let url = url(test);
     let admin = group(&url, RESOURCES).await;
     let mut m = fast(Member::builder("g").name("m").store_url(&url), TTL)
@@ -68,10 +72,10 @@ async fn drop_then_starve(test: &str, keep: usize, block: Duration) -> (Vec<Stat
     (all, kept_ids)
 }
 
-fn missed(events: &[Status]) -> Vec<&Status> {
+fn missed(events: &[MemberEvent]) -> Vec<&MemberEvent> {
     events
         .iter()
-        .filter(|s| matches!(s, Status::StopDeadlineMissed { .. }))
+        .filter(|s| matches!(s, MemberEvent::StopDeadlineMissed { .. }))
         .collect()
 }
 
@@ -113,7 +117,7 @@ async fn a_lease_still_held_is_reported_and_only_it() {
             "{test}: the held lease was not reported: {ev:?}"
         );
         for s in m {
-            let Status::StopDeadlineMissed { resources } = s else {
+            let MemberEvent::StopDeadlineMissed { resources } = s else {
                 unreachable!("filtered")
             };
             let names: Vec<String> = resources.iter().map(|r| r.to_string()).collect();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rebalanser::{Admin, GroupId, Member, MemberId, RevokeReason, Status, Store};
+use rebalanser::{Admin, GroupId, Member, MemberEvent, MemberId, RevokeReason, Store};
 use rebalanser_core::layout::Layout;
 use rebalanser_testkit::{EtcdCluster, Postgres, ZkEnsemble};
 
@@ -162,19 +162,19 @@ async fn balanced(backend: Backend, test: &str, members: usize, resources: usize
 /// No member reported trouble: on a healthy server nothing is suspended, lost, late or bad.
 fn assert_no_trouble(logs: &BTreeMap<String, EventLog>) {
     for (name, log) in logs {
-        let trouble: Vec<Status> = log
+        let trouble: Vec<MemberEvent> = log
             .all()
             .into_iter()
             .map(|(_, s)| s)
             .filter(|s| {
                 matches!(
                     s,
-                    Status::Suspended { .. }
-                        | Status::SessionLost { .. }
-                        | Status::StopDeadlineMissed { .. }
-                        | Status::TtlTooShort { .. }
-                        | Status::BadData { .. }
-                        | Status::Lagged { .. }
+                    MemberEvent::Suspended { .. }
+                        | MemberEvent::SessionLost { .. }
+                        | MemberEvent::StopDeadlineMissed { .. }
+                        | MemberEvent::TtlTooShort { .. }
+                        | MemberEvent::BadData { .. }
+                        | MemberEvent::Lagged { .. }
                 )
             })
             .collect();
@@ -587,7 +587,7 @@ async fn bad_data_is_reported_by_key_and_does_not_make_members_spin(backend: Bac
         backend.write_by_hand(test, key, value);
     }
     let reported = |log: &EventLog, key: &str| {
-        log.count(|s| matches!(s, Status::BadData { key: k, .. } if k == key))
+        log.count(|s| matches!(s, MemberEvent::BadData { key: k, .. } if k == key))
     };
     // The coordinator plans from every member record, so it reads the malformed one; the
     // other members read only their own (issue 10), and nobody reads the foreign key.
@@ -600,7 +600,7 @@ async fn bad_data_is_reported_by_key_and_does_not_make_members_spin(backend: Bac
     let at = logs
         .values()
         .flat_map(|log| log.all())
-        .filter(|(_, s)| matches!(s, Status::BadData { key: k, .. } if *k == intruder))
+        .filter(|(_, s)| matches!(s, MemberEvent::BadData { key: k, .. } if *k == intruder))
         .map(|(at, _)| at)
         .min()
         .unwrap();

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use rebalanser::{Member, MemberBuilder, MemberHandle, StopPolicy, Store};
+use rebalanser::{Member, MemberBuilder, StopPolicy, Store};
 use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -388,7 +388,7 @@ impl Sink {
 }
 
 /// A member's application: holds every lease until it is revoked, reporting to `sink`.
-pub async fn serve(mut handle: MemberHandle, mut exit: oneshot::Receiver<Exit>, sink: Sink) {
+pub async fn serve(mut handle: Member, mut exit: oneshot::Receiver<Exit>, sink: Sink) {
     let sink = Arc::new(sink);
     loop {
         tokio::select! {

@@ -41,7 +41,7 @@ use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rebalanser::{Error, Lease, Member, MemberHandle, StopPolicy};
+use rebalanser::{Error, Lease, Member, StopPolicy};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::signal::unix::{signal, SignalKind};
@@ -256,7 +256,7 @@ fn run(a: RunArgs, log_format: LogFormat) -> ExitCode {
     code
 }
 
-async fn join(a: &RunArgs, stop: Duration) -> Result<MemberHandle, Error> {
+async fn join(a: &RunArgs, stop: Duration) -> Result<Member, Error> {
     let ttl = a.session_ttl;
     let mut b = Member::builder(&a.group)
         .store_url(&a.store)

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use rebalanser::{Admin, LeaseChecker, Member, RevokeReason, Status, Token};
+use rebalanser::{Admin, LeaseChecker, Member, MemberEvent, RevokeReason, Token};
 use rebalanser_testkit::FaultProxy;
 
 use super::*;
@@ -91,21 +91,21 @@ pub async fn start_group_with_m0_proxied(
     (g, proxy)
 }
 
-pub fn count(log: &EventLog, since: Instant, f: impl Fn(&Status) -> bool) -> usize {
+pub fn count(log: &EventLog, since: Instant, f: impl Fn(&MemberEvent) -> bool) -> usize {
     log.since(since).iter().filter(|s| f(s)).count()
 }
 
-pub fn suspended(s: &Status) -> bool {
-    matches!(s, Status::Suspended { .. })
+pub fn suspended(s: &MemberEvent) -> bool {
+    matches!(s, MemberEvent::Suspended { .. })
 }
-pub fn resumed(s: &Status) -> bool {
-    matches!(s, Status::Resumed)
+pub fn resumed(s: &MemberEvent) -> bool {
+    matches!(s, MemberEvent::Resumed)
 }
-pub fn session_lost(s: &Status) -> bool {
-    matches!(s, Status::SessionLost { .. })
+pub fn session_lost(s: &MemberEvent) -> bool {
+    matches!(s, MemberEvent::SessionLost { .. })
 }
-pub fn joined(s: &Status) -> bool {
-    matches!(s, Status::Joined { .. })
+pub fn joined(s: &MemberEvent) -> bool {
+    matches!(s, MemberEvent::Joined { .. })
 }
 
 /// What the fault loops observe about the member cut off (`who`): when its leases had all
@@ -441,7 +441,7 @@ pub fn trouble(g: &Group, t0: Instant) -> (BTreeMap<String, usize>, usize, usize
             susp.insert(name.clone(), n);
         }
         lost += count(log, t0, session_lost);
-        errors += count(log, t0, |s| matches!(s, Status::Error { .. }));
+        errors += count(log, t0, |s| matches!(s, MemberEvent::Error { .. }));
     }
     (susp, lost, errors)
 }

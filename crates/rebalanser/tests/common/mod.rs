@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rebalanser::{
-    Admin, BoxFuture, Error, Lease, LeaseChecker, Member, MemberBuilder, MemberHandle,
-    RevokeReason, Status, StopPolicy, Store, StoreOp, StoreResult, Token, WatchEvent,
+    Admin, BoxFuture, Error, Lease, LeaseChecker, Member, MemberBuilder, MemberEvent, RevokeReason,
+    StopPolicy, Store, StoreOp, StoreResult, Token, WatchEvent,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -242,7 +242,7 @@ impl Worker {
         Worker::start(member, name, monitor)
     }
 
-    pub fn start(mut member: MemberHandle, name: &str, monitor: &Monitor) -> Worker {
+    pub fn start(mut member: Member, name: &str, monitor: &Monitor) -> Worker {
         let (ctl, mut ctl_rx) = mpsc::unbounded_channel();
         let obey = Arc::new(Mutex::new(Obey::Revoke));
         let (who, mon, ob) = (name.to_string(), monitor.clone(), obey.clone());
@@ -500,12 +500,12 @@ pub fn moved(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>
 /// A member's status events, collected in the background with the time each arrived.
 #[derive(Clone, Default)]
 pub struct EventLog {
-    inner: Arc<Mutex<Vec<(Instant, Status)>>>,
+    inner: Arc<Mutex<Vec<(Instant, MemberEvent)>>>,
 }
 
 impl EventLog {
     /// Starts collecting; call before handing the member to [`Worker::start`] to miss nothing.
-    pub fn collect(member: &MemberHandle) -> EventLog {
+    pub fn collect(member: &Member) -> EventLog {
         let log = EventLog::default();
         let mut events = member.events();
         let inner = log.inner.clone();
@@ -520,16 +520,16 @@ impl EventLog {
         log
     }
 
-    pub fn all(&self) -> Vec<(Instant, Status)> {
+    pub fn all(&self) -> Vec<(Instant, MemberEvent)> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn count(&self, f: impl Fn(&Status) -> bool) -> usize {
+    pub fn count(&self, f: impl Fn(&MemberEvent) -> bool) -> usize {
         self.all().iter().filter(|(_, s)| f(s)).count()
     }
 
     /// Events since `t`, without times, for messages.
-    pub fn since(&self, t: Instant) -> Vec<Status> {
+    pub fn since(&self, t: Instant) -> Vec<MemberEvent> {
         self.all()
             .into_iter()
             .filter(|(at, _)| *at >= t)

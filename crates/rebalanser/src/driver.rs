@@ -72,6 +72,7 @@ pub(crate) struct Driver {
 /// The driver's side of one outstanding lease.
 struct Track {
     resource: ResourceId,
+    token: rebalanser_core::Token,
     revoke_tx: watch::Sender<Option<rebalanser_core::RevokeReason>>,
     shared: Arc<LeaseShared>,
     revoked_at: Option<Time>,
@@ -147,8 +148,8 @@ impl Driver {
         match cmd {
             Cmd::Released { resource, lease } => {
                 // Usually already collected from the lease's flag; then this only wakes us.
-                if self.tracks.remove(&lease).is_some() {
-                    debug!(resource = %resource, "lease released");
+                if let Some(t) = self.tracks.remove(&lease) {
+                    released_line(&t);
                     self.core.handle_released(now, &resource, lease);
                 }
             }
@@ -235,6 +236,7 @@ impl Driver {
                     lease,
                     Track {
                         resource: resource.clone(),
+                        token,
                         revoke_tx,
                         shared: shared.clone(),
                         revoked_at: None,
@@ -275,8 +277,10 @@ impl Driver {
                     t.revoke_tx.send_replace(Some(reason));
                     if t.shared.try_reclaim() {
                         // The application never saw this lease: nothing to wait for.
-                        debug!(resource = %resource, "revoked before delivery; released");
-                        self.tracks.remove(&lease);
+                        debug!(resource = %resource, "revoked before delivery");
+                        if let Some(t) = self.tracks.remove(&lease) {
+                            released_line(&t);
+                        }
                         self.parked.remove(&lease);
                         self.reclaimed.push((resource, lease, now));
                     }
@@ -457,7 +461,7 @@ impl Driver {
         let mut released = Vec::with_capacity(dropped.len());
         for lease in dropped {
             if let Some(t) = self.tracks.remove(&lease) {
-                debug!(resource = %t.resource, "lease released");
+                released_line(&t);
                 released.push((t.resource, lease));
             }
         }
@@ -546,6 +550,12 @@ impl Driver {
         self.parked.clear();
         self.publish_snapshot();
     }
+}
+
+/// The application stopped using a lease (dropped it): the end of this member's access, the
+/// line an ownership timeline closes the interval with.
+fn released_line(t: &Track) {
+    info!(resource = %t.resource, token = %t.token, "lease released");
 }
 
 async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::UnboundedReceiver<Cmd>) {

@@ -23,4 +23,6 @@ pub use config::{Config, ConfigError, Variant};
 pub use ids::{
     Epoch, GroupId, IdError, LeaseId, MemberId, OpId, ResourceId, SessionId, Time, Token,
 };
-pub use member::{Event, Member, RevokeReason};
+pub use member::{
+    Event, Member, MembershipChange, Move, RebalanceCause, RebalanceReport, RevokeReason,
+};

@@ -22,7 +22,9 @@ use futures::stream::{BoxStream, FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use rebalanser_core::layout::Layout;
 use rebalanser_core::store::{StoreError, StoreOp, StoreResult};
-use rebalanser_core::{Epoch, Event, LeaseId, Member as Core, OpId, ResourceId, SessionId, Time};
+use rebalanser_core::{
+    Epoch, Event, LeaseId, Member as Core, MemberId, OpId, ResourceId, SessionId, Time,
+};
 use rebalanser_store::{Key, Store, WatchEvent};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, error, info, trace, warn, Instrument, Span};
@@ -31,6 +33,7 @@ use crate::builder::StopPolicy;
 use crate::clock;
 use crate::handle::{MemberEvent, MemberStatus};
 use crate::lease::{Cmd, DropLog, Lease, LeaseShared};
+use crate::metrics::{MemberMetrics, SessionState};
 
 /// Longest the driver sleeps without re-reading the clock. The tokio timer runs on the
 /// monotonic clock, which stops during system suspend; waking at least this often bounds how
@@ -67,6 +70,10 @@ pub(crate) struct Driver {
     suspended: bool,
     /// The epoch last recorded on the span (the fmt subscriber appends every record).
     span_epoch: Option<Epoch>,
+    /// Coordinator: the new owner of each resource its last rebalance moved, named in the
+    /// revoke line of a lease it gives up itself.
+    new_owners: BTreeMap<ResourceId, MemberId>,
+    metrics: MemberMetrics,
 }
 
 /// The driver's side of one outstanding lease.
@@ -96,6 +103,7 @@ impl Driver {
             member = %cfg.name,
             epoch = tracing::field::Empty,
         );
+        let metrics = MemberMetrics::new(cfg.group.as_str(), cfg.name.as_str());
         Driver {
             core,
             policy,
@@ -115,6 +123,8 @@ impl Driver {
             joined: false,
             suspended: false,
             span_epoch: None,
+            new_owners: BTreeMap::new(),
+            metrics,
         }
     }
 
@@ -204,6 +214,7 @@ impl Driver {
         // reads a state older than it.
         self.publish_deadlines();
         self.publish_snapshot();
+        self.publish_metrics();
         for lease in self.deliver.drain(..) {
             if let Err(mpsc::error::SendError(lease)) = self.leases_tx.send(lease) {
                 self.parked.insert(lease.id, lease);
@@ -220,7 +231,9 @@ impl Driver {
                 token,
                 epoch,
                 session,
+                waited,
             } => {
+                self.metrics.grant(waited);
                 let deadline = self
                     .deadlines
                     .entry(session)
@@ -266,10 +279,18 @@ impl Driver {
                 resource,
                 reason,
             } => {
-                info!(resource = %resource, reason = reason.as_str(), "lease revoked");
+                self.metrics.revoke(reason);
+                let to = self.new_owners.remove(&resource);
+                match &to {
+                    Some(to) => {
+                        info!(resource = %resource, reason = reason.as_str(), to = %to, "lease revoked")
+                    }
+                    None => info!(resource = %resource, reason = reason.as_str(), "lease revoked"),
+                }
                 self.emit(MemberEvent::Revoked {
                     resource: resource.clone(),
                     reason,
+                    to,
                 });
                 if let Some(t) = self.tracks.get_mut(&lease) {
                     t.revoked_at = Some(now);
@@ -328,18 +349,28 @@ impl Driver {
                 info!(epoch = epoch.0, "stepped down as coordinator");
                 self.emit(MemberEvent::SteppedDown { epoch });
             }
-            Event::Rebalanced {
-                epoch,
-                moved,
-                members,
-                resources,
+            Event::Rebalanced { report } => {
+                rebalanced_line(&report);
+                self.metrics.rebalanced(report.moved());
+                // The new owners, for the revokes this member's own moves bring (only the
+                // coordinator knows them). Replaced by each report: O(moved).
+                self.new_owners = report
+                    .moves
+                    .iter()
+                    .filter_map(|m| Some((m.resource.clone(), m.to.clone()?)))
+                    .collect();
+                self.emit(MemberEvent::Rebalanced { report });
+            }
+            Event::Membership {
+                member,
+                session,
+                change,
             } => {
-                info!(epoch = epoch.0, moved, members, resources, "rebalanced");
-                self.emit(MemberEvent::Rebalanced {
-                    epoch,
-                    moved,
-                    members,
-                    resources,
+                info!(who = %member, session = %session, change = change.as_str(), "member {}", change.as_str());
+                self.emit(MemberEvent::Membership {
+                    member,
+                    session,
+                    change,
                 });
             }
             Event::Suspended { deadline } => {
@@ -399,6 +430,7 @@ impl Driver {
                 }
             }
             Event::BadData(b) => {
+                self.metrics.bad_data();
                 warn!(key = %b.key, reason = b.reason, "skipping data that cannot be understood");
                 self.emit(MemberEvent::BadData {
                     key: b.key,
@@ -420,9 +452,7 @@ impl Driver {
     /// DESIGN §8 rules 3 and 15: a stop that overruns its budget has no safe continuation
     /// inside a running process; aborting it is the only stop a library can force.
     fn stop_missed(&self, resources: Vec<ResourceId>, why: &'static str) {
-        // Named up to a screenful (a member of 100,000 leases once logged 1 MB on one line);
-        // the status event carries them all.
-        const NAMED: usize = 20;
+        // Named up to a screenful (a member of 100,000 leases once logged 1 MB on one line).
         error!(
             count = resources.len(),
             resources = ?&resources[..resources.len().min(NAMED)],
@@ -549,7 +579,71 @@ impl Driver {
         self.revocations.clear();
         self.parked.clear();
         self.publish_snapshot();
+        self.publish_metrics();
     }
+
+    /// The gauges, from the state the snapshot shows.
+    fn publish_metrics(&mut self) {
+        let state = if self.core.is_closed() {
+            SessionState::Left
+        } else if self.suspended {
+            SessionState::Suspended
+        } else if self.joined {
+            SessionState::Joined
+        } else {
+            SessionState::Opening
+        };
+        // A member that left coordinates nothing, whatever its core still remembers.
+        let epoch = self
+            .core
+            .is_coordinator()
+            .filter(|_| state != SessionState::Left)
+            .map(|e| e.0);
+        self.metrics.observe(self.core.leased_count(), state, epoch);
+    }
+}
+
+/// Resources named on one line at most: a rebalance of 100,000 resources must not log
+/// megabytes; the event carries them all.
+const NAMED: usize = 20;
+
+/// The one line per committed rebalance: its cause, the members before and after, and exactly
+/// what moved (counts, and the first `NAMED` moves).
+fn rebalanced_line(r: &rebalanser_core::RebalanceReport) {
+    let names = |ms: &[MemberId]| {
+        ms.iter()
+            .map(MemberId::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let causes: Vec<&str> = r.causes.iter().map(|c| c.as_str()).collect();
+    fn side(m: &Option<MemberId>) -> &str {
+        m.as_ref().map_or("-", MemberId::as_str)
+    }
+    let mut moves: Vec<String> = r
+        .moves
+        .iter()
+        .take(NAMED)
+        .map(|m| format!("{}:{}->{}", m.resource, side(&m.from), side(&m.to)))
+        .collect();
+    if r.moves.len() > NAMED {
+        moves.push(format!("(+{} more)", r.moves.len() - NAMED));
+    }
+    info!(
+        epoch = r.epoch.0,
+        reason = causes.join(","),
+        before = names(&r.members_before),
+        after = names(&r.members_after),
+        joined = names(&r.joined),
+        left = names(&r.left),
+        expired = names(&r.expired),
+        moved = r.moved(),
+        assigned = r.assigned(),
+        unassigned = r.unassigned(),
+        resources = r.resources,
+        moves = moves.join(" "),
+        "rebalanced"
+    );
 }
 
 /// The application stopped using a lease (dropped it): the end of this member's access, the
@@ -580,7 +674,9 @@ async fn drive(mut d: Driver, store: Arc<dyn Store>, mut cmds_rx: mpsc::Unbounde
             } else {
                 cfg.op_timeout
             };
-            in_flight.push(execute(store_ref, id, op, timeout));
+            let timer = d.metrics.op(op_kind(&op));
+            let started = clock::now();
+            in_flight.push(timer.timed(started, execute(store_ref, id, op, timeout)));
         }
         if d.core.is_closed() {
             break;

@@ -2,13 +2,16 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::stream::{BoxStream, Stream, StreamExt};
 use rebalanser_core::store::StoreError;
-use rebalanser_core::{Epoch, GroupId, MemberId, ResourceId, RevokeReason, SessionId, Token};
+use rebalanser_core::{
+    Epoch, GroupId, MemberId, MembershipChange, RebalanceReport, ResourceId, RevokeReason,
+    SessionId, Token,
+};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::AbortHandle;
 
@@ -37,12 +40,14 @@ pub enum MemberEvent {
     BecameCoordinator { epoch: Epoch },
     /// This member stopped coordinating.
     SteppedDown { epoch: Epoch },
-    /// This member, as coordinator, committed a new assignment.
-    Rebalanced {
-        epoch: Epoch,
-        moved: usize,
-        members: usize,
-        resources: usize,
+    /// This member, as coordinator, committed a new assignment: why, between which members,
+    /// and every resource whose owner changed.
+    Rebalanced { report: Arc<RebalanceReport> },
+    /// This member, as coordinator, saw another member join, start leaving, leave or expire.
+    Membership {
+        member: MemberId,
+        session: SessionId,
+        change: MembershipChange,
     },
     /// A lease was granted.
     Granted {
@@ -50,10 +55,12 @@ pub enum MemberEvent {
         token: Token,
         epoch: Epoch,
     },
-    /// A lease was revoked.
+    /// A lease was revoked; `to` is the new owner when this member knows it (it planned the
+    /// move as coordinator).
     Revoked {
         resource: ResourceId,
         reason: RevokeReason,
+        to: Option<MemberId>,
     },
     /// The session could not be proved alive in time: every lease was revoked, and leases
     /// stay valid for at most `remaining`.
@@ -106,7 +113,10 @@ impl fmt::Display for MemberEvent {
             }
             MemberEvent::Joined { session } => write!(f, "joined with session {session}"),
             MemberEvent::NameInUse { holder } => {
-                write!(f, "member name in use by session {holder}; waiting for it to expire")
+                write!(
+                    f,
+                    "member name in use by session {holder}; waiting for it to expire"
+                )
             }
             MemberEvent::TookOver { from } => write!(
                 f,
@@ -117,31 +127,48 @@ impl fmt::Display for MemberEvent {
                 "a newer instance of this static member (session {by}) took the name over; \
                  leaving"
             ),
-            MemberEvent::BecameCoordinator { epoch } => write!(f, "became coordinator (epoch {epoch})"),
-            MemberEvent::SteppedDown { epoch } => write!(f, "stepped down as coordinator (epoch {epoch})"),
-            MemberEvent::Rebalanced {
-                epoch,
-                moved,
-                members,
-                resources,
-            } => write!(
+            MemberEvent::BecameCoordinator { epoch } => {
+                write!(f, "became coordinator (epoch {epoch})")
+            }
+            MemberEvent::SteppedDown { epoch } => {
+                write!(f, "stepped down as coordinator (epoch {epoch})")
+            }
+            MemberEvent::Rebalanced { report } => write!(
                 f,
-                "rebalanced {resources} resources over {members} members, {moved} moved (epoch {epoch})"
+                "rebalanced {} resources over {} members, {} moved (epoch {})",
+                report.resources,
+                report.members_after.len(),
+                report.moved(),
+                report.epoch
             ),
+            MemberEvent::Membership {
+                member,
+                session,
+                change,
+            } => write!(f, "member {member} {} (session {session})", change.as_str()),
             MemberEvent::Granted {
                 resource,
                 token,
                 epoch,
             } => write!(f, "granted {resource} (token {token}, epoch {epoch})"),
-            MemberEvent::Revoked { resource, reason } => {
-                write!(f, "revoked {resource} ({})", reason.as_str())
-            }
+            MemberEvent::Revoked {
+                resource,
+                reason,
+                to: None,
+            } => write!(f, "revoked {resource} ({})", reason.as_str()),
+            MemberEvent::Revoked {
+                resource,
+                reason,
+                to: Some(to),
+            } => write!(f, "revoked {resource} ({}; to {to})", reason.as_str()),
             MemberEvent::Suspended { remaining } => write!(
                 f,
                 "session in doubt: every lease revoked, valid for at most {remaining:?}"
             ),
             MemberEvent::Resumed => write!(f, "session proved alive again"),
-            MemberEvent::SessionLost { session } => write!(f, "session {session} expired; rejoining"),
+            MemberEvent::SessionLost { session } => {
+                write!(f, "session {session} expired; rejoining")
+            }
             MemberEvent::StopDeadlineMissed { resources } => write!(
                 f,
                 "the application did not stop in time on {} resource(s): {resources:?}",
@@ -154,7 +181,9 @@ impl fmt::Display for MemberEvent {
                 "the store granted a session timeout of {granted:?}, but the timings need more \
                  than {needed:?}; leaving"
             ),
-            MemberEvent::Lagged { missed } => write!(f, "event stream lagged; {missed} events lost"),
+            MemberEvent::Lagged { missed } => {
+                write!(f, "event stream lagged; {missed} events lost")
+            }
             MemberEvent::Left => write!(f, "left the group"),
         }
     }

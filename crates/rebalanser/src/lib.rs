@@ -84,8 +84,11 @@ mod builder;
 mod callbacks;
 mod driver;
 mod error;
+mod groups;
 mod handle;
 mod lease;
+pub mod metrics;
+mod read_only;
 mod url;
 mod watchdog;
 
@@ -96,9 +99,10 @@ pub use admin::{
 pub use builder::{MemberBuilder, StopPolicy};
 pub use callbacks::{CallbackHandle, Callbacks};
 pub use error::Error;
+pub use groups::{list_groups, GroupListing, GroupSummary};
 pub use handle::{Events, Member, MemberEvent, MemberStatus};
 pub use lease::{Lease, LeaseChecker};
-pub use url::open_store;
+pub use url::{open_store, open_store_with, OpenOptions};
 
 pub use rebalanser_core::layout::Mode;
 pub use rebalanser_core::store::StoreError;
@@ -106,8 +110,8 @@ pub use rebalanser_core::store::{
     txn_bytes, Cond, Entry, Key, StoreOp, StoreReply, StoreResult, Write,
 };
 pub use rebalanser_core::{
-    ConfigError, Epoch, GroupId, IdError, MemberId, ResourceId, RevokeReason, SessionId, Time,
-    Token,
+    ConfigError, Epoch, GroupId, IdError, MemberId, MembershipChange, Move, RebalanceCause,
+    RebalanceReport, ResourceId, RevokeReason, SessionId, Time, Token,
 };
 pub use rebalanser_store::{BoxFuture, MemoryStore, Store, WatchEvent};
 

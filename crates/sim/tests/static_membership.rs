@@ -45,7 +45,7 @@ fn moved_in_rebalances(h: &Harness) -> Vec<usize> {
     h.events
         .iter()
         .filter_map(|e| match e {
-            Event::Rebalanced { moved, .. } => Some(*moved),
+            Event::Rebalanced { report } => Some(report.moved()),
             _ => None,
         })
         .collect()

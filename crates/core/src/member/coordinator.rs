@@ -3,6 +3,8 @@
 //! rebalance planned in `plan.rs` fenced by leader key and epoch, and resigning after repeated
 //! failures. Plans only from linearizable views that reflect its own last write.
 
+use std::sync::Arc;
+
 use crate::config::{Variant, INITIAL_DELAY_CAP};
 use crate::ids::{Epoch, OpId, SessionId, Time};
 use crate::layout::{self, BarrierRec, CounterRec, LeaderRec, Mode};
@@ -11,6 +13,7 @@ use crate::store::{Cond, StoreError, StoreOp, StoreReply, StoreResult, Write};
 use super::memo::Memo;
 use super::pending::{get_lin, owned_delete};
 use super::plan::Plan;
+use super::report::{self, SharedReport};
 use super::{Event, Member, Pending};
 
 #[derive(Debug, Clone)]
@@ -37,6 +40,11 @@ pub(super) struct Coordinator {
     /// While the group has no assignment: when this coordinator first saw it so, and when
     /// its member set last changed (the initial settle delay).
     pub(super) settle: Option<Settle>,
+    /// The report of a rebalance whose first transactions committed and whose last has not.
+    pub(super) rebalance_start: Option<SharedReport>,
+    /// The members (and draining marks) of the last view this coordinator planned from, and
+    /// that view's plan input: membership changes are told against it.
+    pub(super) members_seen: Option<((usize, u64), report::Seen)>,
 }
 
 /// The initial settle delay's clock (see `Config::initial_rebalance_delay`).
@@ -102,6 +110,7 @@ impl Member {
             self.wait_for_newer_view();
             return;
         };
+        self.tell_membership();
         let key = (self.view.group.plan_input, epoch, seq);
         let planned = self.coord.as_mut().and_then(|c| c.planned.take(&key));
         let plan = planned.unwrap_or_else(|| self.plan(epoch, seq + 1));
@@ -142,6 +151,34 @@ impl Member {
         self.send_rebalance(now, session, epoch_version, plan);
     }
 
+    /// Coordinator: one event per membership change since the last view it planned from (none
+    /// for the members it found when elected). Runs when the plan input changed, which every
+    /// member record and draining mark is part of; O(members) then.
+    fn tell_membership(&mut self) {
+        let input = self.view.group.plan_input;
+        let Some(c) = self.coord.as_ref() else {
+            return;
+        };
+        if c.members_seen.as_ref().is_some_and(|(i, _)| *i == input) {
+            return;
+        }
+        let now_seen = report::seen(&self.view.group);
+        let changes = match &c.members_seen {
+            Some((_, old)) => report::membership_changes(old, &now_seen),
+            None => Vec::new(),
+        };
+        for (member, session, change) in changes {
+            self.events.push_back(Event::Membership {
+                member,
+                session,
+                change,
+            });
+        }
+        if let Some(c) = self.coord.as_mut() {
+            c.members_seen = Some((input, now_seen));
+        }
+    }
+
     /// Barrier mode (DESIGN §4.10): what to write instead of `plan`. A change while the round
     /// runs (or an unfinished round of an earlier coordinator) writes the stop of a new round;
     /// in the stop phase the plan waits (`Err`, with the plan to keep) until every registered
@@ -162,14 +199,11 @@ impl Member {
             value: layout::encode(&BarrierRec { epoch, round, stop }),
         };
         let alone = |write: Write| Plan {
-            announce: false,
+            report: None,
             initial: false,
             partial: false,
             conds: vec![cond.clone()],
             writes: vec![write],
-            moved: 0,
-            members: 0,
-            resources: 0,
         };
         let stop_next = || Ok(Some(alone(record(true, round + 1))));
         match plan {
@@ -309,11 +343,8 @@ impl Member {
             Pending::Rebalance {
                 session,
                 sent: now,
-                announce: plan.announce,
                 partial: plan.partial,
-                moved: plan.moved,
-                members: plan.members,
-                resources: plan.resources,
+                report: plan.report,
             },
             StoreOp::Txn {
                 conds,
@@ -460,6 +491,8 @@ impl Member {
             debounce_view: None,
             planned: Memo::default(),
             settle: None,
+            rebalance_start: None,
+            members_seen: None,
         });
         self.view.dirty = true;
         self.events.push_back(Event::BecameCoordinator { epoch });
@@ -479,7 +512,7 @@ impl Member {
         now: Time,
         sent: Time,
         partial: bool,
-        report: Option<(usize, usize, usize)>,
+        report: Option<SharedReport>,
         result: StoreResult,
     ) {
         let max_failures = self.cfg.max_failed_rebalances;
@@ -500,14 +533,18 @@ impl Member {
                 // Plan the next rebalance from a view that includes this write, not from the
                 // one it was planned on (that would resend the same writes into a Conflict).
                 c.fresh_from_read = Some(self.view.reads_sent + 1);
-                let epoch = c.epoch;
-                if let Some((moved, members, resources)) = report {
-                    self.events.push_back(Event::Rebalanced {
-                        epoch,
-                        moved,
-                        members,
-                        resources,
-                    });
+                // A rebalance of several transactions is reported once, from where it
+                // started, when its last one commits.
+                if let Some(report) = report {
+                    let report = match c.rebalance_start.take() {
+                        Some(first) => Arc::new(report::combine(&first, &report)),
+                        None => report,
+                    };
+                    if partial {
+                        c.rebalance_start = Some(report);
+                    } else {
+                        self.events.push_back(Event::Rebalanced { report });
+                    }
                 }
             }
             Err(e) => {

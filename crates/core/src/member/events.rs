@@ -1,9 +1,11 @@
 //! What a member tells its driver and application: the public [`Event`] stream and
 //! [`RevokeReason`]. Plain data; nothing here decides anything.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ids::{Epoch, LeaseId, ResourceId, SessionId, Time, Token};
+use super::report::{MembershipChange, RebalanceReport};
+use crate::ids::{Epoch, LeaseId, MemberId, ResourceId, SessionId, Time, Token};
 use crate::layout::BadData;
 use crate::store::StoreError;
 
@@ -47,6 +49,12 @@ pub enum Event {
         token: Token,
         epoch: Epoch,
         session: SessionId,
+        /// How long since `resource` entered this member's assignment (as this member read
+        /// it): for a resource moved here, the old owner's stop and release included — the
+        /// handover's latency as the gaining member sees it. `None` for a lease granted
+        /// again on a resource that stayed assigned here (after a suspension ended):
+        /// nothing was handed over. Bookkeeping only; nothing decides from it.
+        waited: Option<Duration>,
     },
     /// Stop accessing `resource`, then report it with
     /// [`Member::handle_released`](super::Member::handle_released).
@@ -83,12 +91,16 @@ pub enum Event {
     SteppedDown {
         epoch: Epoch,
     },
-    /// A rebalance was committed.
+    /// A rebalance was committed (its last transaction, when it took several): what moved,
+    /// between whom, and why.
     Rebalanced {
-        epoch: Epoch,
-        moved: usize,
-        members: usize,
-        resources: usize,
+        report: Arc<RebalanceReport>,
+    },
+    /// Coordinator only: the group's membership changed as its view shows it.
+    Membership {
+        member: MemberId,
+        session: SessionId,
+        change: MembershipChange,
     },
     /// The session is in doubt: every lease was revoked.
     Suspended {

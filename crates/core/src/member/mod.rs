@@ -33,6 +33,7 @@ mod memo;
 mod pending;
 mod plan;
 mod registration;
+mod report;
 mod session;
 mod unhealthy;
 mod view;
@@ -50,6 +51,7 @@ pub use events::{Event, RevokeReason};
 use leases::Leases;
 use pending::{Ops, Pending};
 use registration::{Leave, Registration};
+pub use report::{MembershipChange, Move, RebalanceCause, RebalanceReport};
 use session::{CloseRetry, SessionState};
 use view::ViewState;
 

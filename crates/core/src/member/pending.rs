@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::ids::{Epoch, OpId, ResourceId, SessionId, Time, Token};
 use crate::store::{Cond, Key, StoreOp, StoreResult, Write};
 
+use super::report::SharedReport;
 use super::Member;
 
 /// Store operations: those sent and not yet answered, and those queued for the driver.
@@ -135,13 +136,10 @@ pub(super) enum Pending {
     Rebalance {
         session: SessionId,
         sent: Time,
-        /// Reported as a rebalance (not a barrier record alone).
-        announce: bool,
         /// More transactions must follow to reach the plan's target.
         partial: bool,
-        moved: usize,
-        members: usize,
-        resources: usize,
+        /// Reported once committed (`None`: a barrier record alone).
+        report: Option<SharedReport>,
     },
     Resign {
         session: SessionId,
@@ -223,16 +221,10 @@ impl Member {
             Pending::ElectVerify { session } => self.on_elect_verify(session, result),
             Pending::Rebalance {
                 sent,
-                announce,
                 partial,
-                moved,
-                members,
-                resources,
+                report,
                 ..
-            } => {
-                let report = announce.then_some((moved, members, resources));
-                self.on_rebalance(now, sent, partial, report, result)
-            }
+            } => self.on_rebalance(now, sent, partial, report, result),
             Pending::Resign { .. } => self.on_resign(op),
         }
     }

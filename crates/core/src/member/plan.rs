@@ -3,12 +3,14 @@
 //! under the transaction limits with removals before additions. Sends nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::assignor::{self, Assignment};
 use crate::ids::{Epoch, MemberId, ResourceId, SessionId};
 use crate::layout::{self, ChunkRec, MemberView};
 use crate::store::{Cond, Write};
 
+use super::report::{self, SharedReport};
 use super::Member;
 
 impl Member {
@@ -58,15 +60,13 @@ impl Member {
         // would starve later ones, and with them a dead member's resources (DESIGN §1.4).
         groups.sort_by_key(|g| g.age);
         let (conds, writes, partial) = self.batch(groups, !fits);
+        let initial = prev.is_empty();
         Some(Plan {
-            announce: true,
-            initial: prev.is_empty(),
+            report: Some(Arc::new(report::report(epoch, v, &next, initial))),
+            initial,
             partial,
             conds,
             writes,
-            moved: assignor::moved(&prev, &next),
-            members: next.len(),
-            resources: v.resources.len(),
         })
     }
 
@@ -216,17 +216,14 @@ struct WriteGroup {
 
 #[derive(Clone)]
 pub(super) struct Plan {
-    /// Reported as a rebalance once committed (not a barrier record written alone).
-    pub(super) announce: bool,
+    /// Reported as a rebalance once committed (`None`: a barrier record written alone).
+    pub(super) report: Option<SharedReport>,
     /// No live member has an assignment for its session yet: the group's first assignment
     /// (held back by the initial settle delay).
     pub(super) initial: bool,
     pub(super) partial: bool,
     pub(super) conds: Vec<Cond>,
     pub(super) writes: Vec<Write>,
-    pub(super) moved: usize,
-    pub(super) members: usize,
-    pub(super) resources: usize,
 }
 
 fn chunks_age(chunks: &[layout::ChunkView]) -> (Epoch, u64) {

@@ -120,7 +120,7 @@ async fn listen_loop(store: Weak<Inner>, tx: broadcast::Sender<Note>) {
             Ok(Stop::Paused) => failures = 0,
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures % 20 == 0 {
+                if failures == 1 || failures.is_multiple_of(20) {
                     tracing::warn!(store = %inner.at, error = %e, failures, "postgres listener lost; reconnecting");
                 }
             }

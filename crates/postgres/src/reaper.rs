@@ -63,7 +63,7 @@ async fn reap_loop(store: Weak<Inner>) {
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures == 1 || failures % 50 == 0 {
+                    if failures == 1 || failures.is_multiple_of(50) {
                         tracing::warn!(store = %inner.at, error = %e, failures, "postgres session reaper failing");
                     }
                 }

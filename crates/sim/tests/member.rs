@@ -2059,3 +2059,57 @@ fn a_claim_found_absent_after_an_unknown_create_is_read_for_at_once() {
     assert_eq!(creates.count(), 2, "{}", h.log.join("\n"));
     assert_eq!(h.grants().len(), grants + 1, "{}", h.log.join("\n"));
 }
+
+/// A grant reports how long its resource waited since it entered the member's assignment
+/// (the runtime's handover latency): the time another session still held the claim included.
+/// A grant again, after a suspension, of a resource that stayed assigned reports no wait.
+#[test]
+fn a_grant_reports_the_wait_since_its_resource_was_assigned() {
+    let mut h = Harness::new(&["q1"]);
+    let other = other_session(&mut h);
+    let key = h.foreign_claim("q1", other);
+    for _ in 0..5 {
+        h.run_for(ms(100), &mut |_| Fate::Normal);
+        h.model
+            .apply(h.now, &StoreOp::KeepAlive { session: other })
+            .unwrap();
+    }
+    assert!(h.grants().is_empty(), "{:?}", h.events);
+    let assigned_at = h.times_of(|op| writes_under(op, "/assign/", |_| true))[0];
+    // The previous owner lets go: the grant follows at once, at `freed_at`.
+    h.delete_key(&key);
+    let freed_at = h.now;
+    h.notify();
+    let waits = |h: &Harness| -> Vec<Option<std::time::Duration>> {
+        h.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Grant { waited, .. } => Some(*waited),
+                _ => None,
+            })
+            .collect()
+    };
+    let waited = waits(&h)
+        .first()
+        .copied()
+        .flatten()
+        .unwrap_or_else(|| panic!("a grant with its wait: {:?}", h.events));
+    let most = freed_at.saturating_since(assigned_at);
+    assert!(
+        waited <= most && waited + ms(50) >= most,
+        "waited {waited:?}; assigned {assigned_at:?}, freed {freed_at:?}"
+    );
+
+    // Suspended (the store unreachable), then resumed: the same resource, still assigned here,
+    // is granted again with nothing handed over.
+    h.run_for(ms(1500), &mut |_| Fate::Unavailable);
+    h.release_all_revoked();
+    h.run_for(ms(500), &mut |_| Fate::Normal);
+    let all = waits(&h);
+    assert!(
+        all.len() >= 2,
+        "granted again after resuming: {:?}",
+        h.events
+    );
+    assert_eq!(all[1..], vec![None; all.len() - 1][..], "{:?}", h.events);
+}

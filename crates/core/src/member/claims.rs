@@ -22,6 +22,12 @@ pub(super) struct Claims {
     pub(super) desired: BTreeSet<ResourceId>,
     /// Epoch of that assignment (reported with each grant).
     pub(super) desired_epoch: Epoch,
+    /// When each desired resource not granted since entered `desired`: the grant reports the
+    /// wait (`Event::Grant::waited`, the handover latency metric). Entries of resources that
+    /// left `desired` ungranted linger until the next derived set drops them. Metrics
+    /// bookkeeping that no decision reads, hence invisible to `Debug` (the model checker's
+    /// fingerprint), where times would only split equal states.
+    pub(super) desired_since: Unseen<BTreeMap<ResourceId, Time>>,
     /// Claims proved to belong to the current session, with their tokens.
     pub(super) proved: BTreeMap<ResourceId, Token>,
     /// Claims whose ownership must be settled by a linearizable read before anything else.
@@ -115,6 +121,17 @@ pub(super) struct Gate {
     pub(super) at: Time,
 }
 
+impl Claims {
+    /// `next` replaces `desired` at `now`: what enters it starts waiting for its grant.
+    /// Costs the size of the own assignment, which deriving `next` already did, once per view.
+    fn note_desired(&mut self, now: Time, next: &BTreeSet<ResourceId>) {
+        self.desired_since.retain(|r, _| next.contains(r));
+        for r in next.difference(&self.desired) {
+            self.desired_since.insert(r.clone(), now);
+        }
+    }
+}
+
 impl Member {
     /// Timers: the claim gates.
     pub(super) fn claim_timers(&self, at: &mut impl FnMut(Time)) {
@@ -157,6 +174,7 @@ impl Member {
                 {
                     // Resources failing here are given back (`unhealthy.rs`).
                     set.retain(|r| !self.avoids(r));
+                    self.claims.note_desired(now, &set);
                     self.claims.desired = set;
                     self.claims.desired_epoch = e;
                 }

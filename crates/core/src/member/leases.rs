@@ -46,7 +46,13 @@ impl Member {
                 .is_some_and(|s| s.id == session && now < s.deadline));
         }
         debug_assert!(!self.leases.held.contains_key(&r));
-        let _ = now;
+        // Taken, not read: a later grant of `r` without it entering the desired set again
+        // (after a suspension) hands nothing over.
+        let waited = self
+            .claims
+            .desired_since
+            .remove(&r)
+            .map(|since| now.saturating_since(since));
         *self.leases.pending_stop.entry(session).or_default() += 1;
         let id = LeaseId(self.leases.next);
         self.leases.next += 1;
@@ -66,6 +72,7 @@ impl Member {
             token,
             epoch: self.claims.desired_epoch,
             session,
+            waited,
         });
     }
 

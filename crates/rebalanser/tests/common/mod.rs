@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod faults;
+pub mod metrics;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -210,6 +211,8 @@ pub enum Obey {
     /// Ignores revokes and stops only when `is_valid()` turns false (the most an application
     /// may do; used to test the deadline).
     DeadlineOnly,
+    /// Drops the lease this long after it is revoked (an application slow to stop).
+    SlowStop(Duration),
 }
 
 enum Ctl {
@@ -312,8 +315,12 @@ async fn hold(lease: Lease, who: String, mon: Monitor, obey: Arc<Mutex<Obey>>) {
         if !lease.is_valid() || (how == Obey::Revoke && lease.is_revoked()) {
             break;
         }
+        if let (Obey::SlowStop(d), true) = (how, lease.is_revoked()) {
+            tokio::time::sleep(d).await;
+            break;
+        }
         tokio::select! {
-            _ = lease.revoked(), if how == Obey::Revoke => {}
+            _ = lease.revoked(), if how != Obey::DeadlineOnly => {}
             _ = tokio::time::sleep(Duration::from_millis(5)) => {}
         }
     }

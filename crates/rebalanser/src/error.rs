@@ -31,6 +31,17 @@ pub enum Error {
          etcd://HOST:PORT[,...][/PREFIX] and memory://NAME"
     )]
     UnsupportedStore { url: String },
+    /// The URL names a backend this build of the crate was compiled without: enable its
+    /// Cargo feature (`sqlite`, `zookeeper`, `postgres` or `etcd`; all are on by default).
+    #[error(
+        "store URL scheme {scheme}:// needs the rebalanser crate's \"{feature}\" feature, which \
+         this build leaves out: depend on rebalanser with features = [\"{feature}\"] (or with \
+         its default features)"
+    )]
+    BackendNotCompiled {
+        scheme: String,
+        feature: &'static str,
+    },
     /// The store named by the URL could not be opened (e.g. a SQLite file that is not a
     /// Rebalanser database, is locked, or cannot be created); the reason names the file.
     #[error("cannot open store {url:?}: {reason}")]

@@ -5,7 +5,9 @@
 //! `etcd://[user:password@]h1:p1,h2:p2[/prefix]` (both connect on first use) and
 //! `memory://name`; any other well formed URL is
 //! [`Error::UnsupportedStore`], kept apart from [`Error::BadUrl`] so that a typo and a missing
-//! backend read differently.
+//! backend read differently. Each backend but `memory` is a Cargo feature (`sqlite`,
+//! `zookeeper`, `postgres`, `etcd`, all on by default); a URL of a backend compiled out is
+//! [`Error::BackendNotCompiled`], naming the feature.
 
 use std::sync::Arc;
 
@@ -55,6 +57,7 @@ pub fn open_store(url: &str) -> Result<Arc<dyn Store>, Error> {
             }
             Ok(Arc::new(MemoryStore::named(rest)))
         }
+        #[cfg(feature = "zookeeper")]
         "zk" => match rebalanser_zk::ZkStore::from_url(url) {
             Ok(s) => Ok(Arc::new(s)),
             // The ZooKeeper parser's message already quotes the (redacted) URL.
@@ -63,6 +66,7 @@ pub fn open_store(url: &str) -> Result<Arc<dyn Store>, Error> {
                 reason: e.reason,
             }),
         },
+        #[cfg(feature = "sqlite")]
         "sqlite" => match rebalanser_sqlite::SqliteStore::from_url(url) {
             Ok(s) => Ok(Arc::new(s)),
             Err(rebalanser_sqlite::SqliteError::Url { reason, .. }) => Err(bad(&reason)),
@@ -71,6 +75,7 @@ pub fn open_store(url: &str) -> Result<Arc<dyn Store>, Error> {
                 reason: e.to_string(),
             }),
         },
+        #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => {
             match rebalanser_postgres::PostgresStore::from_url(url) {
                 Ok(s) => Ok(Arc::new(s)),
@@ -85,6 +90,7 @@ pub fn open_store(url: &str) -> Result<Arc<dyn Store>, Error> {
                 }),
             }
         }
+        #[cfg(feature = "etcd")]
         "etcd" => match rebalanser_etcd::EtcdStore::from_url(url) {
             Ok(s) => Ok(Arc::new(s)),
             // The etcd parser's message already quotes the (redacted) URL.
@@ -93,9 +99,29 @@ pub fn open_store(url: &str) -> Result<Arc<dyn Store>, Error> {
                 reason: e.reason,
             }),
         },
-        _ => Err(Error::UnsupportedStore {
-            url: url.to_string(),
-        }),
+        other => match backend_feature(other) {
+            // Reached only when that backend's feature is off: its arm above is compiled out.
+            // Not the URL: it may hold a password, and the scheme is what names the fix.
+            Some(feature) => Err(Error::BackendNotCompiled {
+                scheme: other.to_string(),
+                feature,
+            }),
+            None => Err(Error::UnsupportedStore {
+                url: url.to_string(),
+            }),
+        },
+    }
+}
+
+/// The Cargo feature of this crate that compiles in the backend of a (lower-case) URL scheme;
+/// `None` for a scheme no build supports. `memory` needs none.
+pub(crate) fn backend_feature(scheme: &str) -> Option<&'static str> {
+    match scheme {
+        "sqlite" => Some("sqlite"),
+        "zk" => Some("zookeeper"),
+        "postgres" | "postgresql" => Some("postgres"),
+        "etcd" => Some("etcd"),
+        _ => None,
     }
 }
 
@@ -127,6 +153,7 @@ mod tests {
         assert!(matches!(got, rebalanser_store::StoreReply::Got(Some(_))));
     }
 
+    #[cfg(feature = "sqlite")]
     #[tokio::test]
     async fn sqlite_urls_open_the_file_and_name_it_in_errors() {
         let dir = std::env::temp_dir().join(format!("rb-url-{}", std::process::id()));
@@ -145,6 +172,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[cfg(all(feature = "zookeeper", feature = "postgres", feature = "etcd"))]
     #[test]
     fn bad_urls_are_typed_and_named() {
         for url in [
@@ -193,5 +221,60 @@ mod tests {
                 "{url}"
             );
         }
+    }
+
+    #[test]
+    fn every_backend_scheme_names_its_feature() {
+        for (scheme, feature) in [
+            ("sqlite", "sqlite"),
+            ("zk", "zookeeper"),
+            ("postgres", "postgres"),
+            ("postgresql", "postgres"),
+            ("etcd", "etcd"),
+        ] {
+            assert_eq!(backend_feature(scheme), Some(feature), "{scheme}");
+        }
+        for scheme in ["memory", "mysql", "ftp"] {
+            assert_eq!(backend_feature(scheme), None, "{scheme}");
+        }
+    }
+
+    /// Runs in the builds CI makes with backends left out (`scripts/test`): each compiled-out
+    /// backend's URL is the typed error naming its feature, not "unsupported".
+    #[test]
+    fn compiled_out_backends_are_named_with_their_feature() {
+        let compiled = [
+            (
+                "sqlite:///tmp/rb-never-created.db",
+                "sqlite",
+                cfg!(feature = "sqlite"),
+            ),
+            ("zk://h1:2181/x", "zookeeper", cfg!(feature = "zookeeper")),
+            (
+                "postgres://u:secret@db:5432/x",
+                "postgres",
+                cfg!(feature = "postgres"),
+            ),
+            ("etcd://h1:2379/x", "etcd", cfg!(feature = "etcd")),
+        ];
+        for (url, feature, _) in compiled.into_iter().filter(|(_, _, on)| !on) {
+            match open_store(url) {
+                Err(e @ Error::BackendNotCompiled { feature: f, .. }) => {
+                    assert_eq!(f, feature, "{url}");
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains(&format!("features = [\"{feature}\"]")),
+                        "{msg}"
+                    );
+                    assert!(!msg.contains("secret"), "password echoed: {msg}");
+                }
+                Err(other) => panic!("{url}: {other}"),
+                Ok(_) => panic!("{url}: opened without its backend"),
+            }
+        }
+        assert!(matches!(
+            open_store("mysql://h:3306"),
+            Err(Error::UnsupportedStore { .. })
+        ));
     }
 }

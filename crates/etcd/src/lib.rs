@@ -218,6 +218,13 @@ impl Store for EtcdStore {
     fn keepalive_proves_previous(&self) -> bool {
         true
     }
+
+    /// etcd raises a lease TTL below 1.5 election timeouts (rounded up to whole seconds: 2 s
+    /// with the default 1 s election timeout) without saying so, and counts leases in whole
+    /// seconds: a shorter TTL would not be the one the member's deadlines assume.
+    fn min_session_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(2)
+    }
 }
 
 /// Every key a transaction names, each once.

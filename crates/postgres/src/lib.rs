@@ -294,6 +294,14 @@ impl Store for PostgresStore {
     fn keepalive_proves_previous(&self) -> bool {
         false
     }
+
+    /// Expiry is observed, not scheduled: a reaper polls the renewal counters every
+    /// `min_reap_interval`..`max_reap_interval` (100 ms by default), so a session ends up to
+    /// one poll after its TTL; five polls keep that below a fifth of the TTL. Never below the
+    /// store's own `min_ttl` clamp.
+    fn min_session_ttl(&self) -> Duration {
+        (self.inner.opts.max_reap_interval * 5).max(self.inner.opts.min_ttl)
+    }
 }
 
 impl Inner {

@@ -113,7 +113,10 @@ impl MemberBuilder {
         self
     }
 
-    /// Requested session timeout T; the store may grant less. Default 10 s.
+    /// Requested session timeout T; the store may grant less. Default 10 s. `join` refuses
+    /// a TTL below the store's [`Store::min_session_ttl`] ([`Error::SessionTtlTooShort`]):
+    /// 100 ms for `memory://`, 500 ms for SQLite and PostgreSQL, 800 ms for ZooKeeper, 2 s
+    /// for etcd.
     pub fn session_ttl(mut self, d: Duration) -> Self {
         self.session_ttl = Some(d);
         self
@@ -264,6 +267,17 @@ impl MemberBuilder {
             StoreSpec::Store(s) => s,
             StoreSpec::Url(url) => open_store(&url)?,
         };
+        // Below the store's minimum its own timing (lock waits and fsyncs, expiry checked per
+        // tick or poll, TTLs rounded up) is a large part of the TTL: sessions expire although
+        // every keepalive went out on time, and the member flaps.
+        let min = store.min_session_ttl();
+        if cfg.session_ttl < min {
+            return Err(Error::SessionTtlTooShort {
+                ttl: cfg.session_ttl,
+                min,
+                store: store.describe(),
+            });
+        }
         // The store decides what a keepalive proves; on some stores that costs one more
         // keepalive interval of the budget, so check again.
         cfg.count_from_previous_keepalive = store.keepalive_proves_previous();

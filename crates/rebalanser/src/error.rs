@@ -42,6 +42,17 @@ pub enum Error {
         scheme: String,
         feature: &'static str,
     },
+    /// The session TTL is shorter than the store can honour ([`crate::Store::min_session_ttl`]).
+    #[error(
+        "session TTL {ttl:?} is below {min:?}, the shortest store {store} can honour: its \
+         sessions would expire although every keepalive went out on time, and the member \
+         would keep losing its resources; use a session TTL of at least {min:?}"
+    )]
+    SessionTtlTooShort {
+        ttl: Duration,
+        min: Duration,
+        store: String,
+    },
     /// The store named by the URL could not be opened (e.g. a SQLite file that is not a
     /// Rebalanser database, is locked, or cannot be created); the reason names the file.
     #[error("cannot open store {url:?}: {reason}")]

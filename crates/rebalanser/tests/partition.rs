@@ -35,6 +35,10 @@ impl Store for Partition {
     fn keepalive_proves_previous(&self) -> bool {
         false
     }
+
+    fn min_session_ttl(&self) -> Duration {
+        self.inner.min_session_ttl()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

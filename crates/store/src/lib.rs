@@ -73,4 +73,15 @@ pub trait Store: Send + Sync + 'static {
     /// member then counts its deadline from the previous success. Required, not defaulted:
     /// each backend must decide (false is unsafe on ZooKeeper, PITFALLS 1).
     fn keepalive_proves_previous(&self) -> bool;
+    /// The shortest session TTL this store can honour: below it sessions expire although
+    /// every keepalive was sent on time (the store's own timing is coarser than the TTL), so
+    /// members flap. A member refuses to join with a shorter TTL. The default suits a store
+    /// that answers in a millisecond or two but has not been measured; a backend overrides it
+    /// with its own bound and the reason for it, and a wrapper store passes its inner one's on.
+    fn min_session_ttl(&self) -> std::time::Duration {
+        DEFAULT_MIN_SESSION_TTL
+    }
 }
+
+/// [`Store::min_session_ttl`] of a store that does not say.
+pub const DEFAULT_MIN_SESSION_TTL: std::time::Duration = std::time::Duration::from_millis(500);

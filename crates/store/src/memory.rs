@@ -216,4 +216,11 @@ impl Store for MemoryStore {
     fn keepalive_proves_previous(&self) -> bool {
         false
     }
+
+    /// Five reaper intervals: expiry is checked every 20 ms, and tokio's timers tick in
+    /// milliseconds. Measured (tests/session_ttl.rs in `rebalanser`, two members, CLI
+    /// timings): sessions lost at a 20 ms TTL, none from 50 ms up.
+    fn min_session_ttl(&self) -> Duration {
+        REAP_INTERVAL * 5
+    }
 }

@@ -180,6 +180,14 @@ impl Store for ZkStore {
         // in its next ping reply; a keepalive answered through it proves only the one before.
         true
     }
+
+    /// The server grants at least 2 × tickTime (4 s with the default tickTime of 2 s) and
+    /// checks expiry once per tick, and a keepalive is a quorum write through the leader.
+    /// 800 ms is the shortest session the ZooKeeper suites run (servers with tickTime 200 ms,
+    /// i.e. four ticks); below it one tick's jitter is a quarter of the TTL and more.
+    fn min_session_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(800)
+    }
 }
 
 impl Inner {

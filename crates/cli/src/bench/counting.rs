@@ -191,6 +191,10 @@ impl Store for CountingStore {
     fn keepalive_proves_previous(&self) -> bool {
         self.inner.keepalive_proves_previous()
     }
+
+    fn min_session_ttl(&self) -> std::time::Duration {
+        self.inner.min_session_ttl()
+    }
 }
 
 #[cfg(test)]

@@ -588,6 +588,9 @@ impl Store for CountingStore {
     fn keepalive_proves_previous(&self) -> bool {
         self.inner.keepalive_proves_previous()
     }
+    fn min_session_ttl(&self) -> Duration {
+        self.inner.min_session_ttl()
+    }
 }
 
 /// Runs a blocking fixture call (the ZooKeeper fixtures sleep and wait on sockets) without

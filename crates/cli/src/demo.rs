@@ -13,6 +13,7 @@
 
 mod check;
 mod procs;
+mod timeline;
 mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -70,6 +71,10 @@ pub struct DemoArgs {
     /// then uses a group of its own, deleted at the end).
     #[arg(long, value_name = "URL")]
     store: Option<String>,
+    /// Write the ownership timeline of the run (HTML, from the members' logs) here; by
+    /// default `timeline.html` in the kept temp dir (--keep), else the temp dir's name + .html.
+    #[arg(long, value_name = "FILE")]
+    timeline: Option<PathBuf>,
 }
 
 /// A demo duration: `0` (no pause) or anything [`crate::util::parse_duration`] takes.
@@ -152,8 +157,15 @@ pub fn run(a: DemoArgs) -> ExitCode {
         }
     });
     drop(rt);
+    // Drawn whatever the outcome: after a failure it shows what went wrong, lease by lease.
+    let page = timeline::path(a.timeline.as_deref(), tmp.path(), a.keep);
+    let drawn = timeline::write(tmp.path(), &page);
     match outcome {
         Ok(()) => {
+            match &drawn {
+                Ok(line) => screen.say(line),
+                Err(e) => screen.say(format!("(no ownership timeline: {e})")),
+            }
             if a.keep {
                 let db = if a.store.is_none() { "demo.db, " } else { "" };
                 screen.say(format!(
@@ -172,6 +184,10 @@ pub fn run(a: DemoArgs) -> ExitCode {
         Err(e) => {
             screen.say("");
             eprintln!("rebalanser demo: {e}");
+            match &drawn {
+                Ok(line) => eprintln!("{line}"),
+                Err(e) => eprintln!("(no ownership timeline: {e})"),
+            }
             if let Some(url) = &a.store {
                 eprintln!(
                     "the demo's group (demo-...) stays in {url}; its members are stopped and \
@@ -267,6 +283,8 @@ impl Demo<'_> {
             &self.group,
         ])
         .args(["--name", name])
+        // JSON lines: the ownership timeline is drawn from them at the end.
+        .args(["--log-format", "json"])
         .arg("--session-ttl")
         .arg(format!("{}ms", self.a.ttl.as_millis()))
         // The argv form: `member run` substitutes {resource} with no shell in between.

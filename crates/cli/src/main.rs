@@ -10,6 +10,7 @@ mod demo;
 mod logging;
 mod member_run;
 mod rabbit_consumer;
+mod timeline;
 mod util;
 
 use std::ffi::OsString;
@@ -63,6 +64,11 @@ enum Cmd {
     ///
     /// On a ZooKeeper it starts itself: rebalanser bench --zk-start --ttl 2s
     Bench(bench::BenchArgs),
+    /// Draw members' JSON logs as one HTML page: who held which resource when, handovers,
+    /// membership changes, faults, and any overlap (two holders at once) in red.
+    ///
+    /// Example: rebalanser timeline --from m1.log m2.log -o timeline.html
+    Timeline(timeline::TimelineArgs),
     /// Run the deterministic simulator: the real protocol core on the in-memory store model,
     /// with virtual time and seeded faults. Exits non-zero if any invariant was violated.
     ///
@@ -343,5 +349,6 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => demo::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::BenchMember(a) => bench::member(a),
+        Cmd::Timeline(a) => timeline::run(a),
     }
 }

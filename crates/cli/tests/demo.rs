@@ -147,6 +147,17 @@ fn the_demo_runs_every_step_reports_it_and_cleans_up() {
         summary.contains("No resource was ever claimed by two members"),
         "{summary}"
     );
+    // The ownership timeline of the run, beside the (removed) temp dir: four members' leases,
+    // the killed one's crash, no overlap.
+    let page = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Ownership timeline: "))
+        .and_then(|l| l.split(" (").next())
+        .unwrap_or_else(|| panic!("no timeline line:\n{stdout}"));
+    assert!(stdout.contains("of 4 members, no overlap)"), "{stdout}");
+    let html = std::fs::read_to_string(page).unwrap_or_else(|e| panic!("{page}: {e}"));
+    assert!(html.contains("crashed"), "no crash on the page {page}");
+    let _ = std::fs::remove_file(page);
 
     // Nothing left: the members (3 + the one that joined), their commands, the temp dir.
     let dir = temp_dir(&stdout);

@@ -113,11 +113,12 @@ enum MemberCmd {
                       rebalanser member run [OPTIONS] --store <URL> --group <GROUP> --exec <CMD>"
 )]
 struct RunArgs {
-    /// Store URL: sqlite:///PATH.db or zk://HOST:PORT[,HOST:PORT...]/CHROOT
-    #[arg(long, value_name = "URL")]
+    /// Store URL: sqlite:///PATH.db or zk://HOST:PORT[,HOST:PORT...]/CHROOT (a sqlite file
+    /// must exist: a member never creates one)
+    #[arg(long, value_name = "URL", env = "REBALANSER_STORE")]
     store: String,
     /// The group to join (it must exist).
-    #[arg(long, short = 'g', value_name = "GROUP")]
+    #[arg(long, short = 'g', value_name = "GROUP", env = "REBALANSER_GROUP")]
     group: String,
     /// Member name, unique among live members [default: HOSTNAME-PID-RANDOM].
     #[arg(long, value_name = "NAME")]
@@ -185,6 +186,8 @@ struct RunArgs {
     #[arg(last = true, value_name = "CMD ARG", value_parser = clap::value_parser!(OsString),
           group = "program")]
     argv: Vec<OsString>,
+    #[command(flatten)]
+    metrics: crate::metrics_http::MetricsArgs,
 }
 
 /// What a child runs.
@@ -290,6 +293,13 @@ async fn run_member(a: RunArgs, log_format: LogFormat) -> ExitCode {
         (Ok(t), Ok(i)) => (t, i),
         (Err(e), _) | (_, Err(e)) => return fail(format_args!("cannot handle signals: {e}")),
     };
+    // Before the join: the member takes its metric handles when it joins.
+    if let Some(addr) = a.metrics.metrics_addr {
+        if let Err(e) = crate::metrics_http::serve(addr) {
+            return fail(e);
+        }
+        info!(addr = %addr, "serving metrics at http://{addr}/metrics");
+    }
     let stop = a.stop_timeout.unwrap_or(a.session_ttl / 5);
     let mut member = tokio::select! {
         m = join(&a, stop) => match m {
@@ -298,6 +308,14 @@ async fn run_member(a: RunArgs, log_format: LogFormat) -> ExitCode {
                 return fail(format_args!(
                     "group {group} does not exist: create it first \
                      (rebalanser resource add --store URL -g {group} IDS...)"
+                ))
+            }
+            Err(Error::NoStoreFile { path, .. }) => {
+                return fail(format_args!(
+                    "no such store file {path}; nothing was created (a member never creates \
+                     one): check the path, or create the group first (rebalanser group create \
+                     --store URL -g {})",
+                    a.group
                 ))
             }
             Err(e) => return fail(e),
@@ -678,16 +696,32 @@ async fn run_child(lease: &Lease, ids: &Ids) -> Outcome {
             // not (stopped, starved), this process kills the guard and the group itself.
             _ = tokio::time::sleep(lease.remaining().saturating_sub(BACKSTOP_LEAD)) => {
                 if lease.remaining() <= BACKSTOP_LEAD {
+                    // A member paused past the deadline wakes to this timer and to the
+                    // guard's report at once, and `select!` may pick either (issue 14: a
+                    // correctly handled pause logged a dozen false ERRORs blaming the guard).
+                    // The kill never waits for a report; a report already waiting, or read
+                    // just after the kill (the guard, killed now, wrote it before), means the
+                    // guard had stopped the child in time.
+                    let mut waiting = report_waiting(&mut lines, Duration::ZERO).await;
+                    if waiting.is_none() {
+                        // SAFETY: plain kill(2) of our own child and of the child's group.
+                        unsafe {
+                            libc::kill(guard_pid as i32, libc::SIGKILL);
+                            if let Some(p) = pgid {
+                                libc::kill(-p, libc::SIGKILL);
+                            }
+                        }
+                        waiting = report_waiting(&mut lines, REPORT_GRACE).await;
+                    }
+                    if let Some((cause, status)) = waiting {
+                        lease_log!(warn, ids, cause.as_str(), pid = pgid.unwrap_or(0), %status,
+                                   "this member was paused past the lease deadline; the guard \
+                                    had stopped the child in time");
+                        return Outcome::Gone { cause, status };
+                    }
                     lease_log!(error, ids, "deadline", pid = pgid.unwrap_or(0), guard_pid,
                                "the guard did not stop the child by the lease deadline: \
-                                killing it and the child's process group");
-                    // SAFETY: plain kill(2) of our own child and of the child's group.
-                    unsafe {
-                        libc::kill(guard_pid as i32, libc::SIGKILL);
-                        if let Some(p) = pgid {
-                            libc::kill(-p, libc::SIGKILL);
-                        }
-                    }
+                                killed it and the child's process group");
                     drop(out);
                     return guard_lost(ids, pgid).await;
                 }
@@ -712,6 +746,36 @@ async fn run_child(lease: &Lease, ids: &Ids) -> Outcome {
         }
     }
 }
+
+/// The guard's "process group empty" report if it arrives within `wait` (zero: only if it is
+/// already in the socket); any other line before it is skipped.
+async fn report_waiting<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+    wait: Duration,
+) -> Option<(Cause, ChildStatus)> {
+    use futures::FutureExt as _;
+    let read = async {
+        loop {
+            match lines.next_line().await {
+                Ok(Some(l)) => {
+                    if let Some(FromGuard::Empty { cause, status }) = FromGuard::parse(&l) {
+                        return Some((cause, status));
+                    }
+                }
+                _ => return None,
+            }
+        }
+    };
+    if wait.is_zero() {
+        read.now_or_never().flatten()
+    } else {
+        tokio::time::timeout(wait, read).await.ok().flatten()
+    }
+}
+
+/// How long the member reads for a report its guard may have sent before the backstop
+/// killed it.
+const REPORT_GRACE: Duration = Duration::from_millis(200);
 
 /// The guard vanished without reporting (killed by someone): its direct child died with it
 /// (PDEATHSIG), but the rest of the process group may live on. Kill the group and wait until

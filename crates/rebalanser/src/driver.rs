@@ -453,13 +453,26 @@ impl Driver {
     /// inside a running process; aborting it is the only stop a library can force.
     fn stop_missed(&self, resources: Vec<ResourceId>, why: &'static str) {
         // Named up to a screenful (a member of 100,000 leases once logged 1 MB on one line).
-        error!(
-            count = resources.len(),
-            resources = ?&resources[..resources.len().min(NAMED)],
-            reason = why,
-            policy = ?self.policy,
-            "the application did not release leases in time"
-        );
+        let named = &resources[..resources.len().min(NAMED)];
+        match self.policy {
+            StopPolicy::Abort => error!(
+                count = resources.len(),
+                resources = ?named,
+                reason = why,
+                policy = ?self.policy,
+                "the application did not release leases in time"
+            ),
+            // The application said it enforces stops itself (`member run`'s guards stop the
+            // children on their own deadline, even while this process is paused): expected
+            // after a pause, and handled there.
+            StopPolicy::Log => warn!(
+                count = resources.len(),
+                resources = ?named,
+                reason = why,
+                policy = ?self.policy,
+                "leases not released by their deadline; the application enforces the stop"
+            ),
+        }
         self.emit(MemberEvent::StopDeadlineMissed { resources });
         match self.policy {
             StopPolicy::Abort => {

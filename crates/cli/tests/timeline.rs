@@ -5,7 +5,8 @@
 //! `data-js-error`), and its screenshot must show the lanes in the owners' colours.
 //!
 //! Chromium is required (`/usr/bin/chromium`, or `$CHROMIUM`); `scripts/install-test-deps`
-//! installs it. Without it the test fails and says so.
+//! installs it. Without it the test fails and says so. A second test draws a crafted pair of
+//! logs with a deliberate overlap: listed, and red on the screenshot.
 
 mod common;
 
@@ -23,6 +24,8 @@ const TTL: Duration = Duration::from_millis(1000);
 const GROUP: &str = "g";
 /// A resource id the page must escape.
 const NASTY: &str = r#"q<&"'>"#;
+/// The fill of an overlap on the lanes (and of its key in the legend).
+const OVERLAP_RED: [u8; 3] = [0xff, 0, 0];
 
 fn chromium() -> PathBuf {
     let path = std::env::var_os("CHROMIUM")
@@ -272,6 +275,12 @@ async fn timeline_of_a_join_a_crash_and_a_leave_renders_in_chromium() -> Result<
     let colours = legend_colours(&html);
     ensure!(colours.len() == 3, "legend colours: {colours:?}");
     let counts = count_colours(&shot, &colours)?;
+    // Red only in the legend's key: there was no overlap to draw.
+    let red = count_colours(&shot, &[OVERLAP_RED])?[0];
+    ensure!(
+        red < 600,
+        "{red} overlap-red pixels on a page without overlap"
+    );
     println!(
         "screenshot {}: owner colour pixels {counts:?}",
         shot.display()
@@ -281,6 +290,109 @@ async fn timeline_of_a_join_a_crash_and_a_leave_renders_in_chromium() -> Result<
     ensure!(
         shown == 3,
         "the screenshot {} shows too few owner colours: {counts:?} pixels of {colours:?}",
+        shot.display()
+    );
+    if std::env::var_os("KEEP_TIMELINE").is_none() {
+        let _ = fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+/// One JSON log line of member `m` (in the library's span) at `s` seconds past 18:00:00.
+fn log_line(s: f64, m: &str, message: &str, fields: serde_json::Value) -> String {
+    let mut f = fields;
+    f["message"] = message.into();
+    serde_json::json!({
+        "timestamp": format!("2026-12-05T18:00:{s:09.6}Z"),
+        "level": "INFO",
+        "fields": f,
+        "target": "rebalanser::driver",
+        "span": {"group": GROUP, "member": m, "name": "member"},
+    })
+    .to_string()
+}
+
+/// A crafted pair of logs where b is granted r1 a second before a releases it: the page must
+/// list the overlap and paint it red where Chromium shows it.
+#[test]
+fn a_deliberate_overlap_is_listed_and_red_in_chromium() -> Result<()> {
+    use serde_json::json;
+    let chromium = chromium();
+    let dir = temp_dir("rb-timeline", "overlap")?;
+    let grant = |s, m, r: &str, t: &str| {
+        log_line(
+            s,
+            m,
+            "lease granted",
+            json!({"resource": r, "token": t, "epoch": 1}),
+        )
+    };
+    let revoke = |s, m, r: &str| {
+        log_line(
+            s,
+            m,
+            "lease revoked",
+            json!({"resource": r, "reason": "reassigned"}),
+        )
+    };
+    let release = |s, m, r: &str, t: &str| {
+        log_line(s, m, "lease released", json!({"resource": r, "token": t}))
+    };
+    let a = [
+        log_line(0.0, "a", "member starting", json!({})),
+        grant(0.5, "a", "r1", "5"),
+        grant(0.5, "a", "r2", "5"),
+        revoke(2.0, "a", "r2"),
+        release(2.2, "a", "r2", "5"),
+        revoke(3.0, "a", "r1"),
+        release(4.0, "a", "r1", "5"),
+        log_line(6.0, "a", "member stopped", json!({})),
+    ];
+    let b = [
+        log_line(1.0, "b", "member starting", json!({})),
+        grant(2.3, "b", "r2", "9"),
+        grant(3.0, "b", "r1", "9"),
+        release(5.5, "b", "r1", "9"),
+        release(5.5, "b", "r2", "9"),
+        log_line(6.0, "b", "member stopped", json!({})),
+    ];
+    let (la, lb) = (dir.join("a.log"), dir.join("b.log"));
+    fs::write(&la, a.join("\n"))?;
+    fs::write(&lb, b.join("\n"))?;
+    let page = dir.join("overlap.html");
+    let out = Command::new(BIN)
+        .arg("timeline")
+        .arg("--from")
+        .args([&la, &lb])
+        .arg("-o")
+        .arg(&page)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "{stdout}");
+    ensure!(stdout.contains("1 overlap(s)"), "{stdout}");
+    ensure!(
+        stdout.contains("OVERLAP: r1 held by a and b at once for 1.000 s"),
+        "{stdout}"
+    );
+    let html = fs::read_to_string(&page)?;
+    ensure!(html.contains("data-overlaps=\"1\""), "no overlap listed");
+
+    let shot = dir.join("overlap.png");
+    run_chromium(
+        &chromium,
+        &dir.join("chromium-profile"),
+        &[
+            format!("--screenshot={}", shot.display()),
+            "--window-size=1440,900".to_string(),
+        ],
+        &page,
+    )?;
+    let red = count_colours(&shot, &[OVERLAP_RED])?[0];
+    println!("screenshot {}: {red} overlap-red pixels", shot.display());
+    // 1 s of a 6 s timeline on a lane ~1170 px wide: ~190 x 18 px, beside the legend's key.
+    ensure!(
+        red > 1500,
+        "only {red} overlap-red pixels in {}",
         shot.display()
     );
     if std::env::var_os("KEEP_TIMELINE").is_none() {

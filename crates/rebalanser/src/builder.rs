@@ -164,7 +164,7 @@ impl MemberBuilder {
     /// back: nothing moves to other members. The resources are granted once the previous
     /// session's claims are gone: at once after a graceful stop, after that session's expiry
     /// after a crash. If the previous instance is in fact still running, it is told
-    /// ([`MemberEvent::Replaced`]), gives everything up and leaves. Default off.
+    /// ([`crate::MemberEvent::Replaced`]), gives everything up and leaves. Default off.
     pub fn static_membership(mut self, on: bool) -> Self {
         self.static_membership = on;
         self

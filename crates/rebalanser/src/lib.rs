@@ -6,7 +6,25 @@
 //! (`rebalanser-core`) against a [`Store`] on tokio, and turns the core's decisions into
 //! [`Lease`]s for the application.
 //!
-//! # Usage
+//! # A worker
+//!
+//! `examples/worker.rs`, whole: it joins a group on a store URL (the argument, else
+//! `$REBALANSER_STORE`, else an embedded SQLite file in `/tmp`), serves each lease on its own
+//! task until the lease is revoked, and leaves gracefully on Ctrl-C. Run several with
+//! `cargo run -p rebalanser --example worker -- sqlite:///tmp/jobs.db jobs` and add resources
+//! with `rebalanser resource add --store sqlite:///tmp/jobs.db --group jobs q1 q2 q3`.
+//!
+#![doc = concat!("```no_run\n", include_str!("../examples/worker.rs"), "```")]
+//!
+//! Each store backend is a Cargo feature, all on by default: `sqlite`, `zookeeper`,
+//! `postgres`, `etcd` (`memory://` needs none); a URL of a backend compiled out is
+//! [`Error::BackendNotCompiled`]. A lease still held at its deadline, or `stop_timeout` after
+//! its revoke, aborts the process by default ([`StopPolicy::Abort`]: past that point another
+//! member may be granted the resource, and ending the process is the only stop a library can
+//! force); [`MemberBuilder::on_stop_deadline_missed`] with [`StopPolicy::Log`] reports it
+//! instead, for applications that enforce the stop themselves.
+//!
+//! # Usage: two members on one store
 //!
 //! ```
 //! use std::time::Duration;

@@ -230,6 +230,7 @@ pub fn build(parsed: Parsed) -> Timeline {
         .into_iter()
         .collect();
     tl.markers.sort_by_key(|m| m.t);
+    dedupe_expiries(&mut tl.markers);
     judge(&mut tl);
     tl.files = parsed.files;
     tl
@@ -268,6 +269,23 @@ impl MemberBuild<'_> {
                 }
                 if let Some(n) = e.fields.get("moved") {
                     label.push_str(&format!(": {n} moved"));
+                }
+                // The report names the members whose sessions expired: the moment their
+                // resources were freed, which a coordinator elected after the crash never
+                // logs as a membership line of its own.
+                let expired = e.fields.get("expired").map_or("", String::as_str);
+                for who in expired.split(',').filter(|w| !w.is_empty()) {
+                    tl.markers.push(Marker {
+                        t: e.t,
+                        row: Row::Group,
+                        kind: MarkerKind::Expired,
+                        label: format!("member expired: {who}"),
+                        detail: format!(
+                            "{who}'s session expired (in the rebalance report of {} at {})",
+                            self.name,
+                            clock_of(e.t)
+                        ),
+                    });
                 }
                 mark(MarkerKind::Rebalanced, Row::Group, &label)
             }
@@ -380,6 +398,23 @@ impl MemberBuild<'_> {
             end(tl, i, t, how);
         }
     }
+}
+
+/// One expiry is often told twice (a "member expired" line and the report of the rebalance it
+/// caused): the first telling stays.
+fn dedupe_expiries(markers: &mut Vec<Marker>) {
+    const SAME: Micros = 10_000_000;
+    let mut seen: BTreeMap<String, Micros> = BTreeMap::new();
+    markers.retain(|m| {
+        if m.kind != MarkerKind::Expired {
+            return true;
+        }
+        let dup = seen.get(&m.label).is_some_and(|&t| m.t - t <= SAME);
+        if !dup {
+            seen.insert(m.label.clone(), m.t);
+        }
+        !dup
+    });
 }
 
 fn end(tl: &mut Timeline, i: usize, t: Micros, how: EndKind) {
@@ -574,7 +609,7 @@ mod tests {
             line(2.0, "a", "member starting", ""),
             line(2.5, "a", "member joined", r#""who":"b","change":"joined""#),
             line(2.55, "a", "member expired", r#""who":"c""#),
-            line(2.6, "a", "rebalanced", r#""moved":3"#),
+            line(2.6, "a", "rebalanced", r#""moved":3,"expired":"c,d""#),
             line(3.0, "a", "member stopped", ""),
         ]);
         assert_eq!(tl.crashes().count(), 1);
@@ -590,6 +625,7 @@ mod tests {
             [
                 "member joined: b",
                 "member expired: c",
+                "member expired: d",
                 "rebalanced by a: 3 moved"
             ]
         );

@@ -3,6 +3,7 @@
 //! the owner's colour, hatched from revoke to release (the stopping phase), overlaps in red,
 //! handover gaps outlined. Every bar and marker has a `<title>`: the browser's hover text.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::model::{EndKind, MarkerKind, Row, RunEnd, Timeline};
@@ -19,6 +20,8 @@ const BAR: f64 = 18.0;
 const SEP: f64 = 14.0;
 /// Room between the labels and the first instant, so that its markers stay clear of them.
 const PAD: f64 = 8.0;
+/// The least distance between two markers' centres in one row.
+const MARK_GAP: f64 = 9.0;
 
 struct Scale {
     t0: Micros,
@@ -85,7 +88,14 @@ pub fn drawing(tl: &Timeline) -> String {
     for (k, r) in tl.resources.iter().enumerate() {
         row_label(&mut s, lanes_top + LANE * k as f64, LANE, r, "lane");
     }
-    let lane_of = |r: &str| tl.resources.iter().position(|x| x == r).unwrap_or(0);
+    let lanes: BTreeMap<&str, usize> = tl
+        .resources
+        .iter()
+        .enumerate()
+        .map(|(k, r)| (r.as_str(), k))
+        .collect();
+    // Every interval's resource has a lane: the lanes are made from the intervals.
+    let lane_of = |r: &str| lanes.get(r).copied().unwrap_or(0);
     let lane_y = |k: usize| lanes_top + LANE * k as f64 + (LANE - BAR) / 2.0;
     for g in &tl.gaps {
         let (x0, x1) = (sc.x(g.from), sc.x(g.to));
@@ -153,13 +163,19 @@ pub fn drawing(tl: &Timeline) -> String {
         );
     }
     let lanes_bottom = lanes_top + LANE * tl.resources.len() as f64;
+    // Markers of one row closer than a symbol's width are nudged right, so each stays visible
+    // (their hover text has the exact time; a fault's guide line is drawn at it).
+    let mut last_x: BTreeMap<Option<usize>, f64> = BTreeMap::new();
     for m in &tl.markers {
-        let x = sc.x(m.t);
-        let y = match m.row {
-            Row::Group => AXIS + ROW / 2.0,
-            Row::Member(i) => members_top + ROW * i as f64 + ROW / 2.0,
+        let t_x = sc.x(m.t);
+        let (row, y) = match m.row {
+            Row::Group => (None, AXIS + ROW / 2.0),
+            Row::Member(i) => (Some(i), members_top + ROW * i as f64 + ROW / 2.0),
         };
+        let x = last_x.get(&row).map_or(t_x, |&l| t_x.max(l + MARK_GAP));
+        last_x.insert(row, x);
         if m.kind.fault() {
+            let x = t_x;
             let _ = writeln!(
                 s,
                 "<line class=\"guide\" x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{y:.1}\" \

@@ -57,6 +57,11 @@ impl Admin {
     }
 
     /// Administers `group` in the store a URL names (see [`crate::open_store`]).
+    ///
+    /// Synchronous: opening a `sqlite://` file checks it and may wait up to 2 s for another
+    /// process's lock, on the calling thread. From async code where that matters (a
+    /// current_thread runtime), call it inside `tokio::task::spawn_blocking`; a member's
+    /// `join` does so by itself.
     pub fn connect(url: &str, group: &str) -> Result<Admin, Error> {
         // Validate the group first: its error is the more useful one when both are wrong.
         GroupId::new(group)?;

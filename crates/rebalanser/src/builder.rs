@@ -265,7 +265,7 @@ impl MemberBuilder {
                 })
             }
             StoreSpec::Store(s) => s,
-            StoreSpec::Url(url) => open_store(&url)?,
+            StoreSpec::Url(url) => open_off_executor(url).await?,
         };
         // Below the store's minimum its own timing (lock waits and fsyncs, expiry checked per
         // tick or poll, TTLs rounded up) is a large part of the TTL: sessions expire although
@@ -328,6 +328,30 @@ impl fmt::Debug for MemberBuilder {
             .field("name", &self.name)
             .field("store", &store)
             .finish_non_exhaustive()
+    }
+}
+
+/// [`open_store`] for a member joining on an executor thread. Opening a `sqlite://` file
+/// checks it and may wait for another process's lock for up to its open timeout (2 s): done
+/// in place, that would stall every task sharing the thread (on a current_thread runtime, all
+/// of them), so it runs on tokio's blocking pool. The other stores open without IO.
+async fn open_off_executor(url: String) -> Result<Arc<dyn Store>, Error> {
+    let is_sqlite = url
+        .get(..9)
+        .is_some_and(|s| s.eq_ignore_ascii_case("sqlite://"));
+    if !is_sqlite {
+        return open_store(&url);
+    }
+    let at = url.clone();
+    match tokio::task::spawn_blocking(move || open_store(&url)).await {
+        Ok(r) => r,
+        // A panic in the open is the caller's, as if it had opened the store itself.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // SQLite URLs carry no password, so naming the URL is safe.
+        Err(_) => Err(Error::StoreOpen {
+            url: at,
+            reason: "the tokio runtime shut down while the file was being opened".into(),
+        }),
     }
 }
 

@@ -37,7 +37,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create a group, or bump its token generation after a restore from backup.
+    /// List, create, describe or delete groups, or bump a group's token generation after a
+    /// restore from backup.
     Group(admin_cmds::GroupArgs),
     /// Add, remove or list the resources of a group.
     Resource(admin_cmds::ResourceArgs),
@@ -303,6 +304,27 @@ fn non_utf8_error(args: &[OsString], anywhere: bool) -> Option<String> {
     ))
 }
 
+/// For a missing `--store` or `--group`: a line naming the environment variable that could
+/// have given it (clap's own message names only the flag).
+fn env_note(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::MissingRequiredArgument {
+        return None;
+    }
+    let Some(ContextValue::Strings(missing)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let notes: Vec<String> = [
+        ("--store", "REBALANSER_STORE"),
+        ("--group", "REBALANSER_GROUP"),
+    ]
+    .into_iter()
+    .filter(|(flag, _)| missing.iter().any(|m| m.starts_with(flag)))
+    .map(|(flag, var)| format!("note: give {flag} or set the environment variable {var}"))
+    .collect();
+    (!notes.is_empty()).then(|| notes.join("\n"))
+}
+
 fn main() -> ExitCode {
     // As bytes: `std::env::args()` panics on the first argument that is not UTF-8.
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -316,6 +338,13 @@ fn main() -> ExitCode {
             if let Some(msg) = non_utf8_error(&args, utf8) {
                 eprintln!("{msg}");
                 // clap's exit code for usage errors.
+                return ExitCode::from(2);
+            }
+            if let Some(note) = env_note(&e) {
+                // clap's message (coloured as clap decides), then where else the missing
+                // value may come from.
+                let _ = e.print();
+                eprintln!("{note}");
                 return ExitCode::from(2);
             }
             e.exit()

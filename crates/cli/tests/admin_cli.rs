@@ -18,7 +18,10 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 fn cli() -> Command {
     let mut c = Command::new(BIN);
-    c.env_remove("RUST_LOG")
+    // A developer's own defaults must not leak into the tests.
+    c.env_remove("REBALANSER_STORE")
+        .env_remove("REBALANSER_GROUP")
+        .env_remove("RUST_LOG")
         .env("RUST_BACKTRACE", "1")
         .env("NO_COLOR", "1")
         .timeout(LIMIT);
@@ -182,6 +185,10 @@ fn every_subcommand_help_has_an_example() {
         &["status", "--help"],
         &["status", "-h"],
         &["watch", "--help"],
+        &["group", "--help"],
+        &["group", "list", "--help"],
+        &["group", "describe", "--help"],
+        &["group", "delete", "--help"],
     ] {
         let out = ok(args);
         assert!(out.contains("Example"), "{args:?}: {out}");
@@ -314,7 +321,7 @@ fn bad_durations_ids_and_arguments_are_one_line_errors() {
     }
     // Nothing was written by the refused adds: the store file was never even created.
     let line = fails_with(&["resource", "list", "--store", &url, "-g", "g"]);
-    assert!(line.contains("does not exist"), "{line}");
+    assert!(line.contains("no such store file"), "{line}");
 }
 
 #[test]
@@ -813,4 +820,341 @@ fn rabbitmq_setup_and_teardown() {
         line.contains("cannot connect") && !line.contains("hunter2"),
         "{line}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// environment defaults, groups, read-only opens
+
+#[test]
+fn store_and_group_come_from_the_environment_and_a_flag_wins() {
+    let (dir, url) = sqlite_url("env");
+    let other = format!("sqlite://{}/other.db", dir.path().display());
+    let with_env = |args: &[&str]| {
+        let mut c = cli();
+        c.env("REBALANSER_STORE", &url)
+            .env("REBALANSER_GROUP", "jobs")
+            .args(args);
+        c
+    };
+    let out = with_env(&["resource", "add", "q1", "q2"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The variables reached the store and the group the flags would have named.
+    assert_eq!(
+        ok(&["resource", "list", "--store", &url, "-g", "jobs"]),
+        "q1\nq2\n"
+    );
+    let out = with_env(&["group", "describe", "--json"]).output().unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        (doc["group"].as_str(), doc["resources"].as_u64()),
+        (Some("jobs"), Some(2))
+    );
+    let out = with_env(&["group", "list", "--json"]).output().unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(doc["groups"][0]["group"], "jobs", "{doc:#}");
+    // A flag wins over its variable: --group, then --store (whose file does not exist: the
+    // error names it, and it is not created).
+    let line = fails(&mut with_env(&["status", "-g", "other"]));
+    assert!(line.contains("group other does not exist"), "{line}");
+    let line = fails(&mut with_env(&["resource", "list", "--store", &other]));
+    assert!(line.contains("other.db"), "{line}");
+    assert!(!dir.path().join("other.db").exists());
+    // --help shows the variables.
+    for args in [&["status", "--help"][..], &["group", "list", "--help"]] {
+        let help = ok(args);
+        assert!(help.contains("[env: REBALANSER_STORE"), "{args:?}: {help}");
+    }
+    assert!(ok(&["resource", "add", "--help"]).contains("[env: REBALANSER_GROUP"));
+    let member_help = ok(&["member", "run", "--help"]);
+    assert!(
+        member_help.contains("[env: REBALANSER_STORE")
+            && member_help.contains("[env: REBALANSER_GROUP")
+    );
+    // Neither given: the error names the flag and the variable (exit status 2).
+    for (args, needles) in [
+        (
+            &["status"][..],
+            &["--store", "REBALANSER_STORE", "--group", "REBALANSER_GROUP"][..],
+        ),
+        (
+            &["status", "--store", url.as_str()],
+            &["--group", "REBALANSER_GROUP"],
+        ),
+        (&["group", "list"], &["--store", "REBALANSER_STORE"]),
+        (
+            &["member", "run", "--group", "jobs", "--", "true"],
+            &["--store", "REBALANSER_STORE"],
+        ),
+    ] {
+        let out = run(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?} lacks {n}: {err}");
+        }
+    }
+    let out = run(&["status", "--store", &url]);
+    assert!(
+        !text(&out.stderr).contains("REBALANSER_STORE"),
+        "only what is missing is named"
+    );
+}
+
+#[test]
+fn group_list_describe_and_delete() {
+    let (_dir, url) = sqlite_url("groups");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    ok(&[
+        "group", "create", "--store", &url, "-g", "b-group", "--mode", "barrier",
+    ]);
+    ok(&["group", "delete", "--store", &url, "-g", "b-group"]);
+    assert_eq!(
+        ok(&["group", "list", "--store", &url]),
+        "GROUPS (0)\n  (none)\n"
+    );
+    ok(&[
+        "group", "create", "--store", &url, "-g", "b-group", "--mode", "barrier",
+    ]);
+    ok(&[
+        "resource", "add", "--store", &url, "-g", "jobs", "q1", "q2", "q3",
+    ]);
+    join(&rt, &url, "jobs", "w1");
+    wait_status(&url, "jobs", "settled", |st| st["settled"] == true);
+
+    let listed = ok(&["group", "list", "--store", &url]);
+    let rows: Vec<Vec<&str>> = listed
+        .lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["b-group", "barrier", "0", "0", "-", "-"],
+            vec!["jobs", "resource", "1", "3", "w1", "1"],
+        ],
+        "{listed}"
+    );
+    let doc: Value =
+        serde_json::from_str(&ok(&["group", "list", "--store", &url, "--json"])).unwrap();
+    assert_eq!(doc["format"], 1);
+    assert_eq!(doc["groups"][1]["members"], 1);
+    assert_eq!(doc["groups"][1]["coordinator"], "w1");
+    assert_eq!(doc["bad_keys"], serde_json::json!([]));
+
+    let described = ok(&["group", "describe", "--store", &url, "-g", "jobs"]);
+    for needle in [
+        "group:       jobs",
+        "mode:        resource",
+        "generation:  0",
+        "epoch:       1",
+        "coordinator: w1 (epoch 1, session ",
+        "members:     1 (0 draining)",
+        "resources:   3 (3 claimed)",
+        "state:       settled",
+    ] {
+        assert!(described.contains(needle), "no {needle:?} in:\n{described}");
+    }
+    let doc: Value = serde_json::from_str(&ok(&[
+        "group", "describe", "--store", &url, "-g", "jobs", "--json",
+    ]))
+    .unwrap();
+    assert_eq!(doc["claimed"], 3);
+    assert_eq!(doc["coordinator"]["member"], "w1");
+    assert_eq!(doc["settled"], true);
+
+    // Refused while the member lives: exit 1, the group intact.
+    let mut del = cli();
+    del.args(["group", "delete", "--store", &url, "-g", "jobs"]);
+    let out = del.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("group jobs is in use") && err.contains("stop every member"),
+        "{err}"
+    );
+    assert_eq!(
+        ok(&["resource", "list", "--store", &url, "-g", "jobs"])
+            .lines()
+            .count(),
+        3
+    );
+    // Once the member is gone (its session expires), deleted.
+    drop(rt);
+    let start = Instant::now();
+    loop {
+        let out = run(&["group", "delete", "--store", &url, "-g", "jobs"]);
+        if out.status.success() {
+            assert!(text(&out.stdout).contains("deleted group jobs"));
+            break;
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "not deleted: {}",
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let listed = ok(&["group", "list", "--store", &url]);
+    assert!(
+        listed.contains("GROUPS (1)") && !listed.contains("jobs"),
+        "{listed}"
+    );
+    let line = fails_with(&["group", "describe", "--store", &url, "-g", "jobs"]);
+    assert!(line.contains("group jobs does not exist"), "{line}");
+    let line = fails_with(&["group", "delete", "--store", &url, "-g", "jobs"]);
+    assert!(line.contains("group jobs does not exist"), "{line}");
+
+    // A key of no group at the store's root is reported, not fatal.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = rebalanser::open_store(&url).unwrap();
+        store
+            .execute(rebalanser::StoreOp::Txn {
+                conds: vec![],
+                writes: vec![rebalanser::Write::Put {
+                    key: "not%zzagroup/x".into(),
+                    value: b"1".to_vec(),
+                }],
+            })
+            .await
+            .unwrap();
+    });
+    let listed = ok(&["group", "list", "--store", &url]);
+    assert!(
+        listed.contains("b-group") && listed.contains("BAD KEYS (1)"),
+        "{listed}"
+    );
+    assert!(listed.contains("not%zzagroup/x"), "{listed}");
+}
+
+/// The files of a directory with their sizes and modification times.
+fn snapshot(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                m.len(),
+                m.modified().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The commands that only look open the file read-only: they work where the user may only
+/// read the file and its directory (run as `nobody` when the tests run as root, whom
+/// permission bits do not stop), and leave every file as it was. A read-write open fails here:
+/// it cannot take the write lock nor create the `-wal`/`-shm` files.
+#[test]
+fn read_only_commands_work_on_a_file_the_user_can_only_read() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let (dir, url) = sqlite_url("readonly");
+    ok(&["resource", "add", "--store", &url, "-g", "jobs", "q1", "q2"]);
+    let db = dir.path().join("store.db");
+    let perms = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    perms(&db, 0o444);
+    perms(dir.path(), 0o555);
+    let before = snapshot(dir.path());
+    assert_eq!(before.len(), 1, "only the database: {before:?}");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let as_reader = |args: &[&str]| {
+        let mut c = StdCommand::new(BIN);
+        c.args(args).env_remove("RUST_LOG").env("NO_COLOR", "1");
+        if root {
+            c.uid(65534).gid(65534);
+        }
+        c.output().expect("run rebalanser")
+    };
+    for args in [
+        &["status", "--store", &url, "-g", "jobs"][..],
+        &["status", "--store", &url, "-g", "jobs", "--json"],
+        &["watch", "--store", &url, "-g", "jobs", "--once"],
+        &["resource", "list", "--store", &url, "-g", "jobs"],
+        &["group", "list", "--store", &url],
+        &["group", "describe", "--store", &url, "-g", "jobs"],
+    ] {
+        let out = as_reader(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert!(!text(&out.stdout).is_empty(), "{args:?}");
+    }
+    assert!(
+        text(&as_reader(&["resource", "list", "--store", &url, "-g", "jobs"]).stdout) == "q1\nq2\n"
+    );
+    // A write by the same user fails with a one-line error naming the file, nothing changed.
+    let out = as_reader(&["resource", "remove", "--store", &url, "-g", "jobs", "q1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("store.db"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(snapshot(dir.path()), before, "every file as it was");
+    perms(dir.path(), 0o755);
+    perms(&db, 0o644);
+}
+
+/// Only `group create`, `resource add` (without --no-create) and `rabbitmq setup` create a
+/// store file; every other command refuses a missing one, naming its path, and creates
+/// nothing.
+#[test]
+fn a_missing_store_file_is_never_created_by_commands_that_do_not_create_groups() {
+    let (dir, _) = sqlite_url("nofile");
+    let url = format!("sqlite://{}/typo.db", dir.path().display());
+    for args in [
+        &["status", "--store", &url, "-g", "jobs"][..],
+        &["watch", "--store", &url, "-g", "jobs", "--once"],
+        &["resource", "list", "--store", &url, "-g", "jobs"],
+        &["resource", "remove", "--store", &url, "-g", "jobs", "q1"],
+        &[
+            "resource",
+            "add",
+            "--store",
+            &url,
+            "-g",
+            "jobs",
+            "--no-create",
+            "q1",
+        ],
+        &["group", "list", "--store", &url],
+        &["group", "describe", "--store", &url, "-g", "jobs"],
+        &["group", "delete", "--store", &url, "-g", "jobs"],
+        &["group", "bump-generation", "--store", &url, "-g", "jobs"],
+    ] {
+        let mut c = cli();
+        c.args(args);
+        let line = fails(&mut c);
+        assert!(
+            line.contains("no such store file") && line.contains("typo.db"),
+            "{args:?}: {line}"
+        );
+        assert_eq!(c.output().unwrap().status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{args:?} created a file"
+        );
+    }
+    let out = run(&["member", "run", "--store", &url, "-g", "jobs", "--", "true"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("no such store file"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "member run created a file"
+    );
+    ok(&["group", "create", "--store", &url, "-g", "jobs"]);
+    assert!(dir.path().join("typo.db").exists());
 }

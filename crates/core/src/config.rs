@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::ids::{GroupId, MemberId};
+use crate::ids::{GroupId, MemberId, Time};
 
 /// Deliberately broken protocol variants, used only to prove that the simulator and the model
 /// checker catch what they claim to catch. Never use outside tests.
@@ -62,9 +62,12 @@ pub struct Config {
     /// The previous session's claims still rule their resources until they are deleted or
     /// expire; a live instance whose record was taken over gives everything up and leaves.
     pub static_membership: bool,
-    /// The wall-clock time of the join (Unix ms), supplied by the runtime and written into
-    /// the member record for status displays; the core never reads it.
-    pub joined_unix_ms: Option<u64>,
+    /// One reading of the runtime's clock and of the wall clock (Unix ms) taken together,
+    /// supplied by the runtime. Each registration writes the wall time of its own `now`
+    /// derived from it into the member record (`joined_unix_ms`, for status displays: the
+    /// session's age, which restarts when the member rejoins after losing its session); the
+    /// core decides nothing by it.
+    pub wall_clock: Option<(Time, u64)>,
     /// Requested session timeout. The store may grant less; the smallest value seen rules.
     pub session_ttl: Duration,
     /// Subtracted from the deadline: covers clock-rate error, scheduling jitter and the pause
@@ -162,7 +165,7 @@ impl Config {
             name,
             weight: 1,
             static_membership: false,
-            joined_unix_ms: None,
+            wall_clock: None,
             session_ttl: Duration::from_secs(10),
             safety_margin: Duration::from_secs(1),
             stop_timeout: Duration::from_secs(2),

@@ -16,7 +16,7 @@ use rebalanser_store::Store;
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::url::open_store;
+use crate::url::{open_store, open_store_with, OpenOptions};
 
 /// Resource writes per transaction: within every store's limits (at most
 /// `MAX_TXN_WRITES` writes, etcd's 128 operations per branch; ZooKeeper's jute.maxbuffer of
@@ -66,6 +66,14 @@ impl Admin {
         // Validate the group first: its error is the more useful one when both are wrong.
         GroupId::new(group)?;
         Admin::new(open_store(url)?, group)
+    }
+
+    /// [`Admin::connect`] with [`OpenOptions`]: read-only for tools that only look (every
+    /// write then fails with [`Error::Store`] wrapping `StoreError::Invalid`), or without
+    /// creating a missing `sqlite://` file ([`Error::NoStoreFile`]).
+    pub fn connect_with(url: &str, group: &str, opts: OpenOptions) -> Result<Admin, Error> {
+        GroupId::new(group)?;
+        Admin::new(open_store_with(url, opts)?, group)
     }
 
     /// Longest each store operation may take. Default 10 s.
@@ -265,10 +273,25 @@ impl Admin {
     }
 
     /// A linearizable snapshot of the group: members, coordinator, assignments, claims and
-    /// the handovers in progress.
+    /// the handovers in progress; and, where the store can tell ([`Store::session_info`]),
+    /// each member session's time since its last keepalive and until its expiry.
     pub async fn status(&self) -> Result<GroupStatus, Error> {
         let (view, bad) = self.view().await?;
-        Ok(GroupStatus::from_view(self.group.clone(), &view, bad))
+        let mut st = GroupStatus::from_view(self.group.clone(), &view, bad);
+        let sessions = st.members.iter().map(|m| m.session).collect();
+        // For people only: a store that cannot tell, or fails to, leaves the fields empty
+        // rather than failing the status.
+        if let Ok(Ok(info)) =
+            tokio::time::timeout(self.op_timeout, self.store.session_info(sessions)).await
+        {
+            for m in &mut st.members {
+                if let Some(i) = info.get(&m.session) {
+                    m.since_keepalive = Some(i.since_keepalive);
+                    m.expires_in = Some(i.expires_in);
+                }
+            }
+        }
+        Ok(st)
     }
 
     /// Every key of the group, read linearizably.
@@ -555,6 +578,10 @@ pub struct MemberInfo {
     pub claimed: usize,
     /// When it joined (Unix ms, its host's wall clock), if it recorded it: for session age.
     pub joined_unix_ms: Option<u64>,
+    /// Time since its session's last keepalive, if the store can tell (SQLite can).
+    pub since_keepalive: Option<Duration>,
+    /// Time left before its session expires unless kept alive, if the store can tell.
+    pub expires_in: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -629,6 +656,8 @@ impl GroupStatus {
                 session: mv.session,
                 weight: mv.weight,
                 joined_unix_ms: mv.joined_unix_ms,
+                since_keepalive: None,
+                expires_in: None,
                 draining: v.draining.get(m) == Some(&mv.session),
                 assigned: assigned_count.get(m).copied().unwrap_or(0),
                 claimed: v

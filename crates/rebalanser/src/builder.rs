@@ -14,7 +14,7 @@ use crate::admin::ensure_group;
 use crate::driver::Driver;
 use crate::error::Error;
 use crate::handle::{Member, MemberStatus};
-use crate::url::open_store;
+use crate::url::{open_store_with, OpenOptions};
 
 /// Capacity of each status event stream; a slower reader gets [`crate::MemberEvent::Lagged`].
 const EVENT_CAPACITY: usize = 1024;
@@ -214,7 +214,9 @@ impl MemberBuilder {
     }
 
     /// Create the group if it does not exist, instead of failing with
-    /// [`Error::UnknownGroup`]. Default false, so a typo in a group name fails loudly.
+    /// [`Error::UnknownGroup`]. Default false, so a typo in a group name fails loudly. Only
+    /// with it does [`MemberBuilder::store_url`] create a missing `sqlite://` file; without
+    /// it a missing file is [`Error::NoStoreFile`] and nothing is created.
     pub fn create_group_if_missing(mut self, yes: bool) -> Self {
         self.create_group = yes;
         self
@@ -238,10 +240,11 @@ impl MemberBuilder {
             cfg.unhealthy_backoff = d;
         }
         // For status displays only (session age); the protocol never reads it.
-        cfg.joined_unix_ms = std::time::SystemTime::now()
+        cfg.wall_clock = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .ok()
-            .and_then(|d| u64::try_from(d.as_millis()).ok());
+            .and_then(|d| u64::try_from(d.as_millis()).ok())
+            .map(|unix_ms| (crate::clock::now(), unix_ms));
         let durations = [
             (&mut cfg.session_ttl, self.session_ttl),
             (&mut cfg.safety_margin, self.safety_margin),
@@ -265,7 +268,11 @@ impl MemberBuilder {
                 })
             }
             StoreSpec::Store(s) => s,
-            StoreSpec::Url(url) => open_off_executor(url).await?,
+            // A member creates a missing `sqlite://` file only when it may create the group:
+            // otherwise a mistyped path would leave an empty database behind.
+            StoreSpec::Url(url) => {
+                open_off_executor(url, OpenOptions::new().create(self.create_group)).await?
+            }
         };
         // Below the store's minimum its own timing (lock waits and fsyncs, expiry checked per
         // tick or poll, TTLs rounded up) is a large part of the TTL: sessions expire although
@@ -331,19 +338,19 @@ impl fmt::Debug for MemberBuilder {
     }
 }
 
-/// [`open_store`] for a member joining on an executor thread. Opening a `sqlite://` file
+/// [`open_store_with`] for a member joining on an executor thread. Opening a `sqlite://` file
 /// checks it and may wait for another process's lock for up to its open timeout (2 s): done
 /// in place, that would stall every task sharing the thread (on a current_thread runtime, all
 /// of them), so it runs on tokio's blocking pool. The other stores open without IO.
-async fn open_off_executor(url: String) -> Result<Arc<dyn Store>, Error> {
+async fn open_off_executor(url: String, opts: OpenOptions) -> Result<Arc<dyn Store>, Error> {
     let is_sqlite = url
         .get(..9)
         .is_some_and(|s| s.eq_ignore_ascii_case("sqlite://"));
     if !is_sqlite {
-        return open_store(&url);
+        return open_store_with(&url, opts);
     }
     let at = url.clone();
-    match tokio::task::spawn_blocking(move || open_store(&url)).await {
+    match tokio::task::spawn_blocking(move || open_store_with(&url, opts)).await {
         Ok(r) => r,
         // A panic in the open is the caller's, as if it had opened the store itself.
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

@@ -57,6 +57,13 @@ pub enum Error {
     /// Rebalanser database, is locked, or cannot be created); the reason names the file.
     #[error("cannot open store {url:?}: {reason}")]
     StoreOpen { url: String, reason: String },
+    /// A `sqlite://` file that does not exist, opened without creating it
+    /// ([`crate::OpenOptions::create`] off, or read-only): nothing was created.
+    #[error(
+        "no such store file {path} (store {url:?}); it was not created: only an open with \
+         OpenOptions::create makes a new file"
+    )]
+    NoStoreFile { url: String, path: String },
     /// The group has no marker in the store.
     #[error(
         "group {group} does not exist: create it first (Admin::create_group, or \

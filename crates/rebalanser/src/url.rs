@@ -15,12 +15,79 @@ use rebalanser_store::{MemoryStore, Store};
 
 use crate::error::Error;
 
-/// Opens the store a URL names.
+/// Opens the store a URL names, creating a `sqlite://` file that does not exist yet (as
+/// [`open_store_with`] with [`OpenOptions::default`]).
 ///
 /// `memory://NAME` is the in-process store shared by every handle with the same name in this
 /// process; its data lives while any handle to it does (so keep an [`crate::Admin`] or a member
 /// alive, or the group vanishes with the last handle).
 pub fn open_store(url: &str) -> Result<Arc<dyn Store>, Error> {
+    open_store_with(url, OpenOptions::default())
+}
+
+/// How [`open_store_with`] opens a store. The default creates a missing `sqlite://` file and
+/// allows writes, as [`open_store`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    read_only: bool,
+    create: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            read_only: false,
+            create: true,
+        }
+    }
+}
+
+impl OpenOptions {
+    /// The default: writable, creating a missing file.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only read: every write through the store fails with [`crate::StoreError::Invalid`]
+    /// (wrapped in [`Error::Store`] by the API). A `sqlite://` file is opened
+    /// `SQLITE_OPEN_READONLY`, so it works on a file the process may only read and never
+    /// changes it; nothing is ever created (a read-only open implies `create(false)`).
+    pub fn read_only(mut self, yes: bool) -> Self {
+        self.read_only = yes;
+        self
+    }
+
+    /// Create a missing `sqlite://` file (default `true`). Off, a missing file is
+    /// [`Error::NoStoreFile`] and nothing appears at the path: a mistyped path leaves no stray
+    /// file. Server stores (ZooKeeper, PostgreSQL, etcd) and `memory://` ignore it.
+    pub fn create(mut self, yes: bool) -> Self {
+        self.create = yes;
+        self
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Whether a missing file is created: never for a read-only open.
+    pub fn creates(&self) -> bool {
+        self.create && !self.read_only
+    }
+}
+
+/// Opens the store a URL names, as `opts` say (see [`OpenOptions`]).
+pub fn open_store_with(url: &str, opts: OpenOptions) -> Result<Arc<dyn Store>, Error> {
+    let store = open_url(url, opts)?;
+    Ok(if opts.read_only {
+        Arc::new(crate::read_only::ReadOnly::new(store))
+    } else {
+        store
+    })
+}
+
+// `opts` reaches only the SQLite backend (the one that creates files).
+#[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
+fn open_url(url: &str, opts: OpenOptions) -> Result<Arc<dyn Store>, Error> {
     let bad = |reason: &str| Error::BadUrl {
         url: url.to_string(),
         reason: reason.to_string(),
@@ -67,9 +134,20 @@ pub fn open_store(url: &str) -> Result<Arc<dyn Store>, Error> {
             }),
         },
         #[cfg(feature = "sqlite")]
-        "sqlite" => match rebalanser_sqlite::SqliteStore::from_url(url) {
+        "sqlite" => match rebalanser_sqlite::SqliteStore::from_url_with(
+            url,
+            rebalanser_sqlite::SqliteOptions {
+                read_only: opts.read_only,
+                create: opts.creates(),
+                ..Default::default()
+            },
+        ) {
             Ok(s) => Ok(Arc::new(s)),
             Err(rebalanser_sqlite::SqliteError::Url { reason, .. }) => Err(bad(&reason)),
+            Err(rebalanser_sqlite::SqliteError::NoSuchFile { path }) => Err(Error::NoStoreFile {
+                url: url.to_string(),
+                path: path.display().to_string(),
+            }),
             Err(e) => Err(Error::StoreOpen {
                 url: url.to_string(),
                 reason: e.to_string(),

@@ -15,6 +15,10 @@ pub enum SqliteError {
     Url { url: String, reason: String },
     #[error("invalid SQLite store options: {0}")]
     Options(String),
+    /// The file does not exist, and the store was told not to create it
+    /// ([`crate::SqliteOptions::create`] off, or read-only).
+    #[error("no such store file {} (not created: this store opens existing files only)", path.display())]
+    NoSuchFile { path: PathBuf },
     /// The file is not a SQLite database, or its header is damaged.
     #[error("{}: not a SQLite database (or its header is damaged): {detail}", path.display())]
     NotADatabase { path: PathBuf, detail: String },

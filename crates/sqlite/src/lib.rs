@@ -89,9 +89,10 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use rebalanser_core::SessionId;
 use rebalanser_store::{
-    BoxFuture, Cond, Key, Store, StoreError, StoreOp, StoreReply, StoreResult, WatchEvent, Write,
+    BoxFuture, Cond, Key, SessionInfo, Store, StoreError, StoreOp, StoreReply, StoreResult,
+    WatchEvent, Write,
 };
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::watch;
 
 use crate::clock::HostClock;
@@ -116,6 +117,17 @@ pub struct SqliteOptions {
     /// Granted session TTLs are the requested ones clamped into this range.
     pub min_ttl: Duration,
     pub max_ttl: Duration,
+    /// Open an existing file for reading only (tools that only look, e.g. `status`): the
+    /// connections are opened `SQLITE_OPEN_READONLY`, so neither the file nor its sessions
+    /// are ever changed (no schema upgrade, no reaping: reads already hide the keys of expired
+    /// sessions); every write is refused with `StoreError::Invalid` naming the file. Needs
+    /// `create` off. SQLite may still create the `-wal`/`-shm` companions of a file in WAL
+    /// mode when none exist (a reader needs the shared-memory index), never the database.
+    pub read_only: bool,
+    /// Create and initialise the file when it is missing or empty (the default). Off: a
+    /// missing file is [`SqliteError::NoSuchFile`] and nothing is created, so a mistyped path
+    /// leaves no stray file behind.
+    pub create: bool,
 }
 
 impl Default for SqliteOptions {
@@ -127,6 +139,8 @@ impl Default for SqliteOptions {
             open_timeout: Duration::from_secs(2),
             min_ttl: Duration::from_millis(10),
             max_ttl: Duration::from_secs(3600),
+            read_only: false,
+            create: true,
         }
     }
 }
@@ -145,6 +159,9 @@ impl SqliteOptions {
         }
         if self.max_ttl > Duration::from_secs(100 * 365 * 24 * 3600) {
             return bad("max_ttl over a century");
+        }
+        if self.read_only && self.create {
+            return bad("a read-only store cannot create its file: set create = false");
         }
         Ok(())
     }
@@ -250,7 +267,7 @@ impl SqliteStore {
             path: path.clone(),
             detail,
         })?;
-        let conn = schema::open(&path, opts.open_timeout)?;
+        let conn = schema::open(&path, &opts)?;
         let file = path.display().to_string();
         let file_id =
             schema::file_id(&conn).map_err(|e| open_error(&path, opts.open_timeout, e))?;
@@ -260,7 +277,9 @@ impl SqliteStore {
             path: path.clone(),
             detail: format!("the file vanished while opening it: {e}"),
         })?;
-        {
+        // A read-only store never writes: it leaves expired sessions to the next writer (its
+        // reads hide their keys meanwhile), and it cannot prove a lock it never takes.
+        if !opts.read_only {
             let ctx = ops::Ctx {
                 clock: &clock,
                 file: &file,
@@ -283,7 +302,7 @@ impl SqliteStore {
         }
         conn.busy_timeout(opts.busy_timeout)
             .map_err(|e| open_error(&path, opts.open_timeout, e))?;
-        tracing::debug!(file = %file, boot_id = clock.boot_id(), "opened SQLite store");
+        tracing::debug!(file = %file, boot_id = clock.boot_id(), read_only = opts.read_only, "opened SQLite store");
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path,
@@ -369,6 +388,31 @@ impl Store for SqliteStore {
         format!("sqlite://{}", self.inner.file)
     }
 
+    /// From the `sessions` rows, on this host's CLOCK_BOOTTIME (the clock that decides their
+    /// expiry): a keepalive sets `expires_ns = now + ttl_ns`, so the time since it is
+    /// `ttl_ns` minus the time left. Sessions of another boot or past their expiry are left
+    /// out, as reads hide them.
+    fn session_info(
+        &self,
+        sessions: Vec<SessionId>,
+    ) -> BoxFuture<'_, Result<BTreeMap<SessionId, SessionInfo>, StoreError>> {
+        Box::pin(async move {
+            let guard = self.inner.reader.clone().lock_owned().await;
+            let inner = self.inner.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut guard = guard;
+                inner.session_info_blocking(&mut guard, &sessions)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(StoreError::Unavailable(format!(
+                    "{}: the session query's thread failed: {e}",
+                    self.inner.file
+                )))
+            })
+        })
+    }
+
     /// A keepalive is applied under the write lock by the only authority that expires
     /// sessions: its success proves itself.
     fn keepalive_proves_previous(&self) -> bool {
@@ -389,6 +433,17 @@ impl Store for SqliteStore {
 fn stat(path: &Path) -> std::io::Result<(u64, u64)> {
     let m = std::fs::metadata(path)?;
     Ok((m.dev(), m.ino()))
+}
+
+/// An operation's kind, for the refusal of a read-only store.
+fn op_name(op: &StoreOp) -> &'static str {
+    match op {
+        StoreOp::OpenSession { .. } => "OpenSession",
+        StoreOp::KeepAlive { .. } => "KeepAlive",
+        StoreOp::CloseSession { .. } => "CloseSession",
+        StoreOp::Txn { .. } => "a write transaction",
+        StoreOp::Get { .. } | StoreOp::List { .. } | StoreOp::Read { .. } => "a read",
+    }
 }
 
 /// The sessions an operation acts for.
@@ -453,7 +508,7 @@ impl Inner {
     /// Identifies the file at the path, which was at `at` a moment ago.
     fn adopt(&self, at: (u64, u64)) -> Result<FileIdent, StoreError> {
         let unavailable = |why: String| StoreError::Unavailable(format!("{}: {why}", self.file));
-        let conn = schema::connect(&self.path, self.opts.busy_timeout)
+        let conn = schema::connect(&self.path, self.opts.busy_timeout, self.opts.read_only)
             .map_err(|e| store_error(&self.file, Phase::BeforeCommit, &e))?;
         let file_id = schema::identify_ours(&conn).map_err(unavailable)?;
         // Between two equal stats, the connection is on the file they saw.
@@ -522,6 +577,14 @@ impl Inner {
 
     async fn execute(self: &Arc<Self>, op: StoreOp) -> StoreResult {
         let write = op.is_write();
+        if write && self.opts.read_only {
+            // Refused before any connection is touched: the file stays exactly as it was.
+            return Err(StoreError::Invalid(format!(
+                "{}: the store was opened read-only; refusing {}",
+                self.file,
+                op_name(&op)
+            )));
+        }
         let slot = if write { &self.writer } else { &self.reader };
         let guard = slot.clone().lock_owned().await;
         let inner = self.clone();
@@ -554,10 +617,12 @@ impl Inner {
         }
         let conn = match slot {
             Some(c) => &c.conn,
-            None => match schema::connect(&self.path, self.opts.busy_timeout) {
-                Ok(conn) => &slot.insert(Conn { conn, generation }).conn,
-                Err(e) => return Err(store_error(&self.file, Phase::BeforeCommit, &e)),
-            },
+            None => {
+                match schema::connect(&self.path, self.opts.busy_timeout, self.opts.read_only) {
+                    Ok(conn) => &slot.insert(Conn { conn, generation }).conn,
+                    Err(e) => return Err(store_error(&self.file, Phase::BeforeCommit, &e)),
+                }
+            }
         };
         let out = ops::execute(conn, &self.ctx(file.file_id), op);
         // Checked after the op too: a success must mean the commit went to the file that was
@@ -585,6 +650,58 @@ impl Inner {
         out.result
     }
 
+    fn session_info_blocking(
+        &self,
+        slot: &mut Option<Conn>,
+        sessions: &[SessionId],
+    ) -> Result<BTreeMap<SessionId, SessionInfo>, StoreError> {
+        let (generation, file) = self.current();
+        file?;
+        if slot.as_ref().is_some_and(|c| c.generation != generation) {
+            *slot = None;
+        }
+        let conn = match slot {
+            Some(c) => &c.conn,
+            None => {
+                match schema::connect(&self.path, self.opts.busy_timeout, self.opts.read_only) {
+                    Ok(conn) => &slot.insert(Conn { conn, generation }).conn,
+                    Err(e) => return Err(store_error(&self.file, Phase::BeforeCommit, &e)),
+                }
+            }
+        };
+        let now = self.clock.now_ns();
+        let query = || -> rusqlite::Result<BTreeMap<SessionId, SessionInfo>> {
+            let mut st = conn.prepare_cached(
+                "SELECT ttl_ns, expires_ns FROM sessions \
+                 WHERE id = ?1 AND boot_id = ?2 AND expires_ns > ?3",
+            )?;
+            let mut out = BTreeMap::new();
+            for s in sessions {
+                let Ok(id) = i64::try_from(s.0) else { continue };
+                let row: Option<(i64, i64)> = st
+                    .query_row((id, self.clock.boot_id(), now), |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                if let Some((ttl, expires)) = row {
+                    let left = u64::try_from(expires - now).unwrap_or(0);
+                    let since = u64::try_from(ttl).unwrap_or(0).saturating_sub(left);
+                    out.insert(
+                        *s,
+                        SessionInfo::new(Duration::from_nanos(since), Duration::from_nanos(left)),
+                    );
+                }
+            }
+            Ok(out)
+        };
+        query().map_err(|e| {
+            if poisons_connection(&e) {
+                *slot = None;
+            }
+            store_error(&self.file, Phase::BeforeCommit, &e)
+        })
+    }
+
     /// A receiver of the live poller, starting one if none runs.
     fn subscribe(self: &Arc<Self>) -> watch::Receiver<Option<u64>> {
         let mut slot = lock(&self.notify);
@@ -599,8 +716,10 @@ impl Inner {
         rx
     }
 
-    /// One poll: the current revision, after reaping if a session has expired.
-    fn poll_once(&self, st: &mut PollState) -> Result<u64, PollError> {
+    /// One poll: the current revision and the number of expired sessions not reaped yet,
+    /// after reaping them (unless read-only). A read-only store cannot reap, so the count is
+    /// what tells its watches that a session expired.
+    fn poll_once(&self, st: &mut PollState) -> Result<(u64, u64), PollError> {
         let (generation, file) = self.current();
         if st.generation.is_some_and(|g| g != generation) {
             return Err(PollError::Replaced);
@@ -611,8 +730,11 @@ impl Inner {
             Some(c) => c,
             None => {
                 st.data_version = None;
-                st.conn
-                    .insert(schema::connect(&self.path, self.opts.busy_timeout)?)
+                st.conn.insert(schema::connect(
+                    &self.path,
+                    self.opts.busy_timeout,
+                    self.opts.read_only,
+                )?)
             }
         };
         if schema::file_id(conn)? != file.file_id {
@@ -621,12 +743,12 @@ impl Inner {
         }
         let dv: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
         let now = self.clock.now_ns();
-        let due = st.foreign_boot || st.next_expiry.is_some_and(|e| e <= now);
+        let due = st.expired > 0 || st.next_expiry.is_some_and(|e| e <= now);
         if let (Some(rev), false, true) = (st.rev, due, st.data_version == Some(dv)) {
-            return Ok(rev); // nobody committed anything, and no session is due to expire
+            return Ok((rev, st.expired)); // nobody committed anything, no session is due to expire
         }
-        let mut snapshot = read_snapshot(conn, &self.clock)?;
-        if snapshot.expired(now) {
+        let mut snapshot = read_snapshot(conn, &self.clock, now)?;
+        if snapshot.expired > 0 && !self.opts.read_only {
             match ops::reap_txn(conn, &self.ctx(file.file_id)) {
                 Ok(()) => {}
                 // Busy: try again at the next tick (`due` stays set).
@@ -636,13 +758,13 @@ impl Inner {
                     return Err(PollError::Replaced);
                 }
             }
-            snapshot = read_snapshot(conn, &self.clock)?;
+            snapshot = read_snapshot(conn, &self.clock, now)?;
         }
         st.data_version = Some(dv);
         st.next_expiry = snapshot.next_expiry;
-        st.foreign_boot = snapshot.foreign_boot;
+        st.expired = snapshot.expired;
         st.rev = Some(snapshot.rev);
-        Ok(snapshot.rev)
+        Ok((snapshot.rev, snapshot.expired))
     }
 }
 
@@ -669,38 +791,32 @@ struct PollState {
     /// `PRAGMA data_version` at the last full read (changes when another connection commits).
     data_version: Option<i64>,
     rev: Option<u64>,
-    /// The earliest expiry among this boot's sessions.
+    /// The earliest expiry among this boot's sessions still alive at the last read.
     next_expiry: Option<i64>,
-    /// A session of another boot exists (expired, to be reaped).
-    foreign_boot: bool,
+    /// Sessions expired (or of another boot) but not reaped at the last read.
+    expired: u64,
 }
 
 struct Snapshot {
     rev: u64,
     next_expiry: Option<i64>,
-    foreign_boot: bool,
+    expired: u64,
 }
 
-impl Snapshot {
-    fn expired(&self, now: i64) -> bool {
-        self.foreign_boot || self.next_expiry.is_some_and(|e| e <= now)
-    }
-}
-
-fn read_snapshot(c: &Connection, clock: &HostClock) -> rusqlite::Result<Snapshot> {
+fn read_snapshot(c: &Connection, clock: &HostClock, now: i64) -> rusqlite::Result<Snapshot> {
     c.execute_batch("BEGIN DEFERRED")?;
     let r = (|| {
         let rev = ops::current_rev(c)?;
-        let (next_expiry, foreign): (Option<i64>, i64) = c
+        let (next_expiry, expired): (Option<i64>, i64) = c
             .prepare_cached(
-                "SELECT min(CASE WHEN boot_id = ?1 THEN expires_ns END), \
-                 count(CASE WHEN boot_id <> ?1 THEN 1 END) FROM sessions",
+                "SELECT min(CASE WHEN boot_id = ?1 AND expires_ns > ?2 THEN expires_ns END), \
+                 count(CASE WHEN boot_id <> ?1 OR expires_ns <= ?2 THEN 1 END) FROM sessions",
             )?
-            .query_row([clock.boot_id()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            .query_row((clock.boot_id(), now), |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(Snapshot {
             rev,
             next_expiry,
-            foreign_boot: foreign > 0,
+            expired: u64::try_from(expired).unwrap_or(0),
         })
     })();
     let end = c.execute_batch("COMMIT");
@@ -716,7 +832,7 @@ fn read_snapshot(c: &Connection, clock: &HostClock) -> rusqlite::Result<Snapshot
 /// The poller: runs while some watch listens and the store lives.
 async fn poll_loop(store: Weak<Inner>, tx: watch::Sender<Option<u64>>) {
     let mut st = PollState::default();
-    let mut last_rev: Option<u64> = None;
+    let mut last_rev: Option<(u64, u64)> = None;
     let mut interval = Duration::ZERO;
     let mut failures: u32 = 0;
     loop {

@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::error::{open_error, SqliteError};
+use crate::SqliteOptions;
 
 /// `PRAGMA application_id` of a Rebalanser database: "RBLN".
 pub const APPLICATION_ID: i32 = 0x5242_4C4E;
@@ -130,16 +131,69 @@ pub(crate) fn identify_ours(c: &Connection) -> Result<i64, String> {
     }
 }
 
-/// Opens a connection to an existing file and applies the per-connection settings.
-pub(crate) fn connect(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
-    let c = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_EXRESCODE,
-    )?;
+/// Opens a connection to an existing file (read-only if asked) and applies the
+/// per-connection settings.
+pub(crate) fn connect(
+    path: &Path,
+    busy_timeout: Duration,
+    read_only: bool,
+) -> rusqlite::Result<Connection> {
+    let c = if read_only {
+        open_read_only_conn(path)?
+    } else {
+        Connection::open_with_flags(path, flags(false, false))?
+    };
     configure(&c, busy_timeout)?;
     Ok(c)
+}
+
+/// A read-only connection. A reader of a WAL database needs its `-wal`/`-shm` companions;
+/// when no process has the database open they do not exist, and in a directory this process
+/// may not write SQLite cannot create them (`SQLITE_READONLY_CANTINIT`). Then, and only then,
+/// the file is read as immutable: with no `-wal` file nobody has it open, so the main file
+/// holds every commit. Limit: a writer that opens the file later is not seen by this
+/// connection (no locks, no change counter); a later connection, after the writer created the
+/// `-wal` file, reads normally.
+fn open_read_only_conn(path: &Path) -> rusqlite::Result<Connection> {
+    let c = Connection::open_with_flags(path, flags(true, false))?;
+    // The first read of page 1 is where a missing WAL index shows.
+    let probe = c.pragma_query_value(None, "application_id", |r| r.get::<_, i32>(0));
+    match probe {
+        Err(e)
+            if crate::error::code(&e) == Some(rusqlite::ErrorCode::ReadOnly)
+                && !wal_path(path).exists() =>
+        {
+            drop(c);
+            tracing::debug!(file = %path.display(), "no -wal file and none can be created: reading the database as immutable");
+            Connection::open_with_flags(
+                immutable_uri(path),
+                flags(true, false) | OpenFlags::SQLITE_OPEN_URI,
+            )
+        }
+        _ => Ok(c),
+    }
+}
+
+fn wal_path(path: &Path) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-wal");
+    p.into()
+}
+
+/// `file:PATH?immutable=1`, the path escaped as a URI path (`%`, `?`, `#` and every byte
+/// outside printable ASCII).
+fn immutable_uri(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::from("file:");
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_graphic() && !matches!(b, b'%' | b'?' | b'#') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.push_str("?immutable=1");
+    out
 }
 
 fn configure(c: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
@@ -151,22 +205,52 @@ fn configure(c: &Connection, busy_timeout: Duration) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Opens `path`, creating and initialising it if it is new, and checks that it is a
-/// Rebalanser database of this schema. Waits at most `open_timeout` for other connections'
-/// locks.
-pub(crate) fn open(path: &Path, open_timeout: Duration) -> Result<Connection, SqliteError> {
-    let err = |e| open_error(path, open_timeout, e);
-    let c = Connection::open_with_flags(
-        path,
+/// The open flags of a connection: read-only connections can never write the file, and
+/// without `create` SQLite refuses a missing file instead of creating it.
+fn flags(read_only: bool, create: bool) -> OpenFlags {
+    let access = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else if create {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_EXRESCODE,
-    )
-    .map_err(err)?;
+    };
+    access | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_EXRESCODE
+}
+
+/// Opens `path` and checks that it is a Rebalanser database of this schema: as
+/// [`SqliteOptions`] say, creating and initialising it if it is new, or only reading it.
+/// Waits at most `open_timeout` for other connections' locks.
+pub(crate) fn open(path: &Path, opts: &SqliteOptions) -> Result<Connection, SqliteError> {
+    let open_timeout = opts.open_timeout;
+    let err = |e| open_error(path, open_timeout, e);
+    let missing = || matches!(path.try_exists(), Ok(false));
+    if !opts.create && missing() {
+        return Err(SqliteError::NoSuchFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let opened = if opts.read_only {
+        open_read_only_conn(path)
+    } else {
+        Connection::open_with_flags(path, flags(false, opts.create))
+    };
+    let c = opened.map_err(|e| {
+        // Deleted between the look and the open.
+        if !opts.create && missing() {
+            SqliteError::NoSuchFile {
+                path: path.to_path_buf(),
+            }
+        } else {
+            err(e)
+        }
+    })?;
     c.busy_timeout(open_timeout).map_err(err)?;
     // Read the header before changing anything: a foreign file must stay untouched.
     let (app_id, tables) = identify(&c).map_err(err)?;
+    if opts.read_only {
+        return open_read_only(c, path, app_id, &tables);
+    }
     match app_id {
         APPLICATION_ID => {}
         0 => {
@@ -202,6 +286,45 @@ pub(crate) fn open(path: &Path, open_timeout: Duration) -> Result<Connection, Sq
     } else {
         upgrade(&c, path).map_err(err)?;
     }
+    check(&c, path)?;
+    Ok(c)
+}
+
+/// The read-only end of [`open`]: a file is used as it is (never initialised or upgraded).
+fn open_read_only(
+    c: Connection,
+    path: &Path,
+    app_id: i32,
+    tables: &[String],
+) -> Result<Connection, SqliteError> {
+    match app_id {
+        APPLICATION_ID => {}
+        0 if tables.is_empty() => {
+            return Err(SqliteError::Other {
+                path: path.to_path_buf(),
+                detail: "an empty database without the Rebalanser schema (opened read-only, so \
+                         it is not created)"
+                    .into(),
+            })
+        }
+        0 => {
+            return Err(SqliteError::Foreign {
+                path: path.to_path_buf(),
+                detail: format!("it has tables {}", tables.join(", ")),
+            })
+        }
+        other => {
+            return Err(SqliteError::Foreign {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "application_id {other:#010x}, not Rebalanser's {APPLICATION_ID:#010x}"
+                ),
+            })
+        }
+    }
+    // Only the per-connection settings: they change nothing in the file.
+    c.pragma_update(None, "foreign_keys", true)
+        .map_err(|e| open_error(path, Duration::ZERO, e))?;
     check(&c, path)?;
     Ok(c)
 }

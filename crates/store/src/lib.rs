@@ -35,6 +35,26 @@ pub use tls::TlsFiles;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What a store tells of one live session ([`Store::session_info`]), measured on the clock
+/// that decides its expiry, at the moment of the call. For people, never for the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// Time since its last successful keepalive (or its opening, if none yet).
+    pub since_keepalive: std::time::Duration,
+    /// Time left before it expires unless kept alive again.
+    pub expires_in: std::time::Duration,
+}
+
+impl SessionInfo {
+    pub fn new(since_keepalive: std::time::Duration, expires_in: std::time::Duration) -> Self {
+        SessionInfo {
+            since_keepalive,
+            expires_in,
+        }
+    }
+}
+
 /// A change notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
@@ -68,6 +88,20 @@ pub trait Store: Send + Sync + 'static {
     fn watch(&self, prefix: Key) -> BoxStream<'static, WatchEvent>;
     /// A short description for logs and errors (`memory://name`, `zk://h:p/chroot`).
     fn describe(&self) -> String;
+    /// What the store can tell people about these sessions (`rebalanser status`): for each
+    /// one it knows alive, when it was last kept alive and when it expires unless kept alive
+    /// again. Never used by the protocol. The default knows nothing (an empty map); a store
+    /// whose expiry is decided elsewhere (a server's clock) may leave it so.
+    fn session_info(
+        &self,
+        sessions: Vec<rebalanser_core::SessionId>,
+    ) -> BoxFuture<
+        '_,
+        Result<std::collections::BTreeMap<rebalanser_core::SessionId, SessionInfo>, StoreError>,
+    > {
+        let _ = sessions;
+        Box::pin(async { Ok(std::collections::BTreeMap::new()) })
+    }
     /// True when a successful `KeepAlive` may not yet have reached the server that decides
     /// expiry, so it proves only the keepalive before it (ZooKeeper via a follower). The
     /// member then counts its deadline from the previous success. Required, not defaulted:

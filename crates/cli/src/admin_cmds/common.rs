@@ -7,19 +7,40 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use rebalanser::{Admin, Error, IdError};
+use rebalanser::{Admin, Error, IdError, OpenOptions};
 
 pub use crate::util::{parse_duration, DurationError};
+
+/// The environment variables that stand in for `--store` and `--group` (a flag given wins).
+pub const STORE_ENV: &str = "REBALANSER_STORE";
+pub const GROUP_ENV: &str = "REBALANSER_GROUP";
 
 /// `--store`, `--group`, `--timeout`: flattened into every admin subcommand.
 #[derive(clap::Args, Debug, Clone)]
 pub struct StoreArgs {
     /// Store URL: zk://HOST:PORT[,HOST:PORT...]/CHROOT or sqlite:///PATH.db
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = STORE_ENV)]
     pub store: String,
     /// The group.
-    #[arg(long, short = 'g', value_name = "GROUP")]
+    #[arg(long, short = 'g', value_name = "GROUP", env = GROUP_ENV)]
     pub group: String,
+    /// Longest wait for the store before giving up (e.g. 500ms, 5s, 1m).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "5s",
+        allow_hyphen_values = true
+    )]
+    pub timeout: String,
+}
+
+/// `--store` and `--timeout` alone, for commands about the store rather than one group
+/// (`group list`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct StoreOnlyArgs {
+    /// Store URL: zk://HOST:PORT[,HOST:PORT...]/CHROOT or sqlite:///PATH.db
+    #[arg(long, value_name = "URL", env = STORE_ENV)]
+    pub store: String,
     /// Longest wait for the store before giving up (e.g. 500ms, 5s, 1m).
     #[arg(
         long,
@@ -51,7 +72,7 @@ pub enum CliError {
     ReadFile { path: String, reason: String },
     /// `memory://` names a store inside one process: a CLI process cannot see it.
     MemoryStore { url: String },
-    /// A `sqlite://` file that does not exist, for a command that only reads.
+    /// A `sqlite://` file that does not exist, for a command that does not create it.
     NoStoreFile { url: String, path: String },
     /// The store did not answer within `--timeout`.
     Timeout { store: String, after: Duration },
@@ -108,8 +129,8 @@ impl fmt::Display for CliError {
             ),
             CliError::NoStoreFile { url, path } => write!(
                 f,
-                "store {url:?}: the file {path} does not exist (`rebalanser resource add` \
-                 creates it with the group)"
+                "no such store file {path} (store {url:?}); nothing was created: only \
+                 `rebalanser group create` and `rebalanser resource add` create a store file"
             ),
             CliError::Timeout { store, after } => write!(
                 f,
@@ -273,6 +294,14 @@ impl Conn {
     }
 }
 
+/// One store interaction bounded by `--timeout`, for commands without a [`Conn`].
+pub async fn bounded_on<T, F>(store: &str, timeout: Duration, f: F) -> Result<T, CliError>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    bounded(store, timeout, f).await
+}
+
 async fn bounded<T, F>(store: &str, timeout: Duration, f: F) -> Result<T, CliError>
 where
     F: Future<Output = Result<T, Error>>,
@@ -284,6 +313,7 @@ where
                 store: store.to_string(),
                 hint: "`rebalanser resource add` creates it",
             },
+            Error::NoStoreFile { url, path } => CliError::NoStoreFile { url, path },
             e => CliError::Api(e),
         }),
         Err(_) => Err(CliError::Timeout {
@@ -293,11 +323,29 @@ where
     }
 }
 
-/// How a command uses the store: only reads, or may create it (and the group).
+/// How a command uses the store. Only the commands that create a group may create a
+/// `sqlite://` file; the others refuse a missing one ([`CliError::NoStoreFile`]), so a
+/// mistyped path leaves no stray file behind.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Access {
+    /// Only reads: opened read-only (a file the user may only read works; it is never
+    /// changed, and every write is refused).
     Read,
+    /// Writes to an existing store.
     Write,
+    /// Writes, creating a missing `sqlite://` file (`group create`, `resource add`,
+    /// `rabbitmq setup`).
+    Create,
+}
+
+impl Access {
+    fn options(self) -> OpenOptions {
+        match self {
+            Access::Read => OpenOptions::new().read_only(true),
+            Access::Write => OpenOptions::new().create(false),
+            Access::Create => OpenOptions::new(),
+        }
+    }
 }
 
 /// Validates the arguments and opens the store, bounded by `--timeout`.
@@ -309,18 +357,12 @@ pub async fn connect(a: &StoreArgs, access: Access) -> Result<Conn, CliError> {
     if url.to_ascii_lowercase().starts_with("memory://") {
         return Err(CliError::MemoryStore { url });
     }
-    if access == Access::Read {
-        if let Some(path) = sqlite_path(&url) {
-            if !std::path::Path::new(&path).exists() {
-                return Err(CliError::NoStoreFile { url, path });
-            }
-        }
-    }
     let group = a.group.clone();
     let shown = url.clone();
+    let opts = access.options();
     // Opening a store may block (SQLite checks the file and takes its lock): off the runtime.
     let open = async move {
-        match tokio::task::spawn_blocking(move || Admin::connect(&url, &group)).await {
+        match tokio::task::spawn_blocking(move || Admin::connect_with(&url, &group, opts)).await {
             Ok(r) => r,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
@@ -334,27 +376,35 @@ pub async fn connect(a: &StoreArgs, access: Access) -> Result<Conn, CliError> {
     })
 }
 
-/// The file of a well-formed `sqlite://` URL (as the SQLite backend reads it), else `None`.
-fn sqlite_path(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    if !scheme.eq_ignore_ascii_case("sqlite") || rest.is_empty() || rest.contains(['?', '#']) {
-        return None;
+/// A store opened for a command about the whole store: the handle, the bound on each wait,
+/// and the store as it describes itself.
+pub struct StoreConn {
+    pub store: std::sync::Arc<dyn rebalanser::Store>,
+    pub timeout: Duration,
+    pub shown: String,
+}
+
+/// Opens the store alone (no group), bounded by `--timeout`.
+pub async fn connect_store(a: &StoreOnlyArgs, access: Access) -> Result<StoreConn, CliError> {
+    let timeout = duration_arg("--timeout", &a.timeout)?;
+    let url = a.store.trim().to_string();
+    if url.to_ascii_lowercase().starts_with("memory://") {
+        return Err(CliError::MemoryStore { url });
     }
-    let bytes = rest.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+    let shown = url.clone();
+    let opts = access.options();
+    let open = async move {
+        match tokio::task::spawn_blocking(move || rebalanser::open_store_with(&url, opts)).await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
-    }
-    let path = String::from_utf8(out).ok()?;
-    (!path.is_empty() && !path.ends_with('/')).then_some(path)
+    };
+    let store = bounded(&shown, timeout, open).await?;
+    Ok(StoreConn {
+        shown: store.describe(),
+        store,
+        timeout,
+    })
 }
 
 /// Writes a command's output to stdout in one go; a closed pipe ends the command quietly.
@@ -408,14 +458,6 @@ mod tests {
         assert_eq!(fmt_duration(Duration::from_secs(5)), "5s");
         assert_eq!(fmt_duration(Duration::from_millis(1500)), "1.5s");
         assert_eq!(fmt_duration(Duration::from_secs(90)), "1m30s");
-    }
-
-    #[test]
-    fn sqlite_paths() {
-        assert_eq!(sqlite_path("sqlite:///a/b.db").as_deref(), Some("/a/b.db"));
-        assert_eq!(sqlite_path("sqlite://x%20y.db").as_deref(), Some("x y.db"));
-        assert_eq!(sqlite_path("sqlite://"), None);
-        assert_eq!(sqlite_path("zk://h:1/x"), None);
     }
 
     #[test]

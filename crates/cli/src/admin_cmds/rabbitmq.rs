@@ -53,7 +53,7 @@ pub async fn run(a: RabbitArgs) -> Result<(), CliError> {
     match a.cmd {
         RabbitCmd::Setup(a) => {
             rebalanser_rabbitmq::check_url(&a.amqp).map_err(broker)?;
-            let conn = connect(&a.store, Access::Write).await?;
+            let conn = connect(&a.store, Access::Create).await?;
             let queues = tokio::time::timeout(
                 conn.timeout,
                 topology::setup(&a.amqp, &a.exchange, usize::from(a.queues)),
@@ -83,7 +83,7 @@ pub async fn run(a: RabbitArgs) -> Result<(), CliError> {
         }
         RabbitCmd::Teardown(a) => {
             rebalanser_rabbitmq::check_url(&a.amqp).map_err(broker)?;
-            let conn = connect(&a.store, Access::Read).await?;
+            let conn = connect(&a.store, Access::Write).await?;
             let queues = topology::queue_names(&a.exchange, usize::from(a.queues));
             conn.bounded(conn.admin.remove_resources(&queues)).await?;
             tokio::time::timeout(

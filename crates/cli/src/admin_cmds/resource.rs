@@ -107,7 +107,13 @@ pub async fn run(a: ResourceArgs) -> Result<(), CliError> {
 
 async fn add(a: AddArgs) -> Result<(), CliError> {
     let ids = collect_ids(&a.ids, "add")?;
-    let conn = connect(&a.store, Access::Write).await?;
+    // --no-create: neither the group nor a missing store file.
+    let access = if a.no_create {
+        Access::Write
+    } else {
+        Access::Create
+    };
+    let conn = connect(&a.store, access).await?;
     let admin = &conn.admin;
     let group = admin.group().clone();
     if !conn.bounded(admin.exists()).await? {
@@ -137,7 +143,7 @@ async fn add(a: AddArgs) -> Result<(), CliError> {
 
 async fn remove(a: RemoveArgs) -> Result<(), CliError> {
     let ids = collect_ids(&a.ids, "remove")?;
-    let conn = connect(&a.store, Access::Read).await?;
+    let conn = connect(&a.store, Access::Write).await?;
     let admin = &conn.admin;
     let group = admin.group().clone();
     // Also proves that the group exists: a missing one is an error, not "0 removed".

@@ -15,12 +15,17 @@ Example:
 
 The text form: group, store, coordinator (member, epoch, session), epoch counter and token
 generation, state (settled, or how many handovers are in progress); then the tables MEMBERS
-(NAME, SESSION, AGE, WEIGHT, ASSIGNED, CLAIMED, STATE: coordinator/draining/active), RESOURCES
+(NAME, SESSION, AGE, LIVENESS, KEEPALIVE, WEIGHT, ASSIGNED, CLAIMED, STATE:
+coordinator/draining/active), RESOURCES
 (RESOURCE, ASSIGNED TO, CLAIM HOLDER, TOKEN), HANDOVERS IN PROGRESS (RESOURCE, FROM, TO),
 UNHEALTHY (RESOURCE, FAILING ON, STATE: resources reported failing on members, which the
 coordinator avoids giving them; shown only when there are some) and BAD KEYS (KEY, REASON). '-' is none; a claim holder marked '(session gone)' holds a claim of a
 session that is no longer registered (it expires, or the member is restarting). AGE is how long
-ago the member's session joined, by the member's wall clock ('-' if it did not record it).
+ago the member's current session registered, by the member's wall clock ('-' if it did not
+record it; a member that lost its session and rejoined counts from the rejoin). LIVENESS is
+what the group's records say of the session: alive, or draining (leaving). KEEPALIVE is what
+the store says of it, where it can tell (SQLite, on its expiry clock): how long ago its last
+keepalive was and how long until it expires unless kept alive ('-': the store cannot tell).
 
 The --json document (stable; \"format\" changes only on an incompatible change; sessions and
 tokens are strings, since they do not fit a JSON number exactly; format 2 made the token one
@@ -36,7 +41,9 @@ integer):
     \"settled\": true,                          every resource claimed by its assignee
     \"members\": [{\"name\": \"w1\", \"session\": \"s1a2b\", \"weight\": 1, \"draining\": false,
                  \"coordinator\": true, \"assigned\": 2, \"claimed\": 2,
-                 \"joined_unix_ms\": 1764100000000 | null}],
+                 \"joined_unix_ms\": 1764100000000 | null,
+                 \"liveness\": \"alive\" | \"draining\",
+                 \"since_keepalive_ms\": 300 | null, \"expires_in_ms\": 1700 | null}],
     \"resources\": [{\"id\": \"q1\", \"assigned_to\": \"w1\" | null,
                    \"claim\": CLAIM | null}],
     \"handovers\": [{\"resource\": \"q3\", \"from\": CLAIM | null, \"to\": \"w2\" | null}],

@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rebalanser::{ClaimInfo, GroupStatus, MemberId, ResourceId, SessionId, Token};
+use rebalanser::{ClaimInfo, GroupStatus, MemberId, MemberInfo, ResourceId, SessionId, Token};
+
+use super::common::fmt_duration;
 use serde_json::{json, Value};
 
 /// The version of the JSON document's shape; bumped on any incompatible change.
@@ -30,6 +32,9 @@ pub fn to_json(st: &GroupStatus, store: &str) -> Value {
             "session": m.session.to_string(),
             "weight": m.weight,
             "joined_unix_ms": m.joined_unix_ms,
+            "liveness": liveness(m),
+            "since_keepalive_ms": m.since_keepalive.map(|d| d.as_millis() as u64),
+            "expires_in_ms": m.expires_in.map(|d| d.as_millis() as u64),
             "draining": m.draining,
             "coordinator": coordinator.is_some_and(|c| c.member == m.name && c.session == m.session),
             "assigned": m.assigned,
@@ -265,6 +270,8 @@ pub fn to_text(st: &GroupStatus, store: &str, look: &Look) -> String {
                     m.name.to_string(),
                     m.session.to_string(),
                     session_age(m.joined_unix_ms),
+                    liveness(m).to_string(),
+                    keepalive(m),
                     m.weight.to_string(),
                     m.assigned.to_string(),
                     m.claimed.to_string(),
@@ -277,7 +284,15 @@ pub fn to_text(st: &GroupStatus, store: &str, look: &Look) -> String {
         &mut out,
         &format!("MEMBERS ({})", st.members.len()),
         &[
-            "NAME", "SESSION", "AGE", "WEIGHT", "ASSIGNED", "CLAIMED", "STATE",
+            "NAME",
+            "SESSION",
+            "AGE",
+            "LIVENESS",
+            "KEEPALIVE",
+            "WEIGHT",
+            "ASSIGNED",
+            "CLAIMED",
+            "STATE",
         ],
         members,
         look,
@@ -386,6 +401,31 @@ pub fn to_text(st: &GroupStatus, store: &str, look: &Look) -> String {
     out
 }
 
+/// What the group's records say of a member's session: registered means alive (the store
+/// removes an expired session's keys); a draining one is leaving.
+fn liveness(m: &MemberInfo) -> &'static str {
+    if m.draining {
+        "draining"
+    } else {
+        "alive"
+    }
+}
+
+/// What the store says of the session's keepalives: `0.3s ago, expires in 1.7s`, or `-` when
+/// the store cannot tell.
+fn keepalive(m: &MemberInfo) -> String {
+    match (m.since_keepalive, m.expires_in) {
+        (Some(since), Some(left)) => {
+            format!(
+                "{} ago, expires in {}",
+                fmt_duration(since),
+                fmt_duration(left)
+            )
+        }
+        _ => "-".to_string(),
+    }
+}
+
 fn opt_member(m: Option<&MemberId>) -> String {
     m.map_or_else(|| "-".to_string(), |m| m.to_string())
 }
@@ -424,14 +464,14 @@ fn style(text: &str, on: bool, code: &str) -> String {
     }
 }
 
-struct Row {
-    marked: bool,
-    cells: Vec<String>,
+pub(super) struct Row {
+    pub marked: bool,
+    pub cells: Vec<String>,
 }
 
 /// A titled table, columns padded to their widest cell (in characters). With marks, a first
 /// column holds `*` for a changed row; with colour, changed rows are bold yellow.
-fn table(out: &mut String, title: &str, headers: &[&str], rows: Vec<Row>, look: &Look) {
+pub(super) fn table(out: &mut String, title: &str, headers: &[&str], rows: Vec<Row>, look: &Look) {
     out.push('\n');
     out.push_str(title);
     out.push('\n');

@@ -147,7 +147,12 @@ impl Member {
         let key = self.layout.member(&self.cfg.name);
         let rec = MemberRec {
             weight: self.cfg.weight,
-            joined_unix_ms: self.cfg.joined_unix_ms,
+            // This registration's own time, not the process's start: a member that lost its
+            // session registers again, and its session's age starts again.
+            joined_unix_ms: self.cfg.wall_clock.map(|(at, unix_ms)| {
+                let since = u64::try_from(now.saturating_since(at).as_millis()).unwrap_or(u64::MAX);
+                unix_ms.saturating_add(since)
+            }),
             static_member: self.cfg.static_membership,
         };
         let create = Write::Create {

@@ -1,0 +1,90 @@
+//! [`ReadOnly`]: a store handle that refuses every write, for [`crate::OpenOptions::read_only`].
+//! The SQLite backend opens its file read-only itself; this wrapper gives every backend the same
+//! answer to a write (ZooKeeper, PostgreSQL and etcd have no read-only connection mode of their
+//! own that the crate uses).
+
+use std::sync::Arc;
+
+use futures::stream::BoxStream;
+use rebalanser_core::store::{Key, StoreError, StoreOp, StoreResult};
+use rebalanser_store::{BoxFuture, SessionInfo, Store, WatchEvent};
+
+pub(crate) struct ReadOnly {
+    inner: Arc<dyn Store>,
+}
+
+impl ReadOnly {
+    pub(crate) fn new(inner: Arc<dyn Store>) -> ReadOnly {
+        ReadOnly { inner }
+    }
+}
+
+impl Store for ReadOnly {
+    fn execute(&self, op: StoreOp) -> BoxFuture<'_, StoreResult> {
+        if op.is_write() {
+            let refused = StoreError::Invalid(format!(
+                "{} was opened read-only: a write is refused",
+                self.inner.describe()
+            ));
+            return Box::pin(async move { Err(refused) });
+        }
+        self.inner.execute(op)
+    }
+
+    fn watch(&self, prefix: Key) -> BoxStream<'static, WatchEvent> {
+        self.inner.watch(prefix)
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn session_info(
+        &self,
+        sessions: Vec<rebalanser_core::SessionId>,
+    ) -> BoxFuture<
+        '_,
+        Result<std::collections::BTreeMap<rebalanser_core::SessionId, SessionInfo>, StoreError>,
+    > {
+        self.inner.session_info(sessions)
+    }
+
+    fn keepalive_proves_previous(&self) -> bool {
+        self.inner.keepalive_proves_previous()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{open_store_with, OpenOptions};
+    use rebalanser_core::store::{StoreReply, Write};
+
+    #[tokio::test]
+    async fn writes_are_refused_and_reads_pass() {
+        let store = open_store_with(
+            "memory://read-only-wrapper",
+            OpenOptions::new().read_only(true),
+        )
+        .expect("a memory store");
+        let put = StoreOp::Txn {
+            conds: vec![],
+            writes: vec![Write::Put {
+                key: "g/k".into(),
+                value: vec![1],
+            }],
+        };
+        match store.execute(put).await {
+            Err(StoreError::Invalid(m)) => assert!(m.contains("read-only"), "{m}"),
+            other => panic!("a write went through: {other:?}"),
+        }
+        let got = store
+            .execute(StoreOp::Get {
+                key: "g/k".into(),
+                linearizable: true,
+            })
+            .await
+            .expect("a read");
+        assert_eq!(got, StoreReply::Got(None));
+    }
+}

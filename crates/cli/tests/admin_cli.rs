@@ -1158,3 +1158,26 @@ fn a_missing_store_file_is_never_created_by_commands_that_do_not_create_groups()
     ok(&["group", "create", "--store", &url, "-g", "jobs"]);
     assert!(dir.path().join("typo.db").exists());
 }
+
+/// `group list` on ZooKeeper: one listing across the chroot's namespaces (one per group).
+#[test]
+fn group_list_on_zookeeper() {
+    let url = zk_url("group-list");
+    ok(&["group", "create", "--store", &url, "-g", "alpha"]);
+    ok(&["resource", "add", "--store", &url, "-g", "beta/2", "q1"]);
+    let doc: Value =
+        serde_json::from_str(&ok(&["group", "list", "--store", &url, "--json"])).unwrap();
+    let groups: Vec<(&str, u64)> = doc["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["group"].as_str().unwrap(),
+                g["resources"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(groups, [("alpha", 0), ("beta/2", 1)], "{doc:#}");
+    assert_eq!(doc["bad_keys"], serde_json::json!([]));
+}

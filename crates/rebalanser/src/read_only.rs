@@ -52,6 +52,10 @@ impl Store for ReadOnly {
     fn keepalive_proves_previous(&self) -> bool {
         self.inner.keepalive_proves_previous()
     }
+
+    fn min_session_ttl(&self) -> std::time::Duration {
+        self.inner.min_session_ttl()
+    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,11 @@
 //!   `Unavailable` (the transaction is rolled back); a corrupt file or row is `Unavailable`
 //!   with a message naming the file. Opening checks the file and fails with a typed
 //!   [`SqliteError`] that names it.
+//! - Read-only ([`SqliteOptions::read_only`], for tools that only look): every connection is
+//!   `SQLITE_OPEN_READONLY`; nothing is upgraded or reaped (reads hide expired sessions' keys
+//!   anyway, and the poller notifies an expiry by the count of expired sessions), every write
+//!   is `Invalid`. Without [`SqliteOptions::create`] a missing file is
+//!   [`SqliteError::NoSuchFile`] and nothing is created.
 //!
 //! rusqlite is blocking: every operation runs on `spawn_blocking`, on one writer connection
 //! or one reader connection (each behind an async mutex, so waiting never holds a thread);

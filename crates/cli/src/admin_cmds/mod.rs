@@ -1,4 +1,5 @@
-//! `rebalanser group create|bump-generation`, `rebalanser resource add|remove|list`,
+//! `rebalanser group list|create|describe|delete|bump-generation`,
+//! `rebalanser resource add|remove|list`,
 //! `rebalanser status`, `rebalanser watch`, `rebalanser rabbitmq setup|teardown`: the admin
 //! side of the CLI, on the public `rebalanser::Admin` API only (and, for RabbitMQ, the
 //! broker's topology through `rebalanser-rabbitmq`).

@@ -9,6 +9,7 @@ mod chaos;
 mod demo;
 mod logging;
 mod member_run;
+mod metrics_http;
 mod rabbit_consumer;
 mod timeline;
 mod util;

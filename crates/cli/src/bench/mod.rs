@@ -90,6 +90,10 @@ pub struct BenchArgs {
     /// Print the results as JSON (one object per run and scenario) instead of a table.
     #[arg(long)]
     json: bool,
+    // `--metrics-addr`, memory:// only: the metrics of every member this process runs, for
+    // the whole bench. Refused on the other stores, whose members are processes of their own.
+    #[command(flatten)]
+    metrics: crate::metrics_http::MetricsArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -157,6 +161,19 @@ pub fn run(a: BenchArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    if a.metrics.metrics_addr.is_some() && (a.zk_start || !a.store.starts_with("memory://")) {
+        eprintln!(
+            "rebalanser bench: --metrics-addr serves the members this process runs, which it \
+             does on memory:// only; on {} each member is a process of its own (measure members \
+             there with `rebalanser member run --metrics-addr`)",
+            if a.zk_start {
+                "zk"
+            } else {
+                store_kind(&a.store)
+            }
+        );
+        return ExitCode::from(2);
+    }
     let zk = if a.zk_start {
         let ticks = (a.ttl.as_millis() / 200) as u32 + 1;
         let opts = rebalanser_testkit::ZkOptions {
@@ -191,6 +208,15 @@ pub fn run(a: BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(addr) = a.metrics.metrics_addr {
+        // Installed before any member joins (they take their handles when they join), on the
+        // runtime the members run on; served until the bench ends.
+        let _rt = rt.enter();
+        if let Err(e) = crate::metrics_http::serve(addr) {
+            eprintln!("rebalanser bench: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let mut outcomes = Vec::new();
     for run in 0..a.reps {
         match rt.block_on(one_run(&a, &url, &exe, run)) {

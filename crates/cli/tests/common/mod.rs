@@ -7,6 +7,7 @@
 
 pub mod chaos;
 pub mod cluster_faults;
+pub mod prometheus;
 
 use std::fs;
 use std::io::BufRead as _;

@@ -57,8 +57,8 @@ use futures::StreamExt;
 use rebalanser_core::store::{key_error, txn_refusal, txn_request_error, KeyMeta};
 use rebalanser_core::SessionId;
 use rebalanser_store::{
-    BoxFuture, Cond, Entry, Key, Store, StoreError, StoreOp, StoreReply, StoreResult, WatchEvent,
-    Write,
+    BoxFuture, Cond, Entry, Key, SessionInfo, Store, StoreError, StoreOp, StoreReply, StoreResult,
+    WatchEvent, Write,
 };
 
 use crate::error::{fail, Kind};
@@ -212,6 +212,37 @@ impl Store for EtcdStore {
 
     fn describe(&self) -> String {
         self.inner.url.to_string()
+    }
+
+    /// From each lease's `TimeToLive` (whole seconds, the leader's view): a keepalive sets the
+    /// remaining TTL back to the granted one, so the time since it is their difference. A
+    /// lease the server no longer has is left out; a session whose query fails is left out too
+    /// (the answer is for people, never worth failing a status).
+    fn session_info(
+        &self,
+        sessions: Vec<SessionId>,
+    ) -> BoxFuture<'_, Result<BTreeMap<SessionId, SessionInfo>, StoreError>> {
+        Box::pin(async move {
+            let client = self.inner.client().await?;
+            let mut out = BTreeMap::new();
+            for s in sessions {
+                let Ok(r) = client.lease_client().time_to_live(to_i64(s.0), None).await else {
+                    continue;
+                };
+                if r.ttl() <= 0 {
+                    continue;
+                }
+                let (left, granted) = (to_u64(r.ttl()), to_u64(r.granted_ttl()));
+                out.insert(
+                    s,
+                    SessionInfo::new(
+                        Duration::from_secs(granted.saturating_sub(left)),
+                        Duration::from_secs(left),
+                    ),
+                );
+            }
+            Ok(out)
+        })
     }
 
     /// See the crate docs: an answer from a deposed leader proves nothing to its successor.

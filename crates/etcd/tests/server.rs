@@ -57,3 +57,39 @@ async fn an_unreachable_server_is_unavailable_in_bounded_time_without_the_passwo
     }
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
+
+/// `session_info` (for `rebalanser status`): a live lease's time since its keepalive and until
+/// its expiry, from the server, in whole seconds; a closed one is not reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_info_tells_keepalive_and_expiry_of_live_leases() {
+    use rebalanser_store::StoreReply;
+    let etcd = EtcdCluster::shared();
+    let store = EtcdStore::from_url(&format!("etcd://{}/session-info", etcd.endpoints())).unwrap();
+    let open = store
+        .execute(StoreOp::OpenSession {
+            ttl: Duration::from_secs(10),
+        })
+        .await
+        .expect("open");
+    let StoreReply::Session { session, .. } = open else {
+        panic!("{open:?}")
+    };
+    let info = store.session_info(vec![session]).await.expect("info");
+    let i = info.get(&session).expect("a live lease is reported");
+    assert!(
+        i.expires_in > Duration::from_secs(7) && i.expires_in <= Duration::from_secs(10),
+        "{i:?}"
+    );
+    assert!(i.since_keepalive <= Duration::from_secs(3), "{i:?}");
+    assert_eq!(
+        i.since_keepalive + i.expires_in,
+        Duration::from_secs(10),
+        "{i:?}"
+    );
+    store
+        .execute(StoreOp::CloseSession { session })
+        .await
+        .expect("close");
+    let info = store.session_info(vec![session]).await.expect("info");
+    assert!(info.is_empty(), "a closed lease is not reported: {info:?}");
+}

@@ -24,8 +24,9 @@ session that is no longer registered (it expires, or the member is restarting). 
 ago the member's current session registered, by the member's wall clock ('-' if it did not
 record it; a member that lost its session and rejoined counts from the rejoin). LIVENESS is
 what the group's records say of the session: alive, or draining (leaving). KEEPALIVE is what
-the store says of it, where it can tell (SQLite, on its expiry clock): how long ago its last
-keepalive was and how long until it expires unless kept alive ('-': the store cannot tell).
+the store says of it, where it can tell (SQLite, on the clock that expires it; etcd, in whole
+seconds from its leader): how long ago its last keepalive was and how long until it expires
+unless kept alive ('-': the store cannot tell; ZooKeeper and PostgreSQL cannot).
 
 The --json document (stable; \"format\" changes only on an incompatible change; sessions and
 tokens are strings, since they do not fit a JSON number exactly; format 2 made the token one

@@ -176,3 +176,44 @@ fn bad_and_busy_metrics_addresses_are_refused() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// `bench --metrics-addr` on memory:// serves the series of the members it runs in-process,
+/// while they run.
+#[test]
+fn bench_on_memory_serves_its_members_metrics() -> Result<()> {
+    let addr = free_addr()?;
+    let mut bench = Command::new(BIN)
+        .args(["bench", "--members", "2", "--resources", "6", "--reps", "1"])
+        .args([
+            "--ttl",
+            "1s",
+            "--scenarios",
+            "start,steady",
+            "--steady-for",
+            "5s",
+        ])
+        .args(["--metrics-addr", &addr, "--json"])
+        .env("RUST_LOG", "off")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // At rest in the steady scenario: both members hold three leases each.
+    let held =
+        |text: &str| ["m0", "m1"].map(|m| value(text, "rebalanser_leases_held", &[("member", m)]));
+    let found = wait_until(
+        "both members' leases",
+        LIMIT,
+        Duration::from_millis(50),
+        || Ok(scrape(&addr).is_ok_and(|t| held(&t) == [Some(3.0), Some(3.0)])),
+    );
+    let last = scrape(&addr).unwrap_or_default();
+    let status = bench.wait()?;
+    found.with_context(|| format!("last scrape:\n{last}"))?;
+    assert!(status.success(), "bench: {status}");
+    assert_eq!(
+        value(&last, "rebalanser_grants_total", &[]),
+        Some(6.0),
+        "{last}"
+    );
+    Ok(())
+}

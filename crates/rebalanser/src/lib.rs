@@ -94,6 +94,14 @@
 //! one line per membership or ownership change (joined, coordinator, rebalanced, lease
 //! granted/revoked, session lost, left) with the fields `resource`, `token`, `epoch`, `from`,
 //! `to`, `reason`; `debug` has every store operation.
+//!
+//! # Metrics
+//!
+//! Through the [`metrics`](https://docs.rs/metrics) facade, every series labelled `group` and
+//! `member`: leases held, grants, revokes by reason, rebalances, resources moved, handover
+//! latency, session state, keepalive and store-operation latency and errors, coordinator epoch,
+//! bad data ([`metrics`] names them; `docs/metrics.md` describes them). No exporter: install a
+//! recorder before the members join.
 
 pub mod clock;
 

@@ -91,4 +91,41 @@ mod tests {
             .expect("a read");
         assert_eq!(got, StoreReply::Got(None));
     }
+
+    /// Through the API: an admin write on a read-only SQLite store is a typed error naming
+    /// the file, and a missing file opened without create is `NoStoreFile`, not created.
+    #[cfg(feature = "sqlite")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admin_writes_on_a_read_only_sqlite_store_are_typed_errors() {
+        use crate::{Admin, Error};
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path();
+        let url = format!("sqlite://{}/g.db", dir.display());
+        let missing = format!("sqlite://{}/typo.db", dir.display());
+        for opts in [
+            OpenOptions::new().read_only(true),
+            OpenOptions::new().create(false),
+        ] {
+            match Admin::connect_with(&missing, "g", opts) {
+                Err(e @ Error::NoStoreFile { .. }) => {
+                    assert!(e.to_string().contains("typo.db"), "{e}")
+                }
+                other => panic!("{opts:?}: {other:?}"),
+            }
+        }
+        assert!(!dir.join("typo.db").exists());
+        let admin = Admin::connect(&url, "g").expect("creates");
+        admin.create_group().await.expect("group");
+        admin.add_resources(&["q1"]).await.expect("add");
+        drop(admin);
+        let ro = Admin::connect_with(&url, "g", OpenOptions::new().read_only(true)).expect("opens");
+        assert_eq!(ro.list_resources().await.expect("reads").len(), 1);
+        match ro.add_resources(&["q2"]).await {
+            Err(Error::Store {
+                source: StoreError::Invalid(m),
+                ..
+            }) => assert!(m.contains("read-only") && m.contains("g.db"), "{m}"),
+            other => panic!("a write through a read-only store: {other:?}"),
+        }
+    }
 }

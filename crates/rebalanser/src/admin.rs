@@ -578,7 +578,8 @@ pub struct MemberInfo {
     pub claimed: usize,
     /// When it joined (Unix ms, its host's wall clock), if it recorded it: for session age.
     pub joined_unix_ms: Option<u64>,
-    /// Time since its session's last keepalive, if the store can tell (SQLite and etcd can).
+    /// Time since its session's last keepalive, if the store can tell (SQLite, etcd and
+    /// memory can).
     pub since_keepalive: Option<Duration>,
     /// Time left before its session expires unless kept alive, if the store can tell.
     pub expires_in: Option<Duration>,

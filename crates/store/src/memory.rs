@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{BoxStream, StreamExt};
 use rebalanser_core::ids::Time;
-use rebalanser_core::store::{Key, StoreOp, StoreResult};
+use rebalanser_core::store::{Key, StoreError, StoreOp, StoreResult};
+use rebalanser_core::SessionId;
 use tokio::sync::broadcast;
 
 use crate::model::{MemModel, ModelConfig};
-use crate::{BoxFuture, Store, WatchEvent};
+use crate::{BoxFuture, SessionInfo, Store, WatchEvent};
 
 /// How often the reaper checks for expired sessions (the store's expiry granularity).
 const REAP_INTERVAL: Duration = Duration::from_millis(20);
@@ -212,6 +213,32 @@ impl Store for MemoryStore {
         format!("memory://{}", self.inner.name)
     }
 
+    /// From the model: a session expires `ttl` after the store last heard from it, so the
+    /// time since then is the TTL minus the time left.
+    fn session_info(
+        &self,
+        sessions: Vec<SessionId>,
+    ) -> BoxFuture<'_, Result<BTreeMap<SessionId, SessionInfo>, StoreError>> {
+        let now = self.now();
+        let mut m = self.lock();
+        // What is past its expiry but not reaped yet is not alive: apply expiry first.
+        m.expire(now);
+        let info = sessions
+            .into_iter()
+            .filter_map(|s| {
+                let (at, ttl) = (m.expires_at(s)?, m.session_ttl(s)?);
+                let left = at.saturating_since(now);
+                Some((s, SessionInfo::new(ttl.saturating_sub(left), left)))
+            })
+            .collect();
+        let gone = m.take_changes();
+        drop(m);
+        if !gone.is_empty() {
+            let _ = self.inner.changes.send(Arc::new(gone));
+        }
+        Box::pin(async move { Ok(info) })
+    }
+
     /// A keepalive is applied by the one authority that expires sessions.
     fn keepalive_proves_previous(&self) -> bool {
         false
@@ -222,5 +249,40 @@ impl Store for MemoryStore {
     /// timings): sessions lost at a 20 ms TTL, none from 50 ms up.
     fn min_session_ttl(&self) -> Duration {
         REAP_INTERVAL * 5
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn session_info_tells_time_since_keepalive_and_until_expiry() {
+        let store = MemoryStore::new();
+        let open = store
+            .execute(StoreOp::OpenSession {
+                ttl: Duration::from_millis(400),
+            })
+            .await
+            .expect("open");
+        let crate::StoreReply::Session { session, .. } = open else {
+            panic!("{open:?}")
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let info = store.session_info(vec![session]).await.expect("info");
+        let i = info[&session];
+        assert!(i.since_keepalive >= Duration::from_millis(100), "{i:?}");
+        assert!(i.expires_in <= Duration::from_millis(300), "{i:?}");
+        assert_eq!(i.since_keepalive + i.expires_in, Duration::from_millis(400));
+        store
+            .execute(StoreOp::KeepAlive { session })
+            .await
+            .expect("keepalive");
+        let i = store.session_info(vec![session]).await.expect("info")[&session];
+        assert!(i.since_keepalive < Duration::from_millis(50), "{i:?}");
+        // Past its expiry (not reaped yet): not reported.
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let info = store.session_info(vec![session]).await.expect("info");
+        assert!(info.is_empty(), "{info:?}");
     }
 }

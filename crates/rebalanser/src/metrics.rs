@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{
@@ -264,19 +265,22 @@ impl MemberMetrics {
                         counter!(KEEPALIVE_FAILURES, labels.clone()),
                     )
                 });
-                OpMetrics {
+                OpMetrics(Arc::new(OpHandles {
                     latency: histogram!(STORE_OP_SECONDS, l.clone()),
                     keepalive,
                     labels: l,
-                }
+                }))
             })
             .clone()
     }
 }
 
-/// What one store operation records when its reply comes.
+/// What one store operation records when its reply comes: shared by every operation of its
+/// kind (one per operation would copy the labels each time).
 #[derive(Clone)]
-pub(crate) struct OpMetrics {
+pub(crate) struct OpMetrics(Arc<OpHandles>);
+
+struct OpHandles {
     latency: Histogram,
     /// For keepalives: their own latency histogram and failure counter.
     keepalive: Option<(Histogram, Counter)>,
@@ -299,12 +303,13 @@ impl OpMetrics {
     }
 
     fn record(&self, took: Duration, res: &StoreResult) {
+        let h = &self.0;
         let secs = took.as_secs_f64();
-        self.latency.record(secs);
-        match (res, &self.keepalive) {
-            (Ok(_), Some((h, _))) => h.record(secs),
+        h.latency.record(secs);
+        match (res, &h.keepalive) {
+            (Ok(_), Some((keepalive, _))) => keepalive.record(secs),
             (Err(e), keepalive) => {
-                let mut l = self.labels.clone();
+                let mut l = h.labels.clone();
                 l.push(Label::new("error", error_name(e)));
                 counter!(STORE_ERRORS, l).increment(1);
                 if let Some((_, failures)) = keepalive {

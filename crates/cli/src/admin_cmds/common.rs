@@ -130,7 +130,8 @@ impl fmt::Display for CliError {
             CliError::NoStoreFile { url, path } => write!(
                 f,
                 "no such store file {path} (store {url:?}); nothing was created: only \
-                 `rebalanser group create` and `rebalanser resource add` create a store file"
+                 `rebalanser group create`, `resource add` and `rabbitmq setup` create a store \
+                 file"
             ),
             CliError::Timeout { store, after } => write!(
                 f,

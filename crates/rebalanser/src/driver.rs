@@ -630,14 +630,16 @@ fn rebalanced_line(r: &rebalanser_core::RebalanceReport) {
             .join(",")
     };
     let causes: Vec<&str> = r.causes.iter().map(|c| c.as_str()).collect();
-    fn side(m: &Option<MemberId>) -> &str {
-        m.as_ref().map_or("-", MemberId::as_str)
-    }
+    // `r:a->b` moved; `r:(new)->b` had no owner; `r:a->(removed)` left the group.
     let mut moves: Vec<String> = r
         .moves
         .iter()
         .take(NAMED)
-        .map(|m| format!("{}:{}->{}", m.resource, side(&m.from), side(&m.to)))
+        .map(|m| {
+            let from = m.from.as_ref().map_or("(new)", MemberId::as_str);
+            let to = m.to.as_ref().map_or("(removed)", MemberId::as_str);
+            format!("{}:{from}->{to}", m.resource)
+        })
         .collect();
     if r.moves.len() > NAMED {
         moves.push(format!("(+{} more)", r.moves.len() - NAMED));

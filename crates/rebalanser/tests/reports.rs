@@ -186,8 +186,8 @@ fn the_report(g: &Group, t: Instant, before: &BTreeMap<String, String>) -> Arc<R
     for (res, (from, to)) in &want {
         let text = format!(
             "{res}:{}->{}",
-            from.as_deref().unwrap_or("-"),
-            to.as_deref().unwrap_or("-")
+            from.as_deref().unwrap_or("(new)"),
+            to.as_deref().unwrap_or("(removed)")
         );
         assert!(moves.contains(&text), "{}: {text} not in {moves}", g.name);
     }

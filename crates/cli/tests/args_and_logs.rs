@@ -163,7 +163,9 @@ fn non_utf8_arguments_are_a_one_line_usage_error_naming_them() -> Result<()> {
         .output()?;
     let err = text(&out.stderr);
     assert!(
-        out.status.code() == Some(2) && err.contains("no such store file") && !err.contains("UTF-8"),
+        out.status.code() == Some(2)
+            && err.contains("no such store file")
+            && !err.contains("UTF-8"),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -1406,17 +1406,7 @@ fn guard_reports_only_when_every_descendant_is_gone() -> Result<()> {
 /// Bad flags, durations, URLs and groups: a one-line error, a non-zero exit, no panic.
 #[test]
 fn member_run_rejects_bad_input() -> Result<()> {
-    let run = |args: &[&str]| -> Result<(i32, String)> {
-        // Logs off: stderr is then just the error.
-        let out = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "off")
-            .output()?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
-    };
+    let run = common::run_cli;
     let base = ["member", "run", "--group", "g", "--exec", "true"];
     let dir = std::env::temp_dir().join(format!("rb-member-run-bad-{}", std::process::id()));
     fs::create_dir_all(&dir)?;

@@ -118,16 +118,7 @@ async fn member_run_serves_metrics_that_follow_a_join_and_a_leave() -> Result<()
 
 #[test]
 fn bad_and_busy_metrics_addresses_are_refused() -> Result<()> {
-    let run = |args: &[&str]| -> Result<(i32, String)> {
-        let out = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "off")
-            .output()?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
-    };
+    let run = common::run_cli;
     let dir = common::temp_dir("rb-metrics", "bad")?;
     let db = format!("sqlite://{}", dir.join("x.db").display());
     let member = |addr: &'static str| {

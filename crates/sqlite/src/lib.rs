@@ -611,24 +611,34 @@ impl Inner {
         }
     }
 
+    /// The slot's connection to the file of `generation`, opened when the slot is empty or
+    /// holds one to a retired file.
+    fn connection<'a>(
+        &self,
+        slot: &'a mut Option<Conn>,
+        generation: u64,
+    ) -> Result<&'a Connection, StoreError> {
+        if slot.as_ref().is_some_and(|c| c.generation != generation) {
+            *slot = None; // open on a retired file
+        }
+        match slot {
+            Some(c) => Ok(&c.conn),
+            None => {
+                match schema::connect(&self.path, self.opts.busy_timeout, self.opts.read_only) {
+                    Ok(conn) => Ok(&slot.insert(Conn { conn, generation }).conn),
+                    Err(e) => Err(store_error(&self.file, Phase::BeforeCommit, &e)),
+                }
+            }
+        }
+    }
+
     fn execute_blocking(&self, slot: &mut Option<Conn>, op: &StoreOp) -> StoreResult {
         let (generation, file) = self.current();
         if let Some(r) = self.stale_session(op, generation) {
             return r;
         }
         let file = file?;
-        if slot.as_ref().is_some_and(|c| c.generation != generation) {
-            *slot = None; // open on a retired file
-        }
-        let conn = match slot {
-            Some(c) => &c.conn,
-            None => {
-                match schema::connect(&self.path, self.opts.busy_timeout, self.opts.read_only) {
-                    Ok(conn) => &slot.insert(Conn { conn, generation }).conn,
-                    Err(e) => return Err(store_error(&self.file, Phase::BeforeCommit, &e)),
-                }
-            }
-        };
+        let conn = self.connection(slot, generation)?;
         let out = ops::execute(conn, &self.ctx(file.file_id), op);
         // Checked after the op too: a success must mean the commit went to the file that was
         // at the path after it, the one every other process works on.
@@ -662,18 +672,7 @@ impl Inner {
     ) -> Result<BTreeMap<SessionId, SessionInfo>, StoreError> {
         let (generation, file) = self.current();
         file?;
-        if slot.as_ref().is_some_and(|c| c.generation != generation) {
-            *slot = None;
-        }
-        let conn = match slot {
-            Some(c) => &c.conn,
-            None => {
-                match schema::connect(&self.path, self.opts.busy_timeout, self.opts.read_only) {
-                    Ok(conn) => &slot.insert(Conn { conn, generation }).conn,
-                    Err(e) => return Err(store_error(&self.file, Phase::BeforeCommit, &e)),
-                }
-            }
-        };
+        let conn = self.connection(slot, generation)?;
         let now = self.clock.now_ns();
         let query = || -> rusqlite::Result<BTreeMap<SessionId, SessionInfo>> {
             let mut st = conn.prepare_cached(

@@ -251,25 +251,7 @@ pub(crate) fn open(path: &Path, opts: &SqliteOptions) -> Result<Connection, Sqli
     if opts.read_only {
         return open_read_only(c, path, app_id, &tables);
     }
-    match app_id {
-        APPLICATION_ID => {}
-        0 => {
-            if !tables.is_empty() {
-                return Err(SqliteError::Foreign {
-                    path: path.to_path_buf(),
-                    detail: format!("it has tables {}", tables.join(", ")),
-                });
-            }
-        }
-        other => {
-            return Err(SqliteError::Foreign {
-                path: path.to_path_buf(),
-                detail: format!(
-                    "application_id {other:#010x}, not Rebalanser's {APPLICATION_ID:#010x}"
-                ),
-            })
-        }
-    }
+    ours_or_empty(path, app_id, &tables)?;
     // WAL: readers never wait for the writer, and a commit is one append (+ fsync).
     let mode: String = c
         .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
@@ -297,36 +279,38 @@ fn open_read_only(
     app_id: i32,
     tables: &[String],
 ) -> Result<Connection, SqliteError> {
-    match app_id {
-        APPLICATION_ID => {}
-        0 if tables.is_empty() => {
-            return Err(SqliteError::Other {
-                path: path.to_path_buf(),
-                detail: "an empty database without the Rebalanser schema (opened read-only, so \
-                         it is not created)"
-                    .into(),
-            })
-        }
-        0 => {
-            return Err(SqliteError::Foreign {
-                path: path.to_path_buf(),
-                detail: format!("it has tables {}", tables.join(", ")),
-            })
-        }
-        other => {
-            return Err(SqliteError::Foreign {
-                path: path.to_path_buf(),
-                detail: format!(
-                    "application_id {other:#010x}, not Rebalanser's {APPLICATION_ID:#010x}"
-                ),
-            })
-        }
+    if ours_or_empty(path, app_id, tables)? {
+        return Err(SqliteError::Other {
+            path: path.to_path_buf(),
+            detail: "an empty database without the Rebalanser schema (opened read-only, so it \
+                     is not created)"
+                .into(),
+        });
     }
     // Only the per-connection settings: they change nothing in the file.
     c.pragma_update(None, "foreign_keys", true)
         .map_err(|e| open_error(path, Duration::ZERO, e))?;
     check(&c, path)?;
     Ok(c)
+}
+
+/// Whether the file is empty (`true`: no application id, no tables) or ours (`false`);
+/// anything else is another application's file, never touched.
+fn ours_or_empty(path: &Path, app_id: i32, tables: &[String]) -> Result<bool, SqliteError> {
+    match app_id {
+        APPLICATION_ID => Ok(false),
+        0 if tables.is_empty() => Ok(true),
+        0 => Err(SqliteError::Foreign {
+            path: path.to_path_buf(),
+            detail: format!("it has tables {}", tables.join(", ")),
+        }),
+        other => Err(SqliteError::Foreign {
+            path: path.to_path_buf(),
+            detail: format!(
+                "application_id {other:#010x}, not Rebalanser's {APPLICATION_ID:#010x}"
+            ),
+        }),
+    }
 }
 
 /// The application id and the tables, from one snapshot (another process may be

@@ -5,7 +5,7 @@ use rebalanser::{GroupListing, GroupStatus, Mode};
 use serde_json::json;
 
 use super::common::{connect, connect_store, emit, Access, CliError, StoreArgs, StoreOnlyArgs};
-use super::view::{table, Look, Row};
+use super::view::{bad_keys_json, bad_keys_table, table, Look, Row};
 
 const LIST_EXAMPLE: &str = "\
 Example:
@@ -262,21 +262,7 @@ fn list_text(l: &GroupListing) -> String {
         &look,
     );
     if !l.bad_keys.is_empty() {
-        let rows = l
-            .bad_keys
-            .iter()
-            .map(|b| Row {
-                marked: false,
-                cells: vec![b.key.clone(), b.reason.to_string()],
-            })
-            .collect();
-        table(
-            &mut out,
-            &format!("BAD KEYS ({})", l.bad_keys.len()),
-            &["KEY", "REASON"],
-            rows,
-            &look,
-        );
+        bad_keys_table(&mut out, &l.bad_keys, &look);
     }
     // `table` starts each table with a blank line: not wanted at the top of the output.
     out.trim_start_matches('\n').to_string()
@@ -295,10 +281,7 @@ fn list_json(l: &GroupListing, store: &str) -> String {
             "members": g.members,
             "resources": g.resources,
         })).collect::<Vec<_>>(),
-        "bad_keys": l.bad_keys.iter().map(|b| json!({
-            "key": b.key,
-            "reason": b.reason,
-        })).collect::<Vec<_>>(),
+        "bad_keys": bad_keys_json(&l.bad_keys),
     });
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| doc.to_string())
 }

@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rebalanser::{ClaimInfo, GroupStatus, MemberId, MemberInfo, ResourceId, SessionId, Token};
+use rebalanser::{
+    BadKey, ClaimInfo, GroupStatus, MemberId, MemberInfo, ResourceId, SessionId, Token,
+};
 
 use super::common::fmt_duration;
 use serde_json::{json, Value};
@@ -55,10 +57,7 @@ pub fn to_json(st: &GroupStatus, store: &str) -> Value {
             "failing_on": u.members.iter().map(MemberId::as_str).collect::<Vec<_>>(),
             "everywhere": u.everywhere,
         })).collect::<Vec<_>>(),
-        "bad_keys": st.bad_data.iter().map(|b| json!({
-            "key": b.key,
-            "reason": b.reason,
-        })).collect::<Vec<_>>(),
+        "bad_keys": bad_keys_json(&st.bad_data),
     })
 }
 
@@ -383,8 +382,13 @@ pub fn to_text(st: &GroupStatus, store: &str, look: &Look) -> String {
         );
     }
 
-    let bad = st
-        .bad_data
+    bad_keys_table(&mut out, &st.bad_data, look);
+    out
+}
+
+/// The keys that could not be understood, with why (`status`, `group list`).
+pub(super) fn bad_keys_table(out: &mut String, keys: &[BadKey], look: &Look) {
+    let rows = keys
         .iter()
         .map(|b| Row {
             marked: false,
@@ -392,13 +396,19 @@ pub fn to_text(st: &GroupStatus, store: &str, look: &Look) -> String {
         })
         .collect();
     table(
-        &mut out,
-        &format!("BAD KEYS ({})", st.bad_data.len()),
+        out,
+        &format!("BAD KEYS ({})", keys.len()),
         &["KEY", "REASON"],
-        bad,
+        rows,
         look,
     );
-    out
+}
+
+/// The same, for `--json`.
+pub(super) fn bad_keys_json(keys: &[BadKey]) -> Value {
+    keys.iter()
+        .map(|b| json!({ "key": b.key, "reason": b.reason }))
+        .collect()
 }
 
 /// What the group's records say of a member's session: registered means alive (the store

@@ -23,6 +23,19 @@ pub use rebalanser_testkit::boottime_ns;
 /// The `rebalanser` binary cargo built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_rebalanser");
 
+/// Runs the binary with `args` and logs off (stderr is then just the error): its exit code
+/// (-1 when killed by a signal) and its stderr.
+pub fn run_cli(args: &[&str]) -> Result<(i32, String)> {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// The wall clock now, in nanoseconds since the Unix epoch.
 pub fn unix_ns() -> u64 {
     SystemTime::now()

@@ -114,6 +114,8 @@ pub struct ClusterFaults<C: Cluster> {
     /// How long a killed node stays down, and how long the leader stays stopped.
     down: (Duration, Duration),
     pause: (Duration, Duration),
+    /// Whether the leader is ever SIGSTOPped (see [`ClusterFaults::without_leader_stalls`]).
+    leader_stalls: bool,
     fault: Fault,
 }
 
@@ -129,8 +131,19 @@ impl<C: Cluster> ClusterFaults<C> {
             url,
             down,
             pause,
+            leader_stalls: true,
             fault: Fault::None,
         }
+    }
+
+    /// Node kills only. etcd before 3.4.31 / 3.5.13 can revoke leases that are being kept
+    /// alive after a leader stall (etcd #15247): another member may then claim before the
+    /// owner hears of it, which no client can prevent (fencing tokens cover it). The tests'
+    /// Debian 3.4.23 has the bug, so the stalls run in `scripts/chaos-etcd`, where such an
+    /// overlap is reported with its cause, not in the CI run that must show none.
+    pub fn without_leader_stalls(mut self) -> Self {
+        self.leader_stalls = false;
+        self
     }
 }
 
@@ -147,9 +160,13 @@ impl<C: Cluster> StoreFaults for ClusterFaults<C> {
         self.url.clone()
     }
 
-    /// Node kill 2, leader pause 1.
+    /// Node kill 2, leader pause 1 (0 without leader stalls).
     fn weight(&self) -> u64 {
-        3
+        if self.leader_stalls {
+            3
+        } else {
+            2
+        }
     }
 
     fn busy(&self) -> bool {

@@ -38,7 +38,12 @@ use common::cluster_faults::ClusterFaults;
 /// A private 3-node cluster and its faults (`common::cluster_faults`).
 fn etcd_faults() -> Result<ClusterFaults<EtcdCluster>> {
     let etcd = EtcdCluster::three()?;
-    let url = format!("etcd://{}/chaos-{}", etcd.endpoints(), std::process::id());
+    let url = format!(
+        "etcd://{}/chaos-{}?{}",
+        etcd.endpoints(),
+        std::process::id(),
+        EtcdCluster::ACCEPT_BUG
+    );
     let faults = ClusterFaults::new(etcd, url, (ms_(1000), ms_(4000)), (ms_(1500), ms_(3500)));
     Ok(if common::env_or("CHAOS_ETCD_LEADER_STALLS", 0u8) == 1 {
         faults

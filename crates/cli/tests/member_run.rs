@@ -343,9 +343,10 @@ async fn setup_on(
         Backend::Etcd => {
             let etcd = rebalanser_testkit::EtcdCluster::shared();
             format!(
-                "etcd://{}/member-run-{name}-{}",
+                "etcd://{}/member-run-{name}-{}?{}",
                 etcd.endpoints(),
-                unix_ns()
+                unix_ns(),
+                rebalanser_testkit::EtcdCluster::ACCEPT_BUG
             )
         }
         Backend::Sqlite => format!("sqlite://{}", dir.join("rb.db").display()),

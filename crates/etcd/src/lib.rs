@@ -38,7 +38,11 @@
 //! - Server versions: etcd before 3.4.31 / 3.5.13 can revoke a lease that is being kept alive
 //!   after a leader stall (etcd #15247) and before 3.4.32 / 3.5.14 can move revisions back after
 //!   a compaction panic (PITFALLS 3). The store reads the server version on its first connection
-//!   and warns below those ([`EtcdStore::check_version`]).
+//!   ([`EtcdStore::check_version`]) and refuses a server with #15247 — every operation is
+//!   `Invalid`, naming the bug and the fix — unless the URL accepts it with
+//!   `?allow_server_bug=15247`; then it warns. The bug's revoke lets another member claim a
+//!   resource before its owner hears of it (seen once in the chaos test: 8 resources, 19 ms),
+//!   which no client can prevent; a user who accepts it should fence every access.
 
 mod error;
 mod url;
@@ -162,6 +166,25 @@ impl EtcdStore {
         })
     }
 
+    /// `Invalid` for a server with etcd #15247 unless the URL accepts it: such a server can
+    /// revoke a lease it keeps renewing, and another member can then claim a resource before
+    /// its owner hears of it (seen: PITFALLS 3). Nothing the client does closes that window.
+    fn refuse_affected(&self, v: &ServerVersion) -> Result<(), StoreError> {
+        if v.affected && !self.inner.url.allow_15247 {
+            return Err(StoreError::Invalid(format!(
+                "{}: etcd server {} has etcd #15247 (it can revoke a lease that is being kept \
+                 alive after a leader stall, and another member may then access a resource \
+                 before its owner stops): upgrade to 3.4.31 / 3.5.13 or newer, or accept the \
+                 risk with ?{}={} in the URL (and fence every access)",
+                self.inner.url,
+                v.version,
+                url::ALLOW_BUG_PARAM,
+                url::ALLOW_BUG_VALUE
+            )));
+        }
+        Ok(())
+    }
+
     /// The server version (read once per store) and whether it has the lease bug of PITFALLS 3.
     pub async fn check_version(&self) -> Result<ServerVersion, StoreError> {
         if let Some(v) = lock(&self.inner.version).clone() {
@@ -177,13 +200,14 @@ impl EtcdStore {
             version: status.version().to_string(),
             affected: version_affected(status.version()),
         };
-        if v.affected {
+        if v.affected && self.inner.url.allow_15247 {
             tracing::warn!(
                 store = %self.inner.url,
                 version = %v.version,
-                "etcd server older than 3.4.31 / 3.5.13: it can revoke a lease that is being kept \
-                 alive after a leader stall (etcd #15247), which ends a member's claims while it \
-                 still works; upgrade the server"
+                "etcd server older than 3.4.31 / 3.5.13, accepted by allow_server_bug=15247: it \
+                 can revoke a lease that is being kept alive after a leader stall (etcd #15247), \
+                 and another member may then access a resource before its owner stops; upgrade \
+                 the server, and fence every access"
             );
         }
         *lock(&self.inner.version) = Some(v.clone());
@@ -194,9 +218,9 @@ impl EtcdStore {
 impl Store for EtcdStore {
     fn execute(&self, op: StoreOp) -> BoxFuture<'_, StoreResult> {
         Box::pin(async move {
-            if lock(&self.inner.version).is_none() {
-                // Best effort: a failure here shows in the op itself.
-                let _ = self.check_version().await;
+            // Best effort: a failure to read the version shows in the op itself.
+            if let Ok(v) = self.check_version().await {
+                self.refuse_affected(&v)?;
             }
             let r = self.inner.execute(op).await;
             if let Err(e) = &r {

@@ -1,7 +1,8 @@
 //! `etcd://[user:password@]host:port[,host:port...][/prefix][?cacert=PATH[&cert=PATH&key=PATH]]`
 //! URLs. `cacert` turns TLS on: the servers' certificates must be signed by that CA and name
 //! the host connected to; `cert` and `key` give a client certificate for servers that ask for
-//! one (`--client-cert-auth`).
+//! one (`--client-cert-auth`). `allow_server_bug=15247` accepts a server with etcd #15247
+//! (older than 3.4.31 / 3.5.13), which the store otherwise refuses (PITFALLS 3).
 
 use std::fmt;
 
@@ -27,7 +28,13 @@ pub struct EtcdUrl {
     pub prefix: String,
     pub credentials: Option<(String, String)>,
     pub tls: Option<TlsFiles>,
+    /// `allow_server_bug=15247`: run on a server with etcd #15247 anyway.
+    pub allow_15247: bool,
 }
+
+/// The parameter that accepts a server with etcd #15247, and its only value.
+pub const ALLOW_BUG_PARAM: &str = "allow_server_bug";
+pub const ALLOW_BUG_VALUE: &str = "15247";
 
 impl fmt::Debug for EtcdUrl {
     // Never print the password.
@@ -44,11 +51,16 @@ impl fmt::Display for EtcdUrl {
             write!(f, "{user}:***@")?;
         }
         write!(f, "{}/{}", self.endpoints.join(","), self.prefix)?;
+        let mut sep = '?';
         if let Some(t) = &self.tls {
             write!(f, "?cacert={}", t.ca.display())?;
             if let Some((c, k)) = &t.identity {
                 write!(f, "&cert={}&key={}", c.display(), k.display())?;
             }
+            sep = '&';
+        }
+        if self.allow_15247 {
+            write!(f, "{sep}{ALLOW_BUG_PARAM}={ALLOW_BUG_VALUE}")?;
         }
         Ok(())
     }
@@ -70,7 +82,23 @@ impl EtcdUrl {
             Some((r, q)) => (r, Some(q)),
             None => (rest, None),
         };
-        let tls = TlsFiles::from_query(query).map_err(|r| err(&r))?;
+        // Our own parameter first; the rest are the TLS files'.
+        let mut allow_15247 = false;
+        let mut rest_query = Vec::new();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some((ALLOW_BUG_PARAM, ALLOW_BUG_VALUE)) if !allow_15247 => allow_15247 = true,
+                Some((ALLOW_BUG_PARAM, v)) => {
+                    return Err(err(&format!(
+                        "{ALLOW_BUG_PARAM}={v}: the only server bug that can be accepted is \
+                         {ALLOW_BUG_VALUE}, once"
+                    )))
+                }
+                _ => rest_query.push(pair),
+            }
+        }
+        let rest_query = rest_query.join("&");
+        let tls = TlsFiles::from_query(query.map(|_| rest_query.as_str())).map_err(|r| err(&r))?;
         let (authority, prefix) = match rest.split_once('/') {
             Some((a, p)) => (a, p.trim_end_matches('/')),
             None => (rest, ""),
@@ -118,6 +146,7 @@ impl EtcdUrl {
             prefix,
             credentials,
             tls,
+            allow_15247,
         })
     }
 
@@ -150,6 +179,21 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_bug_is_accepted_only_by_name_and_kept_in_the_description() {
+        let u = EtcdUrl::parse("etcd://h:2379/x?allow_server_bug=15247").unwrap();
+        assert!(u.allow_15247 && u.tls.is_none());
+        assert_eq!(u.to_string(), "etcd://h:2379/x?allow_server_bug=15247");
+        assert!(!EtcdUrl::parse("etcd://h:2379/x").unwrap().allow_15247);
+        for bad in [
+            "etcd://h:2379/x?allow_server_bug=1",
+            "etcd://h:2379/x?allow_server_bug=15247&allow_server_bug=15247",
+            "etcd://h:2379/x?allow_server_bug",
+        ] {
+            assert!(EtcdUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn endpoints_prefix_and_credentials() {

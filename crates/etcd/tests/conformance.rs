@@ -24,8 +24,18 @@ async fn subject() -> Subject {
     // The subject reaches one node through a proxy the disruption can cut; the other writer
     // uses every node directly.
     let proxy = Arc::new(FaultProxy::start(etcd.client_addr(0)).expect("proxy"));
-    let store = EtcdStore::from_url(&format!("etcd://{}/{prefix}", proxy.addr())).expect("url");
-    let other = EtcdStore::from_url(&format!("etcd://{}/{prefix}", etcd.endpoints())).expect("url");
+    let store = EtcdStore::from_url(&format!(
+        "etcd://{}/{prefix}?{}",
+        proxy.addr(),
+        EtcdCluster::ACCEPT_BUG
+    ))
+    .expect("url");
+    let other = EtcdStore::from_url(&format!(
+        "etcd://{}/{prefix}?{}",
+        etcd.endpoints(),
+        EtcdCluster::ACCEPT_BUG
+    ))
+    .expect("url");
     let (cut, heal) = (proxy.clone(), proxy);
     Subject {
         // Leases expire without keepalives: nothing to silence.

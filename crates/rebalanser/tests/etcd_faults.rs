@@ -20,7 +20,11 @@ use rebalanser_testkit::EtcdCluster;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn url(endpoints: &str, test: &str) -> String {
-    format!("etcd://{endpoints}/it-{test}-{}", std::process::id())
+    format!(
+        "etcd://{endpoints}/it-{test}-{}?{}",
+        std::process::id(),
+        EtcdCluster::ACCEPT_BUG
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -45,6 +49,34 @@ async fn etcd_blackhole_longer_than_the_ttl_stops_the_member_before_its_session_
         |hp| url(hp, "blackout"),
     )
     .await
+}
+
+/// The test servers have etcd #15247: a member joining without the URL accepting it is
+/// refused with a typed error that says why and how (PITFALLS 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_a_server_with_the_lease_bug_is_refused_naming_the_parameter() {
+    let etcd = blocking(EtcdCluster::shared);
+    let url = format!(
+        "etcd://{}/it-refused-{}",
+        etcd.endpoints(),
+        std::process::id()
+    );
+    let r = rebalanser::Member::builder("g")
+        .store_url(&url)
+        .create_group_if_missing(true)
+        .join()
+        .await;
+    match r {
+        Err(e @ rebalanser::Error::Store { .. }) => {
+            let m = e.to_string();
+            assert!(
+                m.contains("15247") && m.contains("allow_server_bug=15247"),
+                "{m}"
+            );
+        }
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("joined a server with etcd #15247 without accepting it"),
+    }
 }
 
 /// A group on a private 3-node cluster, every member given every endpoint.

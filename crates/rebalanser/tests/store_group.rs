@@ -56,7 +56,12 @@ impl Backend {
             }
             Backend::Etcd => {
                 let etcd = blocking(EtcdCluster::shared);
-                format!("etcd://{}{}", etcd.endpoints(), chroot(test))
+                format!(
+                    "etcd://{}{}?{}",
+                    etcd.endpoints(),
+                    chroot(test),
+                    EtcdCluster::ACCEPT_BUG
+                )
             }
         }
     }

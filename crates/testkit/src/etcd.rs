@@ -347,6 +347,10 @@ impl EtcdCluster {
         }
     }
 
+    /// The URL parameter a store URL on this cluster needs: the installed etcd (Debian's
+    /// 3.4.23) has etcd #15247, which the store refuses unless the URL accepts it (PITFALLS 3).
+    pub const ACCEPT_BUG: &'static str = "allow_server_bug=15247";
+
     /// The client endpoints of every member, `127.0.0.1:p1,127.0.0.1:p2,...`: the host list of
     /// a store URL `etcd://h1:p1,h2:p2/prefix`, and etcdctl's `--endpoints`.
     pub fn endpoints(&self) -> String {

@@ -13,7 +13,7 @@
 //!
 //! Why the stalls are not in the CI run: after such a stall 3.4.23 can revoke leases that are
 //! being kept alive (etcd #15247, PITFALLS 3). CI seed 88598 showed the consequence: a 3.3 s
-//! leader stall, then the resumed node's return revoked three live members' leases at once;
+//! leader stall, then the resumed node's return revoked two live members' leases at once;
 //! the member that was elected next claimed their resources within 20 ms, and the members
 //! whose leases were revoked heard of it 19 ms later — 8 resources accessed twice for 19 ms,
 //! with the fencing tokens in order. No client can close that window against a server that
